@@ -1,0 +1,47 @@
+# The project's commands. Every target installs first (quick when nothing changed).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)/include:$(CURDIR)/dags
+export AIRFLOW_HOME ?= $(CURDIR)/.airflow
+export NONTAX_PDF_ROOT ?= $(CURDIR)/include/demo/pdfs
+# The order database for the tools, unless the environment names one.
+export AIRFLOW_CONN_NONTAX_ORDERS_DB ?= postgresql://postgres@127.0.0.1:5432/nontax
+WECHAT_SANDBOX_PORT ?= 8765
+PYTEST_ARGS ?=
+
+.PHONY: help install lint test sandbox migrate constraints clean
+
+help:  ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the pinned dependencies
+
+constraints: $(STAMP)  ## re-pin the whole tree from the current install
+	{ echo "# The whole dependency tree, pinned (make constraints regenerates it from a passing install)."; \
+	  $(PY) -m pip freeze --exclude-editable | grep -v '^#'; } > constraints.txt
+
+lint: $(STAMP)  ## ruff
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint  ## the whole suite: unit, integration (Postgres, sandbox), end to end
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+migrate: $(STAMP)  ## apply the order schema migrations to AIRFLOW_CONN_NONTAX_ORDERS_DB
+	$(PY) -m nontax_tools migrate
+
+sandbox: $(STAMP)  ## run the WeChat sandbox in the foreground on WECHAT_SANDBOX_PORT
+	$(PY) -m wechat_sandbox --port $(WECHAT_SANDBOX_PORT)
+
+clean:  ## remove the venv and local state
+	rm -rf $(VENV) .airflow .run artifacts .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Command-line tools around the order store: migrations, loading orders, operator tools."""

@@ -1,0 +1,95 @@
+"""`python -m nontax_tools`: the order store from the command line.
+
+    migrate                 apply the schema migrations (a no-op when up to date)
+    load FILE               load orders from JSON Lines (bad lines reported, good ones load)
+    status                  how many orders are in each status
+    attention               the orders that need a person, with their reasons
+    history ORDER_ID        an order's row and its attempt history
+    reset ORDER_ID...       make orders due again after fixing their data
+
+The database is `AIRFLOW_CONN_NONTAX_ORDERS_DB` (the same Connection the DAG uses) or --dsn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from wechat_nontax.orders_db import connect_dsn, dsn_from_env
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nontax_tools", description=__doc__.split("\n")[0])
+    parser.add_argument("--dsn", help="libpq URI of the order database")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate")
+    load = sub.add_parser("load")
+    load.add_argument("file")
+    sub.add_parser("status")
+    sub.add_parser("attention")
+    history = sub.add_parser("history")
+    history.add_argument("order_id")
+    reset = sub.add_parser("reset")
+    reset.add_argument("order_ids", nargs="+")
+    reset.add_argument("--note", default="reset by operator")
+    args = parser.parse_args(argv)
+    dsn = args.dsn or dsn_from_env()
+
+    if args.command == "migrate":
+        from nontax_tools.migrate import MigrationError, current_version, migrate
+
+        try:
+            applied = migrate(dsn)
+        except MigrationError as exc:
+            print(f"migrate: {exc}", file=sys.stderr)
+            return 2
+        print(f"schema version {current_version(dsn)}; applied now: {applied or 'nothing'}")
+        return 0
+
+    from wechat_nontax.store import OrderStore
+
+    store = OrderStore(connect_dsn(dsn, application_name="nontax-tools"))
+    try:
+        if args.command == "load":
+            from nontax_tools.load import load_lines, read_lines
+
+            report = load_lines(store, read_lines(args.file))
+            print(report)
+            return 1 if report.rejected else 0
+        if args.command == "status":
+            for status, count in sorted(store.count_by_status().items()):
+                print(f"{status:<14} {count}")
+            return 0
+        if args.command == "attention":
+            rows = store.needs_attention()
+            for order_id, status, reason, updated_at in rows:
+                print(f"{order_id}  [{status}]  {updated_at:%Y-%m-%d %H:%M}  {reason}")
+            print(f"{len(rows)} orders need a person")
+            return 0
+        if args.command == "history":
+            row = store.get_row(args.order_id)
+            if row is None:
+                print(f"no order {args.order_id}", file=sys.stderr)
+                return 1
+            for key, value in row.items():
+                print(f"{key:>17}: {value}")
+            print()
+            for a in store.history(args.order_id):
+                code = "" if a.errcode is None else f" errcode {a.errcode}"
+                msg = f" {a.errmsg}" if a.errmsg else ""
+                print(f"{a.at:%Y-%m-%d %H:%M:%S}  {a.step:<13} {a.outcome:<14}{code}{msg}"
+                      f"  [{a.run_id or '-'}]")  # fmt: skip
+            return 0
+        if args.command == "reset":
+            failed = [i for i in args.order_ids if not store.reset(i, note=args.note)]
+            for order_id in failed:
+                print(f"{order_id}: not reset (unknown, or already finished)", file=sys.stderr)
+            print(f"{len(args.order_ids) - len(failed)} orders are due again")
+            return 1 if failed else 0
+    finally:
+        store.close()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""`WeChatNonTaxHook`: the WeChat non-tax bill API, one method per remote call.
+
+Built on providers-http's `HttpHook` (the Connection gives the base URL, timeouts, proxies and
+TLS options) with three changes that matter for this API:
+- the appid and secret are never sent as HTTP basic auth (HttpHook would put the secret in an
+  `Authorization` header of every call) and this hook's own extras are never sent as headers;
+- one `requests.Session` per hook, reused by every call and thread of a task, instead of a new
+  session (and a Connection lookup) per call;
+- answers are judged by `errcode` through the policy table, never by HTTP status alone.
+
+The Connection (default `wechat_nontax_default`): host = API base URL, login = appid,
+password = app secret, extras:
+  token_mode        "stable_token" (default), "token" (classic /cgi-bin/token) or "service"
+  token_service_url a central token service (mode "service"): GET, answers
+                    {"access_token": ..., "expires_in": ...}
+  token_margin_s    refresh this long before expiry (default 300)
+  timeout           seconds per call (default 15), as HttpHook reads it
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from airflow.providers.http.hooks.http import HttpHook
+from requests_toolbelt.adapters.socket_options import TCPKeepAliveAdapter
+
+from wechat_nontax import errors
+from wechat_nontax.bill import Order, insertbill_body
+from wechat_nontax.token_cache import TokenCache
+
+TOKEN_MODES = ("stable_token", "token", "service")
+_OWN_EXTRAS = frozenset({"token_mode", "token_service_url", "token_margin_s"})
+DEFAULT_TIMEOUT_S = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class InsertedBill:
+    code: str
+    openid: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthData:
+    invoice_status: str
+    auth_time: int | None
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """`text` with every secret replaced, for messages that end up in logs or the order table."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+class WeChatNonTaxHook(HttpHook):
+    """Calls WeChat's non-tax bill API with a token shared through the order database."""
+
+    conn_name_attr = "wechat_conn_id"
+    default_conn_name = "wechat_nontax_default"
+    conn_type = "http"
+    hook_name = "WeChat non-tax bills"
+
+    def __init__(
+        self,
+        wechat_conn_id: str = default_conn_name,
+        *,
+        token_cache_factory: Callable[[str, str, int], TokenCache] | None = None,
+        pool_size: int = 32,
+    ) -> None:
+        super().__init__(
+            method="POST",
+            http_conn_id=wechat_conn_id,
+            adapter=TCPKeepAliveAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0),
+        )
+        self.wechat_conn_id = wechat_conn_id
+        self._token_cache_factory = token_cache_factory or _orders_db_token_cache
+        self._session: requests.Session | None = None
+        self._token_cache: TokenCache | None = None
+        self._appid = ""
+        self._secret = ""
+        self._extras: dict[str, Any] = {}
+
+    # -- HttpHook customisation ---------------------------------------------------------------
+
+    def _extract_auth(self, connection: Any) -> None:
+        return None  # appid/secret go in the token request only, never in an auth header
+
+    def _configure_session_from_extra(self, session, connection, extra_options):
+        own = {k: v for k, v in connection.extra_dejson.items() if k not in _OWN_EXTRAS}
+        return super()._configure_session_from_extra(
+            session, _ExtraOnly(own, connection.host), extra_options
+        )
+
+    @property
+    def session(self) -> requests.Session:
+        if self._session is None:
+            connection = self.get_connection(self.wechat_conn_id)
+            self._appid = connection.login or ""
+            self._secret = connection.password or ""
+            self._extras = dict(connection.extra_dejson)
+            mode = self.token_mode
+            if mode not in TOKEN_MODES:
+                raise ValueError(f"token_mode must be one of {TOKEN_MODES}, not {mode!r}")
+            self._session = self.get_conn(
+                extra_options={
+                    "check_response": False,
+                    "timeout": float(self._extras.get("timeout", DEFAULT_TIMEOUT_S)),
+                }
+            )
+        return self._session
+
+    @property
+    def appid(self) -> str:
+        self.session  # noqa: B018 (reads the Connection)
+        return self._appid
+
+    @property
+    def token_mode(self) -> str:
+        return str(self._extras.get("token_mode", "stable_token"))
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+        if self._token_cache is not None:
+            self._token_cache.close()
+
+    # -- the token ----------------------------------------------------------------------------
+
+    @property
+    def token_cache(self) -> TokenCache:
+        if self._token_cache is None:
+            source = self.token_mode
+            if source == "service":
+                source = f"service:{self._extras.get('token_service_url', '')}"
+            margin = int(self._extras.get("token_margin_s", 300))
+            self._token_cache = self._token_cache_factory(self.appid, source, margin)
+        return self._token_cache
+
+    def get_access_token(self) -> str:
+        """A valid access token from the shared cache, fetched once for everyone when stale."""
+        token = self.token_cache.get(self.fetch_access_token)
+        _mask(token)
+        return token
+
+    def fetch_access_token(self, stale: str | None = None) -> tuple[str, int]:
+        """Ask WeChat (or the token service) for a token: (access_token, expires_in)."""
+        self.session  # noqa: B018
+        mode = self.token_mode
+        if mode == "service":
+            answer = self._send("token", "GET", self._extras["token_service_url"], absolute=True)
+        elif mode == "token":
+            answer = self._send(
+                "token",
+                "GET",
+                "/cgi-bin/token",
+                params={
+                    "grant_type": "client_credential",
+                    "appid": self._appid,
+                    "secret": self._secret,
+                },
+            )
+        else:
+            answer = self._stable_token(force_refresh=False)
+            # stable_token hands back the same token while WeChat thinks it valid; when that
+            # is the token WeChat just refused, ask for a new one (20 a day allowed).
+            if stale is not None and answer.get("access_token") == stale:
+                answer = self._stable_token(force_refresh=True)
+        token = answer.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise errors.error_for("malformed_answer", "no access_token in the answer", step="token")
+        _mask(token)
+        return token, int(answer.get("expires_in", 7200))
+
+    def _stable_token(self, *, force_refresh: bool) -> dict[str, Any]:
+        return self._send(
+            "token",
+            "POST",
+            "/cgi-bin/stable_token",
+            json_body={
+                "grant_type": "client_credential",
+                "appid": self._appid,
+                "secret": self._secret,
+                "force_refresh": force_refresh,
+            },
+        )
+
+    # -- the remote calls ---------------------------------------------------------------------
+
+    def upload_pdf(self, pdf: bytes, filename: str = "bill.pdf") -> str:
+        """setpdf: upload a bill's PDF; returns its `s_media_id` (valid for 3 days)."""
+        answer = self._call(
+            "upload",
+            "/card/invoice/platform/setpdf",
+            files={"pdf": (filename, pdf, "application/pdf")},
+        )
+        media_id = answer.get("s_media_id")
+        if media_id is None or str(media_id) == "":
+            raise errors.error_for("malformed_answer", "no s_media_id in the answer", step="upload")
+        return str(media_id)  # a 64-bit integer: kept as a string, never as a float
+
+    def insert_bill(self, order: Order, s_pdf_media_id: str) -> InsertedBill:
+        """nontax/insertbill: put the bill into the payer's card package."""
+        answer = self._call(
+            "insert", "/nontax/insertbill", json_body=insertbill_body(order, s_pdf_media_id)
+        )
+        code, openid = answer.get("code"), answer.get("openid")
+        if not code or not openid:
+            raise errors.error_for("malformed_answer", "no code/openid in the answer", step="insert")
+        return InsertedBill(str(code), str(openid))
+
+    def get_auth_data(self, order_id: str, s_pappid: str | None = None) -> AuthData:
+        """getauthdata: where the payer's authorization of this order stands."""
+        answer = self._call(
+            "authorization",
+            "/card/invoice/getauthdata",
+            json_body={"order_id": order_id, "s_pappid": s_pappid or self.appid},
+        )
+        return AuthData(str(answer.get("invoice_status", "")), answer.get("auth_time"))
+
+    def _call(self, step: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """A call with the access token; on a refused token: invalidate-if-same, refresh,
+        retry once."""
+        token = self.get_access_token()
+        try:
+            return self._send(step, "POST", path, token=token, **kwargs)
+        except errors.TokenInvalidError:
+            token = self.token_cache.invalidate(token, self.fetch_access_token)
+            _mask(token)
+            return self._send(step, "POST", path, token=token, **kwargs)
+
+    def _send(
+        self,
+        step: str,
+        method: str,
+        path: str,
+        *,
+        token: str | None = None,
+        params: dict[str, Any] | None = None,
+        json_body: Any = None,
+        files: Any = None,
+        absolute: bool = False,
+    ) -> dict[str, Any]:
+        session = self.session
+        url = path if absolute else self.url_from_endpoint(path)
+        query = dict(params or {})
+        if token is not None:
+            query["access_token"] = token
+        request = requests.Request(method, url, params=query)
+        if json_body is not None:
+            # WeChat reads UTF-8 JSON; ensure_ascii=False keeps Chinese titles as they are.
+            request.data = json.dumps(json_body, ensure_ascii=False).encode()
+            request.headers = {"Content-Type": "application/json; charset=utf-8"}
+        if files is not None:
+            request.files = files
+        secrets = (token, self._secret)
+        try:
+            response = self.run_and_check(
+                session, session.prepare_request(request), self.merged_extra
+            )
+        except requests.Timeout as exc:
+            raise errors.error_for("timeout", redact(_describe(exc), *secrets), step=step) from None
+        except requests.RequestException as exc:
+            raise errors.error_for(
+                "connection_error", redact(_describe(exc), *secrets), step=step
+            ) from None
+        if response.status_code >= 500:
+            raise errors.error_for("http_5xx", f"HTTP {response.status_code}", step=step)
+        if response.status_code >= 400:
+            raise errors.error_for("http_4xx", f"HTTP {response.status_code}", step=step)
+        try:
+            answer = response.json()
+        except ValueError:
+            raise errors.error_for("malformed_answer", "the answer is not JSON", step=step) from None
+        if not isinstance(answer, dict):
+            raise errors.error_for("malformed_answer", "the answer is not an object", step=step)
+        errcode = answer.get("errcode", 0)
+        if not isinstance(errcode, int) or isinstance(errcode, bool):
+            raise errors.error_for("malformed_answer", f"errcode {errcode!r}", step=step)
+        if errcode != 0:
+            errmsg = redact(str(answer.get("errmsg", "")), *secrets)
+            raise errors.error_for(errcode, errmsg, step=step)
+        return answer
+
+    def test_connection(self) -> tuple[bool, str]:
+        try:
+            self.fetch_access_token()
+        except errors.WeChatError as exc:
+            return False, str(exc)
+        return True, "a token was issued"
+
+
+class _ExtraOnly:
+    """What HttpHook's extra handling reads of a Connection, minus this hook's own extras."""
+
+    def __init__(self, extra: dict[str, Any], host: str | None):
+        self.extra_dejson = extra
+        self.host = host
+
+
+def _describe(exc: BaseException) -> str:
+    # requests' messages name the URL, query string included: keep the kind and the reason.
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _mask(token: str) -> None:
+    from airflow.sdk.log import mask_secret
+
+    mask_secret(token)
+
+
+def _orders_db_token_cache(appid: str, source: str, margin_s: int) -> TokenCache:
+    from wechat_nontax.orders_db import connect
+
+    return TokenCache(
+        lambda: connect(application_name="nontax-token"),
+        appid=appid,
+        source=source,
+        margin_s=margin_s,
+    )
+

@@ -1,0 +1,77 @@
+"""Shared fixtures: a throwaway order database on the real Postgres and the sandbox over HTTP.
+
+Postgres: `NONTAX_TEST_PG` (a libpq URI of a server where we may create databases) defaults to
+the local server. Each test session gets a database of its own, migrated, and drops it at the end.
+The sandbox runs as a real uvicorn process in its own process group for the whole session; every
+test that asks for it starts from a reset state.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import psycopg2
+import pytest
+
+from nontax_tools.migrate import migrate
+from wechat_sandbox.client import SandboxAdmin
+from wechat_sandbox.process import SandboxProcess, start_sandbox
+
+TEST_PG = os.environ.get("NONTAX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _with_dbname(uri: str, dbname: str) -> str:
+    base, _, _ = uri.rpartition("/")
+    return f"{base}/{dbname}"
+
+
+@pytest.fixture(scope="session")
+def orders_db_uri() -> Iterator[str]:
+    """A freshly migrated order database for this test session."""
+    name = f"nontax_test_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(TEST_PG)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    uri = _with_dbname(TEST_PG, name)
+    try:
+        migrate(uri)
+        yield uri
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture
+def orders_db(orders_db_uri: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The session's order database, emptied, and named by the Airflow Connection env var."""
+    conn = psycopg2.connect(orders_db_uri)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        # The history is append-only by trigger; a test reset is the one place allowed to clear it.
+        cur.execute("ALTER TABLE nontax.bill_attempt DISABLE TRIGGER USER")
+        cur.execute("TRUNCATE nontax.bill_attempt, nontax.bill_order, nontax.access_token")
+        cur.execute("ALTER TABLE nontax.bill_attempt ENABLE TRIGGER USER")
+    conn.close()
+    monkeypatch.setenv("AIRFLOW_CONN_NONTAX_ORDERS_DB", orders_db_uri)
+    yield orders_db_uri
+
+
+@pytest.fixture(scope="session")
+def sandbox_process() -> Iterator[SandboxProcess]:
+    proc = start_sandbox()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def sandbox(sandbox_process: SandboxProcess) -> SandboxAdmin:
+    """The running sandbox, reset to its initial state (no bills, no faults, no tokens)."""
+    admin = SandboxAdmin(sandbox_process.url)
+    admin.reset()
+    return admin

@@ -1,0 +1,46 @@
+"""Orders and PDFs for tests: valid by default, every field overridable."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from wechat_nontax.bill import Order
+from wechat_sandbox.client import DEFAULT_APPID, DEFAULT_CARD_ID
+
+MINIMAL_PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
+
+
+def make_order(n: int = 1, **fields) -> Order:
+    values = {
+        "order_id": f"T{n:08d}",
+        "card_id": DEFAULT_CARD_ID,
+        "appid": DEFAULT_APPID,
+        "fee": 100 + n,
+        "title": "测试医院门诊收费",
+        "billing_time": int(time.time()) - 3600,
+        "billing_no": f"NO{n:010d}",
+        "billing_code": f"C{n:07d}",
+        "pdf_path": f"{n % 7}/T{n:08d}.pdf",
+    }
+    values.update(fields)
+    return Order(**values)
+
+
+def write_pdf(root: Path, order: Order, content: bytes = MINIMAL_PDF) -> Path:
+    path = root / order.pdf_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+def order_line(order: Order, **overrides) -> str:
+    record = {
+        "order_id": order.order_id, "card_id": order.card_id, "appid": order.appid,
+        "fee": order.fee, "title": order.title, "billing_time": order.billing_time,
+        "billing_no": order.billing_no, "billing_code": order.billing_code,
+        "pdf_path": order.pdf_path,
+    }  # fmt: skip
+    record.update(overrides)
+    return json.dumps(record, ensure_ascii=False)

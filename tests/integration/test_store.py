@@ -1,0 +1,140 @@
+"""The order store and the loader against a real Postgres."""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg2
+import pytest
+
+from factories import make_order, order_line
+from nontax_tools.load import load_lines
+from wechat_nontax.orders_db import connect_dsn
+from wechat_nontax.store import OrderStore
+
+
+@pytest.fixture
+def store(orders_db):
+    store = OrderStore(connect_dsn(orders_db))
+    yield store
+    store.close()
+
+
+def _expire_claims(dsn):
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("UPDATE nontax.bill_order SET claim_expires_at = now() - interval '1 s'")
+    conn.close()
+
+
+def test_upsert_inserts_then_leaves_identical_orders_alone(store):
+    orders = [make_order(i) for i in range(5)]
+    assert store.upsert_orders(orders).inserted == 5
+    again = store.upsert_orders(orders)
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 5)
+    assert store.count_by_status() == {"authorized": 5}
+    assert [a.outcome for a in store.history(orders[0].order_id)] == ["new"]
+
+
+def test_reload_never_changes_an_inserted_order(store):
+    order = make_order(1)
+    store.upsert_orders([order])
+    store.record_inserted(order.order_id, "C1", "openid1", run_id="r1")
+    result = store.upsert_orders([make_order(1, fee=999)])
+    assert result.unchanged == 1
+    row = store.get_row(order.order_id)
+    assert (row["status"], row["fee"], row["code"]) == ("inserted", order.fee, "C1")
+
+
+def test_reload_with_changed_data_restarts_an_unfinished_order(store):
+    order = make_order(1)
+    store.upsert_orders([order])
+    store.record_uploaded(order.order_id, "123", run_id="r1")
+    store.record_end(order.order_id, "invalid", "title: bad", run_id="r1", step="validate")
+    assert store.upsert_orders([make_order(1, title="新的标题")]).updated == 1
+    row = store.get_row(order.order_id)
+    assert (row["status"], row["s_pdf_media_id"], row["reason"]) == ("authorized", None, None)
+    assert [a.outcome for a in store.history(order.order_id)][-1] == "changed"
+
+
+def test_claim_takes_due_orders_once_and_respects_the_lease(store, orders_db):
+    store.upsert_orders([make_order(i) for i in range(10)])
+    first = store.claim_due("run-a", lease_s=600, limit=6)
+    second = store.claim_due("run-b", lease_s=600)
+    assert len(first) == 6 and len(second) == 4
+    assert not set(first) & set(second)
+    assert store.claim_due("run-c", lease_s=600) == []
+    _expire_claims(orders_db)  # run-a and run-b crashed: their orders are due again
+    assert len(store.claim_due("run-c", lease_s=600)) == 10
+
+
+def test_concurrent_claims_share_no_order(orders_db, store):
+    store.upsert_orders([make_order(i) for i in range(2000)])
+    claimed: dict[str, list[str]] = {}
+
+    def claim(run_id):
+        own = OrderStore(connect_dsn(orders_db))
+        claimed[run_id] = own.claim_due(run_id, lease_s=600, limit=1500)
+        own.close()
+
+    threads = [threading.Thread(target=claim, args=(f"run-{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    everything = [o for ids in claimed.values() for o in ids]
+    assert len(everything) == len(set(everything)) == 2000
+
+
+def test_claim_can_be_aimed_and_skips_finished_and_waiting_orders(store):
+    store.upsert_orders([make_order(i) for i in range(4)])
+    store.record_inserted("T00000000", "C", "O", run_id="r0")
+    store.record_end("T00000001", "awaiting_auth", "not yet", run_id="r0", step="insert",
+                     not_before_s=3600)  # fmt: skip
+    assert store.claim_due("r1", lease_s=60, order_ids=["T00000000", "T00000002"]) == ["T00000002"]
+    assert store.claim_due("r2", lease_s=60) == ["T00000003"]
+
+
+def test_hold_batch_takes_back_expired_orders_but_not_live_claims(store, orders_db):
+    store.upsert_orders([make_order(i) for i in range(3)])
+    batch = store.claim_due("run-a", lease_s=600)
+    assert store.hold_batch("run-b", batch, lease_s=600) == []
+    _expire_claims(orders_db)
+    assert store.hold_batch("run-b", batch, lease_s=600) == batch
+
+
+def test_reset_makes_an_order_due_again_and_is_recorded(store):
+    store.upsert_orders([make_order(1)])
+    store.record_end("T00000001", "failed", "72017 title mismatch", run_id="r", step="insert",
+                     errcode=72017, errmsg="title mismatch")  # fmt: skip
+    assert store.needs_attention()[0][:3] == ("T00000001", "failed", "72017 title mismatch")
+    assert store.reset("T00000001")
+    assert store.get_row("T00000001")["status"] == "authorized"
+    assert store.history("T00000001")[-1].step == "reset"
+    store.record_inserted("T00000001", "C", "O", run_id="r")
+    assert not store.reset("T00000001")  # a finished order is never reset
+
+
+def test_loader_reports_bad_lines_and_loads_the_good_ones(store):
+    good = [make_order(i) for i in range(3)]
+    lines = [
+        order_line(good[0]),
+        order_line(make_order(10), fee=0),
+        "{not json",
+        order_line(good[1]),
+        order_line(make_order(11), billing_no=good[0].billing_no,
+                   billing_code=good[0].billing_code),
+        order_line(make_order(12), colour="red"),
+        "",
+        order_line(good[2]),
+    ]  # fmt: skip
+    report = load_lines(store, lines)
+    assert report.inserted == 3
+    rejected = dict(report.rejected)
+    assert set(rejected) == {2, 3, 5, 6}
+    assert "fee" in rejected[2]
+    assert "not JSON" in rejected[3]
+    assert "already used" in rejected[5]
+    assert "unknown fields" in rejected[6]
+    assert store.count_by_status() == {"authorized": 3}
