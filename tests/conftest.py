@@ -8,15 +8,24 @@ test that asks for it starts from a reset state.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+
+# Airflow reads its configuration once, at first import: point it at a home of the tests' own.
+ROOT = Path(__file__).resolve().parent.parent
+os.environ["AIRFLOW_HOME"] = str(ROOT / ".airflow" / "tests")
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))
+os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / "plugins"))
 
 import psycopg2
 import pytest
 
 from nontax_tools.migrate import migrate
-from wechat_sandbox.client import SandboxAdmin
+from wechat_sandbox.client import DEFAULT_APPID, DEFAULT_SECRET, SandboxAdmin
 from wechat_sandbox.process import SandboxProcess, start_sandbox
 
 TEST_PG = os.environ.get("NONTAX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -46,7 +55,7 @@ def orders_db_uri() -> Iterator[str]:
 
 
 @pytest.fixture
-def orders_db(orders_db_uri: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def orders_db(orders_db_uri: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """The session's order database, emptied, and named by the Airflow Connection env var."""
     conn = psycopg2.connect(orders_db_uri)
     conn.autocommit = True
@@ -57,7 +66,7 @@ def orders_db(orders_db_uri: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[s
         cur.execute("ALTER TABLE nontax.bill_attempt ENABLE TRIGGER USER")
     conn.close()
     monkeypatch.setenv("AIRFLOW_CONN_NONTAX_ORDERS_DB", orders_db_uri)
-    yield orders_db_uri
+    return orders_db_uri
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +84,23 @@ def sandbox(sandbox_process: SandboxProcess) -> SandboxAdmin:
     admin = SandboxAdmin(sandbox_process.url)
     admin.reset()
     return admin
+
+
+def wechat_connection(url: str, **extra) -> str:
+    """The JSON form of the `wechat_nontax_default` Connection pointing at a sandbox."""
+    return json.dumps(
+        {
+            "conn_type": "http",
+            "host": url,
+            "login": DEFAULT_APPID,
+            "password": DEFAULT_SECRET,
+            "extra": {"timeout": 5, **extra},
+        }
+    )
+
+
+@pytest.fixture
+def wechat_conn(sandbox: SandboxAdmin, monkeypatch: pytest.MonkeyPatch) -> SandboxAdmin:
+    """`wechat_nontax_default` set to the sandbox (stable_token mode)."""
+    monkeypatch.setenv("AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT", wechat_connection(sandbox.url))
+    return sandbox

@@ -20,6 +20,7 @@ password = app secret, extras:
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -172,7 +173,9 @@ class WeChatNonTaxHook(HttpHook):
                 answer = self._stable_token(force_refresh=True)
         token = answer.get("access_token")
         if not isinstance(token, str) or not token:
-            raise errors.error_for("malformed_answer", "no access_token in the answer", step="token")
+            raise errors.error_for(
+                "malformed_answer", "no access_token in the answer", step="token"
+            )
         _mask(token)
         return token, int(answer.get("expires_in", 7200))
 
@@ -210,7 +213,9 @@ class WeChatNonTaxHook(HttpHook):
         )
         code, openid = answer.get("code"), answer.get("openid")
         if not code or not openid:
-            raise errors.error_for("malformed_answer", "no code/openid in the answer", step="insert")
+            raise errors.error_for(
+                "malformed_answer", "no code/openid in the answer", step="insert"
+            )
         return InsertedBill(str(code), str(openid))
 
     def get_auth_data(self, order_id: str, s_pappid: str | None = None) -> AuthData:
@@ -275,7 +280,9 @@ class WeChatNonTaxHook(HttpHook):
         try:
             answer = response.json()
         except ValueError:
-            raise errors.error_for("malformed_answer", "the answer is not JSON", step=step) from None
+            raise errors.error_for(
+                "malformed_answer", "the answer is not JSON", step=step
+            ) from None
         if not isinstance(answer, dict):
             raise errors.error_for("malformed_answer", "the answer is not an object", step=step)
         errcode = answer.get("errcode", 0)
@@ -292,6 +299,22 @@ class WeChatNonTaxHook(HttpHook):
         except errors.WeChatError as exc:
             return False, str(exc)
         return True, "a token was issued"
+
+
+class _ScrubQueryStrings(logging.Filter):
+    """urllib3 logs each request line at DEBUG, query string and its access_token included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.msg = record.getMessage()
+            record.args = None
+        record.msg = errors.redact(str(record.msg))
+        return True
+
+
+_URL_LOGGER = logging.getLogger("urllib3.connectionpool")
+if not any(isinstance(f, _ScrubQueryStrings) for f in _URL_LOGGER.filters):
+    _URL_LOGGER.addFilter(_ScrubQueryStrings())
 
 
 class _ExtraOnly:
@@ -322,4 +345,3 @@ def _orders_db_token_cache(appid: str, source: str, margin_s: int) -> TokenCache
         source=source,
         margin_s=margin_s,
     )
-
