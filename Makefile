@@ -14,7 +14,8 @@ export AIRFLOW_CONN_NONTAX_ORDERS_DB ?= postgresql://postgres@127.0.0.1:5432/non
 WECHAT_SANDBOX_PORT ?= 8765
 PYTEST_ARGS ?=
 
-.PHONY: help install lint test sandbox migrate constraints clean
+.PHONY: help install lint test sandbox migrate load-orders run-once status attention demo \
+	constraints clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -39,6 +40,22 @@ test: lint  ## the whole suite: unit, integration (Postgres, sandbox), end to en
 
 migrate: $(STAMP)  ## apply the order schema migrations to AIRFLOW_CONN_NONTAX_ORDERS_DB
 	$(PY) -m nontax_tools migrate
+
+load-orders: $(STAMP)  ## load orders from JSON Lines: make load-orders FILE=orders.jsonl
+	@test -n "$(FILE)" || { echo "usage: make load-orders FILE=orders.jsonl"; exit 2; }
+	$(PY) -m nontax_tools load "$(FILE)"
+
+run-once: $(STAMP)  ## run the DAG once (airflow dags test) with the AIRFLOW_CONN_... Connections
+	$(PY) -m nontax_tools.run_once
+
+status: $(STAMP)  ## orders by status
+	$(PY) -m nontax_tools status
+
+attention: $(STAMP)  ## the orders that need a person, with their reasons
+	$(PY) -m nontax_tools attention
+
+demo: $(STAMP)  ## the whole pipeline on 200 demo orders against the sandbox, in one go
+	$(PY) -m nontax_tools.demo
 
 sandbox: $(STAMP)  ## run the WeChat sandbox in the foreground on WECHAT_SANDBOX_PORT
 	$(PY) -m wechat_sandbox --port $(WECHAT_SANDBOX_PORT)

@@ -8,7 +8,6 @@ test that asks for it starts from a reset state.
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -25,7 +24,8 @@ import psycopg2
 import pytest
 
 from nontax_tools.migrate import migrate
-from wechat_sandbox.client import DEFAULT_APPID, DEFAULT_SECRET, SandboxAdmin
+from nontax_tools.run_once import sandbox_connection
+from wechat_sandbox.client import SandboxAdmin
 from wechat_sandbox.process import SandboxProcess, start_sandbox
 
 TEST_PG = os.environ.get("NONTAX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -86,21 +86,8 @@ def sandbox(sandbox_process: SandboxProcess) -> SandboxAdmin:
     return admin
 
 
-def wechat_connection(url: str, **extra) -> str:
-    """The JSON form of the `wechat_nontax_default` Connection pointing at a sandbox."""
-    return json.dumps(
-        {
-            "conn_type": "http",
-            "host": url,
-            "login": DEFAULT_APPID,
-            "password": DEFAULT_SECRET,
-            "extra": {"timeout": 5, **extra},
-        }
-    )
-
-
 @pytest.fixture
 def wechat_conn(sandbox: SandboxAdmin, monkeypatch: pytest.MonkeyPatch) -> SandboxAdmin:
     """`wechat_nontax_default` set to the sandbox (stable_token mode)."""
-    monkeypatch.setenv("AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT", wechat_connection(sandbox.url))
+    monkeypatch.setenv("AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT", sandbox_connection(sandbox.url))
     return sandbox

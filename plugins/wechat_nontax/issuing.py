@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -142,11 +143,15 @@ class BatchIssuer:
         order = stored.order
         if self._stop.is_set():
             return self._stopped_result(order.order_id)
-        problems = check_order_fields(bill_fields(order), now=int(self._clock()), limits=self.settings.limits)
+        problems = check_order_fields(
+            bill_fields(order), now=int(self._clock()), limits=self.settings.limits
+        )
         pdf = None
         if not problems:
             try:
-                pdf = self._read_pdf(self.settings.pdf_root, order.pdf_path, self.settings.limits.max_pdf_bytes)
+                pdf = self._read_pdf(
+                    self.settings.pdf_root, order.pdf_path, self.settings.limits.max_pdf_bytes
+                )
             except errors.InvalidOrderError as exc:
                 problems = list(exc.problems)
             else:
@@ -180,7 +185,9 @@ class BatchIssuer:
         if not force and stored.s_pdf_media_id and fresh_until and fresh_until > now:
             return stored.s_pdf_media_id
         started = self._clock()
-        media_id = self._call(stored, "upload", lambda: self.api.upload_pdf(pdf, f"{stored.order_id}.pdf"))
+        media_id = self._call(
+            stored, "upload", lambda: self.api.upload_pdf(pdf, f"{stored.order_id}.pdf")
+        )
         self.store.record_uploaded(
             stored.order_id, media_id, run_id=self.run_id, duration_ms=self._ms(started)
         )
@@ -192,7 +199,9 @@ class BatchIssuer:
         while True:
             started = self._clock()
             try:
-                bill = self._call(stored, "insert", lambda m=media_id: self.api.insert_bill(order, m))
+                bill = self._call(
+                    stored, "insert", lambda m=media_id: self.api.insert_bill(order, m)
+                )
             except errors.MediaExpiredError as exc:
                 if reuploaded:
                     raise self._end(stored, exc, "insert") from None
@@ -227,8 +236,12 @@ class BatchIssuer:
                     count = answers[exc.signal]
                     limit = exc.rule.max_retries
                     if limit is not None and count > limit:
-                        reason = (exc.rule.exhausted_reason or exc.rule.reason).format(answers=count)
-                        raise self._end(stored, exc, step, status=Status.FAILED, reason=reason) from None
+                        reason = (exc.rule.exhausted_reason or exc.rule.reason).format(
+                            answers=count
+                        )
+                        raise self._end(
+                            stored, exc, step, status=Status.FAILED, reason=reason
+                        ) from None
                     delay = exc.rule.delay_s(count, now=self._clock(), jitter=self._random.random())
                     self.store.record_transient(
                         stored.order_id, run_id=self.run_id, step=step, outcome="retry",
@@ -318,10 +331,20 @@ def _answer(exc: errors.WeChatError) -> str:
 
 
 def outcome_table(results: Sequence[OrderResult], *, reason_width: int = 90) -> str:
-    """A plain-text table of a batch's outcomes, for the task log."""
+    """A plain-text table of a batch's outcomes for the task log: counts first, then every
+    order, the ones that did not go through at the top."""
+    counts = Counter(r.outcome for r in results)
+    ordered = sorted(results, key=lambda r: r.outcome in _ROUTINE)
     width = max([len("order_id"), *(len(r.order_id) for r in results)])
-    lines = [f"{'order_id':<{width}}  {'outcome':<16}  reason", f"{'-' * width}  {'-' * 16}  ------"]
-    for r in results:
+    lines = [
+        ", ".join(f"{outcome}: {n}" for outcome, n in counts.most_common()),
+        f"{'order_id':<{width}}  {'outcome':<16}  reason",
+        f"{'-' * width}  {'-' * 16}  ------",
+    ]
+    for r in ordered:
         reason = r.reason if len(r.reason) <= reason_width else r.reason[: reason_width - 1] + "…"
         lines.append(f"{r.order_id:<{width}}  {r.outcome:<16}  {reason}")
     return "\n".join(lines)
+
+
+_ROUTINE = frozenset({Outcome.INSERTED, Outcome.UPLOADED, Outcome.VALIDATED, Outcome.ALREADY_DONE})

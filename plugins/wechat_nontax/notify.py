@@ -42,5 +42,5 @@ def notify_failure(context: dict[str, Any]) -> None:
         HttpHook(method="POST", http_conn_id=conn.conn_id).run(
             json=failure_message(context), extra_options={"timeout": 10}
         )
-    except Exception:  # noqa: BLE001 (a notification never fails the pipeline)
+    except Exception:
         log.exception("could not send the failure notification")

@@ -65,7 +65,9 @@ class _BatchOperator(BaseOperator):
         from wechat_nontax.validation import Limits
 
         order_ids = [str(order_id) for order_id in self.order_ids]
-        limits = Limits() if self.max_pdf_bytes is None else Limits(max_pdf_bytes=self.max_pdf_bytes)
+        limits = (
+            Limits() if self.max_pdf_bytes is None else Limits(max_pdf_bytes=self.max_pdf_bytes)
+        )
         settings = Settings(
             pdf_root=self.pdf_root or default_pdf_root(),
             limits=limits,

@@ -76,6 +76,21 @@ def warm_token(*, wechat_conn_id: str) -> str:
         hook.close()
 
 
+def count_inserted(batches: Sequence[Sequence[str]], *, orders_conn_id: str) -> int:
+    """How many of the run's orders are inserted (by this run or an earlier one)."""
+    from wechat_nontax.orders_db import connect
+    from wechat_nontax.store import OrderStore
+
+    order_ids = [order_id for batch in batches for order_id in batch]
+    if not order_ids:
+        return 0
+    store = OrderStore(connect(orders_conn_id, application_name="nontax-report"))
+    try:
+        return store.count_by_status(order_ids).get(Status.INSERTED, 0)
+    finally:
+        store.close()
+
+
 def build_report(
     run_id: str,
     batches: Sequence[Sequence[str]],

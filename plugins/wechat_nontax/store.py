@@ -20,7 +20,6 @@ from wechat_nontax.bill import BILL_FIELDS, Order
 from wechat_nontax.policy import Status
 
 
-
 def _sql_list(statuses: Iterable[str]) -> str:
     # Status names are the enum's own constants, never input: safe to spell into SQL.
     return "(" + ", ".join(f"'{s}'" for s in sorted(statuses)) + ")"
@@ -241,9 +240,11 @@ class OrderStore:
 
     def get_row(self, order_id: str) -> dict[str, Any] | None:
         """Every column of one order (tools and tests)."""
-        with self._lock, self._conn, self._conn.cursor(
-            cursor_factory=psycopg2.extras.RealDictCursor
-        ) as cur:
+        with (
+            self._lock,
+            self._conn,
+            self._conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur,
+        ):
             cur.execute("SELECT * FROM nontax.bill_order WHERE order_id = %s", (order_id,))
             row = cur.fetchone()
         return dict(row) if row else None

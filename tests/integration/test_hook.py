@@ -9,6 +9,7 @@ import psycopg2
 import pytest
 
 from factories import MINIMAL_PDF, make_order
+from nontax_tools.run_once import sandbox_connection
 from wechat_nontax import errors
 from wechat_nontax.hook import WeChatNonTaxHook
 from wechat_nontax.policy import POLICY, Action
@@ -86,10 +87,8 @@ def test_token_race_eight_processes_one_fetch(orders_db, wechat_conn):
 def test_refused_token_is_invalidated_refreshed_and_the_call_retried_once(
     mode, orders_db, wechat_conn, monkeypatch
 ):
-    from conftest import wechat_connection
-
     monkeypatch.setenv(
-        "AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT", wechat_connection(wechat_conn.url, token_mode=mode)
+        "AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT", sandbox_connection(wechat_conn.url, token_mode=mode)
     )
     hook = WeChatNonTaxHook()
     hook.get_access_token()
@@ -146,9 +145,7 @@ def test_transport_faults_are_classified(fault, signal, hook, wechat_conn, monke
 
 
 def test_wrong_secret_is_a_configuration_error(orders_db, sandbox, monkeypatch):
-    from conftest import wechat_connection
-
-    conn = wechat_connection(sandbox.url).replace(DEFAULT_SECRET, "not-the-secret")
+    conn = sandbox_connection(sandbox.url).replace(DEFAULT_SECRET, "not-the-secret")
     monkeypatch.setenv("AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT", conn)
     hook = WeChatNonTaxHook()
     with pytest.raises(errors.PermanentError) as caught:
@@ -160,7 +157,6 @@ def test_wrong_secret_is_a_configuration_error(orders_db, sandbox, monkeypatch):
 
 def test_token_service_mode(orders_db, sandbox, monkeypatch):
     """A central token service: here the sandbox's classic endpoint stands in for one."""
-    from conftest import wechat_connection
     from wechat_sandbox.client import DEFAULT_APPID
 
     service = (
@@ -169,7 +165,7 @@ def test_token_service_mode(orders_db, sandbox, monkeypatch):
     )
     monkeypatch.setenv(
         "AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT",
-        wechat_connection(sandbox.url, token_mode="service", token_service_url=service),
+        sandbox_connection(sandbox.url, token_mode="service", token_service_url=service),
     )
     hook = WeChatNonTaxHook()
     hook.insert_bill(make_order(1), hook.upload_pdf(MINIMAL_PDF))

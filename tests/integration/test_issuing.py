@@ -1,4 +1,4 @@
-"""Issuing batches: the hook, the store and the policy together, against the sandbox and Postgres."""
+"""Issuing batches: hook, store and policy together, against the sandbox and Postgres."""
 
 from __future__ import annotations
 

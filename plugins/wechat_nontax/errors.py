@@ -1,0 +1,148 @@
+"""Typed exceptions for WeChat's refusals and for orders that cannot be sent.
+
+A `WeChatError` carries the errcode (or transport `Signal`) and errmsg of one answer, the step
+that got it, and the `Rule` from the policy table; its subclass names the action, so a caller
+can `except TokenInvalidError` where it refreshes the token and let the rest through.
+`error_for` is the one place that picks the subclass.
+
+Only errcode and errmsg go in; errmsg is still scrubbed of `access_token=`/`secret=` values,
+because a transport error's text (the caller's errmsg for a timeout) may quote the URL.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from wechat_nontax.policy import Action, Rule, classify_attempt
+
+if TYPE_CHECKING:
+    from wechat_nontax.validation import Problem
+
+# Longest errmsg kept in str(); WeChat's run to a sentence plus a request id.
+_ERRMSG_MAX = 200
+
+_SECRET_VALUE = re.compile(
+    r"""(?P<key>access_token|secret|appsecret)(?P<sep>["']?\s*[=:]\s*["']?)[^&\s"',}]+""",
+    re.IGNORECASE,
+)
+
+
+def redact(text: str) -> str:
+    """`text` with the values of access_token/secret parameters replaced by `***`."""
+    return _SECRET_VALUE.sub(r"\g<key>\g<sep>***", text)
+
+
+class WeChatError(Exception):
+    """An answer from WeChat (or its absence) that is not a success.
+
+    `signal` is the errcode or the transport `Signal`; `errcode` is the int errcode or None;
+    `step` is the call that got it: "token", "upload", "insert" or "authorization".
+    """
+
+    def __init__(
+        self,
+        signal: int | str,
+        errmsg: str = "",
+        step: str | None = None,
+        rule: Rule | None = None,
+    ) -> None:
+        self.signal = signal
+        self.errcode: int | None = signal if isinstance(signal, int) else None
+        self.errmsg = redact(str(errmsg))
+        self.step = step
+        self.rule: Rule = rule if rule is not None else classify_attempt(signal, 1)
+        super().__init__(self.signal, self.errmsg)
+
+    @property
+    def action(self) -> Action:
+        return self.rule.action
+
+    def __str__(self) -> str:
+        what = f"errcode {self.errcode}" if self.errcode is not None else str(self.signal)
+        errmsg = self.errmsg or self.rule.meaning
+        if len(errmsg) > _ERRMSG_MAX:
+            errmsg = errmsg[: _ERRMSG_MAX - 3] + "..."
+        prefix = f"{self.step}: " if self.step else ""
+        return f"{prefix}{what} ({errmsg}): {self.rule.reason}"
+
+    def __reduce__(self):  # keyword state survives pickling (worker processes, XCom-free logs)
+        return (type(self), (self.signal, self.errmsg, self.step, self.rule))
+
+
+class RetryableError(WeChatError):
+    """Try the same call again after a delay (busy, minute quota, 5xx, timeout)."""
+
+
+class TokenInvalidError(WeChatError):
+    """The access token was refused: invalidate if still cached, refresh, retry once."""
+
+
+class QuotaExhaustedError(WeChatError):
+    """The daily quota is used up: stop calling today; the orders stay due."""
+
+
+class AwaitingAuthorizationError(WeChatError):
+    """WeChat does not see the user's authorisation of the order yet."""
+
+
+class AlreadyInsertedError(WeChatError):
+    """The bill is already in the user's card package: never insert it again."""
+
+
+class MediaExpiredError(WeChatError):
+    """The PDF's media id is unknown or expired: upload again, retry once."""
+
+
+class PermanentError(WeChatError):
+    """A person must fix the order's data or the configuration before it is tried again."""
+
+
+class RejectedError(WeChatError):
+    """WeChat refuses this order for good."""
+
+
+_ERROR_FOR_ACTION: Mapping[Action, type[WeChatError]] = MappingProxyType(
+    {
+        Action.RETRY: RetryableError,
+        Action.REFRESH_TOKEN: TokenInvalidError,
+        Action.STOP_QUOTA: QuotaExhaustedError,
+        Action.WAIT_AUTHORIZATION: AwaitingAuthorizationError,
+        Action.ALREADY_INSERTED: AlreadyInsertedError,
+        Action.REUPLOAD: MediaExpiredError,
+        Action.FAIL: PermanentError,
+        Action.REJECT: RejectedError,
+    }
+)
+
+
+def error_for(
+    signal: int | str, errmsg: str, *, step: str | None = None, answers: int = 1
+) -> WeChatError:
+    """The exception for an answer: the subclass named by the policy's action.
+
+    `answers` counts consecutive answers of this signal for the same order (1-based); past a
+    rule's retry limit the error is a `PermanentError` that says how often it came back.
+    """
+    rule = classify_attempt(signal, answers)
+    if rule.action is Action.SUCCESS:
+        raise ValueError(f"{signal!r} is a success, not an error")
+    return _ERROR_FOR_ACTION[rule.action](signal, errmsg, step, rule)
+
+
+class InvalidOrderError(ValueError):
+    """An order that cannot be sent as it is: its problems say which fields and why."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        if not problems:
+            raise ValueError("an InvalidOrderError needs at least one problem")
+        self.problems: list[Problem] = list(problems)
+        super().__init__(self.problems)
+
+    def __str__(self) -> str:
+        return "; ".join(str(problem) for problem in self.problems)
+
+    def __reduce__(self):
+        return (type(self), (self.problems,))

@@ -1,0 +1,392 @@
+"""What to do after each answer from WeChat: the errcode policy, in one table.
+
+Every call the pipeline makes (token, PDF upload, insertbill, authorization status) ends in a
+signal: an `errcode` from the answer, or one of the transport `Signal`s when no usable answer
+came back. `POLICY` maps each signal to a `Rule`: the `Action` to take and a reason written for
+the person on duty. The table follows `spec/wechat-api-facts.md`; codes outside it are looked up
+in WeChat's global error codes. Anything not in the table is a permanent failure with a reason
+that says so, so an unknown code is seen by a person instead of being retried forever.
+
+`Status` names the states an order's row can be in; `status_for` says which state an action
+leaves the order in. The module is pure: the caller supplies the clock and the random numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum, nonmember
+from types import MappingProxyType
+
+
+class Action(StrEnum):
+    """What the caller does next with the call and its order."""
+
+    SUCCESS = "success"
+    RETRY = "retry"  # the same call again after a delay
+    # Invalidate the token if it is still the cached one, refresh, retry once.
+    REFRESH_TOKEN = "refresh_token"  # noqa: S105 (an action's name, not a password)
+    STOP_QUOTA = "stop_quota"  # daily quota used up: no more calls today, orders stay due
+    WAIT_AUTHORIZATION = "wait_authorization"  # not authorised yet: wait, fail after a deadline
+    ALREADY_INSERTED = "already_inserted"  # the bill is in the card package already
+    REUPLOAD = "reupload"  # the media id is unknown or expired: upload again, retry once
+    FAIL = "fail"  # permanent for this order: a person must fix data or configuration
+    REJECT = "reject"  # final: this order can never be inserted
+
+
+class Status(StrEnum):
+    """The states of an order's row (`nontax.bill_order.status`)."""
+
+    AUTHORIZED = "authorized"
+    UPLOADED = "uploaded"
+    AWAITING_AUTH = "awaiting_auth"
+    INSERTED = "inserted"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+    INVALID = "invalid"
+    FAILED = "failed"
+
+    # The three groups partition the states; in the class body the names are still the plain
+    # strings, which compare and hash equal to the members.
+    DUE = nonmember(frozenset({AUTHORIZED, UPLOADED, AWAITING_AUTH}))
+    FINISHED = nonmember(frozenset({INSERTED, DUPLICATE, REJECTED}))
+    NEEDS_ATTENTION = nonmember(frozenset({INVALID, FAILED}))
+
+
+class Signal(StrEnum):
+    """What went wrong when there is no errcode to read."""
+
+    HTTP_5XX = "http_5xx"
+    HTTP_4XX = "http_4xx"
+    TIMEOUT = "timeout"
+    CONNECTION_ERROR = "connection_error"
+    MALFORMED_ANSWER = "malformed_answer"  # not JSON, or JSON without a usable errcode
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One row of the policy: what a signal means and what to do about it.
+
+    `retry_delay_s` is a fixed wait before the next call (0 for "right away"); None with a
+    retrying action means exponential backoff. `until_next_minute` waits into the next calendar
+    minute instead. `max_retries` bounds how often the action may be repeated for one order
+    before the order fails with `exhausted_reason` (a template with `{answers}`); None leaves
+    the bound to the caller.
+    """
+
+    action: Action
+    meaning: str
+    reason: str
+    retry_delay_s: float | None = None
+    until_next_minute: bool = False
+    max_retries: int | None = None
+    exhausted_reason: str | None = None
+
+    @property
+    def waits(self) -> bool:
+        """Whether the order is tried again later (so `delay_s` applies)."""
+        return self.action in _WAITING_ACTIONS
+
+    def delay_s(self, answers: int, *, now: float, jitter: float) -> float:
+        """Seconds to wait before trying again after the `answers`-th such answer (1-based)."""
+        if not self.waits:
+            raise ValueError(f"a {self.action} rule does not try again")
+        if self.until_next_minute:
+            return delay_until_next_minute(now)
+        if self.retry_delay_s is not None:
+            return self.retry_delay_s
+        return backoff_delay(answers, jitter=jitter)
+
+
+_WAITING_ACTIONS = frozenset(
+    {Action.RETRY, Action.REFRESH_TOKEN, Action.REUPLOAD, Action.WAIT_AUTHORIZATION}
+)
+
+# -1 has also been seen for a bad billing_no/billing_code on insert (spec/wechat-api-facts.md):
+# retrying it forever would hide a data problem, so it gets a few retries and then fails.
+BUSY_RETRY_LIMIT = 3
+
+# 72038: how often to ask again while the user's authorisation is not visible to WeChat, and
+# how long to wait in total before the order needs a person. Our choice, not WeChat's.
+AUTHORIZATION_RECHECK_S = 15 * 60.0
+AUTHORIZATION_DEADLINE_S = 24 * 3600.0
+
+
+def _token_rule(meaning: str) -> Rule:
+    # 40001/40014/41001/42001 share one remedy (spec: invalidate-if-same, refresh, retry once).
+    return Rule(
+        Action.REFRESH_TOKEN,
+        meaning,
+        "the access token is no longer valid: invalidate it if it is still the cached one, "
+        "refresh, and retry the call once",
+        retry_delay_s=0.0,
+        max_retries=1,
+        exhausted_reason="the access token was refused again right after a refresh "
+        "({answers} times): another process may be refreshing this appid's token outside the "
+        "shared cache, or the app secret changed",
+    )
+
+
+_CONFIGURATION = "fix the account configuration (appid, app secret, card, interface permission)"
+_DATA = "fix the order's data, then re-run it"
+
+POLICY: Mapping[int | str, Rule] = MappingProxyType(
+    {
+        0: Rule(Action.SUCCESS, "ok", "the call succeeded"),
+        -1: Rule(
+            Action.RETRY,
+            "system busy",
+            "WeChat is busy: retry with backoff",
+            max_retries=BUSY_RETRY_LIMIT,
+            exhausted_reason="WeChat answered -1 (system busy) {answers} times in a row for this "
+            "order: if it persists, check billing_no/billing_code",
+        ),
+        40001: _token_rule("access_token invalid or not latest"),
+        40014: _token_rule("invalid access_token"),
+        41001: _token_rule("access_token missing"),
+        42001: _token_rule("access_token expired"),
+        40007: Rule(
+            Action.REUPLOAD,
+            "invalid media_id",
+            "the PDF's media id is unknown or expired: upload the PDF again, then retry once",
+            retry_delay_s=0.0,
+            max_retries=1,
+            exhausted_reason="WeChat refused the PDF's media id again right after a fresh upload "
+            "({answers} times): check the upload step and that it uses the same appid",
+        ),
+        40013: Rule(
+            Action.FAIL, "invalid appid", f"configuration: the appid is wrong: {_CONFIGURATION}"
+        ),
+        40125: Rule(
+            Action.FAIL,
+            "invalid appsecret",
+            f"configuration: the app secret is wrong: {_CONFIGURATION}",
+        ),
+        45009: Rule(
+            Action.STOP_QUOTA,
+            "daily API quota reached",
+            "the account's daily call quota is used up: no more calls today; the orders stay due "
+            "for the next run",
+        ),
+        45011: Rule(
+            Action.RETRY,
+            "API minute quota reached",
+            "the per-minute call quota is used up: wait into the next minute and retry",
+            until_next_minute=True,
+        ),
+        47001: Rule(
+            Action.FAIL,
+            "data format error",
+            "WeChat could not parse the request: a malformed field or a bug in the pipeline; "
+            "check the order's fields",
+        ),
+        40078: Rule(
+            Action.FAIL,
+            "card_id not authorised or card too new",
+            "card_id not authorised for this account or too new: fix the card configuration",
+        ),
+        72015: Rule(
+            Action.FAIL,
+            "no permission",
+            f"the account has no permission for this interface: {_CONFIGURATION}",
+        ),
+        72017: Rule(
+            Action.FAIL,
+            "title mismatch",
+            f"the bill's title does not match the card's registered title: {_DATA}",
+        ),
+        72023: Rule(
+            Action.FAIL,
+            "locked by another account",
+            "the order is locked by another account: find out which appid holds it",
+        ),
+        72024: Rule(
+            Action.FAIL,
+            "status error",
+            "the order or card is in a state that does not accept this bill: check it in the "
+            "WeChat back office",
+        ),
+        72031: Rule(Action.FAIL, "invalid params", f"WeChat rejected the bill's fields: {_DATA}"),
+        72035: Rule(
+            Action.REJECT,
+            "business rejected insert",
+            "WeChat refuses this order_id for good: its bill can never be inserted",
+        ),
+        72036: Rule(Action.RETRY, "invoice busy", "the bill is busy on WeChat's side: retry"),
+        72038: Rule(
+            Action.WAIT_AUTHORIZATION,
+            "order not authorised (appid / order_id mismatch)",
+            "WeChat does not see the user's authorisation for this order yet: check again later; "
+            "if it persists, check that appid and order_id match the authorisation",
+            retry_delay_s=AUTHORIZATION_RECHECK_S,
+        ),
+        72040: Rule(
+            Action.FAIL, "invalid PDF", "WeChat rejected the bill's PDF: regenerate the PDF"
+        ),
+        72042: Rule(
+            Action.FAIL,
+            "billing_code + billing_no already used",
+            f"another bill already uses this billing_code + billing_no: {_DATA}",
+        ),
+        72043: Rule(
+            Action.FAIL,
+            "code/number size error",
+            f"billing_code or billing_no has the wrong size: {_DATA}",
+        ),
+        # Assumed from card/invoice/insert (not confirmed for nontax): a second insert of the
+        # same order_id answers 72056. The order is in the card package: never insert it again.
+        72056: Rule(
+            Action.ALREADY_INSERTED,
+            "order_id repeated",
+            "the bill is already in the user's card package: it is never inserted again, and its "
+            "code and openid stay unknown",
+        ),
+        Signal.HTTP_5XX: Rule(
+            Action.RETRY, "WeChat answered HTTP 5xx", "WeChat's server failed: retry with backoff"
+        ),
+        Signal.HTTP_4XX: Rule(
+            Action.FAIL,
+            "WeChat answered HTTP 4xx",
+            "the request was refused at the HTTP level: check the Connection's host and path",
+        ),
+        # Retrying a call whose answer was lost is safe, also for insertbill: had the first
+        # insert gone through, the repeat answers 72056 and the order ends as a duplicate.
+        Signal.TIMEOUT: Rule(
+            Action.RETRY, "no answer in time", "WeChat did not answer in time: retry with backoff"
+        ),
+        Signal.CONNECTION_ERROR: Rule(
+            Action.RETRY,
+            "connection failed",
+            "could not reach WeChat: retry with backoff",
+        ),
+        Signal.MALFORMED_ANSWER: Rule(
+            Action.RETRY,
+            "malformed answer",
+            "WeChat's answer was not JSON with an errcode: retry with backoff",
+        ),
+    }
+)
+
+
+def classify(signal: int | str) -> Rule:
+    """The rule for an errcode or a transport `Signal`; unknown ones fail the order."""
+    if isinstance(signal, bool):  # True == 1 and False == 0 would find rows by accident
+        raise TypeError(f"a signal is an errcode or a Signal, not {signal!r}")
+    rule = POLICY.get(signal)
+    if rule is not None:
+        return rule
+    if isinstance(signal, int):
+        return Rule(
+            Action.FAIL,
+            f"unknown errcode {signal}",
+            f"unknown errcode {signal}: not in the pipeline's policy; look it up in WeChat's "
+            "global error codes and add a rule for it",
+        )
+    return Rule(
+        Action.FAIL,
+        f"unknown signal {signal!r}",
+        f"unknown signal {signal!r}: a bug in the pipeline",
+    )
+
+
+def classify_attempt(signal: int | str, answers: int) -> Rule:
+    """The rule after the `answers`-th consecutive answer `signal` for one order (1-based).
+
+    The table's rule while its `max_retries` allows another try; past it, a FAIL rule whose
+    reason says how often the signal came back.
+    """
+    if answers < 1:
+        raise ValueError(f"answers counts from 1, got {answers}")
+    rule = classify(signal)
+    if rule.max_retries is None or answers <= rule.max_retries:
+        return rule
+    reason = (rule.exhausted_reason or "{answers} answers in a row: giving up").format(
+        answers=answers
+    )
+    return Rule(Action.FAIL, rule.meaning, reason)
+
+
+def authorization_wait_rule(waited_s: float) -> Rule:
+    """The rule for a 72038 after waiting `waited_s` since the order was authorised."""
+    rule = POLICY[72038]
+    if waited_s < AUTHORIZATION_DEADLINE_S:
+        return rule
+    hours = AUTHORIZATION_DEADLINE_S / 3600
+    return Rule(
+        Action.FAIL,
+        rule.meaning,
+        f"WeChat still does not see the user's authorisation after {hours:g} h: check that "
+        "appid and order_id match the authorisation",
+    )
+
+
+def signal_for_http_status(status: int) -> Signal | None:
+    """The signal for an HTTP status, None when the body is to be read (2xx, 3xx)."""
+    if 500 <= status <= 599:
+        return Signal.HTTP_5XX
+    if 400 <= status <= 499:
+        return Signal.HTTP_4XX
+    return None
+
+
+def delay_until_next_minute(now: float) -> float:
+    """Seconds from `now` (Unix time) into the next calendar minute, plus one for clock skew."""
+    next_minute = (math.floor(now / 60) + 1) * 60
+    return next_minute - now + 1.0
+
+
+# WeChat's daily quotas are counted per Beijing calendar day (UTC+8, no daylight saving).
+_UTC8_OFFSET_S = 8 * 3600
+
+
+def seconds_until_quota_reset(now: float) -> float:
+    """Seconds from `now` (Unix time) to the next midnight UTC+8, when daily quotas reset.
+
+    WeChat resets daily quotas at midnight Beijing time (assumption, not confirmed by the
+    facts); plus a minute for clock skew.
+    """
+    day = 86_400
+    local = now + _UTC8_OFFSET_S
+    next_midnight = (math.floor(local / day) + 1) * day
+    return next_midnight - local + 60.0
+
+
+def backoff_delay(attempt: int, *, base: float = 0.5, cap: float = 30.0, jitter: float) -> float:
+    """Exponential backoff with equal jitter for the `attempt`-th retry (1-based).
+
+    The delay doubles from `base` up to `cap`; half of it is fixed and half scaled by `jitter`,
+    a random number in [0, 1) that the caller draws, so concurrent workers spread out while
+    the function stays pure.
+    """
+    if attempt < 1:
+        raise ValueError(f"attempt counts from 1, got {attempt}")
+    if not 0.0 <= jitter < 1.0:
+        raise ValueError(f"jitter must be in [0, 1), got {jitter}")
+    ceiling = min(cap, base * 2 ** min(attempt - 1, 64))  # bounded exponent: no overflow
+    return ceiling / 2 + ceiling / 2 * jitter
+
+
+_STATUS_FOR_ACTION: Mapping[Action, Status] = MappingProxyType(
+    {
+        Action.FAIL: Status.FAILED,
+        Action.REJECT: Status.REJECTED,
+        Action.ALREADY_INSERTED: Status.DUPLICATE,
+        Action.WAIT_AUTHORIZATION: Status.AWAITING_AUTH,
+    }
+)
+_STATUS_FOR_SUCCESS: Mapping[str, Status] = MappingProxyType(
+    {"authorization": Status.AUTHORIZED, "upload": Status.UPLOADED, "insert": Status.INSERTED}
+)
+
+
+def status_for(action: Action, step: str | None = None) -> Status | None:
+    """The status an action leaves the order in; None keeps the current one.
+
+    RETRY, REFRESH_TOKEN, STOP_QUOTA and REUPLOAD leave the order as it is (still due). SUCCESS
+    depends on the step that succeeded: `upload` -> uploaded, `insert` -> inserted.
+    """
+    action = Action(action)
+    if action is Action.SUCCESS:
+        return _STATUS_FOR_SUCCESS.get(step) if step is not None else None
+    return _STATUS_FOR_ACTION.get(action)

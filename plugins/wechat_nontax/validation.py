@@ -1,0 +1,307 @@
+"""Checks an order's fields and its PDF before anything is sent to WeChat.
+
+An order that WeChat would refuse for its data (47001, 72031, 72017, 72043...) costs a call and
+ends the same way, later and with a vaguer reason; an order with a wrong fee or date would
+put a wrong bill into someone's card package. So the raw values (from the order database, or
+from JSON with any type) are checked first, and every problem is reported at once so that a
+person fixes the order in one go.
+
+The rules, and why:
+- `fee`: a JSON integer of fen (分), positive and at most `Limits.max_fee`. Floats, strings and
+  booleans are refused rather than converted: 12.5 or "12" leaves unclear whether yuan or fen
+  were meant.
+- `billing_time`: an integer 10-digit Unix time (seconds; 13 digits are milliseconds), not
+  before `Limits.earliest_billing_time` and not more than `Limits.max_future_s` ahead of now.
+- `title`: text, not blank, no control or invisible formatting characters, no surrounding
+  whitespace (WeChat compares it with the card's registered title: 72017), at most
+  `Limits.max_title_len` characters.
+- `order_id`, `card_id`, `appid`, `billing_no`, `billing_code`: non-empty text of ASCII letters,
+  digits, `_` and `-` only, bounded in length. WeChat's ids (card ids such as
+  `pjZ8Yt7xiy3b9UfffRIA4Tm2xTnw`, appids `wx` + 16 hex digits) and the fiscal bill numbers fit
+  that set; quotes, spaces, `;` or non-ASCII digits in them are a data error. The appid is not
+  held to the `wx` + 16 hex form, so test and sandbox accounts pass.
+Each field reports its first broken rule only: once a fee is not a number, its range says
+nothing more.
+
+`resolve_pdf_path` turns the order's relative PDF location into one under the configured root,
+which may be a directory or an object-storage URL, by string logic alone.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from wechat_nontax.bill import Order, bill_fields
+from wechat_nontax.errors import InvalidOrderError
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "InvalidOrderError",
+    "Limits",
+    "Problem",
+    "check_order_fields",
+    "check_pdf",
+    "format_problems",
+    "resolve_pdf_path",
+    "validate_order",
+]
+
+# Bills are dated in China's calendar (UTC+8, no daylight saving).
+UTC8 = timezone(timedelta(hours=8), "UTC+8")
+
+PDF_MAGIC = b"%PDF-"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on an order's fields; the defaults are the pipeline's, not WeChat's.
+
+    - `max_fee`: 1,000,000,000 fen = 10 million yuan, far above any single non-tax fee, so
+      only a unit mix-up or a corrupt row reaches it.
+    - `earliest_billing_time`: 2017-01-01 00:00 UTC+8, before the fiscal bill card existed.
+    - `max_future_s`: a bill may be dated at most a day ahead (clock skew, time zone slips).
+    - `max_title_len` and the id lengths: above any real value; `max_order_id_len` matches the
+      order table's constraint.
+    - `max_pdf_bytes`: 2 MiB; WeChat documents no limit for setpdf, so this is an assumption.
+    """
+
+    max_fee: int = 1_000_000_000
+    earliest_billing_time: int = 1_483_200_000  # 2017-01-01T00:00:00+08:00
+    max_future_s: int = 86_400
+    max_title_len: int = 64
+    max_billing_no_len: int = 32
+    max_billing_code_len: int = 32
+    max_order_id_len: int = 64
+    max_card_id_len: int = 64
+    max_appid_len: int = 32
+    max_pdf_bytes: int = 2 * 1024 * 1024
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why one field of an order cannot be sent; `reason` follows the field name in a sentence."""
+
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.reason}"
+
+
+# WeChat's id character set, ASCII only (str.isdigit would let '١٢' through).
+_SAFE_ID = re.compile(r"[A-Za-z0-9_-]+")
+_SAFE_ID_TEXT = "ASCII letters, digits, '_' and '-'"
+# Control (Cc), invisible formatting such as bidi overrides and zero-width joiners (Cf),
+# surrogates (Cs), and line/paragraph separators: none belongs in a one-line bill title.
+_BAD_TITLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_SHOWN_CHARS = 40
+
+
+def _show(value: object) -> str:
+    """The value for a reason: repr (escapes control characters), truncated."""
+    if isinstance(value, str) and len(value) > _SHOWN_CHARS:
+        return repr(value[:_SHOWN_CHARS]) + "..."
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
+
+
+def _typed(value: object) -> str:
+    """The value with its type, for a value of the wrong type: `str '12'`, `bool True`."""
+    return f"{type(value).__name__} {_show(value)}"
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _date(unix_time: int) -> str:
+    return datetime.fromtimestamp(unix_time, UTC8).strftime("%Y-%m-%d %H:%M:%S UTC+8")
+
+
+def _check_fee(value: object, *, now: float, limits: Limits) -> str | None:
+    if not _is_int(value):
+        return f"must be an integer number of fen (分), got {_typed(value)}"
+    if value <= 0:
+        return f"must be a positive number of fen (分), got {value}"
+    if value > limits.max_fee:
+        return (
+            f"must be at most {limits.max_fee} fen ({limits.max_fee / 100:,.2f} yuan), "
+            f"got {value}: a yuan/fen mix-up?"
+        )
+    return None
+
+
+def _check_billing_time(value: object, *, now: float, limits: Limits) -> str | None:
+    if not _is_int(value):
+        return f"must be an integer Unix time in seconds, got {_typed(value)}"
+    if value <= 0:
+        return f"must be a positive 10-digit Unix time in seconds, got {value}"
+    digits = len(str(value))
+    if digits != 10:
+        hint = ": milliseconds instead of seconds?" if digits == 13 else ""
+        return f"must be a 10-digit Unix time in seconds, got {digits} digits ({value}){hint}"
+    if value < limits.earliest_billing_time:
+        return (
+            f"must not be before {_date(limits.earliest_billing_time)}, "
+            f"got {value} ({_date(value)})"
+        )
+    if value > now + limits.max_future_s:
+        return (
+            f"must not be more than {limits.max_future_s} s in the future, "
+            f"got {value} ({_date(value)}) at {_date(int(now))}"
+        )
+    return None
+
+
+def _check_title(value: object, *, now: float, limits: Limits) -> str | None:
+    if not isinstance(value, str):
+        return f"must be text, got {_typed(value)}"
+    if not value.strip():
+        return f"must not be empty or blank, got {_show(value)}"
+    bad = sorted({c for c in value if unicodedata.category(c) in _BAD_TITLE_CATEGORIES})
+    if bad:
+        return (
+            f"must not contain control or invisible characters "
+            f"({', '.join(f'U+{ord(c):04X}' for c in bad)}), got {_show(value)}"
+        )
+    if value != value.strip():
+        return (
+            "must not start or end with whitespace (WeChat compares it with the card's "
+            f"registered title), got {_show(value)}"
+        )
+    if len(value) > limits.max_title_len:
+        return (
+            f"must be at most {limits.max_title_len} characters, got {len(value)}: {_show(value)}"
+        )
+    return None
+
+
+def _id_checker(limit: Callable[[Limits], int]) -> Callable[..., str | None]:
+    def check(value: object, *, now: float, limits: Limits) -> str | None:
+        if not isinstance(value, str):
+            return f"must be text, got {_typed(value)}"
+        if not value:
+            return "must not be empty"
+        max_len = limit(limits)
+        if len(value) > max_len:
+            return f"must be at most {max_len} characters, got {len(value)}: {_show(value)}"
+        if not _SAFE_ID.fullmatch(value):
+            bad = sorted({c for c in value if not _SAFE_ID.fullmatch(c)})
+            shown = ", ".join(repr(c) for c in bad[:10])
+            return f"may contain only {_SAFE_ID_TEXT}, found {shown} in {_show(value)}"
+        return None
+
+    return check
+
+
+_FIELD_CHECKS: Mapping[str, Callable[..., str | None]] = {
+    "order_id": _id_checker(lambda limits: limits.max_order_id_len),
+    "card_id": _id_checker(lambda limits: limits.max_card_id_len),
+    "appid": _id_checker(lambda limits: limits.max_appid_len),
+    "fee": _check_fee,
+    "title": _check_title,
+    "billing_time": _check_billing_time,
+    "billing_no": _id_checker(lambda limits: limits.max_billing_no_len),
+    "billing_code": _id_checker(lambda limits: limits.max_billing_code_len),
+}
+
+
+def check_order_fields(
+    fields: Mapping[str, object], *, now: float, limits: Limits = DEFAULT_LIMITS
+) -> list[Problem]:
+    """Every problem with an order's bill fields (`bill.BILL_FIELDS`); [] means valid.
+
+    `fields` holds raw values of any type; keys beyond the bill fields are ignored. `now` is
+    the current Unix time, for the future bound of `billing_time`.
+    """
+    problems = []
+    for name, check in _FIELD_CHECKS.items():
+        value = fields.get(name)
+        reason = "is missing" if value is None else check(value, now=now, limits=limits)
+        if reason is not None:
+            problems.append(Problem(name, reason))
+    return problems
+
+
+def validate_order(order: Order, *, now: float, limits: Limits = DEFAULT_LIMITS) -> list[Problem]:
+    """Every problem with an order's bill fields; [] means valid. The PDF is checked apart."""
+    return check_order_fields(bill_fields(order), now=now, limits=limits)
+
+
+def check_pdf(data: bytes | None, *, limits: Limits = DEFAULT_LIMITS) -> Problem | None:
+    """The problem with a bill's PDF content, or None when it may be uploaded."""
+    if data is None:
+        return Problem("pdf", "PDF not found")
+    if len(data) == 0:
+        return Problem("pdf", "PDF is empty (0 bytes)")
+    if bytes(data[: len(PDF_MAGIC)]) != PDF_MAGIC:
+        return Problem(
+            "pdf", f"is not a PDF: it starts with {bytes(data[:8])!r}, not {PDF_MAGIC!r}"
+        )
+    if len(data) > limits.max_pdf_bytes:
+        return Problem(
+            "pdf", f"PDF is {len(data)} bytes, more than the limit of {limits.max_pdf_bytes} bytes"
+        )
+    return None
+
+
+# A URL scheme or a drive letter at the start: "file:", "s3:", "C:".
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def _pdf_path_problem(relative: object) -> str | None:
+    if relative is None:
+        return "is missing: the order has no PDF location"
+    if not isinstance(relative, str):
+        return f"must be text, got {_typed(relative)}"
+    if not relative.strip():
+        return "must not be empty"
+    if "\x00" in relative:
+        return f"must not contain a NUL byte, got {_show(relative)}"
+    if any(unicodedata.category(c) == "Cc" for c in relative):
+        return f"must not contain control characters, got {_show(relative)}"
+    if "\\" in relative:
+        return f"must use '/' as separator, not a backslash, got {_show(relative)}"
+    if relative.startswith("/"):
+        return f"must be relative to the PDF root, got the absolute path {_show(relative)}"
+    if _SCHEME.match(relative):
+        return f"must be relative to the PDF root, not a URL or drive, got {_show(relative)}"
+    if relative.endswith("/"):
+        return f"must name a file, not a directory, got {_show(relative)}"
+    normal = posixpath.normpath(relative)
+    if normal == ".." or normal.startswith("../"):
+        return f"must stay under the PDF root, got {_show(relative)}"
+    if normal == ".":
+        return f"must name a file, got {_show(relative)}"
+    return None
+
+
+def resolve_pdf_path(root: str, relative: str | None) -> str:
+    """The PDF's full location: `relative` joined under `root`, which it may not leave.
+
+    `root` is a directory (`/data/bills`) or an object-storage URL (`s3://bucket/pdfs`); it is
+    configuration and taken as given. `relative` comes from the order's row and is refused
+    (`InvalidOrderError` on `pdf_path`) when missing, absolute, a URL or drive, with
+    backslashes, NUL or control characters, or with `..` segments that leave the root.
+    Pure string logic: nothing is read, and symbolic links are not followed.
+    """
+    if not isinstance(root, str) or not root.strip():
+        raise ValueError("the PDF root is not configured")
+    reason = _pdf_path_problem(relative)
+    if reason is not None:
+        raise InvalidOrderError([Problem("pdf_path", reason)])
+    separator = "" if root.endswith("/") else "/"
+    return f"{root}{separator}{posixpath.normpath(relative)}"
+
+
+def format_problems(problems: Iterable[Problem]) -> str:
+    """The problems on one line, as an order's recorded reason: `fee: ...; title: ...`."""
+    return "; ".join(str(problem) for problem in problems)
