@@ -22,8 +22,7 @@ from airflow.sdk import (
 )
 
 from wechat_nontax.notify import notify_failure
-from wechat_nontax.operators import InsertBillOperator, UploadBillPdfOperator
-from wechat_nontax.run_steps import batch_label
+from wechat_nontax.operators import InsertBillOperator, UploadBillPdfOperator, batch_label
 
 WECHAT_CONN_ID = "wechat_nontax_default"
 ORDERS_CONN_ID = "nontax_orders_db"

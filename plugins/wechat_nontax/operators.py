@@ -24,6 +24,15 @@ DEFAULT_WECHAT_CONN_ID = "wechat_nontax_default"
 DEFAULT_ORDERS_CONN_ID = "nontax_orders_db"
 
 
+def batch_label(order_ids: Sequence[str]) -> str:
+    """How a mapped instance is named in the UI: its first and last order and its size."""
+    if not order_ids:
+        return "empty batch"
+    if len(order_ids) == 1:
+        return str(order_ids[0])
+    return f"{order_ids[0]} … {order_ids[-1]} ({len(order_ids)})"
+
+
 class _BatchOperator(BaseOperator):
     """Shared by both steps: one batch of orders, worked on concurrently."""
 

@@ -32,15 +32,6 @@ def split_batches(order_ids: Sequence[str], batch_size: int) -> list[list[str]]:
     return batches
 
 
-def batch_label(order_ids: Sequence[str]) -> str:
-    """How a mapped instance is named in the UI: its first and last order and its size."""
-    if not order_ids:
-        return "empty batch"
-    if len(order_ids) == 1:
-        return str(order_ids[0])
-    return f"{order_ids[0]} … {order_ids[-1]} ({len(order_ids)})"
-
-
 def claim_orders(
     run_id: str,
     *,
