@@ -30,8 +30,12 @@ _SECRET_VALUE = re.compile(
 )
 
 
-def redact(text: str) -> str:
-    """`text` with the values of access_token/secret parameters replaced by `***`."""
+def redact(text: str, *secrets: str | None) -> str:
+    """`text` with the values of access_token/secret parameters, and every one of `secrets`
+    wherever it appears, replaced by `***`."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
     return _SECRET_VALUE.sub(r"\g<key>\g<sep>***", text)
 
 

@@ -50,14 +50,6 @@ class AuthData:
     auth_time: int | None
 
 
-def redact(text: str, *secrets: str | None) -> str:
-    """`text` with every secret replaced, for messages that end up in logs or the order table."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
-
-
 class WeChatNonTaxHook(HttpHook):
     """Calls WeChat's non-tax bill API with a token shared through the order database."""
 
@@ -268,10 +260,12 @@ class WeChatNonTaxHook(HttpHook):
                 session, session.prepare_request(request), self.merged_extra
             )
         except requests.Timeout as exc:
-            raise errors.error_for("timeout", redact(_describe(exc), *secrets), step=step) from None
+            raise errors.error_for(
+                "timeout", errors.redact(_describe(exc), *secrets), step=step
+            ) from None
         except requests.RequestException as exc:
             raise errors.error_for(
-                "connection_error", redact(_describe(exc), *secrets), step=step
+                "connection_error", errors.redact(_describe(exc), *secrets), step=step
             ) from None
         if response.status_code >= 500:
             raise errors.error_for("http_5xx", f"HTTP {response.status_code}", step=step)
@@ -289,7 +283,7 @@ class WeChatNonTaxHook(HttpHook):
         if not isinstance(errcode, int) or isinstance(errcode, bool):
             raise errors.error_for("malformed_answer", f"errcode {errcode!r}", step=step)
         if errcode != 0:
-            errmsg = redact(str(answer.get("errmsg", "")), *secrets)
+            errmsg = errors.redact(str(answer.get("errmsg", "")), *secrets)
             raise errors.error_for(errcode, errmsg, step=step)
         return answer
 

@@ -38,6 +38,9 @@ from wechat_nontax.validation import Limits, check_order_fields, check_pdf, form
 # before that.
 MEDIA_LIFETIME_S = 3 * 24 * 3600
 DEFAULT_MEDIA_MARGIN_S = 6 * 3600
+# How long a claim holds an order: longer than any run, short enough that a crashed run's
+# orders are due again the same day.
+DEFAULT_LEASE_S = 3600
 
 
 class Outcome(StrEnum):
@@ -76,7 +79,7 @@ class Settings:
     max_workers: int = 16
     time_budget_s: float = 300.0  # how long transient errors may be retried inside the task
     media_margin_s: float = DEFAULT_MEDIA_MARGIN_S
-    lease_s: int = 3600
+    lease_s: int = DEFAULT_LEASE_S
     dry_run: bool = False
 
 

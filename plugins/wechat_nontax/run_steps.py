@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from wechat_nontax.issuing import DEFAULT_LEASE_S
 from wechat_nontax.policy import Status
 
 DEFAULT_BATCH_SIZE = 250
-DEFAULT_LEASE_S = 3600
 # Airflow refuses to map past max_map_length (1024 by default); batches stay far below it.
 MAX_BATCHES = 1000
 

@@ -22,6 +22,9 @@ The rules, and why:
   held to the `wx` + 16 hex form, so test and sandbox accounts pass.
 Each field reports its first broken rule only: once a fee is not a number, its range says
 nothing more.
+- `card_id` against the account's configured cards (`parse_card_ids`, `check_card_allowed`):
+  only when the WeChat Connection lists them in its extra `card_ids`; without that list an
+  unknown card is found out by WeChat's 40078.
 
 `resolve_pdf_path` turns the order's relative PDF location into one under the configured root,
 which may be a directory or an object-storage URL, by string logic alone.
@@ -44,9 +47,11 @@ __all__ = [
     "InvalidOrderError",
     "Limits",
     "Problem",
+    "check_card_allowed",
     "check_order_fields",
     "check_pdf",
     "format_problems",
+    "parse_card_ids",
     "resolve_pdf_path",
     "validate_order",
 ]
@@ -229,6 +234,38 @@ def check_order_fields(
         if reason is not None:
             problems.append(Problem(name, reason))
     return problems
+
+
+def parse_card_ids(value: object) -> frozenset[str] | None:
+    """The account's card ids from configuration (the WeChat Connection's extra `card_ids`): a
+    list of strings or one comma-separated string. None when not configured (missing, null, or
+    empty): then no order is refused for its card before WeChat answers 40078."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",")]
+    elif isinstance(value, list | tuple | set | frozenset) and all(
+        isinstance(item, str) for item in value
+    ):
+        items = [item.strip() for item in value]
+    else:
+        raise ValueError(
+            f"card_ids must be a list of card ids or a comma-separated string, got {_typed(value)}"
+        )
+    cards = frozenset(item for item in items if item)
+    return cards or None
+
+
+def check_card_allowed(card_id: object, allowed: Iterable[str] | None) -> Problem | None:
+    """The problem with an order's card when the account's card ids are configured and it is
+    not one of them (WeChat would answer 40078); None when allowed or not configured."""
+    if allowed is None or not isinstance(card_id, str) or card_id in allowed:
+        return None
+    return Problem(
+        "card_id",
+        f"{_show(card_id)} is not one of this account's card ids (the WeChat Connection's "
+        "extra card_ids): fix the order's card_id, or add the card to the configuration",
+    )
 
 
 def validate_order(order: Order, *, now: float, limits: Limits = DEFAULT_LIMITS) -> list[Problem]:
