@@ -106,6 +106,7 @@ def nontax_insertbill():
             batches,
             orders_conn_id=ORDERS_CONN_ID,
             started_at=context["dag_run"].start_date,
+            dry_run=context["params"]["dry_run"],
         )
         return finish_report(summary, context["ti"])
 

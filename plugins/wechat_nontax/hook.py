@@ -15,6 +15,8 @@ password = app secret, extras:
                     {"access_token": ..., "expires_in": ...}
   token_margin_s    refresh this long before expiry (default 300)
   timeout           seconds per call (default 15), as HttpHook reads it
+  card_ids          optional: the account's card ids (a list, or comma-separated); an order
+                    naming another card ends invalid before any call (else WeChat answers 40078)
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from wechat_nontax.bill import Order, insertbill_body
 from wechat_nontax.token_cache import TokenCache
 
 TOKEN_MODES = ("stable_token", "token", "service")
-_OWN_EXTRAS = frozenset({"token_mode", "token_service_url", "token_margin_s"})
+_OWN_EXTRAS = frozenset({"token_mode", "token_service_url", "token_margin_s", "card_ids"})
 DEFAULT_TIMEOUT_S = 15.0
 
 
@@ -111,6 +113,14 @@ class WeChatNonTaxHook(HttpHook):
     def appid(self) -> str:
         self.session  # noqa: B018 (reads the Connection)
         return self._appid
+
+    @property
+    def allowed_card_ids(self) -> frozenset[str] | None:
+        """The card ids the Connection's extra `card_ids` lists; None when it lists none."""
+        from wechat_nontax.validation import parse_card_ids
+
+        self.session  # noqa: B018 (reads the Connection)
+        return parse_card_ids(self._extras.get("card_ids"))
 
     @property
     def token_mode(self) -> str:

@@ -32,7 +32,13 @@ from wechat_nontax.policy import (
     seconds_until_quota_reset,
 )
 from wechat_nontax.store import OrderStore, StoredOrder
-from wechat_nontax.validation import Limits, check_order_fields, check_pdf, format_problems
+from wechat_nontax.validation import (
+    Limits,
+    check_card_allowed,
+    check_order_fields,
+    check_pdf,
+    format_problems,
+)
 
 # WeChat deletes a media id that is not attached to a card within 3 days; upload again well
 # before that.
@@ -81,6 +87,8 @@ class Settings:
     media_margin_s: float = DEFAULT_MEDIA_MARGIN_S
     lease_s: int = DEFAULT_LEASE_S
     dry_run: bool = False
+    # The account's card ids (the WeChat Connection's extra `card_ids`); None: not configured.
+    card_ids: frozenset[str] | None = None
 
 
 class WeChatApi(Protocol):
@@ -149,6 +157,9 @@ class BatchIssuer:
         problems = check_order_fields(
             bill_fields(order), now=int(self._clock()), limits=self.settings.limits
         )
+        if not any(p.field == "card_id" for p in problems):
+            card = check_card_allowed(order.card_id, self.settings.card_ids)
+            problems += [card] if card is not None else []
         pdf = None
         if not problems:
             try:

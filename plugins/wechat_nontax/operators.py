@@ -13,6 +13,7 @@ Nothing heavy is imported at module level: the DAG file imports this module at e
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -77,17 +78,20 @@ class _BatchOperator(BaseOperator):
         limits = (
             Limits() if self.max_pdf_bytes is None else Limits(max_pdf_bytes=self.max_pdf_bytes)
         )
+        # None (the default) keeps Settings' own default: one place for each of them.
+        budgets = {"time_budget_s": self.time_budget_s, "lease_s": self.lease_s}
         settings = Settings(
             pdf_root=self.pdf_root or default_pdf_root(),
             limits=limits,
             max_workers=int(self.max_workers),
-            time_budget_s=self.time_budget_s,
-            lease_s=self.lease_s,
             dry_run=_as_bool(self.dry_run),
+            **{name: value for name, value in budgets.items() if value is not None},
         )
         store = OrderStore(connect(self.orders_conn_id, application_name=f"nontax-{self.task_id}"))
         hook = WeChatNonTaxHook(self.wechat_conn_id, pool_size=settings.max_workers)
         try:
+            # The account's card ids, when the Connection lists them: checked before any call.
+            settings = dataclasses.replace(settings, card_ids=hook.allowed_card_ids)
             issuer = BatchIssuer(
                 hook,
                 store,

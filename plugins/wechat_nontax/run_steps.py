@@ -88,6 +88,7 @@ def build_report(
     *,
     orders_conn_id: str,
     started_at: datetime | None,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     """Counts by status of the run's orders, who needs a person and why, duration and pace.
 
@@ -106,11 +107,16 @@ def build_report(
         store.close()
     duration_s = (time.time() - started_at.timestamp()) if started_at else None
     done = sum(n for status, n in counts.items() if status in Status.FINISHED)
+    # Still due after every batch ended, and not because WeChat is waiting for the payer: the
+    # batch gave up on them (a quota, errors past the budget, a crash). They go to the next run.
+    left_due = counts.get(Status.AUTHORIZED, 0) + counts.get(Status.UPLOADED, 0)
     return {
         "orders": len(order_ids),
         "batches": len(batches),
         "by_status": dict(sorted(counts.items())),
         "inserted": counts.get(Status.INSERTED, 0),
+        "left_due": 0 if dry_run else left_due,  # a dry run leaves every order due
+        "dry_run": dry_run,
         "needs_attention": [{"order_id": o, "status": s, "reason": r} for o, s, r in attention],
         "duration_s": round(duration_s, 1) if duration_s is not None else None,
         "finished_per_s": round(done / duration_s, 2) if duration_s else None,
@@ -125,22 +131,28 @@ def format_report(report: dict[str, Any]) -> str:
         *(f"  {status:<14} {n}" for status, n in report["by_status"].items()),
     ]
     attention = report["needs_attention"]
+    if report["left_due"]:
+        lines.append(f"left due for the next run: {report['left_due']} (see the batches' logs)")
     lines.append(f"needs a person: {len(attention)}")
     lines += [f"  {a['order_id']}  [{a['status']}]  {a['reason']}" for a in attention]
     return "\n".join(lines)
 
 
 def finish_report(report: dict[str, Any], ti: Any) -> dict[str, Any]:
-    """Log the report; fail the task (after publishing the report) when orders need a person,
-    so that the run shows red until they are dealt with."""
+    """Log the report; fail the task (after publishing the report) when orders need a person
+    or were left unfinished, so that the run shows red until they are dealt with. The verdict
+    comes from the orders themselves, so a batch that crashed cannot leave a green run."""
     import logging
 
     logging.getLogger(__name__).info("Run report:\n%s", format_report(report))
+    problems = []
     if report["needs_attention"]:
+        problems.append(f"{len(report['needs_attention'])} orders need a person")
+    if report["left_due"]:
+        problems.append(f"{report['left_due']} orders were left unfinished")
+    if problems:
         from airflow.sdk.exceptions import AirflowFailException
 
         ti.xcom_push(key="return_value", value=report)
-        raise AirflowFailException(
-            f"{len(report['needs_attention'])} orders need a person: see the report above"
-        )
+        raise AirflowFailException("; ".join(problems) + ": see the report above")
     return report
