@@ -1,0 +1,324 @@
+"""`make bench`: the pipeline against the raw-client ceiling and a per-order DAG, in one go.
+
+One local Airflow (the `make up` stack: api-server, scheduler with LocalExecutor, dag-processor,
+triggerer, Postgres metadata) whose dags folder holds the pipeline's DAG and `per_order_dag.py`,
+one sandbox with a fixed latency on every call, and then, in this order:
+  1. the ceiling: a plain client, the same calls in flight as the pipeline (pool slots x workers);
+  2. the pipeline at 1,000 and 10,000 orders, trigger to the end of its report task;
+  3. the per-order DAG at 1,000 orders (Airflow's mapping limit is 1,024);
+  4. costs: the DAG file's parse time, the claim on 20,000 and 1,000,000 row tables, the peak
+     memory of the worker processes during each pipeline run, token fetches per run.
+Results go to bench/results.json and bench/orders_per_s.png. Sizes are settable (--help).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import psutil
+import psycopg2
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+
+
+def _ts(value: str | None) -> float | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() if value else None
+
+
+class WorkerMemory:
+    """Samples the summed RSS of the scheduler's descendants (LocalExecutor workers and the task
+    processes they run) while a run goes; keeps the peak."""
+
+    def __init__(self, stack, interval_s: float = 0.2):
+        self.stack, self.interval_s = stack, interval_s
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _scheduler(self) -> psutil.Process | None:
+        for proc in self.stack.processes():
+            try:
+                if "scheduler" in " ".join(proc.cmdline()):
+                    return proc
+            except psutil.Error:
+                continue
+        return None
+
+    def _sample(self) -> None:
+        scheduler = self._scheduler()
+        while scheduler is not None and not self._stop.is_set():
+            total = 0
+            for child in scheduler.children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                except psutil.Error:
+                    continue
+            self.peak_mb = max(self.peak_mb, total / 2**20)
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> WorkerMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def load_orders(dsn: str, pdf_root: Path, prefix: str, n: int) -> None:
+    """N due orders sharing one bill PDF file (the pipeline still reads it once per order)."""
+    from ceiling import demo_orders
+    from nontax_tools.bill_pdf import render_bill_pdf
+    from wechat_nontax.store import OrderStore
+
+    orders = demo_orders(n, prefix)
+    pdf = pdf_root / "bench" / "bill.pdf"
+    pdf.parent.mkdir(parents=True, exist_ok=True)
+    if not pdf.exists():
+        pdf.write_bytes(render_bill_pdf(orders[0]))
+    from dataclasses import replace
+
+    store = OrderStore(psycopg2.connect(dsn))
+    try:
+        for start in range(0, n, 5000):
+            store.upsert_orders(
+                [replace(o, pdf_path="bench/bill.pdf") for o in orders[start : start + 5000]]
+            )
+    finally:
+        store.close()
+
+
+def token_fetches(dsn: str) -> int:
+    conn = psycopg2.connect(dsn)
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT coalesce(sum(fetch_count), 0) FROM nontax.access_token")
+        (count,) = cur.fetchone()
+    conn.close()
+    return int(count)
+
+
+def count_inserted(dsn: str, prefix: str) -> int:
+    conn = psycopg2.connect(dsn)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM nontax.bill_order WHERE status = 'inserted' AND order_id LIKE %s",
+            (f"{prefix}%",),
+        )
+        (count,) = cur.fetchone()
+    conn.close()
+    return int(count)
+
+
+def _wait_for_dag(api, dag_id: str, timeout: float = 120) -> None:
+    from nontax_tools.airflow_api import AirflowApiError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            api.dag(dag_id)
+            return
+        except AirflowApiError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def timed_run(stack, dag_id: str, conf: dict, *, timeout: float, last_task: str) -> dict:
+    """Trigger, wait, and time from the trigger to the end of `last_task`."""
+    api = stack.api
+    triggered = time.time()
+    run_id = api.trigger(conf, dag_id=dag_id)
+    run = api.wait_run(run_id, timeout=timeout, poll_s=0.5, dag_id=dag_id)
+    ends = [
+        _ts(t["end_date"])
+        for t in api.task_instances(run_id, dag_id=dag_id)
+        if t["task_id"] == last_task and t.get("end_date")
+    ]
+    finished = max(ends) if ends else _ts(run.get("end_date")) or time.time()
+    return {"run_id": run_id, "state": run["state"], "seconds": round(finished - triggered, 2)}
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [
+        "ceiling\n(plain client)",
+        "pipeline\n1,000",
+        "pipeline\n10,000",
+        "per-order DAG\n1,000",
+    ]
+    values = [
+        results["ceiling_orders_per_s"],
+        results["pipeline_orders_per_s_1k"],
+        results["pipeline_orders_per_s"],
+        results["per_order_dag_orders_per_s"],
+    ]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bars = ax.bar(names, values, color=["#999999", "#4c9be8", "#1f6fbf", "#e8894c"])
+    ax.bar_label(bars, fmt="%.1f")
+    ax.set_ylabel("orders per second (upload + insert)")
+    settings = results["settings"]
+    ax.set_title(
+        f"{settings['latency_ms']} ms per call, {settings['in_flight']} calls in flight, "
+        f"{results['machine']['cpus']} cores"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--small", type=int, default=1000)
+    parser.add_argument("--large", type=int, default=10_000)
+    parser.add_argument("--per-order", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--pool-slots", type=int, default=4)
+    parser.add_argument("--latency-ms", type=int, default=50)
+    parser.add_argument("--claim-rows", type=int, nargs="*", default=[20_000, 1_000_000])
+    parser.add_argument("--out", type=Path, default=BENCH / "results.json")
+    args = parser.parse_args(argv)
+
+    from ceiling import ceiling, demo_orders
+    from claim_cost import claim_cost
+    from nontax_tools.bill_pdf import render_bill_pdf
+    from nontax_tools.stack import Stack, StackConfig, free_port
+    from parse_time import parse_ms
+    from wechat_sandbox.client import SandboxAdmin
+
+    state = ROOT / ".run" / "bench"
+    shutil.rmtree(state, ignore_errors=True)
+    dags = state / "dags"
+    dags.mkdir(parents=True)
+    for dag_file in (ROOT / "dags" / "nontax_insertbill.py", BENCH / "per_order_dag.py"):
+        (dags / dag_file.name).symlink_to(dag_file)
+    in_flight = args.pool_slots * args.workers
+    config = StackConfig(
+        state_dir=state / "stack",
+        port=free_port(),
+        sandbox_port=None,
+        pool_slots=args.pool_slots,
+        parallelism=max(8, args.pool_slots + 4),
+        orders_db_name="nontax_bench",
+        meta_db_name="airflow_bench_meta",
+        worker_log_port=free_port(),
+        trigger_log_port=free_port(),
+        scheduler_health_port=free_port(),
+        drop_databases_on_down=True,
+        extra_env={"AIRFLOW__CORE__DAGS_FOLDER": str(dags), "NONTAX_SCHEDULE": "0 0 1 1 *"},
+    )
+    results: dict = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "settings": {
+            "latency_ms": args.latency_ms,
+            "batch_size": args.batch_size,
+            "workers": args.workers,
+            "pool_slots": args.pool_slots,
+            "in_flight": in_flight,
+            "executor": "LocalExecutor",
+            "sizes": {"small": args.small, "large": args.large, "per_order": args.per_order},
+        },
+    }
+    started = time.monotonic()
+    say = lambda text: print(f"[{time.monotonic() - started:6.1f}s] {text}", flush=True)  # noqa: E731
+    with Stack(config, say=say) as stack:
+        say(f"stack up in {stack.started_in_s}s at {stack.url}")
+        sandbox = SandboxAdmin(stack.sandbox_url)
+        sandbox.add_fault(endpoint="*", kind="latency", latency_ms=args.latency_ms)
+        dsn = stack.orders_dsn
+
+        orders = demo_orders(args.large, "CEIL")
+        out = ceiling(stack.sandbox_url, orders, render_bill_pdf(orders[0]), in_flight=in_flight)
+        say(f"ceiling: {out}")
+        results["ceiling"] = out
+        results["ceiling_orders_per_s"] = out["orders_per_s"]
+
+        conf = {"batch_size": args.batch_size, "workers": args.workers}
+        for label, n in (("1k", args.small), ("10k", args.large)):
+            prefix = f"P{label.upper()}"
+            load_orders(dsn, stack.pdf_root, prefix, n)
+            fetched = token_fetches(dsn)
+            with WorkerMemory(stack) as memory:
+                run = timed_run(stack, "nontax_insertbill", conf, timeout=1800, last_task="report")
+            run.update(
+                orders=n,
+                inserted=count_inserted(dsn, prefix),
+                orders_per_s=round(n / run["seconds"], 1),
+                peak_rss_mb=round(memory.peak_mb, 1),
+                token_fetches=token_fetches(dsn) - fetched,
+            )
+            say(f"pipeline {label}: {run}")
+            results[f"pipeline_{label}"] = run
+
+        load_orders(dsn, stack.pdf_root, "PER", args.per_order)
+        _wait_for_dag(stack.api, "bench_per_order")
+        stack.api.set_paused(False, dag_id="bench_per_order")
+        run = timed_run(stack, "bench_per_order", {}, timeout=3600, last_task="issue")
+        run.update(
+            orders=args.per_order,
+            inserted=count_inserted(dsn, "PER"),
+            orders_per_s=round(args.per_order / run["seconds"], 2),
+        )
+        say(f"per-order DAG: {run}")
+        results["per_order_dag"] = run
+        results["sandbox_bills"] = len(sandbox.bills())
+
+    results["parse"] = parse_ms()
+    say(f"parse: {results['parse']}")
+    server = os.environ.get("NONTAX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+    for rows in args.claim_rows:
+        cost = claim_cost(server, rows)
+        results[f"claim_{rows}"] = cost
+        say(f"claim at {rows} rows: {cost['claim_ms']} ms")
+
+    small, large = results["pipeline_1k"], results["pipeline_10k"]
+    results.update(
+        pipeline_orders_per_s=large["orders_per_s"],
+        pipeline_orders_per_s_1k=small["orders_per_s"],
+        pipeline_vs_ceiling=round(large["orders_per_s"] / results["ceiling_orders_per_s"], 3),
+        per_order_dag_orders_per_s=results["per_order_dag"]["orders_per_s"],
+        pipeline_vs_per_order_dag=round(
+            small["orders_per_s"] / results["per_order_dag"]["orders_per_s"], 1
+        ),
+        parse_ms=results["parse"]["parse_ms"],
+        claim_ms_1m=results.get("claim_1000000", {}).get("claim_ms"),
+        claim_ms_20k=results.get("claim_20000", {}).get("claim_ms"),
+        peak_rss_mb_1k=small["peak_rss_mb"],
+        peak_rss_mb_10k=large["peak_rss_mb"],
+        token_fetches_per_run=max(small["token_fetches"], large["token_fetches"]),
+        total_s=round(time.monotonic() - started, 1),
+    )
+    args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    plot(results, args.out.with_name("orders_per_s.png"))
+    keys = ("ceiling_orders_per_s", "pipeline_orders_per_s", "pipeline_vs_ceiling",
+            "per_order_dag_orders_per_s", "pipeline_vs_per_order_dag", "parse_ms",
+            "claim_ms_1m", "claim_ms_20k", "peak_rss_mb_1k", "peak_rss_mb_10k",
+            "token_fetches_per_run", "total_s")  # fmt: skip
+    for key in keys:
+        print(f"{key:<28} {results[key]}")
+    print(f"written: {args.out}, {args.out.with_name('orders_per_s.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, str(BENCH))
+    sys.exit(main())
