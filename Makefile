@@ -8,14 +8,17 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)/include:$(CURDIR)/dags
 export AIRFLOW_HOME ?= $(CURDIR)/.airflow
-export NONTAX_PDF_ROOT ?= $(CURDIR)/include/demo/pdfs
+export NONTAX_PDF_ROOT ?= $(CURDIR)/.run/pdfs
 # The order database for the tools, unless the environment names one.
 export AIRFLOW_CONN_NONTAX_ORDERS_DB ?= postgresql://postgres@127.0.0.1:5432/nontax
 WECHAT_SANDBOX_PORT ?= 8765
 PYTEST_ARGS ?=
+# make chaos: how many runs, and the seed their faults are drawn from.
+RUNS ?= 200
+SEED ?= 1
 
 .PHONY: help install lint test sandbox migrate load-orders run-once status attention demo \
-	constraints clean
+	constraints clean chaos up down bench
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -57,8 +60,21 @@ attention: $(STAMP)  ## the orders that need a person, with their reasons
 demo: $(STAMP)  ## the whole pipeline on 200 demo orders against the sandbox, in one go
 	$(PY) -m nontax_tools.demo
 
+chaos: $(STAMP)  ## RUNS runs under random WeChat faults, the promise checked: make chaos RUNS=200 SEED=1
+	$(PY) -m nontax_tools.chaos --runs $(RUNS) --seed $(SEED)
+
 sandbox: $(STAMP)  ## run the WeChat sandbox in the foreground on WECHAT_SANDBOX_PORT
 	$(PY) -m wechat_sandbox --port $(WECHAT_SANDBOX_PORT)
 
-clean:  ## remove the venv and local state
+bench: $(STAMP)  ## pipeline vs ceiling vs per-order DAG, costs; BENCH_ARGS="--large 5000"
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+up: $(STAMP)  ## the local Airflow in the background: UI on :8080, Postgres, the sandbox
+	WECHAT_SANDBOX_PORT=$(WECHAT_SANDBOX_PORT) $(PY) -m nontax_tools.stack up
+
+down:  ## stop everything `make up` started
+	@if test -x $(PY); then $(PY) -m nontax_tools.stack down; \
+	else echo "no .venv: nothing was started"; fi
+
+clean: down  ## stop the local stack, remove the venv and local state
 	rm -rf $(VENV) .airflow .run artifacts .pytest_cache .ruff_cache

@@ -125,7 +125,9 @@ def nontax_insertbill():
     batches = claim_orders()
     issued = issue_batch.expand(order_ids=batches)
     # The report is the last task: it is red while any order of the run needs a person.
-    refresh_token() >> issued >> announce_bills(batches) >> report(batches)
+    summary = report(batches)
+    refresh_token() >> issued >> announce_bills(batches) >> summary
+    issued >> summary  # the report waits for every batch itself, whatever is cleared
 
 
 nontax_insertbill()

@@ -1,0 +1,348 @@
+"""docker-compose.yaml, checked without Docker (no engine runs here): it parses, its variables
+resolve from .env.example, every file it mounts or builds from exists, it holds no secret, and
+every command it runs is one the other tests run outside Docker (COMMANDS says where), or is
+listed in NOT_RUN_HERE with the reason."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shlex
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+import pytest
+import yaml
+
+from nontax_tools.airflow_run import ROOT
+
+COMPOSE = ROOT / "docker-compose.yaml"
+ENV_EXAMPLE = ROOT / ".env.example"
+TEST_PG = os.environ.get("NONTAX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+STACK = "tests/stack/test_ui_rerun.py (the stack of nontax_tools.stack runs it)"
+
+# Every command the compose file runs (commands, entrypoint scripts, health checks), after
+# variable interpolation, and where the same command is run outside Docker.
+COMMANDS: dict[str, str] = {
+    r"airflow api-server": STACK,
+    r"airflow scheduler": STACK,
+    r"airflow dag-processor": STACK,
+    r"airflow triggerer": STACK,
+    r"airflow db migrate": STACK,
+    r"python -m nontax_tools migrate": STACK + "; here as the order DB's own role",
+    r'airflow pools set "\$\{NONTAX_WECHAT_POOL\}" "\$\{NONTAX_POOL_SLOTS\}" "calls to WeChat"': (
+        STACK
+    ),
+    r"python -m wechat_sandbox --host 0\.0\.0\.0 --port 8765": (
+        "tests/conftest.py and the stack start `python -m wechat_sandbox --host ... --port ...`"
+    ),
+    r"curl --fail http://localhost:8080/api/v2/version": "the stack waits on GET /api/v2/version",
+    r"curl --fail http://localhost:8974/health": (
+        "test_ui_rerun: the stack's scheduler health check server answers /health"
+    ),
+    r'airflow jobs check --job-type (TriggererJob|DagProcessorJob) --hostname "\$\{HOSTNAME\}"': (
+        "test_ui_rerun runs both against the stack"
+    ),
+    r"curl --fail http://localhost:8765/_sandbox/state": (
+        "wechat_sandbox.process waits on GET /_sandbox/state"
+    ),
+    r"pg_isready -U airflow": ".ci/run waits with pg_isready on the CI's server",
+    r"/docker-entrypoint-initdb\.d/10-nontax-db\.sh": "test_the_postgres_init_script_... below",
+}
+NOT_RUN_HERE: dict[str, str] = {
+    r"airflow celery worker": (
+        "CeleryExecutor needs the celery provider and redis, which only the image has; the "
+        "stack's LocalExecutor runs the same task code"
+    ),
+    r"celery --app airflow\.providers\.celery\.executors\.celery_executor\.app inspect ping "
+    r'-d "celery@\$\{HOSTNAME\}"': "the worker's health check: as above",
+    r"redis-cli ping": "the redis image's own health check",
+}
+SERVICES = {
+    "postgres",
+    "redis",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-worker",
+    "airflow-triggerer",
+    "airflow-init",
+    "wechat-sandbox",
+}
+SECRET_VARS = {
+    "AIRFLOW_DB_PASSWORD",
+    "NONTAX_DB_PASSWORD",
+    "AIRFLOW_JWT_SECRET",
+    "AIRFLOW_API_SECRET_KEY",
+    "AIRFLOW_FERNET_KEY",
+    "WECHAT_APPID",
+    "WECHAT_APP_SECRET",
+}
+# The image's entrypoint runs `airflow <command>` for a bare Airflow command.
+AIRFLOW_COMMANDS = ("api-server", "scheduler", "dag-processor", "triggerer", "celery")
+
+
+# -- compose's variable interpolation -----------------------------------------------------------
+
+
+class MissingVariable(Exception):
+    pass
+
+
+_VARIABLE = re.compile(
+    r"\$\$|\$\{(?P<name>[A-Za-z_]\w*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}|\$(?P<bare>[A-Za-z_]\w*)"
+)
+
+
+def interpolate(value: Any, env: dict[str, str]) -> Any:
+    """Compose's `${VAR}`, `${VAR:-default}`, `${VAR:?error}` and `$$`, over a loaded file."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match["name"] or match["bare"]
+        op, arg, current = match["op"], match["arg"] or "", env.get(name)
+        unset = current is None or (op is not None and op.startswith(":") and current == "")
+        if op in (":-", "-") and unset:
+            return arg
+        if op in (":?", "?") and unset:
+            raise MissingVariable(f"{name}: {arg}")
+        return current or ""
+
+    return _VARIABLE.sub(substitute, value)
+
+
+def example_env(**overrides: str) -> dict[str, str]:
+    """.env.example's values, the empty secrets filled with test values."""
+    env = {}
+    for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            env[key.strip()] = value.strip() or f"test-{key.strip().lower()}"
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def compose(raw: dict[str, Any]) -> dict[str, Any]:
+    return interpolate(raw, example_env())
+
+
+def commands_of(compose: dict[str, Any]) -> list[tuple[str, str]]:
+    """(service, command) for every command, entrypoint script line and health check."""
+    found = []
+    for name, service in compose["services"].items():
+        command, entrypoint = service.get("command"), service.get("entrypoint")
+        if entrypoint == "/bin/bash" and isinstance(command, list) and command[0] == "-c":
+            lines = [x.strip() for x in command[1].splitlines()]
+            found += [(name, x) for x in lines if x and not x.startswith("set ")]
+        elif isinstance(command, list):
+            found.append((name, shlex.join(command)))
+        elif isinstance(command, str):
+            airflow = command.split()[0] in AIRFLOW_COMMANDS
+            found.append((name, f"airflow {command}" if airflow else command))
+        test = (service.get("healthcheck") or {}).get("test")
+        if test and test[0] == "CMD":
+            found.append((name, " ".join(test[1:])))
+        elif test and test[0] == "CMD-SHELL":
+            found.append((name, test[1]))
+        for volume in service.get("volumes", []):
+            if volume.startswith("./docker/postgres-init:"):
+                for script in sorted((ROOT / "docker" / "postgres-init").iterdir()):
+                    found.append((name, f"/docker-entrypoint-initdb.d/{script.name}"))
+    return found
+
+
+# -- the tests ------------------------------------------------------------------------------------
+
+
+def test_the_services_are_the_official_shape_on_celery(compose: dict[str, Any]):
+    services = compose["services"]
+    assert set(services) == SERVICES
+    env = services["airflow-scheduler"]["environment"]
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == (
+        "http://airflow-apiserver:8080/execution/"
+    )
+    assert services["wechat-sandbox"]["profiles"] == ["sandbox"]
+    for name, service in services.items():
+        if name != "airflow-init":
+            assert "healthcheck" in service, f"{name} has no health check"
+    for name in ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor"):
+        assert services[name]["depends_on"]["airflow-init"] == {
+            "condition": "service_completed_successfully"
+        }
+
+
+def test_every_airflow_container_shares_one_jwt_secret_and_the_project_path(compose):
+    airflow = {n: s for n, s in compose["services"].items() if n.startswith("airflow-")}
+    example = example_env()
+    for key, var in (
+        ("AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW_JWT_SECRET"),
+        ("AIRFLOW__API__SECRET_KEY", "AIRFLOW_API_SECRET_KEY"),
+        ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW_FERNET_KEY"),
+    ):
+        assert {s["environment"][key] for s in airflow.values()} == {example[var]}
+    for service in airflow.values():
+        assert service["environment"]["PYTHONPATH"].split(":") == [
+            "/opt/airflow/plugins",
+            "/opt/airflow/include",
+            "/opt/airflow/dags",
+        ]
+        mounts = {v.split(":")[1] for v in service["volumes"] if v.startswith("./")}
+        assert {"/opt/airflow/dags", "/opt/airflow/plugins", "/opt/airflow/include"} <= mounts
+
+
+def test_metadata_and_order_databases_are_separate(compose):
+    env = compose["services"]["airflow-init"]["environment"]
+    meta = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    assert meta.startswith("postgresql+psycopg2://airflow:") and meta.endswith("@postgres/airflow")
+    orders = json.loads(env["AIRFLOW_CONN_NONTAX_ORDERS_DB"])
+    assert (orders["host"], orders["schema"], orders["login"]) == ("postgres", "nontax", "nontax")
+    wechat = json.loads(env["AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT"])
+    assert wechat["conn_type"] == "http" and wechat["extra"]["token_mode"] == "stable_token"
+    # The sandbox profile's Connection points at the sandbox service.
+    assert wechat["host"] == "http://wechat-sandbox:8765"
+    production = interpolate(yaml.safe_load(COMPOSE.read_text()), example_env(WECHAT_API_URL=""))[
+        "services"
+    ]["airflow-worker"]["environment"]["AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT"]
+    assert json.loads(production)["host"] == "https://api.weixin.qq.com"
+
+
+def test_no_secret_is_written_in_the_file_and_each_is_required(raw):
+    from wechat_sandbox.client import DEFAULT_SECRET
+
+    text = COMPOSE.read_text(encoding="utf-8")
+    assert DEFAULT_SECRET not in text
+    for var in SECRET_VARS:
+        assert re.search(rf"\$\{{{var}:\?", text), f"{var} must be required (${{{var}:?...}})"
+        with pytest.raises(MissingVariable, match=var):
+            interpolate(raw, example_env(**{var: ""}))
+    # The example leaves every secret empty, except the sandbox's public test credentials.
+    example = dict(
+        line.split("=", 1)
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    for var in SECRET_VARS - {"WECHAT_APPID", "WECHAT_APP_SECRET"}:
+        assert example[var] == "", var
+
+
+def test_every_file_it_mounts_or_builds_from_exists(compose):
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (ROOT / source).exists(), f"{name} mounts {source}: missing"
+        if "build" in service:
+            dockerfile = ROOT / service["build"] / "Dockerfile"
+            assert dockerfile.exists()
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM apache/airflow:3\.3\.2-python3\.11$", dockerfile, re.M)
+    for copy in re.findall(r"^COPY (.+) \S+$", dockerfile, re.M):
+        for source in copy.split():
+            assert (ROOT / source).exists(), f"Dockerfile copies {source}: missing"
+    assert (ROOT / "dags" / "nontax_insertbill.py").exists()
+    for script in (ROOT / "docker" / "postgres-init").iterdir():
+        assert os.access(script, os.X_OK), f"{script} must be executable"
+
+
+def test_every_command_is_run_outside_docker_or_says_why_not(compose):
+    unmapped, seen = [], set()
+    for service, command in commands_of(compose):
+        matches = [p for p in (*COMMANDS, *NOT_RUN_HERE) if re.fullmatch(p, command)]
+        if len(matches) != 1:
+            unmapped.append(f"{service}: {command}")
+        seen.update(matches)
+    assert unmapped == [], "map these commands in COMMANDS or NOT_RUN_HERE:\n" + "\n".join(unmapped)
+    assert seen == set(COMMANDS) | set(NOT_RUN_HERE), "entries no command uses any more"
+
+
+def test_its_airflow_and_python_commands_exist_here(compose):
+    from airflow.cli.cli_parser import get_parser
+
+    parser = get_parser()
+    values = {"NONTAX_WECHAT_POOL": "wechat_nontax", "NONTAX_POOL_SLOTS": "4", "HOSTNAME": "h"}
+    for _, command in commands_of(compose):
+        argv = shlex.split(re.sub(r"\$\{(\w+)\}", lambda m: values[m[1]], command))
+        if argv[0] == "airflow" and argv[1] != "celery":  # celery: only in the image
+            parser.parse_args(argv[1:])  # exits on an unknown command or option
+        if argv[0] == "python" and argv[1] == "-m":
+            assert importlib.util.find_spec(argv[2]) is not None, argv[2]
+
+
+def test_the_postgres_init_script_makes_an_order_db_its_role_can_migrate():
+    """The init script against a real server, then `python -m nontax_tools migrate` as the
+    order DB's own role (not a superuser), as airflow-init does."""
+    suffix = uuid.uuid4().hex[:8]
+    name, role, password = f"nontax_init_{suffix}", f"nontax_init_{suffix}", uuid.uuid4().hex
+    server = psycopg2.extensions.parse_dsn(TEST_PG)
+    env = {
+        **os.environ,
+        "PGHOST": server.get("host") or "127.0.0.1",
+        "PGPORT": str(server.get("port") or 5432),
+        "POSTGRES_USER": server.get("user") or "postgres",
+        "POSTGRES_DB": server.get("dbname") or "postgres",
+        "NONTAX_DB_NAME": name,
+        "NONTAX_DB_USER": role,
+        "NONTAX_DB_PASSWORD": password,
+    }
+    if server.get("password"):
+        env["PGPASSWORD"] = server["password"]
+    script = ROOT / "docker" / "postgres-init" / "10-nontax-db.sh"
+    try:
+        done = subprocess.run([str(script)], env=env, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+        conn = {
+            "conn_type": "postgres",
+            "host": env["PGHOST"],
+            "port": int(env["PGPORT"]),
+            "login": role,
+            "password": password,
+            "schema": name,
+        }
+        migrate = subprocess.run(
+            [str(ROOT / ".venv" / "bin" / "python"), "-m", "nontax_tools", "migrate"],
+            env={
+                **os.environ,
+                "AIRFLOW_CONN_NONTAX_ORDERS_DB": json.dumps(conn),
+                "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT / 'include'}",
+            },
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=ROOT,
+        )
+        assert migrate.returncode == 0, migrate.stderr
+        assert "schema version" in migrate.stdout
+    finally:
+        admin = psycopg2.connect(TEST_PG)
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            cur.execute(f'DROP ROLE IF EXISTS "{role}"')
+        admin.close()
+
+
+def test_the_runbook_is_linked_and_the_example_env_names_the_compose_file():
+    assert "docker-compose.yaml" in ENV_EXAMPLE.read_text()
+    assert Path(ROOT / "docs" / "runbook.md").exists()
+    assert "(docs/runbook.md)" in (ROOT / "README.md").read_text()

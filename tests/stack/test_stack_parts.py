@@ -1,0 +1,138 @@
+"""The parts of `nontax_tools.stack` that need no Airflow: addresses, configuration, and the
+way `down` stops every process, also the ones that ignore SIGTERM or left the process group."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from nontax_tools import stack as st
+from nontax_tools.airflow_run import ROOT
+from wechat_nontax.orders_db import dsn_from_env
+
+
+def test_sqlalchemy_url_over_tcp_and_a_unix_socket():
+    assert st.sqlalchemy_url("postgresql://postgres@127.0.0.1:5432/airflow_meta") == (
+        "postgresql+psycopg2://postgres@127.0.0.1:5432/airflow_meta"
+    )
+    assert st.sqlalchemy_url("postgresql://u:p%40ss%2Fw@db:6432/m?sslmode=require") == (
+        "postgresql+psycopg2://u:p%40ss%2Fw@db:6432/m?sslmode=require"
+    )
+    assert st.sqlalchemy_url("postgresql://postgres@/airflow_meta?host=/run/pg dir") == (
+        "postgresql+psycopg2://postgres@/airflow_meta?host=%2Frun%2Fpg+dir"
+    )
+
+
+def test_the_orders_connection_reads_back_as_the_same_database(monkeypatch):
+    dsn = "postgresql://nontax:s3cr%3At@db.internal:6432/nontax?sslmode=require"
+    conn = json.loads(st.orders_connection(dsn))
+    assert conn == {
+        "conn_type": "postgres",
+        "host": "db.internal",
+        "port": 6432,
+        "login": "nontax",
+        "password": "s3cr:t",
+        "schema": "nontax",
+        "extra": {"sslmode": "require"},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_NONTAX_ORDERS_DB", json.dumps(conn))
+    assert "dbname=nontax" in dsn_from_env() and "password=s3cr:t" in dsn_from_env()
+    assert st.describe_dsn(dsn) == "nontax@db.internal:6432/nontax"  # never the password
+
+
+def test_the_configuration_comes_from_the_environment(tmp_path: Path):
+    cfg = st.StackConfig.from_env(
+        {
+            "NONTAX_STACK_DIR": str(tmp_path),
+            "NONTAX_STACK_PORT": "8181",
+            "NONTAX_STACK_PG": "postgresql://postgres@pg:5432/postgres",
+            "NONTAX_STACK_PDF_ROOT": str(tmp_path / "pdfs"),
+            "AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT": '{"conn_type": "http"}',
+            "NONTAX_STACK_POOL_SLOTS": "6",
+        }
+    )
+    assert (cfg.state_dir, cfg.port, cfg.pool_slots) == (tmp_path, 8181, 6)
+    assert cfg.url == "http://127.0.0.1:8181"
+    assert cfg.wechat_conn == '{"conn_type": "http"}'  # no sandbox then
+    assert cfg.pdf_dir == (tmp_path / "pdfs").resolve()
+    default = st.StackConfig.from_env({})
+    assert (default.port, default.sandbox_port, default.wechat_conn) == (8080, 8765, None)
+    assert default.state_dir == ROOT / ".run" / "stack"
+
+
+def test_up_refuses_a_busy_port_before_starting_anything(tmp_path: Path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        stack = st.Stack(st.StackConfig(state_dir=tmp_path, port=port))
+        with pytest.raises(st.StackError, match=f"port {port} is in use"):
+            stack.up()
+    assert stack.state is None
+
+
+# A leader that ignores SIGTERM, with a child that moved to a process group of its own (as
+# Airflow's task processes do) and ignores SIGTERM too.
+STUBBORN = """
+import os, signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+child = subprocess.Popen([sys.executable, "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"],
+    process_group=0)
+print(child.pid, flush=True)
+time.sleep(300)
+"""
+
+
+def test_down_stops_groups_stubborn_processes_and_escaped_children(tmp_path: Path):
+    state = st.StackState(stack_id="test-" + os.urandom(4).hex(), url="", state_dir=str(tmp_path))
+    env = {**os.environ, st.MARKER: state.stack_id}
+    polite = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(300)"], env=env, start_new_session=True
+    )
+    stubborn = subprocess.Popen(
+        [sys.executable, "-c", STUBBORN],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    escaped = int(stubborn.stdout.readline())
+    assert os.getpgid(escaped) == escaped != stubborn.pid
+    for name, popen in (("polite", polite), ("stubborn", stubborn)):
+        created = psutil.Process(popen.pid).create_time()
+        state.procs.append(st.Proc(name, popen.pid, created, str(tmp_path / f"{name}.log")))
+    found = {p.pid for p in st.stack_processes(state.stack_id, state.procs)}
+    assert {polite.pid, stubborn.pid, escaped} <= found
+
+    messages: list[str] = []
+    started = time.monotonic()
+    left = st.stop_stack(state, grace_s=1.0, say=messages.append)
+    assert left == []
+    assert time.monotonic() - started < 15
+    assert any("SIGKILL" in m for m in messages)
+    polite.wait(5)
+    stubborn.wait(5)
+    assert not psutil.pid_exists(escaped) or psutil.Process(escaped).status() == "zombie"
+    assert st.stack_processes(state.stack_id, state.procs) == []
+
+
+def test_status_and_down_without_a_stack(tmp_path: Path):
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT / 'include'}"}
+    base = [sys.executable, "-m", "nontax_tools.stack"]
+    status = subprocess.run(
+        [*base, "status", "--state-dir", str(tmp_path)], env=env, capture_output=True, text=True
+    )
+    assert status.returncode == 1 and "no stack running" in status.stdout
+    down = subprocess.run(
+        [*base, "down", "--state-dir", str(tmp_path)], env=env, capture_output=True, text=True
+    )
+    assert down.returncode == 0 and "nothing to stop" in down.stdout

@@ -1,0 +1,362 @@
+"""The path of the person on duty, through a real Airflow: the stack of `make up` (api-server,
+scheduler with LocalExecutor, dag-processor, triggerer, Postgres metadata DB, the sandbox),
+started by this module on free ports and always stopped again.
+
+One run with 60 orders in 3 batches of 20 and a permanent refusal (72015) for two orders of
+batch 1 and one of batch 2: both batches' insert instances go red with their reasons in the
+log. Then, as a person would after fixing the cause:
+1. clear exactly batch 1's instance (`[task_id, map_index]`, only failed, nothing else): it alone
+   runs again and goes green; the report stays red;
+2. clear batch 2's instance the way the UI's Clear dialog does it by default ("Downstream"
+   selected, "Clear only failed tasks" not): it runs again, then `announce_bills` and `report`,
+   and the run goes green;
+3. a headless Chromium logs in and screenshots the grid (artifacts/grid-after-rerun.png).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg2.extensions
+import pytest
+import requests
+
+from factories import make_order, write_pdf
+from nontax_tools.airflow_api import DAG_ID
+from nontax_tools.airflow_run import AIRFLOW, ROOT
+from nontax_tools.stack import Stack, StackConfig, free_port
+from wechat_nontax.orders_db import connect_dsn
+from wechat_nontax.store import OrderStore
+from wechat_sandbox.client import DEFAULT_SECRET, SandboxAdmin
+
+pytestmark = pytest.mark.e2e
+
+TEST_PG = os.environ.get("NONTAX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+ARTIFACTS = ROOT / "artifacts"
+CHROMIUM = os.environ.get("NONTAX_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+UPLOAD = "issue_batch.upload_pdfs"
+INSERT = "issue_batch.insert_bills"
+ORDERS = 60
+BATCH = 20
+REFUSED = {1: ["T00000025", "T00000031"], 2: ["T00000047"]}  # map index -> orders refused
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The `make up` stack on free ports, with databases of its own (dropped at the end)."""
+    suffix = uuid.uuid4().hex[:8]
+    state = tmp_path_factory.mktemp("stack")
+    config = StackConfig(
+        state_dir=state,
+        port=free_port(),
+        pg_server=TEST_PG,
+        meta_db_name=f"airflow_meta_test_{suffix}",
+        orders_db_name=f"nontax_stack_test_{suffix}",
+        sandbox_port=None,
+        pdf_root=state / "pdfs",
+        worker_log_port=free_port(),
+        trigger_log_port=free_port(),
+        scheduler_health_port=free_port(),
+        drop_databases_on_down=True,
+        # A schedule whose latest tick is before the DAG's start date: unpausing the DAG does
+        # not start a scheduled run that would claim the test's orders.
+        extra_env={"NONTAX_SCHEDULE": "0 0 29 2 *"},
+    )
+    stack = Stack(config)
+    try:
+        stack.up()
+        print(f"stack up in {stack.started_in_s}s on {stack.url}")
+        yield stack
+    finally:
+        left = stack.down()
+        assert left == [], f"processes of the stack survived `down`: {left}"
+        assert stack.processes() == []
+
+
+def test_the_compose_files_health_checks_pass_against_the_stack(stack: Stack):
+    """The health checks of docker-compose.yaml, run here (see tests/stack/test_compose.py)."""
+    from airflow.utils.net import get_hostname
+
+    assert requests.get(f"{stack.url}/api/v2/version", timeout=10).ok
+    health = f"http://127.0.0.1:{stack.config.scheduler_health_port}/health"
+    assert requests.get(health, timeout=10).ok
+    assert requests.get(f"{stack.sandbox_url}/_sandbox/state", timeout=10).ok
+    for job in ("TriggererJob", "DagProcessorJob"):
+        check = subprocess.run(
+            [AIRFLOW, "jobs", "check", "--job-type", job, "--hostname", get_hostname()],
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
+
+
+@dataclass
+class Scenario:
+    """The run of this module and what the tests learn about it, in order."""
+
+    stack: Stack
+    sandbox: SandboxAdmin
+    store: OrderStore
+    run_id: str = ""
+    first_run: dict = field(default_factory=dict)
+    tries_before_clears: dict = field(default_factory=dict)
+    steps_done: set[str] = field(default_factory=set)
+
+    def tis(self) -> dict[tuple[str, int], dict]:
+        return {
+            (t["task_id"], t["map_index"]): t for t in self.stack.api.task_instances(self.run_id)
+        }
+
+    def need(self, step: str) -> None:
+        if step not in self.steps_done:
+            pytest.skip(f"needs the step before it: {step}")
+
+
+@pytest.fixture(scope="module")
+def scenario(stack: Stack) -> Iterator[Scenario]:
+    sandbox = SandboxAdmin(stack.sandbox_url)
+    store = OrderStore(connect_dsn(stack.orders_dsn))
+    scenario = Scenario(stack, sandbox, store)
+    try:
+        stack.api.wait_idle(timeout=120)
+        orders = [make_order(i) for i in range(ORDERS)]
+        for order in orders:
+            write_pdf(stack.pdf_root, order)
+        store.upsert_orders(orders)
+        for order_ids in REFUSED.values():
+            sandbox.add_fault(
+                endpoint="insertbill", kind="errcode", errcode=72015, order_ids=order_ids
+            )
+        started = time.monotonic()
+        scenario.run_id = stack.api.trigger({"batch_size": BATCH})
+        scenario.first_run = stack.api.wait_run(scenario.run_id, timeout=300)
+        print(f"first run: {scenario.first_run['state']} in {time.monotonic() - started:.1f}s")
+        yield scenario
+    finally:
+        store.close()
+        sandbox.close()
+
+
+def _secrets(scenario: Scenario) -> list[str]:
+    """Everything that must never reach a task log."""
+    stack = scenario.stack
+    assert stack.secrets is not None and stack.orders_dsn is not None
+    values = [
+        DEFAULT_SECRET,
+        stack.secrets.admin_password,
+        stack.secrets.jwt_secret,
+        stack.secrets.api_secret_key,
+        stack.secrets.fernet_key,
+        *(t["token"] for t in scenario.sandbox.tokens()),
+    ]
+    password = psycopg2.extensions.parse_dsn(stack.orders_dsn).get("password")
+    if password:
+        values.append(password)
+    return values
+
+
+def test_the_stack_runs_each_process_in_its_own_session_with_the_pool_and_dag(stack: Stack):
+    assert stack.api.version()["version"].startswith("3.")
+    health = stack.api.health()
+    assert {health[c]["status"] for c in ("scheduler", "triggerer", "dag_processor")} == {"healthy"}
+    assert stack.api.dag()["is_paused"] is False
+    assert stack.api.pool("wechat_nontax")["slots"] == 4
+    assert stack.state is not None
+    names = [p.name for p in stack.state.procs]
+    assert names == ["sandbox", "api-server", "scheduler", "dag-processor", "triggerer"]
+    for proc in stack.state.procs:
+        assert os.getsid(proc.pid) == proc.pid, f"{proc.name} is not a session leader"
+    # 35-60 s on the development machine (2 cores), while other tests ran.
+    assert stack.started_in_s is not None and stack.started_in_s < 180
+
+
+def test_a_refused_batch_is_red_with_its_orders_in_the_label_and_reasons_in_the_log(
+    scenario: Scenario,
+):
+    api = scenario.stack.api
+    assert scenario.first_run["state"] == "failed"
+    tis = scenario.tis()
+    assert {m: tis[(INSERT, m)]["state"] for m in range(3)} == {
+        0: "success",
+        1: "failed",
+        2: "failed",
+    }
+    assert {tis[(UPLOAD, m)]["state"] for m in range(3)} == {"success"}
+    assert tis[("report", -1)]["state"] == "failed"
+    assert tis[("announce_bills", -1)]["state"] == "success"
+    failed = tis[(INSERT, 1)]
+    assert failed["rendered_map_index"] == "T00000020 … T00000039 (20)"
+    assert failed["try_number"] == 1  # a permanent refusal fails without Airflow's retries
+
+    log = api.log_text(scenario.run_id, INSERT, 1, map_index=1)
+    for order_id in REFUSED[1]:
+        line = next((x for x in log.splitlines() if re.search(rf"\b{order_id}\b.*72015", x)), None)
+        assert line is not None, f"no reason for {order_id} in the log:\n{log[-3000:]}"
+        assert "no permission" in line
+    assert "2 orders need a person" in log
+    assert "T00000047" not in log  # batch 2's order is in batch 2's log
+    for secret in _secrets(scenario):
+        assert secret not in log
+    rows = {o: scenario.store.get_row(o) for o in REFUSED[1] + REFUSED[2]}
+    assert {r["status"] for r in rows.values()} == {"failed"}
+    scenario.steps_done.add("first run")
+
+
+def test_clearing_exactly_the_failed_instance_reruns_it_alone(scenario: Scenario):
+    scenario.need("first run")
+    api, sandbox = scenario.stack.api, scenario.sandbox
+    sandbox.clear_faults()  # the person fixed the cause
+    before = {key: ti["try_number"] for key, ti in scenario.tis().items()}
+    scenario.tries_before_clears = before
+    calls_before = sandbox.calls()["insertbill"]
+
+    cleared = api.clear(scenario.run_id, [(INSERT, 1)], only_failed=True)
+    assert [(t["task_id"], t["map_index"]) for t in cleared] == [(INSERT, 1)]
+    run = api.wait_run(scenario.run_id, timeout=240)
+
+    tis = scenario.tis()
+    assert tis[(INSERT, 1)]["state"] == "success"
+    assert tis[(INSERT, 1)]["try_number"] == before[(INSERT, 1)] + 1
+    unchanged = {k: t["try_number"] for k, t in tis.items() if k != (INSERT, 1)}
+    assert unchanged == {k: n for k, n in before.items() if k != (INSERT, 1)}
+    # Only the batch's two refused orders were sent again; the 18 inserted ones were not.
+    assert sandbox.calls()["insertbill"] - calls_before == len(REFUSED[1])
+    # The report was not part of the clear: it stays red, and so does the run (batch 2 too).
+    assert tis[("report", -1)]["state"] == "failed"
+    assert tis[(INSERT, 2)]["state"] == "failed"
+    assert run["state"] == "failed"
+    ids = [b["order_id"] for b in sandbox.bills()]
+    assert len(ids) == len(set(ids)), "a bill was inserted twice"
+    assert {f"T{n:08d}" for n in range(40)} <= set(ids)  # batches 0 and 1: every bill
+    scenario.steps_done.add("exact clear")
+
+
+def test_the_ui_clear_with_downstream_reruns_the_batch_then_the_report(scenario: Scenario):
+    scenario.need("exact clear")
+    api, sandbox = scenario.stack.api, scenario.sandbox
+    before = {key: ti["try_number"] for key, ti in scenario.tis().items()}
+
+    # "Clear only failed tasks" ticked as well would leave announce_bills out, and the report
+    # could run before the batch is done: keep it unticked (the dialog's default).
+    only_failed = api.clear(
+        scenario.run_id, [(INSERT, 2)], dry_run=True, only_failed=True, include_downstream=True
+    )
+    assert {(t["task_id"], t["map_index"]) for t in only_failed} == {(INSERT, 2), ("report", -1)}
+
+    # Exactly what the UI's Clear dialog sends for a mapped instance, its default options:
+    # "Downstream" selected, "Past", "Future", "Upstream", "Clear only failed tasks" not.
+    body = {
+        "dag_run_id": scenario.run_id,
+        "dry_run": False,
+        "task_ids": [[INSERT, 2]],
+        "include_downstream": True,
+        "include_upstream": False,
+        "include_future": False,
+        "include_past": False,
+        "only_failed": False,
+    }
+    for dry_run in (True, False):  # the dialog lists the affected tasks first
+        answer = api.post(f"/api/v2/dags/{DAG_ID}/clearTaskInstances", {**body, "dry_run": dry_run})
+        cleared = {(t["task_id"], t["map_index"]) for t in answer["task_instances"]}
+        assert cleared == {(INSERT, 2), ("announce_bills", -1), ("report", -1)}
+    run = api.wait_run(scenario.run_id, timeout=240)
+
+    tis = scenario.tis()
+    assert run["state"] == "success"
+    for key in cleared:
+        assert tis[key]["state"] == "success", key
+        assert tis[key]["try_number"] == before[key] + 1, key
+    others = {k: t["try_number"] for k, t in tis.items() if k not in cleared}
+    assert others == {k: n for k, n in before.items() if k not in cleared}
+
+    # Every order's bill is in the sandbox exactly once, and the order rows agree.
+    bills = sandbox.bills()
+    ids = [b["order_id"] for b in bills]
+    assert sorted(ids) == [f"T{n:08d}" for n in range(ORDERS)]
+    assert {o: s["successes"] for o, s in sandbox.orders().items()} == dict.fromkeys(ids, 1)
+    assert scenario.store.count_by_status() == {"inserted": ORDERS}
+    scenario.steps_done.add("ui clear")
+
+
+def test_a_browser_logs_in_and_sees_the_rerun_batches_green(scenario: Scenario):
+    scenario.need("ui clear")
+    executable = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
+    if executable is None:
+        pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; .ci/run does)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    stack = scenario.stack
+    ARTIFACTS.mkdir(exist_ok=True)
+    run_page = f"/dags/{DAG_ID}/runs/{quote(scenario.run_id, safe='')}"
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(f"{stack.url}/auth/login?next={quote(run_page, safe='')}")
+            page.get_by_label("Username").fill("admin")
+            page.get_by_label("Password").fill(stack.password)
+            page.get_by_role("button", name="Sign in").click()
+            page.wait_for_url(f"**/dags/{DAG_ID}/runs/**")
+
+            # The run: the grid (task groups opened) and its task instances, batches labelled.
+            page.get_by_text("announce_bills").first.wait_for()
+            page.get_by_role("button", name="Expand all task groups").click()
+            page.get_by_text("insert_bills").first.wait_for()
+            page.get_by_text("T00000040 … T00000059 (20)").first.wait_for()
+            page.wait_for_load_state("networkidle")
+            page.screenshot(path=str(ARTIFACTS / "grid-after-rerun.png"))
+            text = page.inner_text("body")
+            for task in ("claim_orders", "refresh_token", "issue_batch", "upload_pdfs"):
+                assert task in text
+            for task in ("insert_bills", "announce_bills", "report"):
+                assert task in text
+            assert "10 Task Instances" in text
+            assert "Failed" not in text
+
+            # The batches of insert_bills, each with its label, state and try number.
+            page.goto(f"{stack.url}{run_page}/tasks/{INSERT}/mapped")
+            page.get_by_text("T00000020 … T00000039 (20)").first.wait_for()
+            page.wait_for_load_state("networkidle")
+            page.screenshot(path=str(ARTIFACTS / "batches-after-rerun.png"))
+            text = page.inner_text("body")
+            assert "3 Task Instances" in text and "Failed" not in text
+            for n in range(0, ORDERS, BATCH):
+                assert f"T{n:08d} … T{n + BATCH - 1:08d} ({BATCH})" in text
+
+            # The Clear dialog of one batch, untouched: "Downstream" is selected and "Clear
+            # only failed tasks" is not, so it lists the batch, announce_bills and report.
+            page.goto(f"{stack.url}{run_page}/tasks/{INSERT}/mapped/2")
+            page.get_by_role("button", name="Press shift+c to clear").first.click()
+            dialog = page.get_by_role("dialog")
+            dialog.get_by_text("Affected Tasks: 3").wait_for()
+            dialog.get_by_text("report").first.wait_for()
+            page.screenshot(path=str(ARTIFACTS / "clear-dialog-defaults.png"))
+            listed = dialog.inner_text()
+            for text in ("Downstream", "Clear only failed tasks", INSERT, "announce_bills"):
+                assert text in listed
+            dialog.get_by_role("button", name="Close").click()  # nothing is cleared
+        finally:
+            browser.close()
+    assert scenario.stack.api.run(scenario.run_id)["state"] == "success"
