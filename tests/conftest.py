@@ -23,8 +23,8 @@ os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / "plugins"))
 import psycopg2
 import pytest
 
+from nontax_tools.airflow_run import sandbox_connection
 from nontax_tools.migrate import migrate
-from nontax_tools.run_once import sandbox_connection
 from wechat_sandbox.client import SandboxAdmin
 from wechat_sandbox.process import SandboxProcess, start_sandbox
 

@@ -14,6 +14,9 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import psycopg2.extensions
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DAG_ID = "nontax_insertbill"
@@ -50,6 +53,40 @@ def airflow_env(
     if pdf_root:
         env["NONTAX_PDF_ROOT"] = pdf_root
     return env
+
+
+def orders_connection(dsn: str) -> str:
+    """The `nontax_orders_db` Connection (Airflow's JSON form) for a libpq DSN. JSON rather than
+    a URI because a Unix socket directory (an embedded server's host) does not survive Airflow's
+    URI parsing."""
+    parts = dict(psycopg2.extensions.parse_dsn(dsn))
+    conn: dict[str, Any] = {
+        "conn_type": "postgres",
+        "host": parts.pop("host", None) or "127.0.0.1",
+        "port": int(parts.pop("port", None) or 5432),
+        "login": parts.pop("user", None),
+        "password": parts.pop("password", None),
+        "schema": parts.pop("dbname", None),
+    }
+    conn = {k: v for k, v in conn.items() if v is not None}
+    if parts:
+        conn["extra"] = parts
+    return json.dumps(conn)
+
+
+def sandbox_connection(url: str, **extra: object) -> str:
+    """The `wechat_nontax_default` Connection (Airflow's JSON form) for a sandbox at `url`."""
+    from wechat_sandbox.client import DEFAULT_APPID, DEFAULT_SECRET
+
+    return json.dumps(
+        {
+            "conn_type": "http",
+            "host": url,
+            "login": DEFAULT_APPID,
+            "password": DEFAULT_SECRET,
+            "extra": {"timeout": 10, **extra},
+        }
+    )
 
 
 def ensure_metadata_db(env: dict[str, str]) -> None:

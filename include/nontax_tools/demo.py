@@ -41,7 +41,14 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
-from nontax_tools.airflow_run import ROOT, DagTestResult, airflow_env, dags_test
+from nontax_tools.airflow_run import (
+    ROOT,
+    DagTestResult,
+    airflow_env,
+    dags_test,
+    orders_connection,
+    sandbox_connection,
+)
 from wechat_nontax.bill import Order
 from wechat_sandbox.client import DEFAULT_APPID, DEFAULT_CARD_ID
 
@@ -359,24 +366,6 @@ def fresh_database(server_dsn: str, name: str) -> str:
     return psycopg2.extensions.make_dsn(server_dsn, dbname=name)
 
 
-def airflow_connection(dsn: str) -> str:
-    """The Airflow Connection (JSON form) of a libpq DSN. JSON rather than a URI because a Unix
-    socket directory (the embedded server's host) does not survive Airflow's URI parsing."""
-    parts = dict(psycopg2.extensions.parse_dsn(dsn))
-    conn: dict[str, Any] = {
-        "conn_type": "postgres",
-        "host": parts.pop("host", None) or "127.0.0.1",
-        "port": int(parts.pop("port", None) or 5432),
-        "login": parts.pop("user", None),
-        "password": parts.pop("password", None),
-        "schema": parts.pop("dbname", None),
-    }
-    conn = {k: v for k, v in conn.items() if v is not None}
-    if parts:
-        conn["extra"] = parts
-    return json.dumps(conn)
-
-
 def choose_database(stack: contextlib.ExitStack, say: Callable[[str], None]) -> DemoDatabase:
     """See the module docstring, step 1. An embedded server is stopped when `stack` closes."""
     given = os.environ.get("NONTAX_DEMO_DB", "").strip()
@@ -639,7 +628,6 @@ def run_demo(console: Console) -> int:
     from nontax_tools.bill_pdf import bill_font
     from nontax_tools.load import load_lines, read_lines
     from nontax_tools.migrate import migrate
-    from nontax_tools.run_once import sandbox_connection
     from wechat_nontax.orders_db import connect_dsn
     from wechat_nontax.run_steps import format_report
     from wechat_nontax.store import OrderStore
@@ -704,7 +692,7 @@ def run_demo(console: Console) -> int:
         # 4. One run of the DAG
         env = airflow_env(
             AIRFLOW_HOME,
-            orders_db=airflow_connection(db.dsn),
+            orders_db=orders_connection(db.dsn),
             wechat_conn=sandbox_connection(sandbox.url),
             pdf_root=str(PDF_ROOT),
         )

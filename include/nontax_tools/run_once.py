@@ -11,21 +11,7 @@ import json
 import os
 import sys
 
-from nontax_tools.airflow_run import ROOT, airflow_env, dags_test
-from wechat_sandbox.client import DEFAULT_APPID, DEFAULT_SECRET
-
-
-def sandbox_connection(url: str, **extra: object) -> str:
-    """The `wechat_nontax_default` Connection (Airflow's JSON form) for a sandbox at `url`."""
-    return json.dumps(
-        {
-            "conn_type": "http",
-            "host": url,
-            "login": DEFAULT_APPID,
-            "password": DEFAULT_SECRET,
-            "extra": {"timeout": 10, **extra},
-        }
-    )
+from nontax_tools.airflow_run import ROOT, airflow_env, dags_test, sandbox_connection
 
 
 def main() -> int:

@@ -56,7 +56,13 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from nontax_tools.airflow_api import DAG_ID, AirflowApi, AirflowApiError
-from nontax_tools.airflow_run import AIRFLOW, ROOT, airflow_env
+from nontax_tools.airflow_run import (
+    AIRFLOW,
+    ROOT,
+    airflow_env,
+    orders_connection,
+    sandbox_connection,
+)
 
 DEFAULT_STATE_DIR = ROOT / ".run" / "stack"
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -202,30 +208,6 @@ def sqlalchemy_url(dsn: str) -> str:
         netloc = f"{auth}@{host}:{port}"
     suffix = f"?{urlencode(query)}" if query else ""
     return f"postgresql+psycopg2://{netloc}/{quote(dbname, safe='')}{suffix}"
-
-
-def orders_connection(dsn: str) -> str:
-    """The `nontax_orders_db` Connection (Airflow's JSON form) for a libpq DSN. JSON, because a
-    Unix socket directory as host does not survive Airflow's URI parsing."""
-    parts = _parse_dsn(dsn)
-    conn: dict[str, Any] = {
-        "conn_type": "postgres",
-        "host": parts.pop("host", None) or "127.0.0.1",
-        "port": int(parts.pop("port", None) or 5432),
-        "login": parts.pop("user", None),
-        "password": parts.pop("password", None),
-        "schema": parts.pop("dbname", None),
-    }
-    conn = {k: v for k, v in conn.items() if v is not None}
-    if parts:
-        conn["extra"] = parts
-    return json.dumps(conn)
-
-
-def sandbox_connection(url: str) -> str:
-    from nontax_tools.run_once import sandbox_connection as make
-
-    return make(url)
 
 
 def _server_answers(dsn: str) -> bool:

@@ -12,8 +12,14 @@ import psycopg2
 import pytest
 
 from factories import make_order, write_pdf
-from nontax_tools.airflow_run import AIRFLOW, DAG_ID, ROOT, airflow_env, dags_test
-from nontax_tools.run_once import sandbox_connection
+from nontax_tools.airflow_run import (
+    AIRFLOW,
+    DAG_ID,
+    ROOT,
+    airflow_env,
+    dags_test,
+    sandbox_connection,
+)
 from wechat_nontax.orders_db import connect_dsn
 from wechat_nontax.store import OrderStore
 

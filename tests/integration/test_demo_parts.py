@@ -17,6 +17,7 @@ import pytest
 
 from factories import make_order
 from nontax_tools import bill_pdf, demo
+from nontax_tools.airflow_run import orders_connection
 from nontax_tools.load import load_lines, parse_line
 from wechat_nontax.errors import InvalidOrderError
 from wechat_nontax.orders_db import connect_dsn
@@ -247,7 +248,7 @@ def test_the_verdict_catches_a_bill_inserted_twice_and_a_planted_order_gone_wron
 
 
 def test_connections_for_airflow_keep_a_socket_directory_and_hide_no_field():
-    socket = demo.airflow_connection("postgresql://postgres@/nontax_demo?host=/run/pg%20data")
+    socket = orders_connection("postgresql://postgres@/nontax_demo?host=/run/pg%20data")
     assert json.loads(socket) == {
         "conn_type": "postgres",
         "host": "/run/pg data",
@@ -255,7 +256,7 @@ def test_connections_for_airflow_keep_a_socket_directory_and_hide_no_field():
         "login": "postgres",
         "schema": "nontax_demo",
     }
-    tcp = json.loads(demo.airflow_connection("postgresql://u:s3cret@db:6543/x?sslmode=require"))
+    tcp = json.loads(orders_connection("postgresql://u:s3cret@db:6543/x?sslmode=require"))
     assert (tcp["host"], tcp["port"], tcp["password"], tcp["extra"]) == (
         "db", 6543, "s3cret", {"sslmode": "require"},
     )  # fmt: skip

@@ -9,7 +9,7 @@ import psycopg2
 import pytest
 
 from factories import MINIMAL_PDF, make_order
-from nontax_tools.run_once import sandbox_connection
+from nontax_tools.airflow_run import sandbox_connection
 from wechat_nontax import errors
 from wechat_nontax.hook import WeChatNonTaxHook
 from wechat_nontax.policy import POLICY, Action

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from nontax_tools import stack as st
-from nontax_tools.airflow_run import ROOT
+from nontax_tools.airflow_run import ROOT, orders_connection
 from wechat_nontax.orders_db import dsn_from_env
 
 
@@ -33,7 +33,7 @@ def test_sqlalchemy_url_over_tcp_and_a_unix_socket():
 
 def test_the_orders_connection_reads_back_as_the_same_database(monkeypatch):
     dsn = "postgresql://nontax:s3cr%3At@db.internal:6432/nontax?sslmode=require"
-    conn = json.loads(st.orders_connection(dsn))
+    conn = json.loads(orders_connection(dsn))
     assert conn == {
         "conn_type": "postgres",
         "host": "db.internal",
