@@ -14,13 +14,10 @@ import uuid
 import psycopg2
 
 from nontax_tools.migrate import migrate
+from nontax_tools.pg import with_dbname
 from wechat_nontax.store import CLAIM_SQL, OrderStore
 
 DUE = 10_000
-
-
-def _with_dbname(uri: str, dbname: str) -> str:
-    return f"{uri.rpartition('/')[0]}/{dbname}"
 
 
 def _fill(dsn: str, total: int, due: int) -> None:
@@ -80,7 +77,7 @@ def claim_cost(server_uri: str, total: int) -> dict:
     admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
-    dsn = _with_dbname(server_uri, name)
+    dsn = with_dbname(server_uri, name)
     try:
         migrate(dsn)
         started = time.perf_counter()

@@ -25,15 +25,11 @@ import pytest
 
 from nontax_tools.airflow_run import sandbox_connection
 from nontax_tools.migrate import migrate
+from nontax_tools.pg import with_dbname
 from wechat_sandbox.client import SandboxAdmin
 from wechat_sandbox.process import SandboxProcess, start_sandbox
 
 TEST_PG = os.environ.get("NONTAX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def _with_dbname(uri: str, dbname: str) -> str:
-    base, _, _ = uri.rpartition("/")
-    return f"{base}/{dbname}"
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +40,7 @@ def orders_db_uri() -> Iterator[str]:
     admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute(f'CREATE DATABASE "{name}"')
-    uri = _with_dbname(TEST_PG, name)
+    uri = with_dbname(TEST_PG, name)
     try:
         migrate(uri)
         yield uri

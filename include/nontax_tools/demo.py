@@ -38,9 +38,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import psycopg2
-import psycopg2.extensions
-
 from nontax_tools.airflow_run import (
     ROOT,
     DagTestResult,
@@ -49,6 +46,7 @@ from nontax_tools.airflow_run import (
     orders_connection,
     sandbox_connection,
 )
+from nontax_tools.pg import LOCAL_SERVER, describe_dsn, fresh_database, server_answers
 from wechat_nontax.bill import Order
 from wechat_sandbox.client import DEFAULT_APPID, DEFAULT_CARD_ID
 
@@ -58,7 +56,6 @@ ORDERS_FILE = RUN_DIR / "orders.jsonl"
 DAG_LOG = RUN_DIR / "dag-test.log"
 AIRFLOW_HOME = ROOT / ".airflow" / "demo"
 DEMO_DB_NAME = "nontax_demo"
-LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 ORDER_COUNT = 200
 BATCH_SIZE = 50
 SEED = 2026
@@ -334,36 +331,6 @@ class DemoDatabase:
 
 def _truthy(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def describe_dsn(dsn: str) -> str:
-    """user@host:port/dbname of a DSN, never its password."""
-    parts = psycopg2.extensions.parse_dsn(dsn)
-    host = parts.get("host") or "localhost"
-    where = host if host.startswith("/") else f"{host}:{parts.get('port') or 5432}"
-    return f"{parts.get('user') or 'postgres'}@{where}/{parts.get('dbname') or '?'}"
-
-
-def server_answers(dsn: str, timeout_s: int = 3) -> bool:
-    try:
-        conn = psycopg2.connect(dsn, connect_timeout=timeout_s)
-    except psycopg2.Error:
-        return False
-    conn.close()
-    return True
-
-
-def fresh_database(server_dsn: str, name: str) -> str:
-    """Drop and create database `name` on the server of `server_dsn`; returns its DSN."""
-    admin = psycopg2.connect(server_dsn)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            cur.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        admin.close()
-    return psycopg2.extensions.make_dsn(server_dsn, dbname=name)
 
 
 def choose_database(stack: contextlib.ExitStack, say: Callable[[str], None]) -> DemoDatabase:

@@ -63,9 +63,16 @@ from nontax_tools.airflow_run import (
     orders_connection,
     sandbox_connection,
 )
+from nontax_tools.pg import (
+    LOCAL_SERVER,
+    describe_dsn,
+    drop_database,
+    ensure_database,
+    server_answers,
+    with_dbname,
+)
 
 DEFAULT_STATE_DIR = ROOT / ".run" / "stack"
-LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 ADMIN_USER = "admin"
 MARKER = "NONTAX_STACK_ID"
 # Started in this order, stopped in the reverse one.
@@ -177,20 +184,6 @@ def _parse_dsn(dsn: str) -> dict[str, str]:
     return dict(psycopg2.extensions.parse_dsn(dsn))
 
 
-def with_dbname(dsn: str, dbname: str) -> str:
-    import psycopg2.extensions
-
-    return psycopg2.extensions.make_dsn(dsn, dbname=dbname)
-
-
-def describe_dsn(dsn: str) -> str:
-    """user@host:port/dbname, never the password."""
-    parts = _parse_dsn(dsn)
-    host = parts.get("host") or "localhost"
-    where = host if host.startswith("/") else f"{host}:{parts.get('port') or 5432}"
-    return f"{parts.get('user') or 'postgres'}@{where}/{parts.get('dbname') or '?'}"
-
-
 def sqlalchemy_url(dsn: str) -> str:
     """Airflow's `sql_alchemy_conn` (psycopg2) for a libpq DSN, Unix sockets included."""
     parts = _parse_dsn(dsn)
@@ -208,45 +201,6 @@ def sqlalchemy_url(dsn: str) -> str:
         netloc = f"{auth}@{host}:{port}"
     suffix = f"?{urlencode(query)}" if query else ""
     return f"postgresql+psycopg2://{netloc}/{quote(dbname, safe='')}{suffix}"
-
-
-def _server_answers(dsn: str) -> bool:
-    import psycopg2
-
-    try:
-        psycopg2.connect(dsn, connect_timeout=3).close()
-    except psycopg2.Error:
-        return False
-    return True
-
-
-def ensure_database(server_dsn: str, name: str) -> bool:
-    """Create database `name` on the server unless it exists; True when created now."""
-    import psycopg2
-
-    admin = psycopg2.connect(server_dsn)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-            if cur.fetchone():
-                return False
-            cur.execute(f'CREATE DATABASE "{name}"')
-            return True
-    finally:
-        admin.close()
-
-
-def drop_database(server_dsn: str, name: str) -> None:
-    import psycopg2
-
-    admin = psycopg2.connect(server_dsn)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        admin.close()
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -583,10 +537,10 @@ class Stack:
     def _choose_server(self) -> str:
         cfg = self.config
         if cfg.pg_server:
-            if not _server_answers(cfg.pg_server):
+            if not server_answers(cfg.pg_server):
                 raise StackError(f"no Postgres answers at {describe_dsn(cfg.pg_server)}")
             return cfg.pg_server
-        if not cfg.force_embedded and _server_answers(LOCAL_SERVER):
+        if not cfg.force_embedded and server_answers(LOCAL_SERVER):
             return LOCAL_SERVER
         self.say("no Postgres on 127.0.0.1:5432 for user postgres: starting an embedded one")
         import warnings

@@ -16,7 +16,7 @@ import psycopg2
 import pytest
 
 from factories import make_order
-from nontax_tools import bill_pdf, demo
+from nontax_tools import bill_pdf, demo, pg
 from nontax_tools.airflow_run import orders_connection
 from nontax_tools.load import load_lines, parse_line
 from wechat_nontax.errors import InvalidOrderError
@@ -260,7 +260,7 @@ def test_connections_for_airflow_keep_a_socket_directory_and_hide_no_field():
     assert (tcp["host"], tcp["port"], tcp["password"], tcp["extra"]) == (
         "db", 6543, "s3cret", {"sslmode": "require"},
     )  # fmt: skip
-    assert demo.describe_dsn("postgresql://u:s3cret@db:6543/x") == "u@db:6543/x"
+    assert pg.describe_dsn("postgresql://u:s3cret@db:6543/x") == "u@db:6543/x"
 
 
 def test_nontax_demo_db_is_used_as_it_is(orders_db, monkeypatch):
@@ -274,14 +274,14 @@ def test_nontax_demo_db_is_used_as_it_is(orders_db, monkeypatch):
 def test_a_fresh_database_replaces_an_old_one(orders_db):
     server = orders_db.rpartition("/")[0] + "/postgres"
     name = f"nontax_demo_test_{uuid.uuid4().hex[:8]}"
-    dsn = demo.fresh_database(server, name)
+    dsn = pg.fresh_database(server, name)
     try:
         conn = psycopg2.connect(dsn)
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute("CREATE TABLE leftover (id int)")
         conn.close()
-        dsn = demo.fresh_database(server, name)  # drops it (even while connected) and creates
+        dsn = pg.fresh_database(server, name)  # drops it (even while connected) and creates
         conn = psycopg2.connect(dsn)
         with conn.cursor() as cur:
             cur.execute("SELECT to_regclass('leftover')")
@@ -305,7 +305,7 @@ def test_the_embedded_postgres_starts_answers_and_stops(tmp_path):
     except Exception as exc:  # e.g. no useradd in a container running as root
         pytest.skip(f"pgserver cannot start here: {exc}")
     with embedded:
-        dsn = demo.fresh_database(embedded.uri(), "nontax_demo")
+        dsn = pg.fresh_database(embedded.uri(), "nontax_demo")
         conn = psycopg2.connect(dsn)
         with conn.cursor() as cur:
             cur.execute("SELECT current_database()")

@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from nontax_tools import pg
 from nontax_tools import stack as st
 from nontax_tools.airflow_run import ROOT, orders_connection
 from wechat_nontax.orders_db import dsn_from_env
@@ -45,7 +46,7 @@ def test_the_orders_connection_reads_back_as_the_same_database(monkeypatch):
     }
     monkeypatch.setenv("AIRFLOW_CONN_NONTAX_ORDERS_DB", json.dumps(conn))
     assert "dbname=nontax" in dsn_from_env() and "password=s3cr:t" in dsn_from_env()
-    assert st.describe_dsn(dsn) == "nontax@db.internal:6432/nontax"  # never the password
+    assert pg.describe_dsn(dsn) == "nontax@db.internal:6432/nontax"  # never the password
 
 
 def test_the_configuration_comes_from_the_environment(tmp_path: Path):
