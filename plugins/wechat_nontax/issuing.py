@@ -144,9 +144,19 @@ class BatchIssuer:
                 )
         workers = max(1, min(self.settings.max_workers, len(work)))
         with ThreadPoolExecutor(workers, thread_name_prefix="order") as pool:
-            for result in pool.map(lambda o: self._one(o, insert=insert), work):
+            for result in pool.map(lambda o: self._guarded(o, insert=insert), work):
                 results[result.order_id] = result
         return [results[order_id] for order_id in order_ids]
+
+    def _guarded(self, stored: StoredOrder, *, insert: bool) -> OrderResult:
+        try:
+            return self._one(stored, insert=insert)
+        except Exception:
+            # Not WeChat: the order store (a lost connection) or a bug. No other order of the
+            # batch is sent from now on, so that no bill is issued that cannot be recorded;
+            # the task fails with this error.
+            self._stop_batch(Outcome.BLOCKED, "not sent: the batch stopped after an error")
+            raise
 
     # -- one order ----------------------------------------------------------------------------
 

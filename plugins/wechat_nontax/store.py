@@ -7,8 +7,9 @@ the moment a result is known, so a crash loses nothing and a re-run repeats noth
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -96,6 +97,10 @@ _SELECT_ORDER = (
 )
 
 
+class OrderStoreError(RuntimeError):
+    """The connection to the order database is gone: nothing more can be recorded over it."""
+
+
 def _stored(row: Sequence[Any]) -> StoredOrder:
     n = len(BILL_FIELDS) + 1
     return StoredOrder(Order(*row[:n]), *row[n:])
@@ -114,8 +119,22 @@ class OrderStore:
     def close(self) -> None:
         self._conn.close()
 
+    @contextlib.contextmanager
+    def _connected(self) -> Iterator[None]:
+        """Name a lost connection for what it is (psycopg2 says "connection already closed")."""
+        try:
+            yield
+        except psycopg2.Error as exc:
+            if not self._conn.closed:
+                raise
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise OrderStoreError(
+                f"lost the connection to the order database ({first_line}): nothing after this "
+                "was recorded; once the database answers, clear the task (or run the tool again)"
+            ) from exc
+
     def _run(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple]:
-        with self._lock, self._conn, self._conn.cursor() as cur:
+        with self._connected(), self._lock, self._conn, self._conn.cursor() as cur:
             cur.execute(sql, params)
             return cur.fetchall() if cur.description else []
 
@@ -307,7 +326,7 @@ class OrderStore:
     ) -> None:
         """Update one order and append its history row in one transaction."""
         attempt = ", attempts = attempts + 1" if counts_attempt else ""
-        with self._lock, self._conn, self._conn.cursor() as cur:
+        with self._connected(), self._lock, self._conn, self._conn.cursor() as cur:
             cur.execute(
                 f"UPDATE nontax.bill_order SET {assignments}{attempt}, updated_at = now() "
                 "WHERE order_id = %(order_id)s",

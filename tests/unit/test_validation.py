@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import posixpath
+import re
+import unicodedata
 
 import pytest
 from hypothesis import given
@@ -16,9 +18,11 @@ from wechat_nontax.validation import (
     DEFAULT_LIMITS,
     Limits,
     Problem,
+    check_card_allowed,
     check_order_fields,
     check_pdf,
     format_problems,
+    parse_card_ids,
     resolve_pdf_path,
     validate_order,
 )
@@ -409,3 +413,89 @@ def test_an_accepted_pdf_path_always_stays_under_the_root(root, relative):
 def test_limits_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         DEFAULT_LIMITS.max_fee = 1  # type: ignore[misc]
+
+
+# -- any value in any field: accepted only when the body can carry it as it is ----------------
+
+_ANY_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True),
+    st.decimals(allow_nan=False),
+    st.text(),
+    st.text(alphabet="abcXYZ019_-'; =%\x00\n\u202e票", max_size=70),
+    st.from_regex(r"[A-Za-z0-9_-]{1,70}", fullmatch=True),
+    st.binary(max_size=8),
+    st.lists(st.integers(), max_size=2),
+)
+_SAFE_ID_RE = re.compile(r"[A-Za-z0-9_-]+")
+_ID_LIMITS = {
+    "order_id": DEFAULT_LIMITS.max_order_id_len,
+    "card_id": DEFAULT_LIMITS.max_card_id_len,
+    "appid": DEFAULT_LIMITS.max_appid_len,
+    "billing_no": DEFAULT_LIMITS.max_billing_no_len,
+    "billing_code": DEFAULT_LIMITS.max_billing_code_len,
+}
+
+
+@given(field=st.sampled_from(list(VALID)), value=_ANY_VALUE)
+def test_any_value_in_any_field_is_refused_on_that_field_or_fits_the_body(field, value):
+    problems = problems_with(**{field: value})
+    assert all(p.field == field for p in problems)  # the other fields are not affected
+    if problems:
+        [problem] = problems
+        assert problem.reason and "\n" not in problem.reason and len(problem.reason) < 300
+        return
+    # Accepted: the value obeys the rule the module documents, and goes into the body as is.
+    if field in ("fee", "billing_time"):
+        assert type(value) is int
+    if field == "fee":
+        assert 1 <= value <= DEFAULT_LIMITS.max_fee
+    elif field == "billing_time":
+        assert len(str(value)) == 10
+        assert DEFAULT_LIMITS.earliest_billing_time <= value <= NOW + DEFAULT_LIMITS.max_future_s
+    elif field == "title":
+        assert isinstance(value, str) and value == value.strip() and value
+        assert len(value) <= DEFAULT_LIMITS.max_title_len
+        assert not any(unicodedata.category(c) in {"Cc", "Cf", "Cs", "Zl", "Zp"} for c in value)
+    else:
+        assert isinstance(value, str) and _SAFE_ID_RE.fullmatch(value)
+        assert len(value) <= _ID_LIMITS[field]
+    order = Order(**{**VALID, field: value}, pdf_path="x.pdf")
+    body = json.loads(json.dumps(insertbill_body(order, "1234567890123456789"), ensure_ascii=False))
+    data = body["card_ext"]["user_card"]["invoice_user_data"]
+    assert {**body, **data}[field] == value
+
+
+# -- the account's card ids (the WeChat Connection's extra card_ids) --------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ([], None),
+        (" , ", None),
+        ("pA", frozenset({"pA"})),
+        ("pA, pB,", frozenset({"pA", "pB"})),
+        (["pA", " pB "], frozenset({"pA", "pB"})),
+    ],
+)
+def test_card_ids_from_configuration(value, expected):
+    assert parse_card_ids(value) == expected
+
+
+@pytest.mark.parametrize("value", [42, {"pA": 1}, ["pA", 3], True])
+def test_card_ids_of_the_wrong_type_are_a_configuration_error(value):
+    with pytest.raises(ValueError, match="card_ids must be"):
+        parse_card_ids(value)
+
+
+def test_an_unknown_card_is_a_problem_only_when_cards_are_configured():
+    assert check_card_allowed("pUnknown", None) is None
+    assert check_card_allowed("pA", frozenset({"pA"})) is None
+    problem = check_card_allowed("pUnknown", frozenset({"pA"}))
+    assert problem is not None and problem.field == "card_id"
+    assert "'pUnknown'" in problem.reason and "card_ids" in problem.reason

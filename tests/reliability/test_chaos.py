@@ -1,0 +1,59 @@
+"""The chaos runner, short: 20 runs of the DAG under random faults (`make chaos` runs 200)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from nontax_tools.airflow_run import ROOT
+from nontax_tools.chaos import DEFAULT_PG
+
+pytestmark = pytest.mark.e2e
+
+RUNS = 20
+
+
+def test_twenty_chaos_runs_keep_every_promise(tmp_path):
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(str(ROOT / d) for d in ("plugins", "include", "dags")),
+        "NONTAX_TEST_PG": os.environ.get("NONTAX_TEST_PG", DEFAULT_PG),
+    }
+    command = [sys.executable, "-m", "nontax_tools.chaos", "--runs", str(RUNS), "--seed", "1"]
+    proc = subprocess.Popen(
+        [*command, "--workdir", str(tmp_path)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # the runner, its sandbox and everything they started
+    )
+    try:
+        output, _ = proc.communicate(timeout=480)
+    except subprocess.TimeoutExpired:
+        # Ctrl-C: the runner stops after its current run and removes its sandbox and database.
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=120)
+        pytest.fail(f"20 chaos runs took more than 8 minutes:\n{output[-4000:]}")
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    assert proc.returncode == 0, output[-6000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["runs"] == RUNS
+    assert summary["violations"] == 0
+    assert summary["secret_occurrences"] == 0
+    assert summary["faults_injected"] >= RUNS  # at least one hit a run, on average
+    assert len(summary["fault_kinds"]) >= 8, summary["fault_kinds"]
+    assert summary["statuses"].get("inserted", 0) > 0.8 * summary["orders"]
+    # The table: a line per run, and the summary.
+    assert "invariant violations: 0" in output
+    assert sum(1 for line in output.splitlines() if line[:4].strip().isdigit()) == RUNS

@@ -1,0 +1,128 @@
+"""The chaos runner's own logic, without I/O: its plans are reproducible and valid for the sandbox,
+and its invariant checker catches each way the promise can break (a checker that cannot fail
+proves nothing)."""
+
+from __future__ import annotations
+
+import pytest
+
+from nontax_tools.chaos import FAULT_KINDS, Snapshot, check_invariants, plan_run
+from wechat_sandbox.faults import parse_rule
+
+
+def test_a_plan_is_reproducible_from_seed_and_run():
+    assert plan_run(1, 7) == plan_run(1, 7)
+    assert plan_run(1, 7) != plan_run(2, 7)
+
+
+def test_plans_use_fresh_ids_every_fault_kind_and_rules_the_sandbox_accepts():
+    plans = [plan_run(1, run) for run in range(200)]
+    ids = [oid for plan in plans for oid in plan.order_ids]
+    assert len(ids) == len(set(ids))
+    kinds = {kind for plan in plans for kind, _ in plan.faults}
+    assert kinds == set(FAULT_KINDS)
+    for plan in plans:
+        assert 16 <= len(plan.order_ids) <= 32
+        assert {oid for oid, _ in plan.bad} <= set(plan.order_ids)
+        for _, rule in plan.faults:
+            parse_rule(rule, 1)  # raises on a rule the sandbox would refuse
+            assert set(rule.get("order_ids") or []) <= set(plan.order_ids)
+
+
+def _snapshot(**changes) -> Snapshot:
+    bill = {"order_id": "A", "code": "1234567890123", "openid": "o" + "x" * 27}
+    values = {
+        "order_ids": ["A", "B", "C"],
+        "rows": {
+            "A": {
+                "status": "inserted",
+                "code": bill["code"],
+                "openid": bill["openid"],
+                "reason": None,
+                "waiting": False,
+                "held": False,
+                "inserted_records": 1,
+            },
+            "B": {
+                "status": "invalid",
+                "reason": "fee: must be positive",
+                "waiting": False,
+                "held": False,
+                "inserted_records": 0,
+            },
+            "C": {
+                "status": "awaiting_auth",
+                "reason": "not yet",
+                "waiting": True,
+                "held": False,
+                "inserted_records": 0,
+            },
+        },
+        "bills": [bill],
+        "sandbox_orders": {"A": {"attempts": 1, "successes": 1}},
+        "uploaded_names": {"A.pdf"},
+        "tokens_issued": 1,
+        "token_fetches": 1,
+        "token_expiries": 0,
+        "bad_orders": {"B"},
+        "final": True,
+    }
+    values.update(changes)
+    return Snapshot(**values)
+
+
+def test_a_consistent_snapshot_has_no_violation():
+    assert check_invariants(_snapshot()) == []
+
+
+def _with_row(order_id: str, **fields):
+    rows = {k: dict(v) for k, v in _snapshot().rows.items()}
+    rows[order_id].update(fields)
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"sandbox_orders": {"A": {"attempts": 2, "successes": 2}}}, "inserted 2 times"),
+        ({"bills": [_snapshot().bills[0]] * 2}, "2 bills"),
+        ({"rows": _with_row("A", code="999")}, "code/openid differ"),
+        ({"rows": _with_row("A", inserted_records=2)}, "'inserted' history rows"),
+        ({"bills": []}, "no bill in the sandbox"),
+        ({"rows": _with_row("C", status="duplicate", reason="dup")}, "duplicate in the database"),
+        ({"rows": _with_row("B", status="failed", reason="")}, "without a reason"),
+        ({"rows": _with_row("B", status="failed")}, "bad data, but failed"),
+        (
+            {"sandbox_orders": {"A": {"attempts": 1, "successes": 1}, "B": {"attempts": 1}}},
+            "insertbill was called",
+        ),
+        ({"uploaded_names": {"A.pdf", "B.pdf"}}, "its PDF was uploaded"),
+        ({"rows": _with_row("C", waiting=False)}, "stuck"),
+        ({"rows": _with_row("C", held=True)}, "lease is still held"),
+        ({"rows": _with_row("C", status="weird")}, "unknown status"),
+        ({"rows": {"A": _snapshot().rows["A"], "B": _snapshot().rows["B"]}}, "missing"),
+        ({"token_fetches": 2}, "2 token fetches for 0 expiries"),
+        ({"tokens_issued": 3, "token_fetches": 3, "token_expiries": 1}, "issued 3 tokens"),
+        ({"secret_hits": 1}, "secret"),
+        (
+            {"bills": [*_snapshot().bills, {"order_id": "Z", "code": "1", "openid": "o"}]},
+            "order of no run",
+        ),
+    ],
+)
+def test_each_broken_promise_is_a_violation(changes, words):
+    violations = check_invariants(_snapshot(**changes))
+    assert any(words in v for v in violations), violations
+
+
+def test_a_failed_order_with_a_bill_is_tolerated_mid_chaos_but_not_at_the_end():
+    bill_b = {"order_id": "B", "code": "1", "openid": "o"}
+    rows = _with_row("B", status="failed", reason="-1 four times")
+    mid = _snapshot(rows=rows, bills=[_snapshot().bills[0], bill_b], bad_orders=set(), final=False)
+    assert check_invariants(mid) == []
+    end = _snapshot(rows=rows, bills=[_snapshot().bills[0], bill_b], bad_orders=set())
+    assert any("WeChat has its bill" in v for v in check_invariants(end))
+
+
+def test_expiries_allow_one_more_fetch_each():
+    assert check_invariants(_snapshot(token_fetches=3, tokens_issued=3, token_expiries=2)) == []
