@@ -48,7 +48,8 @@ BILLS_ISSUED = Asset(name="nontax_bills_issued", uri="nontax://bills/issued")
     params={
         "order_ids": Param([], type="array", description="Only these orders (empty: all due)"),
         "max_orders": Param(None, type=["null", "integer"], minimum=1, description="At most"),
-        "batch_size": Param(250, type="integer", minimum=1, maximum=5000),
+        # 1,000 orders a batch: measured best with 16 workers and 4 pool slots (make bench).
+        "batch_size": Param(1000, type="integer", minimum=1, maximum=5000),
         "workers": Param(16, type="integer", minimum=1, maximum=64, description="Calls per batch"),
         "dry_run": Param(False, type="boolean", description="Validate and report, send nothing"),
     },

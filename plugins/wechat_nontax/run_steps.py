@@ -14,7 +14,6 @@ from typing import Any
 from wechat_nontax.issuing import DEFAULT_LEASE_S
 from wechat_nontax.policy import Status
 
-DEFAULT_BATCH_SIZE = 250
 # Airflow refuses to map past max_map_length (1024 by default); batches stay far below it.
 MAX_BATCHES = 1000
 

@@ -15,6 +15,7 @@ log. Then, as a person would after fixing the cause:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -222,6 +223,32 @@ def test_a_refused_batch_is_red_with_its_orders_in_the_label_and_reasons_in_the_
     rows = {o: scenario.store.get_row(o) for o in REFUSED[1] + REFUSED[2]}
     assert {r["status"] for r in rows.values()} == {"failed"}
     scenario.steps_done.add("first run")
+
+
+def test_no_secret_in_any_task_log_xcom_or_rendered_field_of_the_run(scenario: Scenario):
+    """After a real scheduler run (not `dags test`, whose console shows secrets): every task
+    instance's log, XCom values and rendered template fields, read through the REST API."""
+    scenario.need("first run")
+    api = scenario.stack.api
+    base = f"/api/v2/dags/nontax_insertbill/dagRuns/{scenario.run_id}/taskInstances"
+    seen = []
+    for ti in api.task_instances(scenario.run_id):
+        task_id, map_index = ti["task_id"], ti["map_index"]
+        path = f"{base}/{task_id}" + (f"/{map_index}" if map_index >= 0 else "")
+        seen.append(json.dumps(api.get(path).get("rendered_fields"), ensure_ascii=False))
+        for attempt in range(1, ti["try_number"] + 1):
+            seen.append(api.log_text(scenario.run_id, task_id, attempt, map_index=map_index))
+        entries = api.get(f"{base}/{task_id}/xcomEntries", params={"map_index": map_index})
+        for entry in entries["xcom_entries"]:
+            value = api.get(
+                f"{base}/{task_id}/xcomEntries/{entry['key']}",
+                params={"map_index": map_index, "deserialize": "true"},
+            )
+            seen.append(json.dumps(value, ensure_ascii=False, default=str))
+    text = "\n".join(seen)
+    assert ("order_ids" in text and "claim_orders" in text) or "T00000000" in text  # read something
+    occurrences = {secret[:6]: text.count(secret) for secret in _secrets(scenario)}
+    assert sum(occurrences.values()) == 0, occurrences
 
 
 def test_clearing_exactly_the_failed_instance_reruns_it_alone(scenario: Scenario):
