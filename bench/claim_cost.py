@@ -14,7 +14,7 @@ import uuid
 import psycopg2
 
 from nontax_tools.migrate import migrate
-from nontax_tools.pg import with_dbname
+from nontax_tools.pg import drop_database, fresh_database
 from wechat_nontax.store import CLAIM_SQL, OrderStore
 
 DUE = 10_000
@@ -73,11 +73,7 @@ def measure(dsn: str, *, repeats: int = 5) -> dict:
 def claim_cost(server_uri: str, total: int) -> dict:
     """Build a table of `total` rows (10,000 due) in a scratch database and measure the claim."""
     name = f"nontax_bench_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(server_uri)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    dsn = with_dbname(server_uri, name)
+    dsn = fresh_database(server_uri, name)
     try:
         migrate(dsn)
         started = time.perf_counter()
@@ -87,9 +83,7 @@ def claim_cost(server_uri: str, total: int) -> dict:
         result.update(rows=total, due=DUE, build_s=round(built_s, 1))
         return result
     finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+        drop_database(server_uri, name)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import pytest
 
 from nontax_tools.airflow_run import sandbox_connection
 from nontax_tools.migrate import migrate
-from nontax_tools.pg import with_dbname
+from nontax_tools.pg import drop_database, fresh_database
 from wechat_sandbox.client import SandboxAdmin
 from wechat_sandbox.process import SandboxProcess, start_sandbox
 
@@ -36,18 +36,12 @@ TEST_PG = os.environ.get("NONTAX_TEST_PG", "postgresql://postgres@127.0.0.1:5432
 def orders_db_uri() -> Iterator[str]:
     """A freshly migrated order database for this test session."""
     name = f"nontax_test_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(TEST_PG)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    uri = with_dbname(TEST_PG, name)
+    uri = fresh_database(TEST_PG, name)
     try:
         migrate(uri)
         yield uri
     finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+        drop_database(TEST_PG, name)
 
 
 @pytest.fixture
