@@ -15,7 +15,7 @@ import string
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,23 +196,11 @@ class SandboxState:
     def expire_tokens(self) -> int:
         """Expire every token now (they answer 42001); returns how many were still valid."""
         with self._lock:
-            now = self.clock()
-            alive = 0
-            for tok in self.tokens.values():
-                if tok.expires_at > now:
-                    alive += 1
-                    tok.expires_at = now
-            return alive
+            return _expire_now(self.tokens.values(), self.clock())
 
     def expire_media(self) -> int:
         with self._lock:
-            now = self.clock()
-            alive = 0
-            for media in self.media.values():
-                if media.expires_at > now:
-                    alive += 1
-                    media.expires_at = now
-            return alive
+            return _expire_now(self.media.values(), self.clock())
 
     def set_authorization(self, order_id: str, status: str) -> dict[str, Any]:
         if status not in AUTH_STATUSES:
@@ -491,3 +479,13 @@ class SandboxState:
 
 def _expires_in(remaining: float) -> int:
     return max(1, math.ceil(remaining))
+
+
+def _expire_now(items: Iterable[Any], now: float) -> int:
+    """Set every still-valid item's `expires_at` to `now`; returns how many were valid."""
+    alive = 0
+    for item in items:
+        if item.expires_at > now:
+            alive += 1
+            item.expires_at = now
+    return alive

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -19,18 +18,6 @@ from wechat_sandbox.client import (
 )
 
 PDF = b"%PDF-1.4\n% sandbox test bill\n%%EOF\n"
-
-
-@pytest.fixture
-def wx(sandbox: SandboxAdmin) -> Iterator[SandboxWeChat]:
-    client = SandboxWeChat(sandbox.base_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def token(wx: SandboxWeChat) -> str:
-    return wx.access_token()
 
 
 def upload(wx: SandboxWeChat, token: str) -> str:

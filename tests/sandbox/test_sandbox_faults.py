@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
 
 import pytest
 import requests
@@ -12,18 +11,6 @@ import requests
 from wechat_sandbox.client import SandboxAdmin, SandboxWeChat, insertbill_body
 
 PDF = b"%PDF-1.7\n% fault tests\n%%EOF\n"
-
-
-@pytest.fixture
-def wx(sandbox: SandboxAdmin) -> Iterator[SandboxWeChat]:
-    client = SandboxWeChat(sandbox.base_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def token(wx: SandboxWeChat) -> str:
-    return wx.access_token()
 
 
 @pytest.fixture
