@@ -3,10 +3,12 @@
 One local Airflow (the `make up` stack: api-server, scheduler with LocalExecutor, dag-processor,
 triggerer, Postgres metadata) whose dags folder holds the pipeline's DAG and `per_order_dag.py`,
 one sandbox with a fixed latency on every call, and then, in this order:
-  1. the ceiling: a plain client, the same calls in flight as the pipeline (pool slots x workers);
-  2. the pipeline at 1,000 and 10,000 orders, trigger to the end of its report task;
-  3. the per-order DAG at 1,000 orders (Airflow's mapping limit is 1,024);
-  4. costs: the DAG file's parse time, the claim on 20,000 and 1,000,000 row tables, the peak
+  1. the ceiling: a plain client, the same calls in flight as the pipeline (pool slots x workers),
+     taking turns with the pipeline at 10,000 orders (`--repeats` times, the best of each counts);
+     the pipeline at 1,000 orders once; each run timed from the trigger to the run's end, with
+     where its time went (each task's first start and last end);
+  2. the per-order DAG at 1,000 orders (Airflow's mapping limit is 1,024);
+  3. costs: the DAG file's parse time, the claim on 20,000 and 1,000,000 row tables, the peak
      memory of the worker processes during each pipeline run, token fetches per run.
 Results go to bench/results.json and bench/orders_per_s.png. Sizes are settable (--help).
 """
@@ -144,7 +146,28 @@ def timed_run(stack, dag_id: str, conf: dict, *, timeout: float) -> dict:
     # The run's own end (its last task done), not a listing of its task instances: a per-order
     # run has more instances than the API returns in one page.
     finished = _ts(run.get("end_date")) or time.time()
-    return {"run_id": run_id, "state": run["state"], "seconds": round(finished - triggered, 2)}
+    return {
+        "run_id": run_id,
+        "state": run["state"],
+        "seconds": round(finished - triggered, 2),
+        "timeline_s": timeline(api.task_instances(run_id, dag_id=dag_id), triggered),
+    }
+
+
+def timeline(instances: list[dict], triggered: float) -> dict[str, list[float]]:
+    """Where a run's time goes: each task's first start and last end, seconds from the trigger
+    (a mapped task's instances together). The gaps between tasks are Airflow's scheduling and
+    task start-up."""
+    spans: dict[str, list[float]] = {}
+    for ti in instances:
+        start, end = _ts(ti.get("start_date")), _ts(ti.get("end_date"))
+        if start is None or end is None:
+            continue
+        span = spans.setdefault(ti["task_id"], [start, end])
+        span[0], span[1] = min(span[0], start), max(span[1], end)
+    ordered = sorted(spans.items(), key=lambda item: item[1][0])
+    return {task: [round(start - triggered, 2), round(end - triggered, 2)]
+            for task, (start, end) in ordered}  # fmt: skip
 
 
 def plot(results: dict, path: Path) -> None:
@@ -185,10 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", type=int, default=1000)
     parser.add_argument("--large", type=int, default=10_000)
     parser.add_argument("--per-order", type=int, default=1000, help="0: skip the per-order DAG")
-    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=2500)
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--pool-slots", type=int, default=4)
     parser.add_argument("--latency-ms", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=2, help="ceiling and large run, best of")
     parser.add_argument("--claim-rows", type=int, nargs="*", default=[20_000, 1_000_000])
     parser.add_argument("--out", type=Path, default=BENCH / "results.json")
     args = parser.parse_args(argv)
@@ -235,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
             "pool_slots": args.pool_slots,
             "in_flight": in_flight,
             "executor": "LocalExecutor",
+            "min_batches": args.pool_slots,
+            "repeats": args.repeats,
             "sizes": {"small": args.small, "large": args.large, "per_order": args.per_order},
         },
     }
@@ -246,29 +272,45 @@ def main(argv: list[str] | None = None) -> int:
         sandbox.add_fault(endpoint="*", kind="latency", latency_ms=args.latency_ms)
         dsn = stack.orders_dsn
 
-        orders = demo_orders(args.large, "CEIL")
-        out = ceiling(stack.sandbox_url, orders, render_bill_pdf(orders[0]), in_flight=in_flight)
-        say(f"ceiling: {out}")
-        results["ceiling"] = out
-        results["ceiling_orders_per_s"] = out["orders_per_s"]
+        conf = {"batch_size": args.batch_size, "min_batches": args.pool_slots,
+                "workers": args.workers}  # fmt: skip
 
-        conf = {"batch_size": args.batch_size, "workers": args.workers}
-        for label, n in (("1k", args.small), ("10k", args.large)):
-            prefix = f"P{label.upper()}"
-            load_orders(dsn, stack.pdf_root, prefix, n)
+        def pipeline(label: str, n: int) -> dict:
+            load_orders(dsn, stack.pdf_root, label, n)
             fetched = token_fetches(dsn)
             with WorkerMemory(stack) as memory:
                 run = timed_run(stack, "nontax_insertbill", conf, timeout=1800)
             run.update(
                 orders=n,
-                inserted=count_inserted(dsn, prefix),
+                inserted=count_inserted(dsn, label),
                 orders_per_s=round(n / run["seconds"], 1),
                 peak_rss_mb=round(memory.peak_mb, 1),
                 peak_rss_one_worker_mb=round(memory.peak_one_mb, 1),
                 token_fetches=token_fetches(dsn) - fetched,
             )
             say(f"pipeline {label}: {run}")
-            results[f"pipeline_{label}"] = run
+            return run
+
+        # The ceiling and the large run take turns, `repeats` times, and the best of each
+        # counts: on a shared machine noise only ever slows a run down.
+        ceilings, larges = [], []
+        for round_ in range(args.repeats):
+            orders = demo_orders(args.large, f"CEIL{round_}")
+            out = ceiling(stack.sandbox_url, orders, render_bill_pdf(orders[0]),
+                          in_flight=in_flight)  # fmt: skip
+            say(f"ceiling: {out}")
+            ceilings.append(out)
+            if round_ == 0:
+                results["pipeline_1k"] = pipeline("P1K", args.small)
+            larges.append(pipeline(f"P10K{round_}", args.large))
+        results["ceiling"] = max(ceilings, key=lambda r: r["orders_per_s"])
+        results["ceiling_samples"] = [r["orders_per_s"] for r in ceilings]
+        results["ceiling_orders_per_s"] = results["ceiling"]["orders_per_s"]
+        results["pipeline_10k"] = max(larges, key=lambda r: r["orders_per_s"])
+        results["pipeline_10k_samples"] = [r["orders_per_s"] for r in larges]
+        results["token_fetches_per_run"] = max(
+            r["token_fetches"] for r in (results["pipeline_1k"], *larges)
+        )
 
         if args.per_order:
             load_orders(dsn, stack.pdf_root, "PER", args.per_order)
@@ -307,7 +349,6 @@ def main(argv: list[str] | None = None) -> int:
         claim_ms_20k=results.get("claim_20000", {}).get("claim_ms"),
         peak_rss_mb_1k=small["peak_rss_mb"],
         peak_rss_mb_10k=large["peak_rss_mb"],
-        token_fetches_per_run=max(small["token_fetches"], large["token_fetches"]),
         total_s=round(time.monotonic() - started, 1),
     )
     args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")

@@ -155,10 +155,15 @@ class AirflowApi:
             time.sleep(1.0)
 
     def task_instances(self, run_id: str, dag_id: str = DAG_ID) -> list[dict[str, Any]]:
-        """Every task instance of the run (mapped ones one by one)."""
-        return self.get(
-            f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000}
-        )["task_instances"]
+        """Every task instance of the run (mapped ones one by one), page after page: the API
+        returns at most its `maximum_page_limit` (100 by default) at a time."""
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances"
+        instances: list[dict[str, Any]] = []
+        while True:
+            page = self.get(path, params={"limit": 100, "offset": len(instances)})
+            instances += page["task_instances"]
+            if not page["task_instances"] or len(instances) >= page["total_entries"]:
+                return instances
 
     def log_text(
         self, run_id: str, task_id: str, try_number: int, map_index: int = -1, dag_id: str = DAG_ID

@@ -10,9 +10,9 @@ never a second bill; never a secret in the open. Each run of `make chaos RUNS=n 
    held past the client's timeout), -1 (also four in a row for one order, which fails it),
    72036, 45011, 45009, token expiry mid-run, and an answer lost after a successful insert;
    every rule has its own seed, so the sandbox's draws repeat;
-3. runs the DAG (`dag.test()`, the real DAG file: claim, token, mapped upload/insert, announce,
+3. runs the DAG (`dag.test()`, the real DAG file: claim, token, mapped issue, announce,
    report, with Airflow's own task retries);
-4. acts as the person on duty: an `insert_bills` instance that is red while one of its orders
+4. acts as the person on duty: an `issue_bills` instance that is red while one of its orders
    failed or is still due is cleared (with `announce_bills` and `report` downstream) and run
    again, up to `--rerun-rounds` times with the faults still on; then the person "fixes the
    cause" (faults off), clears what is still red once more, and starts a new run of the same
@@ -82,8 +82,7 @@ from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DAG_ID = "nontax_insertbill"
-INSERT_TASK = "issue_batch.insert_bills"
-UPLOAD_TASK = "issue_batch.upload_pdfs"
+INSERT_TASK = "issue_bills"
 RERUN_WITH = ("announce_bills", "report")  # cleared with a red instance: its downstream
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 

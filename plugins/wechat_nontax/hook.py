@@ -79,6 +79,7 @@ class WeChatNonTaxHook(HttpHook):
         self._appid = ""
         self._secret = ""
         self._extras: dict[str, Any] = {}
+        self._masked: set[str] = set()
 
     # -- HttpHook customisation ---------------------------------------------------------------
 
@@ -134,6 +135,13 @@ class WeChatNonTaxHook(HttpHook):
 
     # -- the token ----------------------------------------------------------------------------
 
+    def _mask(self, token: str) -> None:
+        """Keep the token out of every log line. Once per token: in a task, each masking is a
+        round trip to Airflow's supervisor process, and the batch's threads share its channel."""
+        if token not in self._masked:
+            _mask(token)
+            self._masked.add(token)
+
     @property
     def token_cache(self) -> TokenCache:
         if self._token_cache is None:
@@ -147,7 +155,7 @@ class WeChatNonTaxHook(HttpHook):
     def get_access_token(self) -> str:
         """A valid access token from the shared cache, fetched once for everyone when stale."""
         token = self.token_cache.get(self.fetch_access_token)
-        _mask(token)
+        self._mask(token)
         return token
 
     def fetch_access_token(self, stale: str | None = None) -> tuple[str, int]:
@@ -178,7 +186,7 @@ class WeChatNonTaxHook(HttpHook):
             raise errors.error_for(
                 "malformed_answer", "no access_token in the answer", step="token"
             )
-        _mask(token)
+        self._mask(token)
         return token, int(answer.get("expires_in", 7200))
 
     def _stable_token(self, *, force_refresh: bool) -> dict[str, Any]:
@@ -237,7 +245,7 @@ class WeChatNonTaxHook(HttpHook):
             return self._send(step, "POST", path, token=token, **kwargs)
         except errors.TokenInvalidError:
             token = self.token_cache.invalidate(token, self.fetch_access_token)
-            _mask(token)
+            self._mask(token)
             return self._send(step, "POST", path, token=token, **kwargs)
 
     def _send(

@@ -53,7 +53,6 @@ class Outcome(StrEnum):
     """How one order left this task."""
 
     INSERTED = "inserted"
-    UPLOADED = "uploaded"
     VALIDATED = "validated"  # dry run: valid, nothing sent
     ALREADY_DONE = "already_done"  # finished before this task started
     ALREADY_INSERTED = "already_inserted"  # 72056: in the card package, code/openid unknown
@@ -124,7 +123,7 @@ class BatchIssuer:
         self._stopped = OrderResult("", Outcome.QUOTA)
         self._random = random.Random()  # noqa: S311 (jitter, not security)
 
-    def run(self, order_ids: Sequence[str], *, insert: bool) -> list[OrderResult]:
+    def run(self, order_ids: Sequence[str]) -> list[OrderResult]:
         """Work on the batch's unfinished orders; returns one result per order id."""
         held = set(self.store.hold_batch(self.run_id, order_ids, lease_s=self.settings.lease_s))
         stored = {o.order_id: o for o in self.store.get_orders(order_ids)}
@@ -144,13 +143,13 @@ class BatchIssuer:
                 )
         workers = max(1, min(self.settings.max_workers, len(work)))
         with ThreadPoolExecutor(workers, thread_name_prefix="order") as pool:
-            for result in pool.map(lambda o: self._guarded(o, insert=insert), work):
+            for result in pool.map(self._guarded, work):
                 results[result.order_id] = result
         return [results[order_id] for order_id in order_ids]
 
-    def _guarded(self, stored: StoredOrder, *, insert: bool) -> OrderResult:
+    def _guarded(self, stored: StoredOrder) -> OrderResult:
         try:
-            return self._one(stored, insert=insert)
+            return self._one(stored)
         except Exception:
             # Not WeChat: the order store (a lost connection) or a bug. No other order of the
             # batch is sent from now on, so that no bill is issued that cannot be recorded;
@@ -160,7 +159,7 @@ class BatchIssuer:
 
     # -- one order ----------------------------------------------------------------------------
 
-    def _one(self, stored: StoredOrder, *, insert: bool) -> OrderResult:
+    def _one(self, stored: StoredOrder) -> OrderResult:
         order = stored.order
         if self._stop.is_set():
             return self._stopped_result(order.order_id)
@@ -191,10 +190,9 @@ class BatchIssuer:
         if self.settings.dry_run:
             return OrderResult(order.order_id, Outcome.VALIDATED)
         try:
-            media_id = self._media_id(stored, pdf)
-            if not insert:
-                return OrderResult(order.order_id, Outcome.UPLOADED)
-            return self._insert(stored, media_id, pdf)
+            # Upload then insert, one order after the other in the same thread: an order's bill
+            # goes in as soon as its PDF is up, never waiting for the rest of the batch.
+            return self._insert(stored, self._media_id(stored, pdf), pdf)
         except _OrderEnded as ended:
             return ended.result
 
@@ -371,4 +369,4 @@ def outcome_table(results: Sequence[OrderResult], *, reason_width: int = 90) -> 
     return "\n".join(lines)
 
 
-_ROUTINE = frozenset({Outcome.INSERTED, Outcome.UPLOADED, Outcome.VALIDATED, Outcome.ALREADY_DONE})
+_ROUTINE = frozenset({Outcome.INSERTED, Outcome.VALIDATED, Outcome.ALREADY_DONE})

@@ -1,14 +1,15 @@
-"""The upload and insert steps as Airflow operators, each over one batch of order ids.
+"""The DAG's steps as Airflow operators: claim, token, issue (one batch), announce, report.
 
-Thin on purpose: they build the hook and the store from Connections, hand the batch to
-`issuing.BatchIssuer`, log a table of outcomes, and turn the outcomes into the task's state:
+Thin on purpose: each builds what it needs from Connections and hands the work to the package
+(`run_steps`, `issuing`). The issuing step turns its batch's outcomes into the task's state:
 - every order done or waiting for something outside our control: success;
 - an order whose transient errors outlasted the time budget: fail WITH Airflow's retries
   (waiting may help; the retry only touches the unfinished orders);
 - an order that needs a person (bad data, permanent refusal, broken configuration): fail WITHOUT
   retries (`AirflowFailException`), reasons in the log; the person fixes the cause and clears
   this instance in the UI.
-Nothing heavy is imported at module level: the DAG file imports this module at every parse.
+Nothing heavy is imported at module level: the DAG file imports this module at every parse, and
+operator classes (rather than `@task`) keep Airflow's Python-operator machinery out of the parse.
 """
 
 from __future__ import annotations
@@ -34,12 +35,16 @@ def batch_label(order_ids: Sequence[str]) -> str:
     return f"{order_ids[0]} … {order_ids[-1]} ({len(order_ids)})"
 
 
-class _BatchOperator(BaseOperator):
-    """Shared by both steps: one batch of orders, worked on concurrently."""
+class IssueBillsOperator(BaseOperator):
+    """Issue one batch of bills: for each order, validate it, upload its PDF (setpdf) unless a
+    fresh media id is stored, and insert the bill (nontax/insertbill) into the payer's card
+    package; each order's result is written back as soon as it is known.
+
+    The batch's orders run concurrently (`max_workers` calls in flight), each order's upload
+    followed at once by its insert, so no order waits for the rest of its batch."""
 
     template_fields: Sequence[str] = ("order_ids", "pdf_root", "dry_run", "max_workers")
-    ui_color = "#d8f5d1"
-    insert: bool = False  # whether the step goes on to insertbill
+    ui_color = "#c9e4f6"
 
     def __init__(
         self,
@@ -99,7 +104,7 @@ class _BatchOperator(BaseOperator):
                 run_id=context["run_id"],
                 read_pdf=lambda root, rel, limit: read_pdf(root, rel, max_bytes=limit),
             )
-            results = issuer.run(order_ids, insert=self.insert)
+            results = issuer.run(order_ids)
         finally:
             hook.close()
             store.close()
@@ -131,19 +136,121 @@ class _BatchOperator(BaseOperator):
         return dict(counts)
 
 
-class UploadBillPdfOperator(_BatchOperator):
-    """Validate each order of the batch and upload its PDF (setpdf) unless a fresh media id
-    exists; store the media id."""
+class ClaimOrdersOperator(BaseOperator):
+    """Claim the run's due orders (row locks that skip locked rows, a lease) and split them into
+    batches; returns the batches of order ids (XCom), which the issuing step maps over."""
 
-    insert = False
+    template_fields: Sequence[str] = ("batch_size", "min_batches", "max_orders", "order_ids")
+    ui_color = "#f6ecc9"
+
+    def __init__(
+        self,
+        *,
+        batch_size: int | str,
+        min_batches: int | str = 1,
+        max_orders: int | str | None = None,
+        order_ids: Sequence[str] | str = (),
+        orders_conn_id: str = DEFAULT_ORDERS_CONN_ID,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.batch_size = batch_size
+        self.min_batches = min_batches
+        self.max_orders = max_orders
+        self.order_ids = order_ids
+        self.orders_conn_id = orders_conn_id
+
+    def execute(self, context: Any) -> list[list[str]]:
+        from wechat_nontax.run_steps import claim_orders
+
+        batches = claim_orders(
+            context["run_id"],
+            orders_conn_id=self.orders_conn_id,
+            batch_size=int(self.batch_size),
+            min_batches=int(self.min_batches),
+            max_orders=int(self.max_orders) if self.max_orders else None,
+            order_ids=[str(order_id) for order_id in self.order_ids or ()],
+        )
+        self.log.info(
+            "Claimed %d orders in %d batches: %s",
+            sum(map(len, batches)), len(batches), ", ".join(map(batch_label, batches)) or "-",
+        )  # fmt: skip
+        return batches
 
 
-class InsertBillOperator(_BatchOperator):
-    """Insert each order's bill (nontax/insertbill) into the payer's card package, uploading
-    the PDF first where the upload step did not (or its media id is no longer fresh)."""
+class RefreshTokenOperator(BaseOperator):
+    """Make sure the shared access token is valid before the batches start (returns how, never
+    the token). Skipped work in a dry run."""
 
-    insert = True
-    ui_color = "#c9e4f6"
+    template_fields: Sequence[str] = ("dry_run",)
+    ui_color = "#f6ecc9"
+
+    def __init__(
+        self, *, wechat_conn_id: str = DEFAULT_WECHAT_CONN_ID, dry_run: bool | str = False, **kwargs
+    ):
+        super().__init__(**kwargs)
+        self.wechat_conn_id = wechat_conn_id
+        self.dry_run = dry_run
+
+    def execute(self, context: Any) -> str:
+        from wechat_nontax.run_steps import warm_token
+
+        if _as_bool(self.dry_run):
+            return "dry run: no token needed"
+        return warm_token(wechat_conn_id=self.wechat_conn_id)
+
+
+class _RunOrdersOperator(BaseOperator):
+    """A step over all of the run's orders: `batches` is the claim step's output."""
+
+    template_fields: Sequence[str] = ("batches",)
+    ui_color = "#e8e8e8"
+
+    def __init__(
+        self, *, batches: Any, orders_conn_id: str = DEFAULT_ORDERS_CONN_ID, **kwargs: Any
+    ):
+        super().__init__(**kwargs)
+        self.batches = batches
+        self.orders_conn_id = orders_conn_id
+
+
+class AnnounceBillsOperator(_RunOrdersOperator):
+    """Count the run's inserted bills; skipped when there are none, so that the Asset in its
+    `outlets` is updated only when bills were issued."""
+
+    def execute(self, context: Any) -> int:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from wechat_nontax.run_steps import count_inserted
+
+        inserted = count_inserted(self.batches or [], orders_conn_id=self.orders_conn_id)
+        if not inserted:
+            raise AirflowSkipException("no bill issued in this run")
+        return inserted
+
+
+class RunReportOperator(_RunOrdersOperator):
+    """The run's report: counts by status, who needs a person and why; releases the run's
+    claims. Fails (after publishing the report) while orders need a person or were left
+    unfinished, so that a crashed batch cannot leave a green run."""
+
+    template_fields: Sequence[str] = ("batches", "dry_run")
+
+    def __init__(self, *, dry_run: bool | str = False, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.dry_run = dry_run
+
+    def execute(self, context: Any) -> dict:
+        from wechat_nontax.run_steps import build_report, finish_report
+
+        summary = build_report(
+            context["run_id"],
+            self.batches or [],
+            orders_conn_id=self.orders_conn_id,
+            started_at=context["dag_run"].start_date,
+            dry_run=_as_bool(self.dry_run),
+        )
+        return finish_report(summary, context["ti"])
 
 
 def _as_bool(value: Any) -> bool:

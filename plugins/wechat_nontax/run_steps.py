@@ -16,18 +16,38 @@ from wechat_nontax.policy import Status
 
 # Airflow refuses to map past max_map_length (1024 by default); batches stay far below it.
 MAX_BATCHES = 1000
+# Below this a batch is not worth its own task instance (seconds of scheduling and start-up).
+MIN_SPREAD_BATCH = 100
 
 
-def split_batches(order_ids: Sequence[str], batch_size: int) -> list[list[str]]:
-    """Consecutive batches of at most `batch_size` orders, in claim order."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-    batches = [list(order_ids[i : i + batch_size]) for i in range(0, len(order_ids), batch_size)]
-    if len(batches) > MAX_BATCHES:
+def split_batches(
+    order_ids: Sequence[str], batch_size: int, *, min_batches: int = 1
+) -> list[list[str]]:
+    """Consecutive batches in claim order, of at most `batch_size` orders, sizes within one.
+
+    At least `min_batches` of them (one per pool slot) while each still gets MIN_SPREAD_BATCH
+    orders: a run that fits in one batch would otherwise leave the other slots idle."""
+    if batch_size < 1 or min_batches < 1:
         raise ValueError(
-            f"{len(order_ids)} orders in batches of {batch_size} make {len(batches)} batches, "
+            f"batch_size and min_batches must be at least 1: {batch_size}, {min_batches}"
+        )
+    if not order_ids:
+        return []
+    count = max(
+        -(-len(order_ids) // batch_size),
+        min(min_batches, len(order_ids) // MIN_SPREAD_BATCH),
+    )
+    if count > MAX_BATCHES:
+        raise ValueError(
+            f"{len(order_ids)} orders in batches of {batch_size} make {count} batches, "
             f"more than {MAX_BATCHES}: raise batch_size or set max_orders"
         )
+    size, longer = divmod(len(order_ids), count)
+    batches, start = [], 0
+    for index in range(count):
+        end = start + size + (index < longer)
+        batches.append(list(order_ids[start:end]))
+        start = end
     return batches
 
 
@@ -36,6 +56,7 @@ def claim_orders(
     *,
     orders_conn_id: str,
     batch_size: int,
+    min_batches: int = 1,
     max_orders: int | None = None,
     order_ids: Sequence[str] | None = None,
     lease_s: int = DEFAULT_LEASE_S,
@@ -51,7 +72,7 @@ def claim_orders(
         )
     finally:
         store.close()
-    return split_batches(claimed, batch_size)
+    return split_batches(claimed, batch_size, min_batches=min_batches)
 
 
 def warm_token(*, wechat_conn_id: str) -> str:

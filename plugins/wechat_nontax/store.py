@@ -324,19 +324,22 @@ class OrderStore:
         duration_ms: int | None = None,
         counts_attempt: bool = True,
     ) -> None:
-        """Update one order and append its history row in one transaction."""
+        """Update one order and append its history row: one statement, so one round trip and
+        one transaction (a batch's threads share the connection: each write must be short)."""
         attempt = ", attempts = attempts + 1" if counts_attempt else ""
-        with self._connected(), self._lock, self._conn, self._conn.cursor() as cur:
+        history = {
+            "order_id": order_id, "run_id": run_id, "step": step, "outcome": outcome,
+            "errcode": errcode, "errmsg": errmsg, "duration_ms": duration_ms,
+        }  # fmt: skip
+        with self._connected(), self._lock, self._conn.cursor() as cur:
             cur.execute(
-                f"UPDATE nontax.bill_order SET {assignments}{attempt}, updated_at = now() "
-                "WHERE order_id = %(order_id)s",
-                {**params, "order_id": order_id},
-            )
-            cur.execute(
+                f"WITH changed AS (UPDATE nontax.bill_order SET {assignments}{attempt}, "
+                "updated_at = now() WHERE order_id = %(order_id)s RETURNING order_id) "
                 "INSERT INTO nontax.bill_attempt "
                 "(order_id, run_id, step, outcome, errcode, errmsg, duration_ms) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                (order_id, run_id, step, outcome, errcode, errmsg, duration_ms),
+                "SELECT order_id, %(run_id)s, %(step)s, %(outcome)s, %(errcode)s::integer, "
+                "%(errmsg)s, %(duration_ms)s::integer FROM changed",
+                {**params, **history},
             )
 
     def record_uploaded(

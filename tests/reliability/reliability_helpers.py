@@ -30,7 +30,7 @@ from wechat_nontax.orders_db import connect_dsn
 from wechat_nontax.store import OrderStore
 
 T = TypeVar("T")
-INSERT = "issue_batch.insert_bills"
+INSERT = "issue_bills"
 
 
 def wait_until(

@@ -121,7 +121,7 @@ def test_bad_orders_of_a_batch_end_invalid_unsent_and_the_good_ones_are_issued(m
 
     result = rig.run({"batch_size": 100})
     assert result.run_state == "failed"  # red: the bad orders need a person
-    assert result.states("issue_batch.insert_bills") == {0: "failed"}
+    assert result.states("issue_bills") == {0: "failed"}
 
     statuses = rig.statuses()
     assert all(statuses[o.order_id] == "inserted" for o in good)
@@ -163,7 +163,7 @@ def test_unknown_card_without_the_allow_list_fails_with_wechats_reason(
             read_pdf=lambda root, rel, limit: read_pdf(root, rel, max_bytes=limit),
             sleep=lambda s: None,
         )
-        [result] = issuer.run([order.order_id], insert=True)
+        [result] = issuer.run([order.order_id])
         assert result.outcome is Outcome.FAILED
         row = store.get_row(order.order_id)
         assert row["status"] == "failed" and row["last_errcode"] == 40078

@@ -1,0 +1,95 @@
+"""CPU per order: one batch of the pipeline's issuing step against the plain client.
+
+Both in this process, one after the other, against one sandbox (fixed latency), with the same
+calls in flight: the plain client of `ceiling.py`, then `IssueBillsOperator.execute` on a batch
+of due orders in a fresh order database (outside the scheduler: what a task process spends on
+its orders, without Airflow's start-up). What the batch spends beyond the client is ours:
+validation, reading the PDF, the token cache, the write-back of every result. Run it under
+py-spy to see where (`--gil`: only what holds the interpreter, i.e. CPU):
+
+    PYTHONPATH=plugins:include .venv/bin/python bench/batch_cpu.py [--orders 2500]
+    PYTHONPATH=plugins:include .venv/bin/py-spy record --gil -o batch.svg -- \
+        .venv/bin/python bench/batch_cpu.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+
+
+def _timed(work) -> dict:
+    wall, cpu = time.perf_counter(), time.process_time()
+    work()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {"seconds": round(wall, 2), "cpu_s": round(cpu, 2)}
+
+
+def batch_cpu(orders: int, workers: int, latency_ms: int, server_dsn: str) -> dict:
+    from ceiling import ceiling, demo_orders
+    from nontax_tools.airflow_run import orders_connection, sandbox_connection
+    from nontax_tools.bill_pdf import render_bill_pdf
+    from nontax_tools.migrate import migrate
+    from nontax_tools.pg import drop_database, fresh_database
+    from run import load_orders
+    from wechat_nontax.operators import IssueBillsOperator
+    from wechat_sandbox.client import SandboxAdmin
+    from wechat_sandbox.process import start_sandbox
+
+    database = "nontax_bench_cpu"
+    dsn = fresh_database(server_dsn, database)
+    sandbox = start_sandbox()
+    try:
+        SandboxAdmin(sandbox.url).add_fault(endpoint="*", kind="latency", latency_ms=latency_ms)
+        migrate(dsn)
+        sample = demo_orders(orders, "CPU")
+        client = _timed(lambda: ceiling(sandbox.url, sample, render_bill_pdf(sample[0]),
+                                        in_flight=workers))  # fmt: skip
+        with tempfile.TemporaryDirectory() as pdf_root:
+            load_orders(dsn, Path(pdf_root), "BATCH", orders)
+            os.environ.update(
+                AIRFLOW_CONN_NONTAX_ORDERS_DB=orders_connection(dsn),
+                AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT=sandbox_connection(sandbox.url),
+                NONTAX_PDF_ROOT=pdf_root,
+            )
+            ids = [o.order_id for o in demo_orders(orders, "BATCH")]
+            operator = IssueBillsOperator(task_id="issue_bills", order_ids=ids,
+                                          max_workers=workers)  # fmt: skip
+            batch = _timed(lambda: operator.execute({"run_id": "bench-cpu"}))
+    finally:
+        sandbox.stop()
+        drop_database(server_dsn, database)
+    per_order = {name: round(r["cpu_s"] / orders * 1000, 2) for name, r in
+                 (("client", client), ("batch", batch))}  # fmt: skip
+    return {
+        "orders": orders,
+        "workers": workers,
+        "latency_ms": latency_ms,
+        "client": {**client, "orders_per_s": round(orders / client["seconds"], 1)},
+        "batch": {**batch, "orders_per_s": round(orders / batch["seconds"], 1)},
+        "cpu_ms_per_order": per_order,
+        "batch_vs_client_cpu": round(per_order["batch"] / per_order["client"], 2),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--orders", type=int, default=2500)
+    parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--latency-ms", type=int, default=50)
+    args = parser.parse_args()
+    server = os.environ.get("NONTAX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+    print(json.dumps(batch_cpu(args.orders, args.workers, args.latency_ms, server), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(BENCH))
+    sys.exit(main())
