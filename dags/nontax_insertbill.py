@@ -91,7 +91,8 @@ with DAG(
         outlets=[BILLS_ISSUED],
         trigger_rule="all_done",
     )
-    # Red while any order of the run needs a person or was left unfinished.
+    # The last task, so the run takes its state: red while any order of the run needs a person
+    # or was left unfinished, or the claim failed.
     report = RunReportOperator(
         task_id="report",
         batches=claim.output,
@@ -99,4 +100,5 @@ with DAG(
         dry_run="{{ params.dry_run }}",
         trigger_rule="all_done",
     )
-    [claim, token] >> issue >> [announce, report]
+    [claim, token] >> issue >> announce >> report
+    issue >> report  # the report waits for every batch itself, whatever is cleared

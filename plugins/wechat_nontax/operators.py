@@ -31,7 +31,8 @@ def batch_label(order_ids: Sequence[str]) -> str:
     if not order_ids:
         return "empty batch"
     if len(order_ids) == 1:
-        return str(order_ids[0])
+        # Never a bare order id: a numeric one would be rendered as a number, not a label.
+        return f"{order_ids[0]} (1)"
     return f"{order_ids[0]} … {order_ids[-1]} ({len(order_ids)})"
 
 
@@ -223,7 +224,9 @@ class AnnounceBillsOperator(_RunOrdersOperator):
 
         from wechat_nontax.run_steps import count_inserted
 
-        inserted = count_inserted(self.batches or [], orders_conn_id=self.orders_conn_id)
+        if self.batches is None:
+            raise AirflowSkipException("the claim did not finish: no batch ran")
+        inserted = count_inserted(self.batches, orders_conn_id=self.orders_conn_id)
         if not inserted:
             raise AirflowSkipException("no bill issued in this run")
         return inserted
@@ -245,11 +248,16 @@ class RunReportOperator(_RunOrdersOperator):
 
         summary = build_report(
             context["run_id"],
-            self.batches or [],
+            self.batches or [],  # None: the claim failed; its claims are released all the same
             orders_conn_id=self.orders_conn_id,
             started_at=context["dag_run"].start_date,
             dry_run=_as_bool(self.dry_run),
         )
+        if self.batches is None:
+            raise AirflowFailException(
+                "claim_orders did not finish, so no batch ran: see its log, fix the cause and "
+                "clear claim_orders with its downstream tasks"
+            )
         return finish_report(summary, context["ti"])
 
 

@@ -112,8 +112,8 @@ class OrderStore:
     def __init__(self, conn: psycopg2.extensions.connection):
         conn.autocommit = True
         self._conn = conn
-        # psycopg2 connections serialise statements anyway; the lock keeps each write and its
-        # history row together when several threads of a batch report at once.
+        # psycopg2 connections serialise statements anyway; the lock keeps a statement and the
+        # reading of its results together when several threads of a batch report at once.
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -341,6 +341,9 @@ class OrderStore:
                 "%(errmsg)s, %(duration_ms)s::integer FROM changed",
                 {**params, **history},
             )
+            if cur.rowcount != 1:
+                # Nothing recorded: stop the batch rather than issue what cannot be recorded.
+                raise LookupError(f"order {order_id} is not in the order table: not recorded")
 
     def record_uploaded(
         self, order_id: str, media_id: str, *, run_id: str | None, duration_ms: int | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg2
 import pytest
@@ -81,6 +82,20 @@ def test_token_race_eight_processes_one_fetch(orders_db, wechat_conn):
     assert len(tokens) == 1
     assert wechat_conn.calls().get("stable_token", 0) == 1
     assert _token_fetches(orders_db) == 1
+
+
+def test_each_token_is_masked_once_before_use_whatever_the_threads(hook, wechat_conn, monkeypatch):
+    # In a task, every masking is a round trip to Airflow's supervisor: once per token.
+    masked: list[str] = []
+    monkeypatch.setattr("wechat_nontax.hook._mask", masked.append)
+    with ThreadPoolExecutor(8) as pool:
+        tokens = set(pool.map(lambda _: hook.upload_pdf(MINIMAL_PDF) and hook.get_access_token(),
+                              range(32)))  # fmt: skip
+    assert len(tokens) == 1 and masked == list(tokens)
+    wechat_conn.expire_tokens()
+    hook.upload_pdf(MINIMAL_PDF)  # refused token: a new one, masked before it is sent
+    fresh = hook.get_access_token()
+    assert fresh not in tokens and masked == [*tokens, fresh]
 
 
 @pytest.mark.parametrize("mode", ["stable_token", "token"])

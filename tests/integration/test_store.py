@@ -104,6 +104,23 @@ def test_hold_batch_takes_back_expired_orders_but_not_live_claims(store, orders_
     assert store.hold_batch("run-b", batch, lease_s=600) == batch
 
 
+def test_each_result_updates_the_row_and_appends_one_history_row(store):
+    order = make_order(1)
+    store.upsert_orders([order])
+    store.record_uploaded(order.order_id, "media-1", run_id="run-1", duration_ms=12)
+    store.record_inserted(order.order_id, "code-1", "openid-1", run_id="run-1", duration_ms=34)
+    row = store.get_row(order.order_id)
+    assert (row["status"], row["code"], row["s_pdf_media_id"]) == ("inserted", "code-1", "media-1")
+    history = [(a.step, a.outcome, a.run_id, a.duration_ms) for a in store.history(order.order_id)]
+    assert history[1:] == [("upload", "uploaded", "run-1", 12), ("insert", "inserted", "run-1", 34)]
+
+
+def test_a_result_for_an_unknown_order_is_refused_not_lost(store):
+    with pytest.raises(LookupError, match="NOPE is not in the order table"):
+        store.record_inserted("NOPE", "code", "openid", run_id="run-1")
+    assert store.history("NOPE") == []
+
+
 def test_reset_makes_an_order_due_again_and_is_recorded(store):
     store.upsert_orders([make_order(1)])
     store.record_end("T00000001", "failed", "72017 title mismatch", run_id="r", step="insert",

@@ -53,5 +53,6 @@ def test_nonsense_settings_are_refused(batch_size, min_batches):
 
 def test_a_batch_is_labelled_by_its_first_and_last_order_and_size():
     assert batch_label(ids(20)[5:]) == "T00000005 … T00000019 (15)"
-    assert batch_label(["T1"]) == "T1"
+    assert batch_label(["T1"]) == "T1 (1)"
+    assert batch_label([12345]) == "12345 (1)"  # a label, never a number
     assert batch_label([]) == "empty batch"

@@ -1,0 +1,58 @@
+"""The run's steps as operators, executed directly against real Postgres: the claim's batches,
+and what announce and report do when the claim never finished."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from types import SimpleNamespace
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from factories import make_order
+from wechat_nontax.operators import AnnounceBillsOperator, ClaimOrdersOperator, RunReportOperator
+from wechat_nontax.orders_db import connect_dsn
+from wechat_nontax.store import OrderStore
+
+
+@pytest.fixture
+def store(orders_db):
+    store = OrderStore(connect_dsn(orders_db))
+    yield store
+    store.close()
+
+
+def context(run_id: str) -> dict:
+    pushed: dict = {}
+    ti = SimpleNamespace(xcom_push=lambda key, value: pushed.update({key: value}), pushed=pushed)
+    return {"run_id": run_id, "dag_run": SimpleNamespace(start_date=datetime.now(UTC)), "ti": ti}
+
+
+def claimed_by(store: OrderStore, order_ids: list[str]) -> set:
+    return {store.get_row(order_id)["claimed_by"] for order_id in order_ids}
+
+
+def test_the_claim_spreads_the_run_over_the_pool_slots(store):
+    store.upsert_orders([make_order(i) for i in range(400)])
+    claim = ClaimOrdersOperator(task_id="claim_orders", batch_size=2500, min_batches=4)
+    batches = claim.execute(context("run-1"))
+    assert [len(b) for b in batches] == [100] * 4
+    assert claimed_by(store, [o for b in batches for o in b]) == {"run-1"}
+
+
+def test_a_failed_claim_makes_a_red_report_and_releases_what_it_claimed(store):
+    orders = [make_order(i) for i in range(3)]
+    store.upsert_orders(orders)
+    ids = [o.order_id for o in orders]
+    # The claim committed, then its task failed before returning its batches (no XCom: None).
+    store.claim_due("run-1", lease_s=3600)
+    assert claimed_by(store, ids) == {"run-1"}
+
+    announce = AnnounceBillsOperator(task_id="announce_bills", batches=None)
+    with pytest.raises(AirflowSkipException, match="claim did not finish"):
+        announce.execute(context("run-1"))
+
+    report = RunReportOperator(task_id="report", batches=None)
+    with pytest.raises(AirflowFailException, match="claim_orders did not finish"):
+        report.execute(context("run-1"))
+    assert claimed_by(store, ids) == {None}  # due for the next run (or the cleared claim)
