@@ -177,21 +177,23 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = [
-        "ceiling\n(plain client)",
+        f"ceiling: plain client\n{results['ceiling']['processes']} processes",
+        "plain client\n1 process",
         "pipeline\n1,000",
         "pipeline\n10,000",
         "per-order DAG\n1,000",
     ]
     values = [
         results["ceiling_orders_per_s"],
+        results.get("plain_client_one_process", {}).get("orders_per_s"),
         results["pipeline_orders_per_s_1k"],
         results["pipeline_orders_per_s"],
         results["per_order_dag_orders_per_s"],
     ]
-    shown = [(name, value) for name, value in zip(names, values, strict=True) if value]
-    names, values = [name for name, _ in shown], [value for _, value in shown]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    bars = ax.bar(names, values, color=["#999999", "#4c9be8", "#1f6fbf", "#e8894c"])
+    colors = ["#999999", "#c4c4c4", "#4c9be8", "#1f6fbf", "#e8894c"]
+    shown = [bar for bar in zip(names, values, colors, strict=True) if bar[1]]  # skipped: None
+    fig, ax = plt.subplots(figsize=(8.5, 4))
+    bars = ax.bar([n for n, _, _ in shown], [v for _, v, _ in shown], color=[c for *_, c in shown])
     ax.bar_label(bars, fmt="%.1f")
     ax.set_ylabel("orders per second (upload + insert)")
     settings = results["settings"]
@@ -297,12 +299,18 @@ def main(argv: list[str] | None = None) -> int:
         for round_ in range(args.repeats):
             orders = demo_orders(args.large, f"CEIL{round_}")
             out = ceiling(stack.sandbox_url, orders, render_bill_pdf(orders[0]),
-                          in_flight=in_flight)  # fmt: skip
+                          in_flight=in_flight, processes=args.pool_slots)  # fmt: skip
             say(f"ceiling: {out}")
             ceilings.append(out)
             if round_ == 0:
                 results["pipeline_1k"] = pipeline("P1K", args.small)
             larges.append(pipeline(f"P10K{round_}", args.large))
+        # For scale: the same client in one process (bound to about one core by its interpreter
+        # lock), once.
+        orders = demo_orders(args.large, "ONE")
+        one = ceiling(stack.sandbox_url, orders, render_bill_pdf(orders[0]), in_flight=in_flight)
+        say(f"plain client, one process: {one}")
+        results["plain_client_one_process"] = one
         results["ceiling"] = max(ceilings, key=lambda r: r["orders_per_s"])
         results["ceiling_samples"] = [r["orders_per_s"] for r in ceilings]
         results["ceiling_orders_per_s"] = results["ceiling"]["orders_per_s"]
@@ -340,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         pipeline_orders_per_s=large["orders_per_s"],
         pipeline_orders_per_s_1k=small["orders_per_s"],
         pipeline_vs_ceiling=round(large["orders_per_s"] / results["ceiling_orders_per_s"], 3),
+        pipeline_vs_one_process_client=round(
+            large["orders_per_s"] / results["plain_client_one_process"]["orders_per_s"], 3
+        ),
         per_order_dag_orders_per_s=per_order["orders_per_s"] if per_order else None,
         pipeline_vs_per_order_dag=(
             round(small["orders_per_s"] / per_order["orders_per_s"], 1) if per_order else None
@@ -354,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     plot(results, args.out.with_name("orders_per_s.png"))
     keys = ("ceiling_orders_per_s", "pipeline_orders_per_s", "pipeline_vs_ceiling",
+            "pipeline_vs_one_process_client",
             "per_order_dag_orders_per_s", "pipeline_vs_per_order_dag", "parse_ms",
             "claim_ms_1m", "claim_ms_20k", "peak_rss_mb_1k", "peak_rss_mb_10k",
             "token_fetches_per_run", "total_s")  # fmt: skip
