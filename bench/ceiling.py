@@ -62,8 +62,11 @@ def _issue_all(url: str, token: str, orders: list[Order], pdf: bytes, threads: i
 
 
 def _process(url, token, orders, pdf, threads, ready, results) -> None:
-    ready.wait()  # every process started: the clock runs from here
-    failures = _issue_all(url, token, orders, pdf, threads)
+    try:
+        ready.wait(timeout=60)  # every process started: the clock runs from here
+        failures = _issue_all(url, token, orders, pdf, threads)
+    except Exception as exc:  # noqa: BLE001 (reported to the parent, which fails the benchmark)
+        failures = [f"client process failed: {exc!r}"]
     results.put((time.time(), failures))
 
 
@@ -87,9 +90,9 @@ def ceiling(
         ]  # fmt: skip
         for worker in workers:
             worker.start()
-        ready.wait()
+        ready.wait(timeout=60)
         started = time.time()
-        answers = [results.get(timeout=600) for _ in workers]
+        answers = [results.get(timeout=1800) for _ in workers]
         for worker in workers:
             worker.join()
         ended = max(end for end, _ in answers)
@@ -99,6 +102,7 @@ def ceiling(
         "orders": len(orders),
         "in_flight": in_flight,
         "processes": processes,
+        "failed": len(failures),
         "seconds": round(seconds, 2),
         "orders_per_s": round(len(orders) / seconds, 1),
         "failures": failures[:10],

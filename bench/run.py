@@ -301,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
             out = ceiling(stack.sandbox_url, orders, render_bill_pdf(orders[0]),
                           in_flight=in_flight, processes=args.pool_slots)  # fmt: skip
             say(f"ceiling: {out}")
+            if out["failed"]:
+                raise SystemExit(f"the ceiling's client failed: {out['failures']}")
             ceilings.append(out)
             if round_ == 0:
                 results["pipeline_1k"] = pipeline("P1K", args.small)

@@ -323,7 +323,7 @@ class WeChatNonTaxHook(HttpHook):
         settings = self._send_settings.get(host)
         if settings is None:
             settings = self._send_settings[host] = session.merge_environment_settings(
-                url, proxies=session.proxies, stream=session.stream, verify=session.verify,
+                url, proxies=dict(session.proxies), stream=session.stream, verify=session.verify,
                 cert=session.cert,
             )  # fmt: skip
         return settings

@@ -60,6 +60,23 @@ def test_no_basic_auth_and_no_own_extras_on_the_wire(hook):
     assert not {"token_mode", "token_margin_s", "token_service_url"} & set(session.headers)
 
 
+def test_proxy_settings_follow_the_environment_host_by_host(orders_db, wechat_conn, monkeypatch):
+    # Read once per host (not at every call), with NO_PROXY honoured for each host on its own.
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    hook = WeChatNonTaxHook()
+    try:
+        hook.upload_pdf(MINIMAL_PDF)  # the sandbox (127.0.0.1): straight, not through the proxy
+        direct = hook._settings_for(hook.session, f"{wechat_conn.url}/x")
+        proxied = hook._settings_for(hook.session, "http://tokens.example/token")
+        assert direct["proxies"].get("http") is None
+        assert proxied["proxies"]["http"] == "http://proxy.invalid:3128"
+        assert hook._settings_for(hook.session, f"{wechat_conn.url}/y") is direct  # cached
+        assert hook.session.proxies == {}  # the session itself is left as configured
+    finally:
+        hook.close()
+
+
 def _ask_for_token(queue):
     hook = WeChatNonTaxHook()
     try:
