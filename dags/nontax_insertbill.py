@@ -26,6 +26,8 @@ from wechat_nontax.operators import (
 WECHAT_CONN_ID = "wechat_nontax_default"
 ORDERS_CONN_ID = "nontax_orders_db"
 WECHAT_POOL = os.environ.get("NONTAX_WECHAT_POOL", "wechat_nontax")
+# The pool's slots, as the deployment sets them: a run is spread over at least this many batches.
+POOL_SLOTS = int(os.environ.get("NONTAX_POOL_SLOTS", "4"))
 BILLS_ISSUED = Asset(name="nontax_bills_issued", uri="nontax://bills/issued")
 
 with DAG(
@@ -49,7 +51,7 @@ with DAG(
         # Measured best on 2 cores (make bench): a run spread over one batch per pool slot.
         "batch_size": Param(2500, type="integer", minimum=1, maximum=10000, description="At most"),
         "min_batches": Param(
-            4, type="integer", minimum=1, maximum=64, description="Spread over (the pool's slots)"
+            POOL_SLOTS, type="integer", minimum=1, maximum=64, description="Spread over (slots)"
         ),
         "workers": Param(16, type="integer", minimum=1, maximum=64, description="Calls per batch"),
         "dry_run": Param(False, type="boolean", description="Validate and report, send nothing"),

@@ -71,6 +71,7 @@ from nontax_tools.pg import (
     server_answers,
     with_dbname,
 )
+from wechat_sandbox.process import free_port
 
 DEFAULT_STATE_DIR = ROOT / ".run" / "stack"
 ADMIN_USER = "admin"
@@ -164,12 +165,6 @@ def _truthy(value: str | None) -> bool:
 
 
 # -- small helpers -------------------------------------------------------------------------------
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
@@ -595,6 +590,7 @@ class Stack:
                     cfg.scheduler_health_port
                 ),
                 "NONTAX_WECHAT_POOL": cfg.pool,
+                "NONTAX_POOL_SLOTS": str(cfg.pool_slots),  # the DAG spreads a run over them
             }
         )
         env.update(cfg.extra_env)
