@@ -26,6 +26,8 @@ import pytest
 from nontax_tools.airflow_run import sandbox_connection
 from nontax_tools.migrate import migrate
 from nontax_tools.pg import drop_database, fresh_database
+from wechat_nontax.orders_db import connect_dsn
+from wechat_nontax.store import OrderStore
 from wechat_sandbox.client import SandboxAdmin
 from wechat_sandbox.process import SandboxProcess, start_sandbox
 
@@ -57,6 +59,14 @@ def orders_db(orders_db_uri: str, monkeypatch: pytest.MonkeyPatch) -> str:
     conn.close()
     monkeypatch.setenv("AIRFLOW_CONN_NONTAX_ORDERS_DB", orders_db_uri)
     return orders_db_uri
+
+
+@pytest.fixture
+def store(orders_db: str) -> Iterator[OrderStore]:
+    """An order store on the emptied order database."""
+    store = OrderStore(connect_dsn(orders_db))
+    yield store
+    store.close()
 
 
 @pytest.fixture(scope="session")

@@ -26,22 +26,21 @@ class SandboxStartError(RuntimeError):
     """The sandbox did not come up; the message carries its stderr."""
 
 
-def _ephemeral_ports() -> range:
+def _first_ephemeral_port() -> int:
     try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return range(int(low), int(high) + 1)
-    except (OSError, ValueError):
-        return range(32768, 61000)  # Linux's default
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free now and below the kernel's ephemeral range. A port the kernel picks (bind to
     0) is an ephemeral one, which any client connection may take as its local end before the
     server that was meant to get it binds it (seconds later, for Airflow's api-server)."""
-    ephemeral = _ephemeral_ports()
-    candidates = range(10_000, ephemeral.start) if ephemeral.start > 11_000 else None
-    for _ in range(200 if candidates else 0):
-        port = random.choice(candidates)
+    below = _first_ephemeral_port()
+    attempts = 200 if below > 11_000 else 0  # no room below it: let the kernel pick
+    for _ in range(attempts):
+        port = random.randrange(10_000, below)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind((host, port))

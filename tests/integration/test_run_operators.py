@@ -11,15 +11,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from factories import make_order
 from wechat_nontax.operators import AnnounceBillsOperator, ClaimOrdersOperator, RunReportOperator
-from wechat_nontax.orders_db import connect_dsn
 from wechat_nontax.store import OrderStore
-
-
-@pytest.fixture
-def store(orders_db):
-    store = OrderStore(connect_dsn(orders_db))
-    yield store
-    store.close()
 
 
 def context(run_id: str) -> dict:

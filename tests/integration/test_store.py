@@ -13,13 +13,6 @@ from wechat_nontax.orders_db import connect_dsn
 from wechat_nontax.store import OrderStore
 
 
-@pytest.fixture
-def store(orders_db):
-    store = OrderStore(connect_dsn(orders_db))
-    yield store
-    store.close()
-
-
 def _expire_claims(dsn):
     conn = psycopg2.connect(dsn)
     conn.autocommit = True
