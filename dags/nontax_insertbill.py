@@ -49,7 +49,7 @@ with DAG(
         "order_ids": Param([], type="array", description="Only these orders (empty: all due)"),
         "max_orders": Param(None, type=["null", "integer"], minimum=1, description="At most"),
         # Measured best on 2 cores (make bench): a run spread over one batch per pool slot.
-        "batch_size": Param(2500, type="integer", minimum=1, maximum=10000, description="At most"),
+        "batch_size": Param(2500, type="integer", minimum=1, maximum=2500, description="At most"),
         "min_batches": Param(
             POOL_SLOTS, type="integer", minimum=1, maximum=64, description="Spread over (slots)"
         ),
@@ -68,12 +68,14 @@ with DAG(
         min_batches="{{ params.min_batches }}",
         max_orders="{{ params.max_orders }}",
         order_ids="{{ params.order_ids }}",
+        execution_timeout=timedelta(minutes=10),
     )
     token = RefreshTokenOperator(
         task_id="refresh_token",
         wechat_conn_id=WECHAT_CONN_ID,
         dry_run="{{ params.dry_run }}",
         pool=WECHAT_POOL,
+        execution_timeout=timedelta(minutes=5),
     )
     # One task instance per batch, labelled in the UI by its first and last order.
     issue = IssueBillsOperator.partial(
@@ -84,6 +86,9 @@ with DAG(
         dry_run="{{ params.dry_run }}",
         pool=WECHAT_POOL,
         map_index_template="{{ task.order_ids | batch_label }}",
+        # A batch at its bounds (2,500 orders, one worker, slow answers) takes about an hour;
+        # past this Airflow stops it and it is retried on its unfinished orders.
+        execution_timeout=timedelta(hours=3),
     ).expand(order_ids=claim.output)
     # After every batch, failed ones too: bills issued beside orders that failed still count.
     announce = AnnounceBillsOperator(
@@ -92,6 +97,7 @@ with DAG(
         orders_conn_id=ORDERS_CONN_ID,
         outlets=[BILLS_ISSUED],
         trigger_rule="all_done",
+        execution_timeout=timedelta(minutes=5),
     )
     # The last task, so the run takes its state: red while any order of the run needs a person
     # or was left unfinished, or the claim failed.
@@ -101,6 +107,7 @@ with DAG(
         orders_conn_id=ORDERS_CONN_ID,
         dry_run="{{ params.dry_run }}",
         trigger_rule="all_done",
+        execution_timeout=timedelta(minutes=10),
     )
     [claim, token] >> issue >> announce >> report
     issue >> report  # the report waits for every batch itself, whatever is cleared

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
             report = load_lines(store, read_lines(args.file))
             print(report)
-            return 1 if report.rejected else 0
+            return 1 if report.rejected or report.held else 0
         if args.command == "status":
             for status, count in sorted(store.count_by_status().items()):
                 print(f"{status:<14} {count}")
@@ -83,7 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "reset":
             failed = [i for i in args.order_ids if not store.reset(i, note=args.note)]
             for order_id in failed:
-                print(f"{order_id}: not reset (unknown, or already finished)", file=sys.stderr)
+                print(
+                    f"{order_id}: not reset (unknown, already finished, or held by a run "
+                    "right now)",
+                    file=sys.stderr,
+                )
             print(f"{len(args.order_ids) - len(failed)} orders are due again")
             return 1 if failed else 0
     finally:

@@ -34,18 +34,25 @@ class LoadReport:
     updated: int = 0
     unchanged: int = 0
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
+    held: list[tuple[str, str]] = field(default_factory=list)  # changed, but a run holds it
 
     def add(self, result: LoadResult) -> None:
         self.inserted += result.inserted
         self.updated += result.updated
         self.unchanged += result.unchanged
+        self.held += result.held
 
     def __str__(self) -> str:
         head = (
             f"{self.lines} lines: {self.inserted} new, {self.updated} changed, "
             f"{self.unchanged} unchanged or finished, {len(self.rejected)} rejected"
         )
-        return "\n".join([head, *(f"  line {n}: {reason}" for n, reason in self.rejected)])
+        held = [
+            f"  {order_id}: held by run {run_id}, not changed: load it again once that run ended"
+            for order_id, run_id in self.held
+        ]
+        lines = [f"  line {n}: {reason}" for n, reason in self.rejected]
+        return "\n".join([head + (f", {len(self.held)} held" if held else ""), *lines, *held])
 
 
 def parse_line(text: str, *, now: int) -> Order:

@@ -128,6 +128,12 @@ class WeChatNonTaxHook(HttpHook):
         return parse_card_ids(self._extras.get("card_ids"))
 
     @property
+    def call_timeout_s(self) -> float:
+        """Seconds one call may take (the Connection's extra `timeout`)."""
+        self.session  # noqa: B018 (reads the Connection)
+        return float(self._extras.get("timeout", DEFAULT_TIMEOUT_S))
+
+    @property
     def token_mode(self) -> str:
         return str(self._extras.get("token_mode", "stable_token"))
 

@@ -11,6 +11,8 @@ configuration stops the whole batch: no further calls, the remaining orders stay
 
 from __future__ import annotations
 
+import logging
+import os
 import random
 import threading
 import time
@@ -31,7 +33,7 @@ from wechat_nontax.policy import (
     Status,
     seconds_until_quota_reset,
 )
-from wechat_nontax.store import OrderStore, StoredOrder
+from wechat_nontax.store import Hold, OrderStore, OrderStoreError, StoredOrder
 from wechat_nontax.validation import (
     Limits,
     check_card_allowed,
@@ -44,9 +46,14 @@ from wechat_nontax.validation import (
 # before that.
 MEDIA_LIFETIME_S = 3 * 24 * 3600
 DEFAULT_MEDIA_MARGIN_S = 6 * 3600
-# How long a claim holds an order: longer than any run, short enough that a crashed run's
-# orders are due again the same day.
+# How long a run's claim lasts when nothing renews it (orders claimed and waiting for their
+# batch, or left due by a try): longer than any run, short enough that a crashed run's orders
+# are due again the same day. A run that ended frees its claims at once (see run_steps).
 DEFAULT_LEASE_S = 3600
+# How long a task try's hold on an order lasts unless renewed (every quarter of it).
+DEFAULT_HOLD_S = 120.0
+
+log = logging.getLogger(__name__)
 
 
 class Outcome(StrEnum):
@@ -60,14 +67,17 @@ class Outcome(StrEnum):
     AWAITING_AUTH = "awaiting_auth"  # 72038: asked again later
     QUOTA = "quota"  # daily quota reached: left due for the next run
     RETRY_LATER = "retry_later"  # transient errors outlasted the time budget: left due
-    NOT_HELD = "not_held"  # another live run holds the order
+    NOT_DUE = "not_due"  # not this try's to send: waiting for its time, or for a person
+    NOT_HELD = "not_held"  # another run or try holds the order
+    EARLIER_TRY = "earlier_try"  # an earlier try of this batch still holds it: retried later
     BLOCKED = "blocked"  # not sent: the batch stopped (no access token): left due
+    UNRECORDED = "unrecorded"  # inserted on WeChat, the order database unreachable: journalled
     INVALID = "invalid"  # bad data: needs a person
     FAILED = "failed"  # permanent refusal: needs a person
 
 
 NEEDS_PERSON = frozenset({Outcome.INVALID, Outcome.FAILED, Outcome.BLOCKED})
-PASSES_BY_WAITING = frozenset({Outcome.RETRY_LATER})
+PASSES_BY_WAITING = frozenset({Outcome.RETRY_LATER, Outcome.EARLIER_TRY, Outcome.UNRECORDED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +85,14 @@ class OrderResult:
     order_id: str
     outcome: Outcome
     reason: str = ""
+    # An insert that WeChat answered but the order database could not record: (code, openid).
+    bill: tuple[str, str] | None = None
+
+
+def default_hold_s() -> float:
+    """How long a task try's hold on its orders lasts unrenewed (`NONTAX_HOLD_S`, 120 s): a
+    try that dies (SIGKILL, a lost worker) frees its orders this long after its last renewal."""
+    return float(os.environ.get("NONTAX_HOLD_S", DEFAULT_HOLD_S))
 
 
 @dataclass(frozen=True)
@@ -84,10 +102,21 @@ class Settings:
     max_workers: int = 16
     time_budget_s: float = 300.0  # how long transient errors may be retried inside the task
     media_margin_s: float = DEFAULT_MEDIA_MARGIN_S
-    lease_s: int = DEFAULT_LEASE_S
+    lease_s: int = DEFAULT_LEASE_S  # the run's claim on orders a finished try leaves due
+    hold_s: float = field(default_factory=default_hold_s)
+    call_timeout_s: float = 15.0  # the hook's timeout: a call starts only if it fits the hold
     dry_run: bool = False
+    # A person cleared the task: orders that need a person are worked on again too.
+    include_needs_person: bool = False
     # The account's card ids (the WeChat Connection's extra `card_ids`); None: not configured.
     card_ids: frozenset[str] | None = None
+
+    @property
+    def call_reserve_s(self) -> float:
+        """Hold left that a call needs to start: a token fetch, the call, a retry after a
+        refreshed token, each up to the timeout. Renewing every quarter of the hold keeps at
+        least three quarters of it while the order database answers."""
+        return 3 * self.call_timeout_s + 2.0
 
 
 class WeChatApi(Protocol):
@@ -99,6 +128,8 @@ PdfReader = Callable[[str, str | None, int], bytes | None]
 
 
 class BatchIssuer:
+    """Issues one batch as one task try: holds its orders, works on them, ends the hold."""
+
     def __init__(
         self,
         api: WeChatApi,
@@ -107,94 +138,249 @@ class BatchIssuer:
         *,
         run_id: str,
         read_pdf: PdfReader,
+        holder: str | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ):
+        if settings.hold_s < 2 * settings.call_reserve_s:
+            raise ValueError(
+                f"hold_s {settings.hold_s:g} s is too short for calls of up to "
+                f"{settings.call_timeout_s:g} s: at least {2 * settings.call_reserve_s:g} s"
+            )
         self.api = api
         self.store = store
         self.settings = settings
         self.run_id = run_id
+        # One task try: run, task, map index, try number. An earlier try of the same batch
+        # shares everything before the try number.
+        self.holder = holder or f"{run_id}|issue_bills|-1|1"
         self._read_pdf = read_pdf
         self._clock = clock
         self._sleep = sleep
         self._deadline = clock() + settings.time_budget_s
-        # Set on a daily quota or a broken configuration: the batch's other orders are not sent.
+        # Set on a daily quota, a broken configuration, a lost hold or a person stopping the
+        # task: the batch's other orders are not sent.
         self._stop = threading.Event()
         self._stopped = OrderResult("", Outcome.QUOTA)
+        self._stop_lock = threading.Lock()
         self._random = random.Random()  # noqa: S311 (jitter, not security)
+        self._versions: dict[str, int] = {}
+        self._active: set[str] = set()  # held and not finished by this try
+        self._lost: set[str] = set()  # no longer held: another holder may have it
+        self._hold_valid_until = 0.0  # monotonic time until which the hold surely holds
+        self._state_lock = threading.Lock()
+
+    def stop(self, reason: str) -> None:
+        """Send nothing more (the task is being killed): calls in flight finish and are
+        recorded; the orders not reached stay due."""
+        self._stop_batch(Outcome.RETRY_LATER, reason)
 
     def run(self, order_ids: Sequence[str]) -> list[OrderResult]:
         """Work on the batch's unfinished orders; returns one result per order id."""
-        held = set(self.store.hold_batch(self.run_id, order_ids, lease_s=self.settings.lease_s))
-        stored = {o.order_id: o for o in self.store.get_orders(order_ids)}
-        work = [stored[i] for i in order_ids if i in held]
-        results: dict[str, OrderResult] = {}
-        for order_id in order_ids:
-            if order_id in held:
-                continue
-            current = stored.get(order_id)
-            if current is None:
-                results[order_id] = OrderResult(order_id, Outcome.FAILED, "no such order")
-            elif current.status in Status.FINISHED:
-                results[order_id] = OrderResult(order_id, Outcome.ALREADY_DONE, current.status)
-            else:
-                results[order_id] = OrderResult(
-                    order_id, Outcome.NOT_HELD, "another run holds this order right now"
-                )
-        workers = max(1, min(self.settings.max_workers, len(work)))
-        with ThreadPoolExecutor(workers, thread_name_prefix="order") as pool:
+        if self.settings.dry_run:
+            return self._dry_run(order_ids)
+        pool = None
+        try:
+            results = self._hold(order_ids)
+            work = self.store.get_orders([i for i in order_ids if i in self._active])
+            pool = ThreadPoolExecutor(
+                max(1, min(self.settings.max_workers, len(work))), thread_name_prefix="order"
+            )
             for result in pool.map(self._guarded, work):
                 results[result.order_id] = result
+        finally:
+            # Also on an exception (a timeout, a kill): nothing more is sent, the calls in
+            # flight finish and are recorded, the renewal ends, the hold goes back to the run.
+            self._stop_batch(Outcome.RETRY_LATER, "not sent: the task stopped")
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+            self._end_hold()
         return [results[order_id] for order_id in order_ids]
+
+    # -- holding ------------------------------------------------------------------------------
+
+    def _hold(self, order_ids: Sequence[str]) -> dict[str, OrderResult]:
+        """Hold the batch's orders for this try. Orders an earlier try of the same batch still
+        holds (a try marked failed and cleared while it runs, a zombie) are waited for, at most
+        one hold's length: that try stops renewing once Airflow has stopped it."""
+        instance = self.holder.rsplit("|", 1)[0] + "|"
+        wait_until = time.monotonic() + self.settings.hold_s + 5.0
+        pending = list(order_ids)
+        results: dict[str, OrderResult] = {}
+        while True:
+            started = time.monotonic()
+            first = not self._versions and not results
+            hold = self.store.hold_batch(
+                self.run_id, self.holder, pending, hold_s=self.settings.hold_s,
+                include_needs_person=self.settings.include_needs_person,
+            )  # fmt: skip
+            with self._state_lock:
+                if first:
+                    self._hold_valid_until = started + self.settings.hold_s
+                self._versions.update(hold.held)
+                self._active.update(hold.held)
+            if first:
+                threading.Thread(target=self._renew_loop, name="hold-renewal", daemon=True).start()
+            earlier = [
+                order_id for order_id, why in hold.not_held.items()
+                if why.kind == "held" and (why.holder or "").startswith(instance)
+            ]  # fmt: skip
+            for order_id, why in hold.not_held.items():
+                results[order_id] = OrderResult(order_id, _NOT_HELD_OUTCOME[why.kind], why.reason)
+            if not earlier or time.monotonic() >= wait_until:
+                for order_id in earlier:
+                    results[order_id] = OrderResult(
+                        order_id, Outcome.EARLIER_TRY,
+                        "an earlier try of this batch still holds it: retried later",
+                    )  # fmt: skip
+                return results
+            self._sleep(min(2.0, max(0.1, wait_until - time.monotonic())))
+            pending = earlier
+
+    def _renew_loop(self) -> None:
+        interval = self.settings.hold_s / 4
+        while not self._stop.wait(interval):
+            with self._state_lock:
+                active = list(self._active)
+            started = time.monotonic()
+            try:
+                still = self.store.renew_hold(self.holder, active, hold_s=self.settings.hold_s)
+            except Exception as exc:  # noqa: BLE001 (the calls stop by themselves when it lapses)
+                log.warning("could not renew the hold on the batch's orders: %s", exc)
+                continue
+            with self._state_lock:
+                self._hold_valid_until = started + self.settings.hold_s
+                self._lost.update(set(active) - still)
+
+    def _check_hold(self, order_id: str) -> None:
+        """Raise unless this try surely holds the order for as long as a call may take."""
+        if self._stop.is_set():
+            raise _OrderEnded(self._stopped_result(order_id))
+        with self._state_lock:
+            lost = order_id in self._lost
+            left = self._hold_valid_until - time.monotonic()
+        if lost:
+            raise _OrderEnded(
+                OrderResult(order_id, Outcome.NOT_HELD, "lost its hold: not sent by this try")
+            )
+        if left < self.settings.call_reserve_s:
+            self._stop_batch(
+                Outcome.RETRY_LATER,
+                "not sent: the hold on the batch's orders could not be renewed in time (is the "
+                "order database reachable?)",
+            )
+            raise _OrderEnded(self._stopped_result(order_id))
+
+    def _finished(self, order_id: str) -> None:
+        with self._state_lock:
+            self._active.discard(order_id)
+
+    def _end_hold(self) -> None:
+        with self._state_lock:
+            held = list(self._versions)  # a final write-back already ended its order's hold
+        try:
+            self.store.end_hold(self.holder, held, lease_s=self.settings.lease_s)
+        except Exception as exc:  # noqa: BLE001 (the hold runs out by itself)
+            log.warning("could not end the hold on the batch's orders (it runs out): %s", exc)
+
+    def version_of(self, order_id: str) -> int:
+        """The row version this try read of the order (what it sent)."""
+        return self._versions[order_id]
+
+    def _hold_of(self, order_id: str) -> Hold:
+        return Hold(self.holder, self._versions[order_id])
+
+    def _dry_run(self, order_ids: Sequence[str]) -> list[OrderResult]:
+        """Validate what a run would send; write nothing (the findings go to the report)."""
+        stored = {o.order_id: o for o in self.store.get_orders(order_ids)}
+        results = []
+        for order_id in order_ids:
+            current = stored.get(order_id)
+            if current is None:
+                results.append(OrderResult(order_id, Outcome.NOT_HELD, "unknown order"))
+            elif current.status not in Status.DUE:
+                results.append(OrderResult(order_id, Outcome.ALREADY_DONE, current.status))
+            else:
+                problems = self._problems(current)[0]
+                results.append(
+                    OrderResult(order_id, Outcome.INVALID, format_problems(problems))
+                    if problems
+                    else OrderResult(order_id, Outcome.VALIDATED)
+                )
+        return results
 
     def _guarded(self, stored: StoredOrder) -> OrderResult:
         try:
             return self._one(stored)
+        except _OrderEnded as ended:
+            return ended.result
+        except OrderStoreError as exc:
+            # The order database stays away: nothing more is sent (it could not be recorded).
+            self._stop_batch(Outcome.RETRY_LATER, f"not sent: {exc}")
+            return OrderResult(stored.order_id, Outcome.RETRY_LATER, str(exc))
         except Exception:
-            # Not WeChat: the order store (a lost connection) or a bug. No other order of the
-            # batch is sent from now on, so that no bill is issued that cannot be recorded;
-            # the task fails with this error.
+            # A bug: no other order of the batch is sent from now on; the task fails with it.
             self._stop_batch(Outcome.BLOCKED, "not sent: the batch stopped after an error")
             raise
+        finally:
+            self._finished(stored.order_id)
 
     # -- one order ----------------------------------------------------------------------------
 
-    def _one(self, stored: StoredOrder) -> OrderResult:
+    def _problems(self, stored: StoredOrder) -> tuple[list, bytes | None, OrderResult | None]:
+        """The order's data problems, its PDF, or a result when the PDF cannot be read now."""
         order = stored.order
-        if self._stop.is_set():
-            return self._stopped_result(order.order_id)
         problems = check_order_fields(
             bill_fields(order), now=int(self._clock()), limits=self.settings.limits
         )
         if not any(p.field == "card_id" for p in problems):
             card = check_card_allowed(order.card_id, self.settings.card_ids)
             problems += [card] if card is not None else []
-        pdf = None
-        if not problems:
-            try:
-                pdf = self._read_pdf(
-                    self.settings.pdf_root, order.pdf_path, self.settings.limits.max_pdf_bytes
-                )
-            except errors.InvalidOrderError as exc:
-                problems = list(exc.problems)
-            else:
-                if (problem := check_pdf(pdf, limits=self.settings.limits)) is not None:
-                    problems = [problem]
+        if problems:
+            return problems, None, None
+        try:
+            pdf = self._read_pdf(
+                self.settings.pdf_root, order.pdf_path, self.settings.limits.max_pdf_bytes
+            )
+        except errors.InvalidOrderError as exc:
+            return list(exc.problems), None, None
+        except Exception as exc:  # noqa: BLE001 (any read error ends this order alone)
+            reason = f"the PDF could not be read now ({_read_error(exc)}): tried again later"
+            return [], None, OrderResult(order.order_id, Outcome.RETRY_LATER, reason)
+        problem = check_pdf(pdf, limits=self.settings.limits)
+        return ([problem] if problem is not None else []), pdf, None
+
+    def _one(self, stored: StoredOrder) -> OrderResult:
+        order = stored.order
+        self._check_hold(order.order_id)
+        problems, pdf, unreadable = self._problems(stored)
+        if unreadable is not None:
+            self.store.record_transient(
+                order.order_id, hold=self._hold_of(order.order_id), run_id=self.run_id,
+                step="pdf", outcome="unreadable", errcode=None, errmsg=unreadable.reason,
+                not_before_s=PDF_RETRY_S,
+            )  # fmt: skip
+            return unreadable
         if problems:
             reason = format_problems(problems)
-            self.store.record_end(
-                order.order_id, Status.INVALID, reason, run_id=self.run_id, step="validate",
-                counts_attempt=False,
+            written = self.store.record_end(
+                order.order_id, Status.INVALID, reason, hold=self._hold_of(order.order_id),
+                run_id=self.run_id, step="validate", counts_attempt=False,
             )  # fmt: skip
-            return OrderResult(order.order_id, Outcome.INVALID, reason)
-        if self.settings.dry_run:
-            return OrderResult(order.order_id, Outcome.VALIDATED)
-        try:
-            # Upload then insert, one order after the other in the same thread: an order's bill
-            # goes in as soon as its PDF is up, never waiting for the rest of the batch.
-            return self._insert(stored, self._media_id(stored, pdf), pdf)
-        except _OrderEnded as ended:
-            return ended.result
+            return OrderResult(order.order_id, Outcome.INVALID, reason) if written else (
+                self._lost_hold(order.order_id)
+            )  # fmt: skip
+        # Upload then insert, one order after the other in the same thread: an order's bill
+        # goes in as soon as its PDF is up, never waiting for the rest of the batch.
+        return self._insert(stored, self._media_id(stored, pdf), pdf)
+
+    def _lost_hold(self, order_id: str) -> OrderResult:
+        with self._state_lock:
+            self._lost.add(order_id)
+        return OrderResult(
+            order_id, Outcome.NOT_HELD,
+            "another holder took this order or finished it: this try's result was not recorded",
+        )  # fmt: skip
 
     def _media_id(self, stored: StoredOrder, pdf: bytes, *, force: bool = False) -> str:
         """The order's media id: the stored one while fresh, else a new upload."""
@@ -210,9 +396,11 @@ class BatchIssuer:
         media_id = self._call(
             stored, "upload", lambda: self.api.upload_pdf(pdf, f"{stored.order_id}.pdf")
         )
-        self.store.record_uploaded(
-            stored.order_id, media_id, run_id=self.run_id, duration_ms=self._ms(started)
-        )
+        if not self.store.record_uploaded(
+            stored.order_id, media_id, hold=self._hold_of(stored.order_id), run_id=self.run_id,
+            duration_ms=self._ms(started),
+        ):  # fmt: skip
+            raise _OrderEnded(self._lost_hold(stored.order_id))
         return media_id
 
     def _insert(self, stored: StoredOrder, media_id: str, pdf: bytes) -> OrderResult:
@@ -226,23 +414,48 @@ class BatchIssuer:
                 )
             except errors.MediaExpiredError as exc:
                 if reuploaded:
-                    raise self._end(stored, exc, "insert") from None
+                    reason = (exc.rule.exhausted_reason or exc.rule.reason).format(answers=2)
+                    raise self._end(
+                        stored, exc, "insert", status=Status.FAILED, reason=reason
+                    ) from None
                 reuploaded = True
-                self.store.forget_media(order.order_id, run_id=self.run_id, reason=exc.errmsg)
+                if not self.store.forget_media(
+                    order.order_id, hold=self._hold_of(order.order_id), run_id=self.run_id,
+                    reason=exc.errmsg,
+                ):  # fmt: skip
+                    raise _OrderEnded(self._lost_hold(order.order_id)) from None
                 media_id = self._media_id(stored, pdf, force=True)
                 continue
+            return self._record_bill(stored, bill, self._ms(started))
+
+    def _record_bill(self, stored: StoredOrder, bill, duration_ms: int) -> OrderResult:
+        """Write the bill's code at once; if the order database stays away, log it (codes are
+        not secrets) and hand it to the operator's journal: it cannot be had from WeChat again."""
+        order_id = stored.order_id
+        try:
             self.store.record_inserted(
-                order.order_id, bill.code, bill.openid, run_id=self.run_id,
-                duration_ms=self._ms(started),
+                order_id, bill.code, bill.openid, version=self._versions[order_id],
+                run_id=self.run_id, duration_ms=duration_ms,
             )  # fmt: skip
-            return OrderResult(order.order_id, Outcome.INSERTED)
+        except OrderStoreError as exc:
+            log.error(
+                "UNRECORDED BILL: order %s is in the card package with code %s, openid %s; "
+                "the order database could not record it (%s)",
+                order_id, bill.code, bill.openid, exc,
+            )  # fmt: skip
+            self._stop_batch(Outcome.RETRY_LATER, f"not sent: {exc}")
+            return OrderResult(
+                order_id, Outcome.UNRECORDED, f"inserted, code {bill.code}: not recorded yet",
+                bill=(bill.code, bill.openid),
+            )  # fmt: skip
+        return OrderResult(order_id, Outcome.INSERTED)
 
     def _call(self, stored: StoredOrder, step: str, call: Callable):
-        """One remote call with the policy applied: retried while the time budget lasts."""
+        """One remote call with the policy applied: retried while the time budget lasts, and
+        made only while this try surely holds the order."""
         answers: dict[int | str, int] = {}
         while True:
-            if self._stop.is_set():
-                raise _OrderEnded(self._stopped_result(stored.order_id))
+            self._check_hold(stored.order_id)
             started = self._clock()
             try:
                 return call()
@@ -266,8 +479,9 @@ class BatchIssuer:
                         ) from None
                     delay = exc.rule.delay_s(count, now=self._clock(), jitter=self._random.random())
                     self.store.record_transient(
-                        stored.order_id, run_id=self.run_id, step=step, outcome="retry",
-                        errcode=exc.errcode, errmsg=exc.errmsg, duration_ms=self._ms(started),
+                        stored.order_id, hold=self._hold_of(stored.order_id), run_id=self.run_id,
+                        step=step, outcome="retry", errcode=exc.errcode, errmsg=exc.errmsg,
+                        duration_ms=self._ms(started),
                     )  # fmt: skip
                     if self._clock() + delay > self._deadline:
                         raise _OrderEnded(
@@ -289,6 +503,7 @@ class BatchIssuer:
         """Write the order's end for this task and return the exception that carries it."""
         action = exc.rule.action
         order_id = stored.order_id
+        hold = self._hold_of(order_id)
         reason = reason or f"{exc.rule.reason} ({_answer(exc)})"
         if action is Action.STOP_QUOTA:
             wait = seconds_until_quota_reset(self._clock())
@@ -296,38 +511,42 @@ class BatchIssuer:
                 Outcome.QUOTA, f"daily quota reached ({_answer(exc)}): left due for tomorrow"
             )
             self.store.record_transient(
-                order_id, run_id=self.run_id, step=step, outcome="quota",
+                order_id, hold=hold, run_id=self.run_id, step=step, outcome="quota",
                 errcode=exc.errcode, errmsg=exc.errmsg, not_before_s=wait,
             )  # fmt: skip
             return _OrderEnded(self._stopped_result(order_id))
+        outcome = Outcome.FAILED
         if action is Action.ALREADY_INSERTED:
-            self.store.record_end(
-                order_id, Status.DUPLICATE, reason, run_id=self.run_id, step=step,
-                errcode=exc.errcode, errmsg=exc.errmsg,
-            )  # fmt: skip
-            return _OrderEnded(OrderResult(order_id, Outcome.ALREADY_INSERTED, reason))
-        if action is Action.WAIT_AUTHORIZATION:
-            waited = self._clock() - stored.authorized_at.timestamp()
+            status, outcome = Status.DUPLICATE, Outcome.ALREADY_INSERTED
+        elif action is Action.WAIT_AUTHORIZATION and status is None:
+            since = stored.auth_wait_since.timestamp() if stored.auth_wait_since else self._clock()
+            waited = self._clock() - since
             if waited < AUTHORIZATION_DEADLINE_S:
-                self.store.record_end(
-                    order_id, Status.AWAITING_AUTH, reason, run_id=self.run_id, step=step,
-                    errcode=exc.errcode, errmsg=exc.errmsg, not_before_s=AUTHORIZATION_RECHECK_S,
+                written = self.store.record_end(
+                    order_id, Status.AWAITING_AUTH, reason, hold=hold, run_id=self.run_id,
+                    step=step, errcode=exc.errcode, errmsg=exc.errmsg,
+                    not_before_s=AUTHORIZATION_RECHECK_S,
                 )  # fmt: skip
+                if not written:
+                    return _OrderEnded(self._lost_hold(order_id))
                 return _OrderEnded(OrderResult(order_id, Outcome.AWAITING_AUTH, reason))
             status = Status.FAILED
-            reason = f"not authorised {waited / 3600:.0f} h after it was loaded ({_answer(exc)})"
-        if action is Action.REJECT:
-            status = Status.REJECTED
+            reason = (
+                f"not authorised {waited / 3600:.0f} h after WeChat first said so ({_answer(exc)})"
+            )
+        elif action is Action.REJECT and status is None:
+            status, outcome = Status.REJECTED, Outcome.REJECTED
         status = status or Status.FAILED
-        self.store.record_end(
-            order_id, status, reason, run_id=self.run_id, step=step,
+        written = self.store.record_end(
+            order_id, status, reason, hold=hold, run_id=self.run_id, step=step,
             errcode=exc.errcode, errmsg=exc.errmsg,
         )  # fmt: skip
-        outcome = Outcome.REJECTED if status == Status.REJECTED else Outcome.FAILED
+        if not written:
+            return _OrderEnded(self._lost_hold(order_id))
         return _OrderEnded(OrderResult(order_id, outcome, reason))
 
     def _stop_batch(self, outcome: Outcome, reason: str) -> None:
-        with _STOP_LOCK:
+        with self._stop_lock:
             if not self._stop.is_set():
                 self._stopped = OrderResult("", outcome, reason)
                 self._stop.set()
@@ -339,7 +558,24 @@ class BatchIssuer:
         return int((self._clock() - started) * 1000)
 
 
-_STOP_LOCK = threading.Lock()
+_NOT_HELD_OUTCOME = {
+    "unknown": Outcome.FAILED,
+    "finished": Outcome.ALREADY_DONE,
+    "needs_person": Outcome.NOT_DUE,
+    "not_yet": Outcome.NOT_DUE,
+    "held": Outcome.NOT_HELD,
+    "claimed": Outcome.NOT_HELD,
+}
+# An unreadable PDF whose error may pass (an I/O or object-storage error) is tried again after
+# this, not at once by every retry of the task.
+PDF_RETRY_S = 10 * 60.0
+
+
+def _read_error(exc: BaseException) -> str:
+    """A read error for a reason: its kind and the system's message, never file content."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{type(exc).__name__}: {exc.strerror}"
+    return type(exc).__name__
 
 
 class _OrderEnded(Exception):

@@ -57,6 +57,7 @@ class IssueBillsOperator(BaseOperator):
         max_workers: int = 16,
         time_budget_s: float | None = None,
         lease_s: int | None = None,
+        hold_s: float | None = None,
         max_pdf_bytes: int | None = None,
         dry_run: bool = False,
         **kwargs: Any,
@@ -69,10 +70,12 @@ class IssueBillsOperator(BaseOperator):
         self.max_workers = max_workers
         self.time_budget_s = time_budget_s
         self.lease_s = lease_s
+        self.hold_s = hold_s
         self.max_pdf_bytes = max_pdf_bytes
         self.dry_run = dry_run
 
-    def execute(self, context: Any) -> dict[str, int]:
+    def execute(self, context: Any) -> dict[str, Any]:
+        from wechat_nontax import journal
         from wechat_nontax.hook import WeChatNonTaxHook
         from wechat_nontax.issuing import BatchIssuer, Settings
         from wechat_nontax.orders_db import connect
@@ -80,38 +83,69 @@ class IssueBillsOperator(BaseOperator):
         from wechat_nontax.store import OrderStore
         from wechat_nontax.validation import Limits
 
+        ti = context["ti"]
         order_ids = [str(order_id) for order_id in self.order_ids]
         limits = (
             Limits() if self.max_pdf_bytes is None else Limits(max_pdf_bytes=self.max_pdf_bytes)
         )
         # None (the default) keeps Settings' own default: one place for each of them.
-        budgets = {"time_budget_s": self.time_budget_s, "lease_s": self.lease_s}
+        budgets = {
+            "time_budget_s": self.time_budget_s, "lease_s": self.lease_s, "hold_s": self.hold_s,
+        }  # fmt: skip
         settings = Settings(
             pdf_root=self.pdf_root or default_pdf_root(),
             limits=limits,
             max_workers=int(self.max_workers),
             dry_run=_as_bool(self.dry_run),
+            include_needs_person=_first_try_since_a_clear(ti, self.retries),
             **{name: value for name, value in budgets.items() if value is not None},
         )
-        store = OrderStore(connect(self.orders_conn_id, application_name=f"nontax-{self.task_id}"))
+        application = f"nontax-{self.task_id}"
+        store = OrderStore(
+            connect(self.orders_conn_id, application_name=application),
+            reconnect=lambda: connect(self.orders_conn_id, application_name=application),
+        )
         hook = WeChatNonTaxHook(self.wechat_conn_id, pool_size=settings.max_workers)
+        journal_key = journal.key_for(context["run_id"], ti.map_index)
         try:
+            if not settings.dry_run:
+                # Bills an earlier try issued but could not record: recorded before anything.
+                journal.replay(store, keys=[journal_key])
             # The account's card ids, when the Connection lists them: checked before any call.
-            settings = dataclasses.replace(settings, card_ids=hook.allowed_card_ids)
-            issuer = BatchIssuer(
+            settings = dataclasses.replace(
+                settings, card_ids=hook.allowed_card_ids, call_timeout_s=hook.call_timeout_s
+            )
+            self._issuer = BatchIssuer(
                 hook,
                 store,
                 settings,
                 run_id=context["run_id"],
+                holder=f"{context['run_id']}|{self.task_id}|{ti.map_index}|{ti.try_number}",
                 read_pdf=lambda root, rel, limit: read_pdf(root, rel, max_bytes=limit),
             )
-            results = issuer.run(order_ids)
+            results = self._issuer.run(order_ids)
         finally:
             hook.close()
             store.close()
-        return self._judge(results)
+        unrecorded = [r for r in results if r.bill is not None]
+        if unrecorded:
+            journal.keep(journal_key, [
+                {"order_id": r.order_id, "code": r.bill[0], "openid": r.bill[1],
+                 "version": self._issuer.version_of(r.order_id), "run_id": context["run_id"]}
+                for r in unrecorded
+            ])  # fmt: skip
+        return self._judge(results, dry_run=settings.dry_run)
 
-    def _judge(self, results: list) -> dict[str, int]:
+    def on_kill(self) -> None:
+        # Airflow stops the task (marked in the UI, a timeout, a worker shutting down): send
+        # nothing more and let the calls in flight be recorded before the process ends.
+        issuer = getattr(self, "_issuer", None)
+        if issuer is not None:
+            issuer.stop("not sent: the task was stopped")
+
+    def _judge(self, results: list, *, dry_run: bool) -> dict[str, Any]:
+        """The task's state from its orders: a person's problem first (no retry can fix it),
+        then a spent quota (retrying today cannot help), then what passes by waiting."""
         from wechat_nontax.issuing import NEEDS_PERSON, PASSES_BY_WAITING, Outcome, outcome_table
 
         self.log.info("Outcomes of %d orders:\n%s", len(results), outcome_table(results))
@@ -119,11 +153,14 @@ class IssueBillsOperator(BaseOperator):
         needs_person = [r for r in results if r.outcome in NEEDS_PERSON]
         waiting = [r for r in results if r.outcome in PASSES_BY_WAITING]
         quota = [r for r in results if r.outcome is Outcome.QUOTA]
-        if waiting:
-            raise AirflowException(
-                f"{len(waiting)} orders hit errors that may pass (retried by Airflow, only the "
-                f"unfinished orders); {len(needs_person)} need a person"
-            )
+        summary: dict[str, Any] = dict(counts)
+        if dry_run:
+            # Findings go to the report (XCom), never to the order database.
+            summary["findings"] = [
+                {"order_id": r.order_id, "reason": r.reason}
+                for r in results if r.outcome is Outcome.INVALID
+            ]  # fmt: skip
+            return summary
         if needs_person:
             reasons = "; ".join(f"{r.order_id}: {r.reason}" for r in needs_person[:20])
             raise AirflowFailException(
@@ -134,7 +171,22 @@ class IssueBillsOperator(BaseOperator):
             raise AirflowFailException(
                 f"{len(quota)} orders not sent: {quota[0].reason}. They stay due for the next run."
             )
-        return dict(counts)
+        if waiting:
+            raise AirflowException(
+                f"{len(waiting)} orders are not done yet and may be by waiting (retried by "
+                f"Airflow, only the unfinished orders): {waiting[0].order_id}: {waiting[0].reason}"
+            )
+        return summary
+
+
+def _first_try_since_a_clear(ti: Any, retries: int | None) -> bool:
+    """Whether this is the task's first try, or the first after a person cleared it, rather
+    than one of Airflow's automatic retries. Airflow counts the same way: a clear sets
+    max_tries to the try number plus the task's retries."""
+    try_number, max_tries = getattr(ti, "try_number", 1), getattr(ti, "max_tries", None)
+    if max_tries is None:
+        return try_number <= 1
+    return try_number == max_tries - (retries or 0) + 1
 
 
 class ClaimOrdersOperator(BaseOperator):
@@ -164,19 +216,91 @@ class ClaimOrdersOperator(BaseOperator):
     def execute(self, context: Any) -> list[list[str]]:
         from wechat_nontax.run_steps import claim_orders
 
-        batches = claim_orders(
+        _refuse_unknown_params(context)
+        dry_run = _as_bool(context["params"].get("dry_run", False))
+        if not dry_run:
+            _replay_journal(self.orders_conn_id, self.log)
+        claim = claim_orders(
             context["run_id"],
             orders_conn_id=self.orders_conn_id,
             batch_size=int(self.batch_size),
             min_batches=int(self.min_batches),
             max_orders=int(self.max_orders) if self.max_orders else None,
-            order_ids=[str(order_id) for order_id in self.order_ids or ()],
+            order_ids=[str(order_id) for order_id in self.order_ids] or None,
+            dry_run=dry_run,
+            run_state=lambda run_id: _run_state(context["dag"].dag_id, run_id),
         )
+        batches = claim.batches
+        if claim.reclaimed:
+            self.log.info(
+                "claim_orders ran again in this run: it takes back this run's %d unfinished "
+                "orders (those that needed a person too), in the same batches, and no new ones "
+                "(they go to the next run)",
+                len(claim.order_ids),
+            )
         self.log.info(
             "Claimed %d orders in %d batches: %s",
-            sum(map(len, batches)), len(batches), ", ".join(map(batch_label, batches)) or "-",
+            len(claim.order_ids), len(batches), ", ".join(map(batch_label, batches)) or "-",
         )  # fmt: skip
+        for missing in claim.not_taken:
+            self.log.warning("not taken: %s: %s", missing["order_id"], missing["reason"])
+        context["ti"].xcom_push(key="not_taken", value=claim.not_taken)
         return batches
+
+
+def _refuse_unknown_params(context: Any) -> None:
+    """A misspelt key in a manual run's conf (`order_id`) would otherwise be ignored and the
+    run issue every due order."""
+    import difflib
+
+    conf = getattr(context.get("dag_run"), "conf", None) or {}
+    known = set(context["params"])
+    unknown = sorted(set(conf) - known)
+    if unknown:
+        hints = [
+            f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+            for key in unknown
+            for close in [difflib.get_close_matches(key, known, n=1)]
+        ]
+        raise AirflowFailException(
+            f"unknown params in the run's conf: {', '.join(hints)}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+
+
+def _run_state(dag_id: str, run_id: str) -> str | None:
+    """A run's state as Airflow knows it; None when it cannot say (another deployment's run)."""
+    try:
+        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+        return str(RuntimeTaskInstance.get_dagrun_state(dag_id, run_id))
+    except Exception:  # noqa: BLE001 (unknown: the claim's lease is respected)
+        return None
+
+
+def _replay_journal(orders_conn_id: str, log: Any, *, run_id: str | None = None) -> int:
+    """Record the bills kept in Airflow because the order database was away (see journal)."""
+    from wechat_nontax import journal
+    from wechat_nontax.orders_db import connect
+    from wechat_nontax.store import OrderStore
+
+    try:
+        from airflow.sdk import Variable
+
+        prefix = journal.PREFIX + (f"{run_id}__" if run_id else "")
+        keys = Variable.keys(prefix=prefix)
+    except Exception as exc:  # noqa: BLE001 (Variables unreachable: the next step tries again)
+        log.warning("could not read the journal of unrecorded bills: %s", exc)
+        return 0
+    if not keys:
+        return 0
+    store = OrderStore(connect(orders_conn_id, application_name="nontax-journal"))
+    try:
+        written = journal.replay(store, keys=keys)
+    finally:
+        store.close()
+    log.info("recorded %d bills kept in the journal", written)
+    return written
 
 
 class RefreshTokenOperator(BaseOperator):
@@ -222,20 +346,24 @@ class AnnounceBillsOperator(_RunOrdersOperator):
     def execute(self, context: Any) -> int:
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from wechat_nontax.run_steps import count_inserted
+        from wechat_nontax.run_steps import count_inserted, run_order_ids
 
         if self.batches is None:
             raise AirflowSkipException("the claim did not finish: no batch ran")
-        inserted = count_inserted(self.batches, orders_conn_id=self.orders_conn_id)
+        order_ids = run_order_ids(
+            context["run_id"], self.batches, orders_conn_id=self.orders_conn_id
+        )
+        inserted = count_inserted(order_ids, orders_conn_id=self.orders_conn_id)
         if not inserted:
             raise AirflowSkipException("no bill issued in this run")
         return inserted
 
 
 class RunReportOperator(_RunOrdersOperator):
-    """The run's report: counts by status, who needs a person and why; releases the run's
-    claims. Fails (after publishing the report) while orders need a person or were left
-    unfinished, so that a crashed batch cannot leave a green run."""
+    """The run's report: counts by status, who needs a person and why, what was asked for and
+    not taken; records kept bills and releases the run's claims. Fails (after publishing the
+    report) while any order needs a person or was left unfinished, so that a crashed batch or a
+    run marked by hand cannot leave a green run."""
 
     template_fields: Sequence[str] = ("batches", "dry_run")
 
@@ -244,21 +372,38 @@ class RunReportOperator(_RunOrdersOperator):
         self.dry_run = dry_run
 
     def execute(self, context: Any) -> dict:
-        from wechat_nontax.run_steps import build_report, finish_report
+        from wechat_nontax.run_steps import build_report, finish_report, run_order_ids
 
+        ti, run_id = context["ti"], context["run_id"]
+        dry_run = _as_bool(self.dry_run)
+        order_ids = run_order_ids(run_id, self.batches, orders_conn_id=self.orders_conn_id)
+        outputs = ti.xcom_pull(task_ids="issue_bills", key="return_value") if dry_run else None
+        recovered = 0 if dry_run else _replay_journal(self.orders_conn_id, self.log, run_id=run_id)
         summary = build_report(
-            context["run_id"],
-            self.batches or [],  # None: the claim failed; its claims are released all the same
+            run_id,
+            order_ids,  # none when the claim failed; the run's claims are released all the same
             orders_conn_id=self.orders_conn_id,
             started_at=context["dag_run"].start_date,
-            dry_run=_as_bool(self.dry_run),
+            batches=len(self.batches or ()),
+            dry_run=dry_run,
+            not_taken=ti.xcom_pull(task_ids="claim_orders", key="not_taken") or (),
+            findings=[f for out in _as_list(outputs) for f in (out or {}).get("findings", ())],
+            recovered=recovered,
         )
         if self.batches is None:
             raise AirflowFailException(
                 "claim_orders did not finish, so no batch ran: see its log, fix the cause and "
                 "clear claim_orders with its downstream tasks"
             )
-        return finish_report(summary, context["ti"])
+        return finish_report(summary, ti)
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return [value]
+    return list(value)
 
 
 def _as_bool(value: Any) -> bool:

@@ -7,12 +7,13 @@ values (params, the run id) and return small, secret-free values for XCom.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from wechat_nontax.issuing import DEFAULT_LEASE_S
+from wechat_nontax.issuing import DEFAULT_LEASE_S, default_hold_s
 from wechat_nontax.policy import Status
+from wechat_nontax.store import RunClaim
 
 # Airflow refuses to map past max_map_length (1024 by default); batches stay far below it.
 MAX_BATCHES = 1000
@@ -51,6 +52,10 @@ def split_batches(
     return batches
 
 
+# Airflow's states of a run that has ended: its claims can go at once.
+_ENDED_RUN_STATES = frozenset({"success", "failed"})
+
+
 def claim_orders(
     run_id: str,
     *,
@@ -60,19 +65,51 @@ def claim_orders(
     max_orders: int | None = None,
     order_ids: Sequence[str] | None = None,
     lease_s: int = DEFAULT_LEASE_S,
-) -> list[list[str]]:
-    """Claim this run's due orders (all of them, at most `max_orders`, or just `order_ids`)."""
+    dry_run: bool = False,
+    run_state: Callable[[str], str | None] = lambda run_id: None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> RunClaim:
+    """Claim this run's due orders (all of them, at most `max_orders`, or just `order_ids`).
+
+    First, orders claimed by runs that have ended (marked failed or success by a person, or
+    killed with the stack) are freed: `run_state` asks Airflow for a run's state (None: not
+    known to this Airflow, e.g. another deployment's; its lease is respected). Orders a task
+    try of such a run still holds are waited for while the hold runs out. A dry run claims
+    nothing and writes nothing: it reports what a run would take."""
     from wechat_nontax.orders_db import connect
     from wechat_nontax.store import OrderStore
 
     store = OrderStore(connect(orders_conn_id, application_name="nontax-claim"))
     try:
-        claimed = store.claim_due(
-            run_id, lease_s=lease_s, limit=max_orders or None, order_ids=order_ids or None
+        if dry_run:
+            return store.peek_due(limit=max_orders or None, order_ids=order_ids)
+        _free_ended_runs(store, run_id, run_state, sleep)
+        return store.claim_run(
+            run_id,
+            lease_s=lease_s,
+            split=lambda claimed: split_batches(claimed, batch_size, min_batches=min_batches),
+            limit=max_orders or None,
+            order_ids=order_ids,
         )
     finally:
         store.close()
-    return split_batches(claimed, batch_size, min_batches=min_batches)
+
+
+def _free_ended_runs(store, run_id: str, run_state, sleep) -> None:
+    wait_until = time.monotonic() + default_hold_s() + 5.0
+    while True:
+        ended, holding = [], 0.0
+        for other, held, seconds_left in store.live_claims(run_id):
+            if run_state(other) not in _ENDED_RUN_STATES:
+                continue
+            if held:
+                holding = max(holding, seconds_left)
+            else:
+                ended.append(other)
+        store.release_runs(ended)
+        if not holding or time.monotonic() + 0.5 >= wait_until:
+            return
+        sleep(min(holding + 0.5, max(0.5, wait_until - time.monotonic())))
 
 
 def warm_token(*, wechat_conn_id: str) -> str:
@@ -87,12 +124,11 @@ def warm_token(*, wechat_conn_id: str) -> str:
         hook.close()
 
 
-def count_inserted(batches: Sequence[Sequence[str]], *, orders_conn_id: str) -> int:
+def count_inserted(order_ids: Sequence[str], *, orders_conn_id: str) -> int:
     """How many of the run's orders are inserted (by this run or an earlier one)."""
     from wechat_nontax.orders_db import connect
     from wechat_nontax.store import OrderStore
 
-    order_ids = [order_id for batch in batches for order_id in batch]
     if not order_ids:
         return 0
     store = OrderStore(connect(orders_conn_id, application_name="nontax-report"))
@@ -102,27 +138,51 @@ def count_inserted(batches: Sequence[Sequence[str]], *, orders_conn_id: str) -> 
         store.close()
 
 
-def build_report(
-    run_id: str,
-    batches: Sequence[Sequence[str]],
-    *,
-    orders_conn_id: str,
-    started_at: datetime | None,
-    dry_run: bool = False,
-) -> dict[str, Any]:
-    """Counts by status of the run's orders, who needs a person and why, duration and pace.
-
-    Also ends the run's claims: what is still due is free for the next run.
-    """
+def run_order_ids(
+    run_id: str, batches: Sequence[Sequence[str]] | None, *, orders_conn_id: str
+) -> list[str]:
+    """Every order the run claimed, in any try of its claim step (the order database keeps
+    the run's claim; XCom holds only the last try's batches)."""
     from wechat_nontax.orders_db import connect
     from wechat_nontax.store import OrderStore
 
-    order_ids = [order_id for batch in batches for order_id in batch]
+    store = OrderStore(connect(orders_conn_id, application_name="nontax-report"))
+    try:
+        claim = store.run_claim(run_id)
+    finally:
+        store.close()
+    if claim is not None:
+        return claim.order_ids
+    return [order_id for batch in batches or () for order_id in batch]
+
+
+def build_report(
+    run_id: str,
+    order_ids: Sequence[str],
+    *,
+    orders_conn_id: str,
+    started_at: datetime | None,
+    batches: int = 0,
+    dry_run: bool = False,
+    not_taken: Sequence[dict] = (),
+    findings: Sequence[dict] = (),
+    recovered: int = 0,
+) -> dict[str, Any]:
+    """Counts by status of the run's orders, who needs a person and why (in this run and in
+    the whole order table), the orders asked for but not taken, duration and pace.
+
+    Also ends the run's claims: what is still due is free for the next run."""
+    from wechat_nontax.orders_db import connect
+    from wechat_nontax.store import OrderStore
+
     store = OrderStore(connect(orders_conn_id, application_name="nontax-report"))
     try:
         counts = store.count_by_status(order_ids) if order_ids else {}
         attention = store.attention_of(order_ids) if order_ids else []
-        store.release(run_id)
+        mine = set(order_ids)
+        elsewhere = [row for row in store.needs_attention() if row[0] not in mine]
+        if not dry_run:
+            store.release(run_id)
     finally:
         store.close()
     duration_s = (time.time() - started_at.timestamp()) if started_at else None
@@ -132,12 +192,20 @@ def build_report(
     left_due = counts.get(Status.AUTHORIZED, 0) + counts.get(Status.UPLOADED, 0)
     return {
         "orders": len(order_ids),
-        "batches": len(batches),
+        "batches": batches,
         "by_status": dict(sorted(counts.items())),
         "inserted": counts.get(Status.INSERTED, 0),
         "left_due": 0 if dry_run else left_due,  # a dry run leaves every order due
         "dry_run": dry_run,
         "needs_attention": [{"order_id": o, "status": s, "reason": r} for o, s, r in attention],
+        # Orders of earlier runs that still need a person: the red stays until they are dealt
+        # with, even when a person deleted or marked the run that found them.
+        "needs_attention_elsewhere": [
+            {"order_id": o, "status": s, "reason": r} for o, s, r, _ in elsewhere
+        ],
+        "not_taken": list(not_taken),
+        "dry_run_findings": list(findings),
+        "recovered_bills": recovered,
         "duration_s": round(duration_s, 1) if duration_s is not None else None,
         "finished_per_s": round(done / duration_s, 2) if duration_s else None,
     }
@@ -145,31 +213,55 @@ def build_report(
 
 def format_report(report: dict[str, Any]) -> str:
     lines = [
-        f"orders claimed: {report['orders']} in {report['batches']} batches",
+        f"orders claimed: {report['orders']} in {report['batches']} batches"
+        + (" (dry run: nothing sent, nothing written)" if report["dry_run"] else ""),
         f"duration: {report['duration_s']} s, finished per second: {report['finished_per_s']}",
         "by status:",
         *(f"  {status:<14} {n}" for status, n in report["by_status"].items()),
     ]
-    attention = report["needs_attention"]
+    if report["recovered_bills"]:
+        lines.append(f"bills recorded from the journal: {report['recovered_bills']}")
     if report["left_due"]:
         lines.append(f"left due for the next run: {report['left_due']} (see the batches' logs)")
+    for title, key in (
+        ("asked for but not taken", "not_taken"),
+        ("a dry run found", "dry_run_findings"),
+    ):
+        if report[key]:
+            lines.append(f"{title}: {len(report[key])}")
+            lines += [f"  {a['order_id']}  {a['reason']}" for a in report[key]]
+    attention = report["needs_attention"]
     lines.append(f"needs a person: {len(attention)}")
     lines += [f"  {a['order_id']}  [{a['status']}]  {a['reason']}" for a in attention]
+    elsewhere = report["needs_attention_elsewhere"]
+    if elsewhere:
+        lines.append(f"needs a person, from earlier runs: {len(elsewhere)} (make attention)")
+        lines += [f"  {a['order_id']}  [{a['status']}]  {a['reason']}" for a in elsewhere[:50]]
     return "\n".join(lines)
 
 
 def finish_report(report: dict[str, Any], ti: Any) -> dict[str, Any]:
-    """Log the report; fail the task (after publishing the report) when orders need a person
-    or were left unfinished, so that the run shows red until they are dealt with. The verdict
-    comes from the orders themselves, so a batch that crashed cannot leave a green run."""
+    """Log the report; fail the task (after publishing the report) when any order needs a
+    person (of this run or any earlier one), was left unfinished, was asked for and not taken,
+    or a dry run found a problem, so that the run shows red until they are dealt with. The
+    verdict comes from the orders themselves, so a batch that crashed, a run marked by hand or
+    a deleted run cannot leave a green run."""
     import logging
 
     logging.getLogger(__name__).info("Run report:\n%s", format_report(report))
     problems = []
     if report["needs_attention"]:
-        problems.append(f"{len(report['needs_attention'])} orders need a person")
+        problems.append(f"{len(report['needs_attention'])} orders of this run need a person")
+    if report["needs_attention_elsewhere"]:
+        problems.append(
+            f"{len(report['needs_attention_elsewhere'])} orders of earlier runs need a person"
+        )
     if report["left_due"]:
         problems.append(f"{report['left_due']} orders were left unfinished")
+    if report["not_taken"]:
+        problems.append(f"{len(report['not_taken'])} requested orders were not taken")
+    if report["dry_run_findings"]:
+        problems.append(f"a dry run found {len(report['dry_run_findings'])} invalid orders")
     if problems:
         from airflow.sdk.exceptions import AirflowFailException
 

@@ -1,16 +1,30 @@
 """The order store: every SQL statement the pipeline runs against the order database.
 
-Operators, tools and tests go through this module; nowhere else holds SQL about orders. Each
-write is one short autocommitted statement (plus its history row, in the same transaction), made
-the moment a result is known, so a crash loses nothing and a re-run repeats nothing.
+Operators, tools and tests go through this module; nowhere else holds SQL about orders.
+
+Who may write what:
+- a run CLAIMS its due orders (`claimed_by`, a lease in `claim_expires_at`) and records the
+  claim in `nontax.run_claim`; one task try then HOLDS each order while it works on it
+  (`held_by`, the same lease, renewed on a timer), so a retry, a Clear or a zombie of the same
+  batch cannot work on it at the same time;
+- every write-back names the holder and the row version it read (`Hold`) and changes nothing
+  when either is no longer true, except the one result that must never be lost: an inserted
+  bill's code, which is written whoever holds the order (WeChat has no call to look it up);
+- a finished order (`inserted`, `duplicate`, `rejected`) is never changed by a later answer.
+Each write is one short autocommitted statement (with its history row), made the moment a
+result is known; a write that loses its connection reconnects and is retried (each carries an
+id, so a retry of a write that had in fact committed is recognised).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -20,6 +34,8 @@ import psycopg2.extras
 from wechat_nontax.bill import BILL_FIELDS, Order
 from wechat_nontax.policy import Status
 
+log = logging.getLogger(__name__)
+
 
 def _sql_list(statuses: Iterable[str]) -> str:
     # Status names are the enum's own constants, never input: safe to spell into SQL.
@@ -28,9 +44,11 @@ def _sql_list(statuses: Iterable[str]) -> str:
 
 _DUE = _sql_list(Status.DUE)
 _FINISHED = _sql_list(Status.FINISHED)
-# A batch's unfinished orders: due ones, and those a person may have fixed before a re-run.
 _NEEDS_ATTENTION = _sql_list(Status.NEEDS_ATTENTION)
+# What a person's re-run may work on: due orders and those a person may have fixed.
 _WORKABLE = _sql_list(Status.DUE | Status.NEEDS_ATTENTION)
+# A write-back that ends the order's journey for now also ends its claim and hold.
+_UNHOLD = "held_by = NULL, claimed_by = NULL, claim_expires_at = NULL"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +61,20 @@ class StoredOrder:
     pdf_uploaded_at: datetime | None
     attempts: int
     authorized_at: datetime
+    row_version: int = 1
+    auth_wait_since: datetime | None = None
 
     @property
     def order_id(self) -> str:
         return self.order.order_id
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """What a write-back expects: the task try holding the order and the row version it read."""
+
+    holder: str
+    version: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,35 +93,74 @@ class LoadResult:
     inserted: int
     updated: int
     unchanged: int  # identical, or finished and therefore never changed by a reload
+    # Changed orders left as they are because a run holds them: (order_id, run_id).
+    held: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HoldResult:
+    """A batch try's hold: the orders it holds (with the row version read) and, for the others,
+    why not (`NotHeld`)."""
+
+    held: dict[str, int]
+    not_held: dict[str, NotHeld]
+
+
+@dataclass(frozen=True, slots=True)
+class NotHeld:
+    kind: str  # unknown | finished | needs_person | not_yet | held | claimed
+    reason: str
+    holder: str | None = None
+    seconds_left: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunClaim:
+    batches: list[list[str]]
+    not_taken: list[dict[str, str]] = field(default_factory=list)
+    reclaimed: bool = False
+
+    @property
+    def order_ids(self) -> list[str]:
+        return [order_id for batch in self.batches for order_id in batch]
 
 
 _ORDER_COLUMNS = ", ".join(BILL_FIELDS) + ", pdf_path"
+_DUE_NOW = f"status IN {_DUE} AND (not_before IS NULL OR not_before <= now())"
 # Claiming: the due rows in claim order, locked without waiting (rows another claim holds are
-# skipped), stamped with the run and its lease in the same statement. The partial index
+# skipped), stamped with the run and its lease in the same statement. Only rows nobody holds
+# are taken: no live lease of another run, no live hold of a task try. The partial index
 # bill_order_due_idx serves the scan; the rows are joined back by their physical address (ctid:
 # the rows are locked, so it cannot move) instead of a second index lookup per row. Public so
 # that the benchmark can EXPLAIN it.
 CLAIM_SQL = f"""
     WITH due AS (
         SELECT ctid FROM nontax.bill_order
-        WHERE status IN {_DUE}
-          AND (not_before IS NULL OR not_before <= now())
-          AND (claim_expires_at IS NULL OR claim_expires_at < now() OR claimed_by = %(run_id)s)
+        WHERE {_DUE_NOW}
+          AND (claim_expires_at IS NULL OR claim_expires_at < now())
           AND (NOT %(targeted)s OR order_id = ANY(%(order_ids)s))
         ORDER BY authorized_at, order_id
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED
     )
     UPDATE nontax.bill_order o
-       SET claimed_by = %(run_id)s,
+       SET claimed_by = %(run_id)s, held_by = NULL,
            claim_expires_at = now() + make_interval(secs => %(lease_s)s)
       FROM due WHERE o.ctid = due.ctid
     RETURNING o.order_id, o.authorized_at
 """
+_PEEK_SQL = f"""
+    SELECT order_id FROM nontax.bill_order
+    WHERE {_DUE_NOW}
+      AND (claim_expires_at IS NULL OR claim_expires_at < now())
+      AND (NOT %(targeted)s OR order_id = ANY(%(order_ids)s))
+    ORDER BY authorized_at, order_id
+    LIMIT %(limit)s
+"""
 
 _SELECT_ORDER = (
-    f"SELECT {_ORDER_COLUMNS}, status, s_pdf_media_id, pdf_uploaded_at, attempts, authorized_at "
-    "FROM nontax.bill_order"
+    f"SELECT {_ORDER_COLUMNS}, status, s_pdf_media_id, pdf_uploaded_at, attempts, authorized_at, "
+    "row_version, auth_wait_since FROM nontax.bill_order"
 )
 
 
@@ -106,12 +173,59 @@ def _stored(row: Sequence[Any]) -> StoredOrder:
     return StoredOrder(Order(*row[:n]), *row[n:])
 
 
-class OrderStore:
-    """The order table and its history over one connection, shared safely by a task's threads."""
+def _is_connection_lost(exc: BaseException, conn: psycopg2.extensions.connection) -> bool:
+    return bool(conn.closed) or isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError)
 
-    def __init__(self, conn: psycopg2.extensions.connection):
+
+def why_not_taken(
+    status: str | None,
+    *,
+    due_in_s: float | None,
+    claimed_by: str | None,
+    held_by: str | None,
+    lease_left_s: float | None,
+) -> NotHeld:
+    """Why an order a run asked for was not taken (pure: the caller read the row)."""
+    if status is None:
+        return NotHeld("unknown", "unknown order: not in the order table")
+    if status in Status.FINISHED:
+        return NotHeld("finished", f"already {status}: never sent again")
+    if status in Status.NEEDS_ATTENTION:
+        return NotHeld(
+            "needs_person",
+            f"{status}: needs a person; fix the cause, then reset it (make it due again) or "
+            "clear the batch that holds it",
+        )
+    if lease_left_s is not None and lease_left_s > 0:
+        if held_by:
+            return NotHeld("held", f"held by {held_by} right now", held_by, lease_left_s)
+        return NotHeld("claimed", f"claimed by run {claimed_by}", claimed_by, lease_left_s)
+    if due_in_s is not None and due_in_s > 0:
+        return NotHeld("not_yet", f"{status}: not due for another {due_in_s / 60:.0f} min")
+    return NotHeld("claimed", "being claimed by another run at this moment")
+
+
+class OrderStore:
+    """The order table and its history over one connection, shared safely by a task's threads.
+
+    `reconnect` (a callable that opens a new connection) lets a write that lost its connection
+    reconnect and try again, with backoff, for up to `write_retry_s` seconds; without it a lost
+    connection raises `OrderStoreError` at once."""
+
+    def __init__(
+        self,
+        conn: psycopg2.extensions.connection,
+        *,
+        reconnect: Callable[[], psycopg2.extensions.connection] | None = None,
+        write_retry_s: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         conn.autocommit = True
         self._conn = conn
+        self._reconnect = reconnect
+        self._write_retry_s = write_retry_s
+        self._sleep = sleep
+        self._gone: OrderStoreError | None = None
         # psycopg2 connections serialise statements anyway; the lock keeps a statement and the
         # reading of its results together when several threads of a batch report at once.
         self._lock = threading.Lock()
@@ -125,13 +239,16 @@ class OrderStore:
         try:
             yield
         except psycopg2.Error as exc:
-            if not self._conn.closed:
+            if not _is_connection_lost(exc, self._conn):
                 raise
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise OrderStoreError(
-                f"lost the connection to the order database ({first_line}): nothing after this "
-                "was recorded; once the database answers, clear the task (or run the tool again)"
-            ) from exc
+            raise self._lost(exc) from exc
+
+    def _lost(self, exc: BaseException) -> OrderStoreError:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return OrderStoreError(
+            f"lost the connection to the order database ({first_line}): nothing after this "
+            "was recorded; once the database answers, clear the task (or run the tool again)"
+        )
 
     def _run(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple]:
         with self._connected(), self._lock, self._conn, self._conn.cursor() as cur:
@@ -143,10 +260,13 @@ class OrderStore:
     def upsert_orders(self, orders: Iterable[Order], *, run_id: str | None = None) -> LoadResult:
         """Insert new orders as authorized; update changed ones that are not finished.
 
-        A reload never touches an order that is inserted, a duplicate or rejected. A changed
-        order that was not finished starts its journey again (its old media id belonged to the
-        old data) and the change is written to its history.
+        A reload never touches an order that is inserted, a duplicate or rejected, nor one that
+        a run holds right now (it would send the copy it read and record the result on the
+        changed row): those are listed in `held`, to be loaded again once the run ended. A
+        changed order starts its journey again: a new row version, no media id (it belonged to
+        the old data), the authorisation wait from zero; the change goes into its history.
         """
+        orders = list(orders)
         rows = [
             (o.order_id, o.card_id, o.appid, o.fee, o.title, o.billing_time, o.billing_no,
              o.billing_code, o.pdf_path)
@@ -163,9 +283,10 @@ class OrderStore:
                 "INSERT INTO nontax.bill_attempt (order_id, run_id, step, outcome) VALUES %s",
                 history,
             )
+            held = self._held_and_changed(cur, orders, {order_id for order_id, _ in returned})
         inserted = sum(1 for _, is_new in returned if is_new)
         updated = len(returned) - inserted
-        return LoadResult(inserted, updated, len(rows) - len(returned))
+        return LoadResult(inserted, updated, len(rows) - len(returned) - len(held), tuple(held))
 
     @staticmethod
     def _upsert(cur: psycopg2.extensions.cursor, rows: list[tuple]) -> list[tuple[str, bool]]:
@@ -180,9 +301,11 @@ class OrderStore:
                 billing_no = EXCLUDED.billing_no, billing_code = EXCLUDED.billing_code,
                 pdf_path = EXCLUDED.pdf_path,
                 status = 'authorized', reason = NULL, not_before = NULL,
-                s_pdf_media_id = NULL, pdf_uploaded_at = NULL,
+                s_pdf_media_id = NULL, pdf_uploaded_at = NULL, auth_wait_since = NULL,
+                row_version = o.row_version + 1,
                 last_errcode = NULL, last_errmsg = NULL, updated_at = now()
             WHERE o.status NOT IN {_FINISHED}
+              AND (o.claim_expires_at IS NULL OR o.claim_expires_at < now())
               AND (o.card_id, o.appid, o.fee, o.title, o.billing_time, o.billing_no,
                    o.billing_code, o.pdf_path)
                   IS DISTINCT FROM
@@ -196,62 +319,246 @@ class OrderStore:
             fetch=True,
         )
 
-    # -- claiming ---------------------------------------------------------------------------
+    @staticmethod
+    def _held_and_changed(
+        cur: psycopg2.extensions.cursor, orders: list[Order], written: set[str]
+    ) -> list[tuple[str, str]]:
+        """Of the orders the upsert left alone, those that differ and are held by a run."""
+        rest = [o for o in orders if o.order_id not in written]
+        if not rest:
+            return []
+        cur.execute(
+            f"SELECT {_ORDER_COLUMNS}, claimed_by FROM nontax.bill_order "
+            f"WHERE order_id = ANY(%s) AND status NOT IN {_FINISHED} "
+            "AND claim_expires_at >= now()",
+            ([o.order_id for o in rest],),
+        )
+        n = len(BILL_FIELDS) + 1
+        stored = {row[0]: (Order(*row[:n]), row[n]) for row in cur.fetchall()}
+        return [
+            (o.order_id, stored[o.order_id][1])
+            for o in rest
+            if o.order_id in stored and stored[o.order_id][0] != o
+        ]
 
-    def claim_due(
+    # -- claiming (a run) -------------------------------------------------------------------
+
+    def claim_run(
         self,
         run_id: str,
         *,
         lease_s: int,
+        split: Callable[[list[str]], list[list[str]]],
         limit: int | None = None,
         order_ids: Sequence[str] | None = None,
-    ) -> list[str]:
-        """Claim the due orders for `run_id` and return their ids in claim order.
+    ) -> RunClaim:
+        """Claim the run's due orders, split them into batches and record the run's claim, in
+        one transaction. A second claim in the same run (its claim step cleared and run again)
+        takes back that run's own orders that are not finished, in the same batches, and no
+        new ones: new orders belong to the next run, and the report keeps the whole run."""
+        with self._connected(), self._lock, self._conn, self._conn.cursor() as cur:
+            cur.execute(
+                "SELECT batches, not_taken FROM nontax.run_claim WHERE run_id = %s FOR UPDATE",
+                (run_id,),
+            )
+            earlier = cur.fetchone()
+            if earlier is not None:
+                return self._reclaim(cur, run_id, earlier[0], earlier[1], lease_s=lease_s)
+            cur.execute(
+                CLAIM_SQL,
+                {
+                    "run_id": run_id,
+                    "lease_s": lease_s,
+                    "limit": limit,
+                    "targeted": order_ids is not None,
+                    "order_ids": list(order_ids or []),
+                },
+            )
+            rows = cur.fetchall()
+            claimed = [order_id for order_id, _ in sorted(rows, key=lambda r: (r[1], r[0]))]
+            not_taken = self._not_taken(cur, order_ids, claimed) if order_ids is not None else []
+            batches = split(claimed)
+            cur.execute(
+                "INSERT INTO nontax.run_claim (run_id, batches, not_taken) VALUES (%s, %s, %s)",
+                (run_id, psycopg2.extras.Json(batches), psycopg2.extras.Json(not_taken)),
+            )
+        return RunClaim(batches, not_taken)
 
-        Due: a due status, past `not_before`, and not held by a live claim of another run.
-        Rows locked by a concurrent claim are skipped, never waited for, so two runs that claim
-        at once split the orders between them. A claim is a lease: a crashed run's orders
-        become due again when it expires.
-        """
-        rows = self._run(
-            CLAIM_SQL,
-            {
-                "run_id": run_id,
-                "lease_s": lease_s,
-                "limit": limit,
-                "targeted": order_ids is not None,
-                "order_ids": list(order_ids or []),
-            },
+    def _reclaim(self, cur, run_id, batches, not_taken, *, lease_s: int) -> RunClaim:
+        everyone = [order_id for batch in batches for order_id in batch]
+        cur.execute(
+            f"""
+            UPDATE nontax.bill_order
+               SET claimed_by = %(run_id)s, held_by = NULL,
+                   claim_expires_at = now() + make_interval(secs => %(lease_s)s)
+             WHERE order_id = ANY(%(ids)s) AND status IN {_WORKABLE}
+               AND (claim_expires_at IS NULL OR claim_expires_at < now()
+                    OR (claimed_by = %(run_id)s AND held_by IS NULL))
+            RETURNING order_id
+            """,
+            {"run_id": run_id, "ids": everyone, "lease_s": lease_s},
         )
-        return [order_id for order_id, _ in sorted(rows, key=lambda r: (r[1], r[0]))]
+        taken = {row[0] for row in cur.fetchall()}
+        cur.execute("UPDATE nontax.run_claim SET reclaimed_at = now() WHERE run_id = %s", (run_id,))
+        # The same batches, each with its unfinished orders: a cleared mapped instance keeps
+        # its index and its orders.
+        return RunClaim([[o for o in b if o in taken] for b in batches], not_taken, True)
 
-    def hold_batch(self, run_id: str, order_ids: Sequence[str], *, lease_s: int) -> list[str]:
-        """Renew this run's claim on a batch's unfinished orders; returns the ids now held.
+    def _not_taken(self, cur, requested: Sequence[str], claimed: list[str]) -> list[dict]:
+        rest = list(dict.fromkeys(o for o in requested if o not in set(claimed)))
+        if not rest:
+            return []
+        cur.execute(
+            "SELECT order_id, status, extract(epoch FROM not_before - now()), claimed_by, "
+            "held_by, extract(epoch FROM claim_expires_at - now()) "
+            "FROM nontax.bill_order WHERE order_id = ANY(%s)",
+            (rest,),
+        )
+        rows = {row[0]: row[1:] for row in cur.fetchall()}
+        found = []
+        for order_id in rest:
+            status, due_in, claimed_by, held_by, lease_left = rows.get(order_id, (None,) * 5)
+            why = why_not_taken(
+                status, due_in_s=due_in and float(due_in), claimed_by=claimed_by,
+                held_by=held_by, lease_left_s=lease_left and float(lease_left),
+            )  # fmt: skip
+            found.append({"order_id": order_id, "why": why.kind, "reason": why.reason})
+        return found
 
-        A re-run of a batch (cleared in the UI, hours later) takes back its orders whose lease
-        has run out, but never one that another run holds right now.
-        """
+    def peek_due(
+        self, *, limit: int | None = None, order_ids: Sequence[str] | None = None
+    ) -> RunClaim:
+        """What a claim would take, without taking it (a dry run changes nothing)."""
+        with self._connected(), self._lock, self._conn, self._conn.cursor() as cur:
+            cur.execute(
+                _PEEK_SQL,
+                {"limit": limit, "targeted": order_ids is not None,
+                 "order_ids": list(order_ids or [])},
+            )  # fmt: skip
+            due = [row[0] for row in cur.fetchall()]
+            not_taken = self._not_taken(cur, order_ids, due) if order_ids is not None else []
+        return RunClaim([due] if due else [], not_taken)
+
+    def run_claim(self, run_id: str) -> RunClaim | None:
+        rows = self._run(
+            "SELECT batches, not_taken, reclaimed_at IS NOT NULL FROM nontax.run_claim "
+            "WHERE run_id = %s",
+            (run_id,),
+        )
+        return RunClaim(*rows[0]) if rows else None
+
+    def live_claims(self, run_id: str) -> list[tuple[str, bool, float]]:
+        """Other runs' live leases on due orders: (run_id, held by a try, seconds left)."""
+        return self._run(
+            f"""
+            SELECT claimed_by, held_by IS NOT NULL,
+                   extract(epoch FROM max(claim_expires_at) - now())::float8
+              FROM nontax.bill_order
+             WHERE status IN {_DUE} AND claim_expires_at > now() AND claimed_by <> %s
+             GROUP BY 1, 2
+            """,
+            (run_id,),
+        )
+
+    def release_runs(self, run_ids: Sequence[str]) -> int:
+        """End the claims of runs that are no longer running (marked, failed, deleted while
+        they held orders). A live hold of a task try is left to run out by itself."""
+        if not run_ids:
+            return 0
+        return len(
+            self._run(
+                "UPDATE nontax.bill_order SET claimed_by = NULL, claim_expires_at = NULL "
+                "WHERE claimed_by = ANY(%s) AND held_by IS NULL RETURNING 1",
+                (list(run_ids),),
+            )
+        )
+
+    def release(self, run_id: str) -> int:
+        """End this run's claims (its orders that are still due are free for the next run).
+        An order a task try still holds (a zombie) keeps its hold until it runs out."""
+        rows = self._run(
+            "UPDATE nontax.bill_order SET claimed_by = NULL, claim_expires_at = NULL, "
+            "held_by = NULL WHERE claimed_by = %s "
+            "AND (held_by IS NULL OR claim_expires_at < now()) RETURNING 1",
+            (run_id,),
+        )
+        return len(rows)
+
+    # -- holding (a task try) ---------------------------------------------------------------
+
+    def hold_batch(
+        self,
+        run_id: str,
+        holder: str,
+        order_ids: Sequence[str],
+        *,
+        hold_s: float,
+        include_needs_person: bool = False,
+    ) -> HoldResult:
+        """Hold a batch's orders for one task try; returns what it holds and why not the rest.
+
+        Taken: due orders whose time has come (`not_before`), and with `include_needs_person`
+        (a person cleared the task) `invalid` and `failed` ones too; never one that another
+        run claims or another try holds while its lease is live."""
+        workable = _WORKABLE if include_needs_person else _DUE
         rows = self._run(
             f"""
             UPDATE nontax.bill_order
-               SET claimed_by = %(run_id)s,
-                   claim_expires_at = now() + make_interval(secs => %(lease_s)s)
+               SET claimed_by = %(run_id)s, held_by = %(holder)s,
+                   claim_expires_at = now() + make_interval(secs => %(hold_s)s)
              WHERE order_id = ANY(%(order_ids)s)
-               AND status IN {_WORKABLE}
-               AND (claimed_by IS NULL OR claimed_by = %(run_id)s OR claim_expires_at < now())
-            RETURNING order_id
+               AND status IN {workable}
+               AND (status NOT IN {_DUE} OR not_before IS NULL OR not_before <= now())
+               AND (claim_expires_at IS NULL OR claim_expires_at < now()
+                    OR held_by = %(holder)s
+                    OR (claimed_by = %(run_id)s AND held_by IS NULL))
+            RETURNING order_id, row_version
             """,
-            {"run_id": run_id, "order_ids": list(order_ids), "lease_s": lease_s},
+            {"run_id": run_id, "holder": holder, "order_ids": list(order_ids), "hold_s": hold_s},
         )
-        held = {r[0] for r in rows}
-        return [order_id for order_id in order_ids if order_id in held]
+        held = dict(rows)
+        rest = [order_id for order_id in order_ids if order_id not in held]
+        not_held: dict[str, NotHeld] = {}
+        if rest:
+            found = {
+                row[0]: row[1:]
+                for row in self._run(
+                    "SELECT order_id, status, extract(epoch FROM not_before - now()), "
+                    "claimed_by, held_by, extract(epoch FROM claim_expires_at - now()) "
+                    "FROM nontax.bill_order WHERE order_id = ANY(%s)",
+                    (rest,),
+                )
+            }
+            for order_id in rest:
+                status, due_in, claimed_by, held_by, left = found.get(order_id, (None,) * 5)
+                not_held[order_id] = why_not_taken(
+                    status, due_in_s=due_in and float(due_in), claimed_by=claimed_by,
+                    held_by=held_by, lease_left_s=left and float(left),
+                )  # fmt: skip
+        return HoldResult(held, not_held)
 
-    def release(self, run_id: str) -> int:
-        """End this run's claims (its orders that are still due are free for the next run)."""
+    def renew_hold(self, holder: str, order_ids: Sequence[str], *, hold_s: float) -> set[str]:
+        """Extend the hold on the orders this try still works on; returns those still held."""
+        if not order_ids:
+            return set()
         rows = self._run(
-            "UPDATE nontax.bill_order SET claimed_by = NULL, claim_expires_at = NULL "
-            "WHERE claimed_by = %s RETURNING 1",
-            (run_id,),
+            "UPDATE nontax.bill_order "
+            "SET claim_expires_at = now() + make_interval(secs => %s) "
+            "WHERE order_id = ANY(%s) AND held_by = %s RETURNING order_id",
+            (hold_s, list(order_ids), holder),
+        )
+        return {row[0] for row in rows}
+
+    def end_hold(self, holder: str, order_ids: Sequence[str], *, lease_s: float) -> int:
+        """The try is over: its unfinished orders go back to its run's claim (for the run's
+        other steps and a retry), free again when the run ends or the lease runs out."""
+        if not order_ids:
+            return 0
+        rows = self._run(
+            "UPDATE nontax.bill_order SET held_by = NULL, "
+            "claim_expires_at = now() + make_interval(secs => %s) "
+            "WHERE order_id = ANY(%s) AND held_by = %s RETURNING 1",
+            (lease_s, list(order_ids), holder),
         )
         return len(rows)
 
@@ -310,12 +617,63 @@ class OrderStore:
 
     # -- writing results --------------------------------------------------------------------
 
+    def _write(self, order_id: str, sql: str, params: dict[str, Any]) -> bool:
+        """Run one write-back statement; True if it changed the order.
+
+        A lost connection is reopened (with backoff, for `write_retry_s`) and the statement
+        sent again; `last_write_id` tells whether the first one had in fact committed. When the
+        database stays away, `OrderStoreError`: the caller stops sending."""
+        write_id = uuid.uuid4().hex
+        params = {**params, "write_id": write_id}
+        deadline, delay, retried = None, 0.25, False
+        while True:
+            if self._gone is not None:
+                raise self._gone
+            with self._lock:
+                try:
+                    with self._conn.cursor() as cur:
+                        cur.execute(sql, params)
+                        if cur.rowcount > 0 or not retried:
+                            return cur.rowcount > 0
+                        cur.execute(
+                            "SELECT last_write_id FROM nontax.bill_order WHERE order_id = %s",
+                            (order_id,),
+                        )
+                        row = cur.fetchone()
+                        return bool(row and row[0] == write_id)
+                except psycopg2.Error as exc:
+                    if not _is_connection_lost(exc, self._conn):
+                        raise
+                    if self._reconnect is None:
+                        raise self._lost(exc) from exc
+                    deadline = deadline or time.monotonic() + self._write_retry_s
+                    log.warning("order database connection lost (%s): reconnecting", exc)
+                    retried = True
+                    while not self._try_reconnect():
+                        if time.monotonic() + delay > deadline:
+                            self._gone = self._lost(exc)
+                            raise self._gone from exc
+                        self._sleep(delay)
+                        delay = min(delay * 2, 5.0)
+
+    def _try_reconnect(self) -> bool:
+        try:
+            conn = self._reconnect()
+        except psycopg2.Error:
+            return False
+        conn.autocommit = True
+        with contextlib.suppress(psycopg2.Error):
+            self._conn.close()
+        self._conn = conn
+        return True
+
     def _record(
         self,
         order_id: str,
         assignments: str,
         params: dict[str, Any],
         *,
+        hold: Hold | None,
         run_id: str | None,
         step: str,
         outcome: str,
@@ -323,37 +681,48 @@ class OrderStore:
         errmsg: str | None = None,
         duration_ms: int | None = None,
         counts_attempt: bool = True,
-    ) -> None:
-        """Update one order and append its history row: one statement, so one round trip and
-        one transaction (a batch's threads share the connection: each write must be short)."""
+    ) -> bool:
+        """Update one order and append its history row in one statement, only while `hold` is
+        true (this try holds the order, at the row version it read, and it is not finished);
+        `hold=None` is for the inserted code alone (see `record_inserted`). True if written."""
         attempt = ", attempts = attempts + 1" if counts_attempt else ""
+        guard = (
+            f"held_by = %(holder)s AND row_version = %(version)s AND status NOT IN {_FINISHED}"
+            if hold is not None
+            else "status <> 'inserted'"
+        )
         history = {
             "order_id": order_id, "run_id": run_id, "step": step, "outcome": outcome,
             "errcode": errcode, "errmsg": errmsg, "duration_ms": duration_ms,
+            "holder": hold.holder if hold else None, "version": hold.version if hold else None,
         }  # fmt: skip
-        with self._connected(), self._lock, self._conn.cursor() as cur:
-            cur.execute(
-                f"WITH changed AS (UPDATE nontax.bill_order SET {assignments}{attempt}, "
-                "updated_at = now() WHERE order_id = %(order_id)s RETURNING order_id) "
-                "INSERT INTO nontax.bill_attempt "
-                "(order_id, run_id, step, outcome, errcode, errmsg, duration_ms) "
-                "SELECT order_id, %(run_id)s, %(step)s, %(outcome)s, %(errcode)s::integer, "
-                "%(errmsg)s, %(duration_ms)s::integer FROM changed",
-                {**params, **history},
-            )
-            if cur.rowcount != 1:
-                # Nothing recorded: stop the batch rather than issue what cannot be recorded.
-                raise LookupError(f"order {order_id} is not in the order table: not recorded")
+        return self._write(
+            order_id,
+            f"WITH changed AS (UPDATE nontax.bill_order SET {assignments}{attempt}, "
+            "updated_at = now(), last_write_id = %(write_id)s "
+            f"WHERE order_id = %(order_id)s AND {guard} RETURNING order_id) "
+            "INSERT INTO nontax.bill_attempt "
+            "(order_id, run_id, step, outcome, errcode, errmsg, duration_ms) "
+            "SELECT order_id, %(run_id)s, %(step)s, %(outcome)s, %(errcode)s::integer, "
+            "%(errmsg)s, %(duration_ms)s::integer FROM changed",
+            {**params, **history},
+        )
 
     def record_uploaded(
-        self, order_id: str, media_id: str, *, run_id: str | None, duration_ms: int | None = None
-    ) -> None:
-        self._record(
+        self,
+        order_id: str,
+        media_id: str,
+        *,
+        hold: Hold,
+        run_id: str | None,
+        duration_ms: int | None = None,
+    ) -> bool:
+        return self._record(
             order_id,
             "status = 'uploaded', s_pdf_media_id = %(media_id)s, pdf_uploaded_at = now(), "
             "reason = NULL, last_errcode = NULL, last_errmsg = NULL",
             {"media_id": media_id},
-            run_id=run_id, step="upload", outcome="uploaded", duration_ms=duration_ms,
+            hold=hold, run_id=run_id, step="upload", outcome="uploaded", duration_ms=duration_ms,
         )  # fmt: skip
 
     def record_inserted(
@@ -362,16 +731,25 @@ class OrderStore:
         code: str,
         openid: str,
         *,
+        version: int,
         run_id: str | None,
         duration_ms: int | None = None,
-    ) -> None:
-        self._record(
+        step: str = "insert",
+    ) -> bool:
+        """The bill is in the payer's card package: its code and openid are written whoever
+        holds the order now, over any state but `inserted` (a `duplicate` recorded by another
+        try learns its code), since they cannot be had again. When the row changed after the
+        version that was sent, the reason says so: WeChat holds the old data."""
+        return self._record(
             order_id,
             "status = 'inserted', code = %(code)s, openid = %(openid)s, inserted_at = now(), "
-            "reason = NULL, not_before = NULL, last_errcode = 0, last_errmsg = 'ok', "
-            "claimed_by = NULL, claim_expires_at = NULL",
-            {"code": code, "openid": openid},
-            run_id=run_id, step="insert", outcome="inserted", duration_ms=duration_ms,
+            "reason = CASE WHEN row_version = %(sent)s THEN NULL ELSE 'the bill in the card "
+            "package carries row version ' || %(sent)s || ' of this order; the row changed to "
+            "version ' || row_version || ' while it was sent, and that change never reached "
+            "WeChat' END, "
+            f"not_before = NULL, last_errcode = 0, last_errmsg = 'ok', {_UNHOLD}",
+            {"code": code, "openid": openid, "sent": version},
+            hold=None, run_id=run_id, step=step, outcome="inserted", duration_ms=duration_ms,
         )  # fmt: skip
 
     def record_end(
@@ -380,6 +758,7 @@ class OrderStore:
         status: str,
         reason: str,
         *,
+        hold: Hold,
         run_id: str | None,
         step: str,
         errcode: int | None = None,
@@ -387,16 +766,18 @@ class OrderStore:
         not_before_s: float | None = None,
         duration_ms: int | None = None,
         counts_attempt: bool = True,
-    ) -> None:
+    ) -> bool:
         """The order ends this step in `status` (invalid, failed, rejected, duplicate, or back
-        to waiting) with a reason a person can act on."""
-        self._record(
+        to waiting) with a reason a person can act on; its claim and hold end with it."""
+        return self._record(
             order_id,
             "status = %(status)s, reason = %(reason)s, "
             "last_errcode = coalesce(%(errcode)s, last_errcode), "
             "last_errmsg = coalesce(%(errmsg)s, last_errmsg), "
+            "auth_wait_since = CASE WHEN %(status)s = 'awaiting_auth' "
+            "                  THEN coalesce(auth_wait_since, now()) ELSE auth_wait_since END, "
             "not_before = CASE WHEN %(not_before_s)s::float8 IS NULL THEN NULL "
-            "             ELSE now() + make_interval(secs => %(not_before_s)s) END",
+            f"             ELSE now() + make_interval(secs => %(not_before_s)s) END, {_UNHOLD}",
             {
                 "status": status,
                 "reason": reason,
@@ -404,7 +785,7 @@ class OrderStore:
                 "errmsg": errmsg,
                 "not_before_s": not_before_s,
             },
-            run_id=run_id, step=step, outcome=status, errcode=errcode, errmsg=errmsg,
+            hold=hold, run_id=run_id, step=step, outcome=status, errcode=errcode, errmsg=errmsg,
             duration_ms=duration_ms, counts_attempt=counts_attempt,
         )  # fmt: skip
 
@@ -412,6 +793,7 @@ class OrderStore:
         self,
         order_id: str,
         *,
+        hold: Hold,
         run_id: str | None,
         step: str,
         outcome: str,
@@ -419,38 +801,41 @@ class OrderStore:
         errmsg: str | None,
         not_before_s: float | None = None,
         duration_ms: int | None = None,
-    ) -> None:
+    ) -> bool:
         """A call failed in a way that may pass: the order stays due; the history says why."""
-        self._record(
+        return self._record(
             order_id,
             "last_errcode = %(errcode)s, last_errmsg = %(errmsg)s, "
             "not_before = CASE WHEN %(not_before_s)s::float8 IS NULL THEN not_before "
             "             ELSE now() + make_interval(secs => %(not_before_s)s) END",
             {"errcode": errcode, "errmsg": errmsg, "not_before_s": not_before_s},
-            run_id=run_id, step=step, outcome=outcome, errcode=errcode, errmsg=errmsg,
+            hold=hold, run_id=run_id, step=step, outcome=outcome, errcode=errcode, errmsg=errmsg,
             duration_ms=duration_ms,
         )  # fmt: skip
 
-    def forget_media(self, order_id: str, *, run_id: str | None, reason: str) -> None:
+    def forget_media(self, order_id: str, *, hold: Hold, run_id: str | None, reason: str) -> bool:
         """WeChat no longer knows the media id: the PDF must be uploaded again."""
-        self._record(
+        return self._record(
             order_id,
             "status = 'authorized', s_pdf_media_id = NULL, pdf_uploaded_at = NULL",
             {},
-            run_id=run_id, step="upload", outcome="media_expired", errmsg=reason,
+            hold=hold, run_id=run_id, step="upload", outcome="media_expired", errmsg=reason,
             counts_attempt=False,
         )  # fmt: skip
 
     def reset(self, order_id: str, *, note: str = "reset by operator") -> bool:
-        """Make an order due again after a person fixed its data (never a finished one)."""
+        """Make an order due again after a person fixed its data (never a finished one, nor
+        one a run holds right now). The authorisation wait starts afresh."""
         with self._lock, self._conn, self._conn.cursor() as cur:
             cur.execute(
                 f"""
                 UPDATE nontax.bill_order
                    SET status = 'authorized', reason = NULL, not_before = NULL,
-                       s_pdf_media_id = NULL, pdf_uploaded_at = NULL,
-                       claimed_by = NULL, claim_expires_at = NULL, updated_at = now()
+                       s_pdf_media_id = NULL, pdf_uploaded_at = NULL, auth_wait_since = NULL,
+                       row_version = row_version + 1, {_UNHOLD}, updated_at = now()
                  WHERE order_id = %s AND status NOT IN {_FINISHED}
+                   AND (claim_expires_at IS NULL OR claim_expires_at < now()
+                        OR status IN {_NEEDS_ATTENTION})
                 RETURNING 1
                 """,
                 (order_id,),

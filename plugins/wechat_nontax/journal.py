@@ -1,0 +1,58 @@
+"""Bills WeChat issued that the order database could not record: kept in Airflow until it can.
+
+WeChat has no call to look a bill up by order_id: an insert's code and openid exist only in
+its answer. When the order database stays away longer than the write-back's retries, the batch
+logs each such bill and keeps it here, in an Airflow Variable (Airflow's own database, reached
+through the API server, not the order database), one per task instance. Before anything else,
+the next try of that batch, the run's report and every run's claim write them to the order
+database and delete the Variable, so the order is recorded `inserted` before anything could
+send it again. A person can read them in Admin -> Variables meanwhile (codes are not secrets).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from wechat_nontax.store import OrderStore
+
+PREFIX = "nontax_unrecorded__"
+log = logging.getLogger(__name__)
+
+
+def key_for(run_id: str, map_index: int) -> str:
+    return f"{PREFIX}{run_id}__{map_index}"
+
+
+def keep(key: str, bills: Sequence[dict[str, Any]]) -> None:
+    """Keep `bills` ({order_id, code, openid, version, run_id}) under `key`, adding to what
+    an earlier try of the same instance kept."""
+    from airflow.sdk import Variable
+
+    kept = json.loads(Variable.get(key, default="[]"))
+    known = {bill["order_id"] for bill in kept}
+    kept += [bill for bill in bills if bill["order_id"] not in known]
+    Variable.set(key, json.dumps(kept), description="bills issued but not yet recorded")
+
+
+def replay(store: OrderStore, *, keys: Sequence[str] | None = None) -> int:
+    """Write every kept bill (of `keys`, or all) to the order database; delete what was
+    written. Returns how many bills were written. Raises if the order database is away."""
+    from airflow.sdk import Variable
+
+    written = 0
+    for key in keys if keys is not None else Variable.keys(prefix=PREFIX):
+        raw = Variable.get(key, default=None)
+        if raw is None:
+            continue
+        for bill in json.loads(raw):
+            store.record_inserted(
+                bill["order_id"], bill["code"], bill["openid"], version=bill["version"],
+                run_id=bill.get("run_id"), step="recover",
+            )  # fmt: skip
+            log.info("recorded the kept bill of order %s (code %s)", bill["order_id"], bill["code"])
+            written += 1
+        Variable.delete(key)
+    return written
