@@ -44,3 +44,12 @@ def order_line(order: Order, **overrides) -> str:
     }  # fmt: skip
     record.update(overrides)
     return json.dumps(record, ensure_ascii=False)
+
+
+def held(store, order_id: str, run_id: str = "run-test"):
+    """A hold on one order, as a batch's task try takes it, for tests that write results."""
+    from wechat_nontax.store import Hold
+
+    holder = f"{run_id}|issue_bills|-1|1"
+    got = store.hold_batch(run_id, holder, [order_id], hold_s=600, include_needs_person=True)
+    return Hold(holder, got.held[order_id])

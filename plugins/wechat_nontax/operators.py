@@ -288,7 +288,7 @@ def _replay_journal(orders_conn_id: str, log: Any, *, run_id: str | None = None)
         from airflow.sdk import Variable
 
         prefix = journal.PREFIX + (f"{run_id}__" if run_id else "")
-        keys = Variable.keys(prefix=prefix)
+        keys = list(Variable.keys(prefix=prefix))  # a lazy proxy: read it here
     except Exception as exc:  # noqa: BLE001 (Variables unreachable: the next step tries again)
         log.warning("could not read the journal of unrecorded bills: %s", exc)
         return 0

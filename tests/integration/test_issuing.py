@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg2
 import pytest
 
-from factories import MINIMAL_PDF, make_order, write_pdf
+from factories import MINIMAL_PDF, held, make_order, write_pdf
 from wechat_nontax.hook import WeChatNonTaxHook
 from wechat_nontax.issuing import BatchIssuer, Outcome, Settings
 from wechat_nontax.orders_db import connect_dsn
@@ -54,7 +54,9 @@ class Env:
         for order in orders:
             pdf = read_pdf(str(self.pdf_root), order.pdf_path, max_bytes=Limits().max_pdf_bytes)
             media_id = self.hook.upload_pdf(pdf, f"{order.order_id}.pdf")
-            self.store.record_uploaded(order.order_id, media_id, run_id="run-0")
+            hold = held(self.store, order.order_id, run_id="run-0")
+            self.store.record_uploaded(order.order_id, media_id, hold=hold, run_id="run-0")
+            self.store.end_hold(hold.holder, [order.order_id], lease_s=0)
 
     def sql(self, statement, params=()):
         conn = psycopg2.connect(self.dsn)

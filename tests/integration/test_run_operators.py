@@ -14,10 +14,21 @@ from wechat_nontax.operators import AnnounceBillsOperator, ClaimOrdersOperator, 
 from wechat_nontax.store import OrderStore
 
 
-def context(run_id: str) -> dict:
+def context(run_id: str, conf: dict | None = None) -> dict:
     pushed: dict = {}
-    ti = SimpleNamespace(xcom_push=lambda key, value: pushed.update({key: value}), pushed=pushed)
-    return {"run_id": run_id, "dag_run": SimpleNamespace(start_date=datetime.now(UTC)), "ti": ti}
+    ti = SimpleNamespace(
+        xcom_push=lambda key, value: pushed.update({key: value}),
+        xcom_pull=lambda task_ids, key: pushed.get(key) if task_ids == "claim_orders" else None,
+        pushed=pushed,
+    )
+    return {
+        "run_id": run_id,
+        "dag_run": SimpleNamespace(start_date=datetime.now(UTC), conf=conf or {}),
+        "dag": SimpleNamespace(dag_id="nontax_insertbill"),
+        "params": {"order_ids": [], "max_orders": None, "batch_size": 2500, "min_batches": 4,
+                   "workers": 16, "dry_run": False},
+        "ti": ti,
+    }  # fmt: skip
 
 
 def claimed_by(store: OrderStore, order_ids: list[str]) -> set:

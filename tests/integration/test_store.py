@@ -5,9 +5,8 @@ from __future__ import annotations
 import threading
 
 import psycopg2
-import pytest
 
-from factories import make_order, order_line
+from factories import held, make_order, order_line
 from nontax_tools.load import load_lines
 from wechat_nontax.orders_db import connect_dsn
 from wechat_nontax.store import OrderStore
@@ -33,7 +32,7 @@ def test_upsert_inserts_then_leaves_identical_orders_alone(store):
 def test_reload_never_changes_an_inserted_order(store):
     order = make_order(1)
     store.upsert_orders([order])
-    store.record_inserted(order.order_id, "C1", "openid1", run_id="r1")
+    store.record_inserted(order.order_id, "C1", "openid1", version=1, run_id="r1")
     result = store.upsert_orders([make_order(1, fee=999)])
     assert result.unchanged == 1
     row = store.get_row(order.order_id)
@@ -43,8 +42,9 @@ def test_reload_never_changes_an_inserted_order(store):
 def test_reload_with_changed_data_restarts_an_unfinished_order(store):
     order = make_order(1)
     store.upsert_orders([order])
-    store.record_uploaded(order.order_id, "123", run_id="r1")
-    store.record_end(order.order_id, "invalid", "title: bad", run_id="r1", step="validate")
+    store.record_uploaded(order.order_id, "123", hold=held(store, order.order_id), run_id="r1")
+    store.record_end(order.order_id, "invalid", "title: bad", hold=held(store, order.order_id),
+                     run_id="r1", step="validate")  # fmt: skip
     assert store.upsert_orders([make_order(1, title="新的标题")]).updated == 1
     row = store.get_row(order.order_id)
     assert (row["status"], row["s_pdf_media_id"], row["reason"]) == ("authorized", None, None)
@@ -59,7 +59,7 @@ def test_claim_takes_due_orders_once_and_respects_the_lease(store, orders_db):
     assert not set(first) & set(second)
     assert store.claim_due("run-c", lease_s=600) == []
     _expire_claims(orders_db)  # run-a and run-b crashed: their orders are due again
-    assert len(store.claim_due("run-c", lease_s=600)) == 10
+    assert len(store.claim_due("run-d", lease_s=600)) == 10
 
 
 def test_concurrent_claims_share_no_order(orders_db, store):
@@ -82,8 +82,9 @@ def test_concurrent_claims_share_no_order(orders_db, store):
 
 def test_claim_can_be_aimed_and_skips_finished_and_waiting_orders(store):
     store.upsert_orders([make_order(i) for i in range(4)])
-    store.record_inserted("T00000000", "C", "O", run_id="r0")
-    store.record_end("T00000001", "awaiting_auth", "not yet", run_id="r0", step="insert",
+    store.record_inserted("T00000000", "C", "O", version=1, run_id="r0")
+    store.record_end("T00000001", "awaiting_auth", "not yet", hold=held(store, "T00000001"),
+                     run_id="r0", step="insert",
                      not_before_s=3600)  # fmt: skip
     assert store.claim_due("r1", lease_s=60, order_ids=["T00000000", "T00000002"]) == ["T00000002"]
     assert store.claim_due("r2", lease_s=60) == ["T00000003"]
@@ -92,37 +93,41 @@ def test_claim_can_be_aimed_and_skips_finished_and_waiting_orders(store):
 def test_hold_batch_takes_back_expired_orders_but_not_live_claims(store, orders_db):
     store.upsert_orders([make_order(i) for i in range(3)])
     batch = store.claim_due("run-a", lease_s=600)
-    assert store.hold_batch("run-b", batch, lease_s=600) == []
+    got = store.hold_batch("run-b", "run-b|issue_bills|0|1", batch, hold_s=600)
+    assert got.held == {} and {w.kind for w in got.not_held.values()} == {"claimed"}
     _expire_claims(orders_db)
-    assert store.hold_batch("run-b", batch, lease_s=600) == batch
+    assert list(store.hold_batch("run-b", "run-b|issue_bills|0|1", batch, hold_s=600).held) == batch
 
 
 def test_each_result_updates_the_row_and_appends_one_history_row(store):
     order = make_order(1)
     store.upsert_orders([order])
-    store.record_uploaded(order.order_id, "media-1", run_id="run-1", duration_ms=12)
-    store.record_inserted(order.order_id, "code-1", "openid-1", run_id="run-1", duration_ms=34)
+    hold = held(store, order.order_id)
+    store.record_uploaded(order.order_id, "media-1", hold=hold, run_id="run-1", duration_ms=12)
+    store.record_inserted(
+        order.order_id, "code-1", "openid-1", version=1, run_id="run-1", duration_ms=34
+    )
     row = store.get_row(order.order_id)
     assert (row["status"], row["code"], row["s_pdf_media_id"]) == ("inserted", "code-1", "media-1")
     history = [(a.step, a.outcome, a.run_id, a.duration_ms) for a in store.history(order.order_id)]
     assert history[1:] == [("upload", "uploaded", "run-1", 12), ("insert", "inserted", "run-1", 34)]
 
 
-def test_a_result_for_an_unknown_order_is_refused_not_lost(store):
-    with pytest.raises(LookupError, match="NOPE is not in the order table"):
-        store.record_inserted("NOPE", "code", "openid", run_id="run-1")
+def test_a_result_for_an_unknown_order_writes_nothing(store):
+    assert not store.record_inserted("NOPE", "code", "openid", version=1, run_id="run-1")
     assert store.history("NOPE") == []
 
 
 def test_reset_makes_an_order_due_again_and_is_recorded(store):
     store.upsert_orders([make_order(1)])
-    store.record_end("T00000001", "failed", "72017 title mismatch", run_id="r", step="insert",
+    store.record_end("T00000001", "failed", "72017 title mismatch", hold=held(store, "T00000001"),
+                     run_id="r", step="insert",
                      errcode=72017, errmsg="title mismatch")  # fmt: skip
     assert store.needs_attention()[0][:3] == ("T00000001", "failed", "72017 title mismatch")
     assert store.reset("T00000001")
     assert store.get_row("T00000001")["status"] == "authorized"
     assert store.history("T00000001")[-1].step == "reset"
-    store.record_inserted("T00000001", "C", "O", run_id="r")
+    store.record_inserted("T00000001", "C", "O", version=1, run_id="r")
     assert not store.reset("T00000001")  # a finished order is never reset
 
 
