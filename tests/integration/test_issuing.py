@@ -2,73 +2,11 @@
 
 from __future__ import annotations
 
-import psycopg2
 import pytest
 
-from factories import MINIMAL_PDF, held, make_order, write_pdf
-from wechat_nontax.hook import WeChatNonTaxHook
-from wechat_nontax.issuing import BatchIssuer, Outcome, Settings
-from wechat_nontax.orders_db import connect_dsn
-from wechat_nontax.pdfs import read_pdf
-from wechat_nontax.store import OrderStore
+from factories import MINIMAL_PDF, make_order, write_pdf
+from wechat_nontax.issuing import Outcome
 from wechat_nontax.validation import Limits
-
-
-@pytest.fixture
-def env(orders_db, wechat_conn, tmp_path):
-    store = OrderStore(connect_dsn(orders_db))
-    hook = WeChatNonTaxHook()
-    yield Env(orders_db, wechat_conn, store, hook, tmp_path)
-    hook.close()
-    store.close()
-
-
-class Env:
-    def __init__(self, dsn, sandbox, store, hook, pdf_root):
-        self.dsn, self.sandbox, self.store, self.hook, self.pdf_root = (
-            dsn, sandbox, store, hook, pdf_root
-        )  # fmt: skip
-
-    def orders(self, n, start=0, **fields):
-        orders = [make_order(i, **fields) for i in range(start, start + n)]
-        for order in orders:
-            write_pdf(self.pdf_root, order)
-        self.store.upsert_orders(orders)
-        return orders
-
-    def issue(self, orders, *, run_id="run-1", **settings):
-        settings.setdefault("time_budget_s", 20)
-        issuer = BatchIssuer(
-            self.hook,
-            self.store,
-            Settings(pdf_root=str(self.pdf_root), max_workers=8, **settings),
-            run_id=run_id,
-            read_pdf=lambda root, rel, limit: read_pdf(root, rel, max_bytes=limit),
-            sleep=lambda s: None,  # the policy's waits are asserted, not slept through
-        )
-        ids = [o.order_id if hasattr(o, "order_id") else o for o in orders]
-        return {r.order_id: r for r in issuer.run(ids)}
-
-    def upload_only(self, orders):
-        """Orders left uploaded, as a batch that stopped between an upload and its insert."""
-        for order in orders:
-            pdf = read_pdf(str(self.pdf_root), order.pdf_path, max_bytes=Limits().max_pdf_bytes)
-            media_id = self.hook.upload_pdf(pdf, f"{order.order_id}.pdf")
-            hold = held(self.store, order.order_id, run_id="run-0")
-            self.store.record_uploaded(order.order_id, media_id, hold=hold, run_id="run-0")
-            self.store.end_hold(hold.holder, [order.order_id], lease_s=0)
-
-    def sql(self, statement, params=()):
-        conn = psycopg2.connect(self.dsn)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(statement, params)
-            rows = cur.fetchall() if cur.description else None
-        conn.close()
-        return rows
-
-    def token_fetches(self):
-        return self.sql("SELECT coalesce(sum(fetch_count), 0) FROM nontax.access_token")[0][0]
 
 
 def test_a_batch_is_issued_and_written_back(env):
