@@ -1,0 +1,223 @@
+"""What a person on duty does in the Airflow UI, through the REST API calls the UI makes, on a
+real api-server and scheduler (the `make up` stack, started here on free ports and always
+stopped), each action followed by the true end state in the order database, the sandbox and
+Airflow:
+- a misspelt conf key is refused (before: ignored, and every due order was issued);
+- a dry run writes nothing (before: it wrote `invalid`, and the real run then skipped the order);
+- requested order_ids that were not taken are listed and the run is red (before: green);
+- clearing the whole run after fixing the cause retries that run's orders, issues no new ones
+  inside it, and the run is green only when nothing needs a person (before: new orders were
+  issued in the old run, the fixed ones were not retried, and the run turned green);
+- marking a running run success frees its orders for the next run at once (before: leased for
+  an hour, the next run claimed nothing and was green);
+- deleting a red run keeps the red signal: the next run is red while its orders need a person.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from factories import make_order, write_pdf
+from nontax_tools.airflow_api import DAG_ID
+from nontax_tools.stack import Stack, StackConfig, free_port
+from wechat_nontax.orders_db import connect_dsn
+from wechat_nontax.store import OrderStore
+from wechat_sandbox.client import SandboxAdmin
+
+pytestmark = pytest.mark.e2e
+
+TEST_PG = os.environ.get("NONTAX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    suffix = uuid.uuid4().hex[:8]
+    state = tmp_path_factory.mktemp("stack")
+    config = StackConfig(
+        state_dir=state,
+        port=free_port(),
+        pg_server=TEST_PG,
+        meta_db_name=f"airflow_meta_test_{suffix}",
+        orders_db_name=f"nontax_stack_test_{suffix}",
+        sandbox_port=None,
+        pdf_root=state / "pdfs",
+        worker_log_port=free_port(),
+        trigger_log_port=free_port(),
+        scheduler_health_port=free_port(),
+        drop_databases_on_down=True,
+        extra_env={"NONTAX_SCHEDULE": "0 0 29 2 *"},
+    )
+    stack = Stack(config)
+    try:
+        stack.up()
+        yield stack
+    finally:
+        left = stack.down()
+        assert left == [], f"processes of the stack survived `down`: {left}"
+
+
+class Desk:
+    """The person on duty's view: the stack, the order database and the sandbox."""
+
+    def __init__(self, stack: Stack):
+        self.stack, self.api = stack, stack.api
+        self.store = OrderStore(connect_dsn(stack.orders_dsn))
+        self.sandbox = SandboxAdmin(stack.sandbox_url)
+        self.next = 0
+
+    def close(self) -> None:
+        self.store.close()
+        self.sandbox.close()
+
+    def load(self, n: int, *, with_pdf: bool = True) -> list[str]:
+        orders = [make_order(i) for i in range(self.next, self.next + n)]
+        self.next += n
+        for order in orders:
+            if with_pdf:
+                write_pdf(self.stack.pdf_root, order)
+        self.store.upsert_orders(orders)
+        return [o.order_id for o in orders]
+
+    def fix_pdf(self, order_id: str) -> None:
+        write_pdf(self.stack.pdf_root, make_order(int(order_id[1:])))
+
+    def run(self, conf: dict | None = None) -> tuple[str, dict]:
+        run_id = self.api.trigger(conf or {})
+        return run_id, self.api.wait_run(run_id, timeout=300)
+
+    def states(self, run_id: str) -> dict[tuple[str, int], str]:
+        return {(t["task_id"], t["map_index"]): t["state"] for t in self.api.task_instances(run_id)}
+
+    def report_log(self, run_id: str) -> str:
+        tries = {t["task_id"]: t["try_number"] for t in self.api.task_instances(run_id)}
+        return self.api.log_text(run_id, "report", tries["report"])
+
+    def row(self, order_id: str) -> dict:
+        return self.store.get_row(order_id)
+
+    def bills_of(self, order_ids: list[str]) -> list[str]:
+        return [b["order_id"] for b in self.sandbox.bills() if b["order_id"] in set(order_ids)]
+
+    def finish_all(self) -> None:
+        """Leave no order needing a person, so the next scenario starts clean."""
+        for order_id, *_ in self.store.needs_attention():
+            self.fix_pdf(order_id)
+            self.store.reset(order_id)
+        run_id, run = self.run()
+        assert run["state"] == "success", self.report_log(run_id)[-3000:]
+
+
+@pytest.fixture(scope="module")
+def desk(stack: Stack) -> Iterator[Desk]:
+    stack.api.wait_idle(timeout=120)
+    desk = Desk(stack)
+    try:
+        yield desk
+    finally:
+        desk.close()
+
+
+def test_a_misspelt_conf_key_is_refused_and_nothing_is_claimed(desk: Desk):
+    ids = desk.load(3)
+    run_id, run = desk.run({"order_id": [ids[0]]})
+    assert run["state"] == "failed"
+    states = desk.states(run_id)
+    assert states[("claim_orders", -1)] == "failed"
+    log = desk.api.log_text(run_id, "claim_orders", 1)
+    assert "'order_id' (did you mean 'order_ids'?)" in log
+    assert {desk.row(i)["claimed_by"] for i in ids} == {None}
+    assert desk.bills_of(ids) == []
+    desk.finish_all()
+
+
+def test_a_dry_run_writes_nothing_and_the_real_run_then_sends_the_order(desk: Desk):
+    good = desk.load(2)
+    (bad,) = desk.load(1, with_pdf=False)
+    history_before = len(desk.store.history(bad))
+    run_id, run = desk.run({"dry_run": True})
+    assert run["state"] == "failed"  # it found a problem: shown in the report
+    assert bad in desk.report_log(run_id)
+    for order_id in [*good, bad]:
+        row = desk.row(order_id)
+        assert (row["status"], row["claimed_by"], row["reason"]) == ("authorized", None, None)
+    assert len(desk.store.history(bad)) == history_before
+    assert desk.bills_of([*good, bad]) == []
+    desk.fix_pdf(bad)
+    run_id, run = desk.run()
+    assert run["state"] == "success", desk.report_log(run_id)[-3000:]
+    assert sorted(desk.bills_of([*good, bad])) == sorted([*good, bad])
+
+
+def test_requested_orders_not_taken_are_listed_and_the_run_is_red(desk: Desk):
+    (wanted,) = desk.load(1)
+    run_id, run = desk.run({"order_ids": [wanted, "NO_SUCH_ORDER"]})
+    assert run["state"] == "failed"
+    assert desk.row(wanted)["status"] == "inserted"
+    log = desk.report_log(run_id)
+    assert "NO_SUCH_ORDER" in log and "unknown order" in log
+    assert "1 requested orders were not taken" in log
+
+
+def test_clearing_the_whole_run_retries_its_orders_only_and_tells_the_truth(desk: Desk):
+    good = desk.load(3)
+    (bad,) = desk.load(1, with_pdf=False)
+    run_id, run = desk.run()
+    assert run["state"] == "failed" and desk.row(bad)["status"] == "invalid"
+    later = desk.load(2)  # arrive after the run: they belong to the next run
+    desk.fix_pdf(bad)
+    # The UI's "Clear" of the whole run: every task instance, failed or not.
+    tasks = ["claim_orders", "refresh_token", "issue_bills", "announce_bills", "report"]
+    desk.api.clear(run_id, tasks, only_failed=False)
+    run = desk.api.wait_run(run_id, timeout=300)
+    assert run["state"] == "success", desk.report_log(run_id)[-3000:]
+    assert desk.row(bad)["status"] == "inserted"
+    assert sorted(desk.bills_of([*good, bad])) == sorted([*good, bad])
+    for order_id in later:  # not issued inside the old run, not leased to it
+        assert (desk.row(order_id)["status"], desk.row(order_id)["claimed_by"]) == (
+            "authorized",
+            None,
+        )
+    run_id, run = desk.run()
+    assert run["state"] == "success"
+    assert sorted(desk.bills_of(later)) == sorted(later)
+
+
+def test_a_running_run_marked_success_frees_its_orders_for_the_next_run(desk: Desk):
+    ids = desk.load(80)
+    desk.sandbox.add_fault(endpoint="insertbill", kind="latency", latency_ms=400)
+    run_id = desk.api.trigger({"workers": 2})
+    deadline = time.monotonic() + 120
+    while len(desk.bills_of(ids)) < 4:
+        assert time.monotonic() < deadline, desk.states(run_id)
+        time.sleep(0.5)
+    desk.api.patch(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}", {"state": "success"})
+    time.sleep(8)  # the batches are told to stop and end their holds
+    desk.sandbox.clear_faults()
+    sent = len(desk.bills_of(ids))
+    assert sent < len(ids)
+    started = time.monotonic()
+    run_id, run = desk.run()
+    assert run["state"] == "success", desk.report_log(run_id)[-3000:]
+    assert time.monotonic() - started < 120
+    bills = desk.bills_of(ids)
+    assert sorted(bills) == sorted(ids)  # every order once, none twice
+    assert {desk.row(i)["status"] for i in ids} <= {"inserted", "duplicate"}
+
+
+def test_deleting_a_red_run_keeps_the_red_signal_on_the_next_run(desk: Desk):
+    (bad,) = desk.load(1, with_pdf=False)
+    run_id, run = desk.run()
+    assert run["state"] == "failed"
+    desk.api.request("DELETE", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}", expect=(204,))
+    fresh = desk.load(2)
+    run_id, run = desk.run()
+    assert run["state"] == "failed"  # nothing of its own failed: the earlier order keeps it red
+    assert sorted(desk.bills_of(fresh)) == sorted(fresh)
+    log = desk.report_log(run_id)
+    assert "orders of earlier runs need a person" in log and bad in log
+    desk.finish_all()
