@@ -145,6 +145,9 @@ class RunPlan:
     faults: tuple[tuple[str, dict[str, Any]], ...]  # (kind, sandbox fault rule)
     bad: tuple[tuple[str, str], ...] = ()  # (order id, bad kind)
     authorizations: tuple[tuple[str, str], ...] = ()  # (order id, unauthorized|rejected)
+    # Cut the batches' order-database connections once bills start to arrive: the write-backs
+    # must reconnect and record every code (not a sandbox fault: the runner does it).
+    db_drop: bool = False
 
     @property
     def conf(self) -> dict[str, Any]:
@@ -179,6 +182,7 @@ def plan_run(seed: int, run: int, *, min_orders: int = 16, max_orders: int = 32)
         faults=faults,
         bad=bad,
         authorizations=tuple(authorizations),
+        db_drop=rng.random() < 0.15,  # drawn last: the draws before it stay as they were
     )
 
 
@@ -224,6 +228,39 @@ def _fault_rule(kind: str, rng: random.Random, ids: Sequence[str]) -> dict[str, 
         return {"endpoint": "insertbill", "kind": "lost_answer", "count": rng.randint(1, 3),
                 "probability": 0.15, "seed": seed}  # fmt: skip
     raise ValueError(f"unknown fault kind {kind!r}")
+
+
+class _DbDropper:
+    """Terminates the batches' order-database connections once, after the second bill."""
+
+    def __init__(self, dsn: str, admin: Any):
+        self.dsn, self.admin, self.done = dsn, admin, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="db-drop", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        import psycopg2
+
+        while not self._stop.wait(0.05):
+            if self.admin.calls().get("insertbill", 0) < 2:
+                continue
+            conn = psycopg2.connect(self.dsn, application_name="chaos-db-drop")
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() "
+                    "AND application_name LIKE 'nontax-issue_bills%'"
+                )
+                self.done = cur.fetchone()[0]
+            conn.close()
+            return
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        return 1 if self.done else 0
 
 
 # -- the invariants (pure) ----------------------------------------------------------------------
@@ -429,7 +466,11 @@ class Chaos:
         if plan.authorizations:
             self.admin.set_authorizations(dict(plan.authorizations))
 
-        dr = self._dag_test(plan)
+        dropper = _DbDropper(self.dsn, self.admin) if plan.db_drop else None
+        try:
+            dr = self._dag_test(plan)
+        finally:
+            drops = dropper.stop() if dropper else 0
         dag_runs, reruns = 1, 0
         for _ in range(rerun_rounds):
             todo = self._instances_to_rerun(dr, plan)
@@ -463,6 +504,8 @@ class Chaos:
             answers = snapshot.sandbox_orders.get(oid, {}).get("errcodes", {})
             code = "72038" if status == "unauthorized" else "72035"
             hits[status] += answers.get(code, 0)
+        if drops:
+            hits["db_drop"] += drops
         violations += [v for v in check_invariants(snapshot) if v not in violations]
         statuses = Counter(row["status"] for row in snapshot.rows.values())
         return RunResult(
@@ -797,7 +840,7 @@ SHORT = {
     "latency": "latency", "latency_spike": "spike", "http_5xx": "5xx", "timeout": "timeout",
     "busy": "-1", "busy_order": "-1x4", "invoice_busy": "72036", "minute_quota": "45011",
     "daily_quota": "45009", "token_expire": "expiry", "lost_answer": "lost",
-    "unauthorized": "72038", "rejected": "72035",
+    "unauthorized": "72038", "rejected": "72035", "db_drop": "db-drop",
 }  # fmt: skip
 
 

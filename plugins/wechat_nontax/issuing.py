@@ -103,6 +103,7 @@ class Settings:
     time_budget_s: float = 300.0  # how long transient errors may be retried inside the task
     media_margin_s: float = DEFAULT_MEDIA_MARGIN_S
     lease_s: int = DEFAULT_LEASE_S  # the run's claim on orders a finished try leaves due
+    # How long a hold lasts unrenewed; raised to twice `call_reserve_s` when shorter.
     hold_s: float = field(default_factory=default_hold_s)
     call_timeout_s: float = 15.0  # the hook's timeout: a call starts only if it fits the hold
     dry_run: bool = False
@@ -142,13 +143,10 @@ class BatchIssuer:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ):
-        if settings.hold_s < 2 * settings.call_reserve_s:
-            raise ValueError(
-                f"hold_s {settings.hold_s:g} s is too short for calls of up to "
-                f"{settings.call_timeout_s:g} s: at least {2 * settings.call_reserve_s:g} s"
-            )
         self.api = api
         self.store = store
+        # At least twice what a call may take: a call starts only with that much hold left.
+        self._hold_s = max(settings.hold_s, 2 * settings.call_reserve_s)
         self.settings = settings
         self.run_id = run_id
         # One task try: run, task, map index, try number. An earlier try of the same batch
@@ -204,19 +202,19 @@ class BatchIssuer:
         holds (a try marked failed and cleared while it runs, a zombie) are waited for, at most
         one hold's length: that try stops renewing once Airflow has stopped it."""
         instance = self.holder.rsplit("|", 1)[0] + "|"
-        wait_until = time.monotonic() + self.settings.hold_s + 5.0
+        wait_until = time.monotonic() + self._hold_s + 5.0
         pending = list(order_ids)
         results: dict[str, OrderResult] = {}
         while True:
             started = time.monotonic()
             first = not self._versions and not results
             hold = self.store.hold_batch(
-                self.run_id, self.holder, pending, hold_s=self.settings.hold_s,
+                self.run_id, self.holder, pending, hold_s=self._hold_s,
                 include_needs_person=self.settings.include_needs_person,
             )  # fmt: skip
             with self._state_lock:
                 if first:
-                    self._hold_valid_until = started + self.settings.hold_s
+                    self._hold_valid_until = started + self._hold_s
                 self._versions.update(hold.held)
                 self._active.update(hold.held)
             if first:
@@ -238,18 +236,18 @@ class BatchIssuer:
             pending = earlier
 
     def _renew_loop(self) -> None:
-        interval = self.settings.hold_s / 4
+        interval = self._hold_s / 4
         while not self._stop.wait(interval):
             with self._state_lock:
                 active = list(self._active)
             started = time.monotonic()
             try:
-                still = self.store.renew_hold(self.holder, active, hold_s=self.settings.hold_s)
+                still = self.store.renew_hold(self.holder, active, hold_s=self._hold_s)
             except Exception as exc:  # noqa: BLE001 (the calls stop by themselves when it lapses)
                 log.warning("could not renew the hold on the batch's orders: %s", exc)
                 continue
             with self._state_lock:
-                self._hold_valid_until = started + self.settings.hold_s
+                self._hold_valid_until = started + self._hold_s
                 self._lost.update(set(active) - still)
 
     def _check_hold(self, order_id: str) -> None:

@@ -254,7 +254,8 @@ def _refuse_unknown_params(context: Any) -> None:
     import difflib
 
     conf = getattr(context.get("dag_run"), "conf", None) or {}
-    known = set(context["params"])
+    # The DAG's declared params: the run's `params` already has the conf's keys merged in.
+    known = set(getattr(context.get("dag"), "params", None) or context["params"])
     unknown = sorted(set(conf) - known)
     if unknown:
         hints = [
@@ -273,7 +274,8 @@ def _run_state(dag_id: str, run_id: str) -> str | None:
     try:
         from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
-        return str(RuntimeTaskInstance.get_dagrun_state(dag_id, run_id))
+        state = RuntimeTaskInstance.get_dagrun_state(dag_id, run_id)
+        return str(getattr(state, "value", state))  # a DagRunState, or its plain value
     except Exception:  # noqa: BLE001 (unknown: the claim's lease is respected)
         return None
 

@@ -96,19 +96,30 @@ def claim_orders(
 
 
 def _free_ended_runs(store, run_id: str, run_state, sleep) -> None:
+    import logging
+
+    log = logging.getLogger(__name__)
     wait_until = time.monotonic() + default_hold_s() + 5.0
     while True:
         ended, holding = [], 0.0
         for other, held, seconds_left in store.live_claims(run_id):
-            if run_state(other) not in _ENDED_RUN_STATES:
+            state = run_state(other)
+            log.info(
+                "run %s (%s) %s orders for %.0f s more",
+                other, state or "unknown to this Airflow", "holds" if held else "claims",
+                seconds_left,
+            )  # fmt: skip
+            if state not in _ENDED_RUN_STATES:
                 continue
             if held:
                 holding = max(holding, seconds_left)
             else:
                 ended.append(other)
-        store.release_runs(ended)
+        if ended:
+            log.info("freed %d orders of runs that ended: %s", store.release_runs(ended), ended)
         if not holding or time.monotonic() + 0.5 >= wait_until:
             return
+        log.info("waiting up to %.0f s for the holds of tries of ended runs to run out", holding)
         sleep(min(holding + 0.5, max(0.5, wait_until - time.monotonic())))
 
 

@@ -251,6 +251,19 @@ class OrderStore:
         )
 
     def _run(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple]:
+        """One statement in its own transaction. The reads and the claim/hold statements are
+        safe to send again: on a lost connection they are, once, over a new one."""
+        try:
+            return self._run_once(sql, params)
+        except OrderStoreError:
+            if self._reconnect is None or self._gone is not None:
+                raise
+            with self._lock:
+                if self._conn.closed:
+                    self._try_reconnect()
+            return self._run_once(sql, params)
+
+    def _run_once(self, sql: str, params: Sequence[Any] | dict[str, Any]) -> list[tuple]:
         with self._connected(), self._lock, self._conn, self._conn.cursor() as cur:
             cur.execute(sql, params)
             return cur.fetchall() if cur.description else []

@@ -202,9 +202,11 @@ def test_a_running_run_marked_success_frees_its_orders_for_the_next_run(desk: De
     assert sent < len(ids)
     started = time.monotonic()
     run_id, run = desk.run()
+    claim_log = desk.api.log_text(run_id, "claim_orders", 1)
     assert run["state"] == "success", desk.report_log(run_id)[-3000:]
     assert time.monotonic() - started < 120
     bills = desk.bills_of(ids)
+    assert len(bills) == len(ids), claim_log[-4000:]
     assert sorted(bills) == sorted(ids)  # every order once, none twice
     assert {desk.row(i)["status"] for i in ids} <= {"inserted", "duplicate"}
 
