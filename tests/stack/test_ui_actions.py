@@ -187,6 +187,44 @@ def test_clearing_the_whole_run_retries_its_orders_only_and_tells_the_truth(desk
     assert sorted(desk.bills_of(later)) == sorted(later)
 
 
+def test_clearing_claim_orders_of_a_finished_run_leases_nothing_new_to_it(desk: Desk):
+    """17.2 (before: the new due orders were leased to the old run for an hour, invisible)."""
+    first = desk.load(2)
+    run_id, run = desk.run()
+    assert run["state"] == "success"
+    later = desk.load(2)
+    desk.api.clear(run_id, ["claim_orders"], only_failed=False)
+    run = desk.api.wait_run(run_id, timeout=300)
+    assert run["state"] == "success"
+    assert {desk.row(i)["claimed_by"] for i in later} == {None}
+    assert {desk.row(i)["status"] for i in first} == {"inserted"}
+    run_id, run = desk.run()
+    assert run["state"] == "success"
+    assert sorted(desk.bills_of(later)) == sorted(later)
+
+
+def test_a_running_batch_marked_failed_then_cleared_sends_each_order_once(desk: Desk):
+    """17.3 (before: the second try started beside the first, orders went out twice and
+    `inserted` rows were overwritten with `duplicate`)."""
+    ids = desk.load(40)
+    desk.sandbox.add_fault(endpoint="insertbill", kind="latency", latency_ms=300)
+    run_id = desk.api.trigger({"workers": 2, "min_batches": 1})
+    deadline = time.monotonic() + 120
+    while len(desk.bills_of(ids)) < 4:
+        assert time.monotonic() < deadline, desk.states(run_id)
+        time.sleep(0.5)
+    path = f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/issue_bills/0"
+    desk.api.patch(path, {"new_state": "failed"})
+    desk.api.clear(run_id, [("issue_bills", 0)], only_failed=False, include_downstream=True)
+    desk.sandbox.clear_faults()
+    run = desk.api.wait_run(run_id, timeout=300)
+    assert run["state"] == "success", desk.report_log(run_id)[-3000:]
+    assert sorted(desk.bills_of(ids)) == sorted(ids)  # each once
+    assert {desk.row(i)["status"] for i in ids} == {"inserted"}
+    successes = {o: s["successes"] for o, s in desk.sandbox.orders().items() if o in ids}
+    assert successes == dict.fromkeys(ids, 1)
+
+
 def test_a_running_run_marked_success_frees_its_orders_for_the_next_run(desk: Desk):
     ids = desk.load(80)
     desk.sandbox.add_fault(endpoint="insertbill", kind="latency", latency_ms=400)
