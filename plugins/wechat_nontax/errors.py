@@ -136,6 +136,18 @@ def error_for(
     return _ERROR_FOR_ACTION[rule.action](signal, errmsg, step, rule)
 
 
+class PdfUnavailableError(RuntimeError):
+    """An order's PDF could not be read this time (an I/O error, object storage unreachable):
+    the order may pass later. `reason` names the kind of failure and never quotes the file."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+    def __reduce__(self):
+        return (type(self), (self.reason,))
+
+
 class InvalidOrderError(ValueError):
     """An order that cannot be sent as it is: its problems say which fields and why."""
 
