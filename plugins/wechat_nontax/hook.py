@@ -22,7 +22,6 @@ password = app secret, extras:
 from __future__ import annotations
 
 import json
-import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -336,20 +335,7 @@ class WeChatNonTaxHook(HttpHook):
         return True, "a token was issued"
 
 
-class _ScrubQueryStrings(logging.Filter):
-    """urllib3 logs each request line at DEBUG, query string and its access_token included."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.args:
-            record.msg = record.getMessage()
-            record.args = None
-        record.msg = errors.redact(str(record.msg))
-        return True
-
-
-_URL_LOGGER = logging.getLogger("urllib3.connectionpool")
-if not any(isinstance(f, _ScrubQueryStrings) for f in _URL_LOGGER.filters):
-    _URL_LOGGER.addFilter(_ScrubQueryStrings())
+errors.scrub_url_logs()  # urllib3 logs each request line, query string included
 
 
 class _ExtraOnly:
