@@ -15,6 +15,7 @@ log. Then, as a person would after fixing the cause:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -185,11 +186,33 @@ def test_the_stack_runs_each_process_in_its_own_session_with_the_pool_and_dag(st
     assert stack.api.pool("wechat_nontax")["slots"] == 4
     assert stack.state is not None
     names = [p.name for p in stack.state.procs]
-    assert names == ["sandbox", "api-server", "scheduler", "dag-processor", "triggerer"]
+    assert names == [
+        "sandbox", "api-server", "scheduler", "dag-processor", "triggerer", "log-server"
+    ]  # fmt: skip
     for proc in stack.state.procs:
         assert os.getsid(proc.pid) == proc.pid, f"{proc.name} is not a session leader"
     # 35-60 s on the development machine (2 cores), while other tests ran.
     assert stack.started_in_s is not None and stack.started_in_s < 180
+
+
+def test_every_server_of_the_stack_listens_on_loopback_only(stack: Stack):
+    """The sockets the stack's processes (and their children) really listen on: the API, the
+    sandbox, the health check and the log server, none on another interface."""
+    import psutil
+
+    listening = []
+    for proc in stack.processes():
+        with contextlib.suppress(psutil.NoSuchProcess):  # a task process may just have ended
+            listening += [
+                (proc.name(), conn.laddr)
+                for conn in proc.net_connections(kind="inet")
+                if conn.status == psutil.CONN_LISTEN
+            ]
+    ports = {addr.port for _, addr in listening}
+    assert {stack.config.port, stack.config.worker_log_port} <= ports, listening
+    assert all(addr.ip in ("127.0.0.1", "::1") for _, addr in listening), listening
+    served = requests.get(f"http://127.0.0.1:{stack.config.worker_log_port}/log/x", timeout=10)
+    assert served.status_code == 403  # the log server, refusing a request without its JWT
 
 
 def test_a_refused_batch_is_red_with_its_orders_in_the_label_and_reasons_in_the_log(
