@@ -86,7 +86,7 @@ def sandbox_process() -> Iterator[SandboxProcess]:
 @pytest.fixture
 def sandbox(sandbox_process: SandboxProcess) -> SandboxAdmin:
     """The running sandbox, reset to its initial state (no bills, no faults, no tokens)."""
-    admin = SandboxAdmin(sandbox_process.url)
+    admin = sandbox_process.admin()
     admin.reset()
     return admin
 

@@ -601,7 +601,6 @@ def run_demo(console: Console) -> int:
     from wechat_nontax.orders_db import connect_dsn
     from wechat_nontax.run_steps import format_report
     from wechat_nontax.store import OrderStore
-    from wechat_sandbox.client import SandboxAdmin
     from wechat_sandbox.process import start_sandbox
 
     with contextlib.ExitStack() as stack:
@@ -624,7 +623,7 @@ def run_demo(console: Console) -> int:
         # 2. The sandbox
         sandbox = start_sandbox()
         stack.callback(sandbox.stop)
-        admin = SandboxAdmin(sandbox.url)
+        admin = sandbox.admin()
         stack.callback(admin.close)
         console.step(f"WeChat sandbox on {sandbox.url} (pid {sandbox.pid})")
 

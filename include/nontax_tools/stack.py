@@ -71,6 +71,8 @@ from nontax_tools.pg import (
     server_answers,
     with_dbname,
 )
+from wechat_sandbox.client import SandboxAdmin
+from wechat_sandbox.config import ENV_ADMIN_TOKEN, ENV_TOKENS_FILE
 from wechat_sandbox.process import free_port
 
 DEFAULT_STATE_DIR = ROOT / ".run" / "stack"
@@ -383,6 +385,9 @@ class Stack:
         self.env: dict[str, str] = {}
         self.orders_dsn: str | None = None
         self.sandbox_url: str | None = None
+        # The sandbox's admin token, new at every `up`; the tokens it issues are listed in
+        # <state>/sandbox-tokens (0600) for the tests that scan logs for them.
+        self.sandbox_admin_token = secrets.token_urlsafe(24)
         self._api: AirflowApi | None = None
         self.started_in_s: float | None = None
 
@@ -402,6 +407,19 @@ class Stack:
         if self._api is None:
             self._api = AirflowApi(self.url, ADMIN_USER, self.password)
         return self._api
+
+    @property
+    def sandbox_tokens_file(self) -> Path:
+        return self.config.state_dir / "sandbox-tokens"
+
+    def sandbox_admin(self) -> SandboxAdmin:
+        """A client of the stack's sandbox's admin API (its token, its issued tokens)."""
+        assert self.sandbox_url is not None, "this stack talks to a real WeChat"
+        return SandboxAdmin(
+            self.sandbox_url,
+            admin_token=self.sandbox_admin_token,
+            tokens_file=str(self.sandbox_tokens_file),
+        )
 
     @property
     def pdf_root(self) -> Path:
@@ -626,6 +644,7 @@ class Stack:
         ]
         if self.sandbox_url:
             lines.append(f"export NONTAX_STACK_SANDBOX_URL='{self.sandbox_url}'")
+            lines.append(f"export NONTAX_STACK_SANDBOX_ADMIN_TOKEN='{self.sandbox_admin_token}'")
         write_private(self.config.state_dir / "env.sh", "\n".join(lines) + "\n")
 
     def _spawn(self, name: str, command: list[str]) -> Proc:
@@ -656,9 +675,13 @@ class Stack:
         return proc
 
     def _sandbox_env(self) -> dict[str, str]:
+        # Only what the sandbox needs: the caller's environment may hold real credentials.
         assert self.state is not None
-        env = dict(os.environ)
+        keep = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
+        env = {k: v for k, v in os.environ.items() if k in keep or k.startswith("WECHAT_SANDBOX_")}
         env[MARKER] = self.state.stack_id
+        env[ENV_ADMIN_TOKEN] = self.sandbox_admin_token
+        env[ENV_TOKENS_FILE] = str(self.sandbox_tokens_file)
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "include"), str(ROOT / "plugins")])
         env["PYTHONUNBUFFERED"] = "1"
         return env

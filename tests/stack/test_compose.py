@@ -49,8 +49,8 @@ COMMANDS: dict[str, str] = {
     r'airflow jobs check --job-type (TriggererJob|DagProcessorJob) --hostname "\$\{HOSTNAME\}"': (
         "test_ui_rerun runs both against the stack"
     ),
-    r"curl --fail http://localhost:8765/_sandbox/state": (
-        "wechat_sandbox.process waits on GET /_sandbox/state"
+    r"curl --fail http://localhost:8765/_sandbox/health": (
+        "wechat_sandbox.process waits on GET /_sandbox/health"
     ),
     r"pg_isready -U airflow": ".ci/run waits with pg_isready on the CI's server",
     r"/docker-entrypoint-initdb\.d/10-nontax-db\.sh": "test_the_postgres_init_script_... below",

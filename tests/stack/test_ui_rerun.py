@@ -100,7 +100,7 @@ def test_the_compose_files_health_checks_pass_against_the_stack(stack: Stack):
     assert requests.get(f"{stack.url}/api/v2/version", timeout=10).ok
     health = f"http://127.0.0.1:{stack.config.scheduler_health_port}/health"
     assert requests.get(health, timeout=10).ok
-    assert requests.get(f"{stack.sandbox_url}/_sandbox/state", timeout=10).ok
+    assert requests.get(f"{stack.sandbox_url}/_sandbox/health", timeout=10).ok
     for job in ("TriggererJob", "DagProcessorJob"):
         check = subprocess.run(
             [AIRFLOW, "jobs", "check", "--job-type", job, "--hostname", get_hostname()],
@@ -137,7 +137,7 @@ class Scenario:
 
 @pytest.fixture(scope="module")
 def scenario(stack: Stack) -> Iterator[Scenario]:
-    sandbox = SandboxAdmin(stack.sandbox_url)
+    sandbox = stack.sandbox_admin()
     store = OrderStore(connect_dsn(stack.orders_dsn))
     scenario = Scenario(stack, sandbox, store)
     try:
@@ -170,7 +170,8 @@ def _secrets(scenario: Scenario) -> list[str]:
         stack.secrets.jwt_secret,
         stack.secrets.api_secret_key,
         stack.secrets.fernet_key,
-        *(t["token"] for t in scenario.sandbox.tokens()),
+        stack.sandbox_admin_token,
+        *scenario.sandbox.issued_tokens(),
     ]
     password = psycopg2.extensions.parse_dsn(stack.orders_dsn).get("password")
     if password:
