@@ -40,14 +40,13 @@ def batch_cpu(orders: int, workers: int, latency_ms: int, server_dsn: str) -> di
     from nontax_tools.pg import drop_database, fresh_database
     from run import load_orders
     from wechat_nontax.operators import IssueBillsOperator
-    from wechat_sandbox.client import SandboxAdmin
     from wechat_sandbox.process import start_sandbox
 
     database = "nontax_bench_cpu"
     dsn = fresh_database(server_dsn, database)
     sandbox = start_sandbox()
     try:
-        SandboxAdmin(sandbox.url).add_fault(endpoint="*", kind="latency", latency_ms=latency_ms)
+        sandbox.admin().add_fault(endpoint="*", kind="latency", latency_ms=latency_ms)
         migrate(dsn)
         sample = demo_orders(orders, "CPU")
         client = _timed(lambda: ceiling(sandbox.url, sample, render_bill_pdf(sample[0]),

@@ -224,7 +224,6 @@ def main(argv: list[str] | None = None) -> int:
     from nontax_tools.bill_pdf import render_bill_pdf
     from nontax_tools.stack import Stack, StackConfig, free_port
     from parse_time import parse_ms
-    from wechat_sandbox.client import SandboxAdmin
 
     state = ROOT / ".run" / "bench"
     shutil.rmtree(state, ignore_errors=True)
@@ -270,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     say = lambda text: print(f"[{time.monotonic() - started:6.1f}s] {text}", flush=True)  # noqa: E731
     with Stack(config, say=say) as stack:
         say(f"stack up in {stack.started_in_s}s at {stack.url}")
-        sandbox = SandboxAdmin(stack.sandbox_url)
+        sandbox = stack.sandbox_admin()
         sandbox.add_fault(endpoint="*", kind="latency", latency_ms=args.latency_ms)
         dsn = stack.orders_dsn
 

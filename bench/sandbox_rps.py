@@ -92,12 +92,13 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=3000, help="orders (distinct insertbill calls)")
     parser.add_argument("--threads", type=int, default=32)
     parser.add_argument("--url", help="use a running sandbox instead of starting one")
+    parser.add_argument("--admin-token", help="with --url: its admin token (it printed it)")
     args = parser.parse_args()
 
     proc = None if args.url else start_sandbox()
     url = args.url or proc.url
     try:
-        admin = SandboxAdmin(url)
+        admin = proc.admin() if proc else SandboxAdmin(url, admin_token=args.admin_token)
         admin.reset()
         wx = SandboxWeChat(url)
         token = wx.access_token()

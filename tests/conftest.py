@@ -8,6 +8,7 @@ test that asks for it starts from a reset state.
 
 from __future__ import annotations
 
+import base64
 import os
 import uuid
 from collections.abc import Iterator
@@ -19,6 +20,10 @@ os.environ["AIRFLOW_HOME"] = str(ROOT / ".airflow" / "tests")
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / "plugins"))
+# The token cache encrypts with Airflow's Fernet key and refuses to work without one.
+os.environ.setdefault(
+    "AIRFLOW__CORE__FERNET_KEY", base64.urlsafe_b64encode(os.urandom(32)).decode()
+)
 
 import psycopg2
 import pytest
@@ -81,7 +86,7 @@ def sandbox_process() -> Iterator[SandboxProcess]:
 @pytest.fixture
 def sandbox(sandbox_process: SandboxProcess) -> SandboxAdmin:
     """The running sandbox, reset to its initial state (no bills, no faults, no tokens)."""
-    admin = SandboxAdmin(sandbox_process.url)
+    admin = sandbox_process.admin()
     admin.reset()
     return admin
 

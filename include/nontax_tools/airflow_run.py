@@ -46,6 +46,10 @@ def airflow_env(
             ),
         }
     )
+    if not env.get("AIRFLOW__CORE__FERNET_KEY"):
+        # The token cache encrypts with it and refuses to work without one; `dags test` in a
+        # fresh home has none. One per home, so a cached token stays readable across runs.
+        env["AIRFLOW__CORE__FERNET_KEY"] = _home_fernet_key(home)
     if orders_db:
         env["AIRFLOW_CONN_NONTAX_ORDERS_DB"] = orders_db
     if wechat_conn:
@@ -53,6 +57,22 @@ def airflow_env(
     if pdf_root:
         env["NONTAX_PDF_ROOT"] = pdf_root
     return env
+
+
+def _home_fernet_key(home: Path) -> str:
+    path = home / "fernet.key"
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        pass
+    import base64
+
+    key = base64.urlsafe_b64encode(os.urandom(32)).decode()
+    home.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # 0600 from the start
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(key)
+    return key
 
 
 def orders_connection(dsn: str) -> str:

@@ -394,12 +394,12 @@ class Chaos:
 
         from nontax_tools.airflow_run import sandbox_connection
         from nontax_tools.migrate import migrate
-        from wechat_sandbox.client import DEFAULT_SECRET, SandboxAdmin
+        from wechat_sandbox.client import DEFAULT_SECRET
         from wechat_sandbox.process import start_sandbox
 
         self.sandbox_process = start_sandbox()
         self._stack.callback(self.sandbox_process.stop)
-        self.admin = SandboxAdmin(self.sandbox_process.url)
+        self.admin = self.sandbox_process.admin()
         self._stack.callback(self.admin.close)
         self.secrets.add(DEFAULT_SECRET)
 
@@ -673,7 +673,7 @@ class Chaos:
     def _snapshot(
         self, plan: RunPlan, expiries: int, *, final: bool, log_offset: int | None = None
     ) -> Snapshot:
-        tokens = [t["token"] for t in self.admin.tokens()]
+        tokens = self.admin.issued_tokens()  # the sandbox's own list: the admin API has hashes
         self.secrets.update(tokens)
         secret_hits = 0
         if final:

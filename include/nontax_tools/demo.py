@@ -117,9 +117,9 @@ PLANTED: dict[int, Planted] = {
     37: Planted("missing_pdf", "the PDF file was never written", "invalid", "PDF not found"),
     64: Planted(
         "outside_root",
-        "pdf_path leaves the PDF root (the file exists)",
+        "the PDF is a symbolic link out of the PDF root (to a real PDF)",
         "invalid",
-        "must stay under the PDF root",
+        "is a symbolic link",
     ),
     88: Planted("unknown_card", "card_id unknown to WeChat", "failed", errcode=40078),
     119: Planted(
@@ -226,9 +226,7 @@ def build_demo(now: int, count: int = ORDER_COUNT, seed: int = SEED) -> DemoData
             pdf_path=f"{month}/{order_id}.pdf",
         )
         planted = PLANTED.get(number)
-        if planted is not None and planted.kind == "outside_root":
-            order = dataclasses.replace(order, pdf_path=f"../{order_id}.pdf")
-        elif planted is not None and planted.kind == "unknown_card":
+        if planted is not None and planted.kind == "unknown_card":
             order = dataclasses.replace(order, card_id=UNKNOWN_CARD_ID)
         orders.append(DemoOrder(order, planted))
     return DemoData(orders, _unloadable(orders, count, now))
@@ -289,9 +287,14 @@ def write_demo_files(demo: DemoData, *, orders_file: Path, pdf_root: Path) -> in
         kind = item.planted.kind if item.planted else None
         if kind == "missing_pdf":
             continue
-        path = (pdf_root / item.order.pdf_path).resolve()
+        path = pdf_root / item.order.pdf_path
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(NOT_A_PDF if kind == "not_pdf" else render_bill_pdf(item.order))
+        if kind == "outside_root":  # a real PDF beside the root, reached through a link
+            outside = pdf_root.parent / f"outside-{item.order_id}.pdf"
+            outside.write_bytes(render_bill_pdf(item.order))
+            path.symlink_to(outside)
+        else:
+            path.write_bytes(NOT_A_PDF if kind == "not_pdf" else render_bill_pdf(item.order))
         written += 1
     orders_file.parent.mkdir(parents=True, exist_ok=True)
     orders_file.write_text("".join(text + "\n" for text, _ in demo.lines()), encoding="utf-8")
@@ -598,7 +601,6 @@ def run_demo(console: Console) -> int:
     from wechat_nontax.orders_db import connect_dsn
     from wechat_nontax.run_steps import format_report
     from wechat_nontax.store import OrderStore
-    from wechat_sandbox.client import SandboxAdmin
     from wechat_sandbox.process import start_sandbox
 
     with contextlib.ExitStack() as stack:
@@ -621,7 +623,7 @@ def run_demo(console: Console) -> int:
         # 2. The sandbox
         sandbox = start_sandbox()
         stack.callback(sandbox.stop)
-        admin = SandboxAdmin(sandbox.url)
+        admin = sandbox.admin()
         stack.callback(admin.close)
         console.step(f"WeChat sandbox on {sandbox.url} (pid {sandbox.pid})")
 

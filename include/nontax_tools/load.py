@@ -17,7 +17,7 @@ import psycopg2
 
 from wechat_nontax.bill import BILL_FIELDS, Order
 from wechat_nontax.store import LoadResult, OrderStore
-from wechat_nontax.validation import check_order_fields, format_problems
+from wechat_nontax.validation import check_order_fields, format_problems, pdf_path_problem
 
 CHUNK = 1000
 # What the database's constraints mean, for a person reading the load report.
@@ -70,20 +70,38 @@ def parse_line(text: str, *, now: int) -> Order:
     if problems:
         raise ValueError(format_problems(problems))
     pdf_path = record.get("pdf_path")
-    if pdf_path is not None and not isinstance(pdf_path, str):
-        raise ValueError("pdf_path: must be a string")
+    if pdf_path is not None and (reason := pdf_path_problem(pdf_path)) is not None:
+        raise ValueError(f"pdf_path: {reason}")  # the reason issuing would give, found early
     return Order(**{name: record[name] for name in BILL_FIELDS}, pdf_path=pdf_path)
 
 
-def load_lines(store: OrderStore, lines: Iterable[str], *, now: int | None = None) -> LoadReport:
+def decode_line(raw: bytes, number: int) -> str:
+    """One line of the file as text; raises ValueError, naming the position but never the
+    bytes, when it is not UTF-8 (a unit's export in GBK is the usual cause)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"not valid UTF-8 (byte {exc.start + 1} of the line): the file must be UTF-8; an "
+            "export in GBK or GB18030 converts with `iconv -f GB18030 -t UTF-8`"
+        ) from None
+    return text.removeprefix("\ufeff") if number == 1 else text  # a BOM some editors write
+
+
+def load_lines(
+    store: OrderStore, lines: Iterable[str | bytes], *, now: int | None = None
+) -> LoadReport:
+    """Load the lines (text, or raw bytes as `read_lines` gives them, decoded line by line so
+    that one badly encoded line is reported while the others load)."""
     now = int(time.time()) if now is None else now
     report = LoadReport()
     chunk: list[tuple[int, Order]] = []
-    for number, text in enumerate(lines, start=1):
+    for number, line in enumerate(lines, start=1):
         report.lines = number
-        if not text.strip():
-            continue
         try:
+            text = decode_line(line, number) if isinstance(line, bytes) else line
+            if not text.strip():
+                continue
             chunk.append((number, parse_line(text, now=now)))
         except ValueError as exc:
             report.rejected.append((number, str(exc)))
@@ -122,6 +140,7 @@ def _integrity_reason(exc: psycopg2.IntegrityError) -> str:
     return _CONSTRAINT_REASONS.get(constraint or "", f"refused by the database ({constraint})")
 
 
-def read_lines(path: str) -> Iterator[str]:
-    with open(path, encoding="utf-8") as lines:
+def read_lines(path: str) -> Iterator[bytes]:
+    """The file's lines as bytes: `load_lines` decodes each on its own."""
+    with open(path, "rb") as lines:
         yield from lines

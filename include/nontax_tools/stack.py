@@ -71,6 +71,8 @@ from nontax_tools.pg import (
     server_answers,
     with_dbname,
 )
+from wechat_sandbox.client import SandboxAdmin
+from wechat_sandbox.config import ENV_ADMIN_TOKEN, ENV_TOKENS_FILE
 from wechat_sandbox.process import free_port
 
 DEFAULT_STATE_DIR = ROOT / ".run" / "stack"
@@ -79,6 +81,13 @@ MARKER = "NONTAX_STACK_ID"
 # Started in this order, stopped in the reverse one.
 AIRFLOW_PROCESSES = ("api-server", "scheduler", "dag-processor", "triggerer")
 HEALTH_COMPONENTS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
+# Airflow 3.3's own log servers (scheduler, triggerer) listen on every interface, with no
+# setting for the host: they are skipped, and this one, the same app, serves the task and
+# trigger logs of the shared log folder on loopback only.
+LOG_SERVER = [
+    sys.executable, "-m", "uvicorn", "--factory", "airflow.utils.serve_logs.log_server:get_app",
+    "--host", "127.0.0.1", "--no-access-log", "--log-level", "warning",
+]  # fmt: skip
 
 
 class StackError(RuntimeError):
@@ -309,11 +318,8 @@ class StackState:
     status: str = "starting"
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(asdict(self), out, indent=2)
+        write_private(tmp, json.dumps(asdict(self), indent=2))
         tmp.replace(path)
 
     @classmethod
@@ -324,6 +330,22 @@ class StackState:
             return None
         data["procs"] = [Proc(**p) for p in data.get("procs", [])]
         return cls(**data)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner may read, 0600 from the moment it exists (a write, then a
+    chmod, leaves it readable by everyone in between; an old file keeps its mode on truncate)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+
+
+def private_dir(path: Path) -> None:
+    """The stack's state directory: secrets, logs and Airflow's home, for its owner only."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
 
 
 @dataclass
@@ -345,10 +367,7 @@ class Secrets:
             fernet_key=base64.urlsafe_b64encode(os.urandom(32)).decode(),
             admin_password="".join(secrets.choice(alphabet) for _ in range(16)),
         )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(asdict(made), out)
+        write_private(path, json.dumps(asdict(made)))
         return made
 
 
@@ -366,6 +385,9 @@ class Stack:
         self.env: dict[str, str] = {}
         self.orders_dsn: str | None = None
         self.sandbox_url: str | None = None
+        # The sandbox's admin token, new at every `up`; the tokens it issues are listed in
+        # <state>/sandbox-tokens (0600) for the tests that scan logs for them.
+        self.sandbox_admin_token = secrets.token_urlsafe(24)
         self._api: AirflowApi | None = None
         self.started_in_s: float | None = None
 
@@ -385,6 +407,19 @@ class Stack:
         if self._api is None:
             self._api = AirflowApi(self.url, ADMIN_USER, self.password)
         return self._api
+
+    @property
+    def sandbox_tokens_file(self) -> Path:
+        return self.config.state_dir / "sandbox-tokens"
+
+    def sandbox_admin(self) -> SandboxAdmin:
+        """A client of the stack's sandbox's admin API (its token, its issued tokens)."""
+        assert self.sandbox_url is not None, "this stack talks to a real WeChat"
+        return SandboxAdmin(
+            self.sandbox_url,
+            admin_token=self.sandbox_admin_token,
+            tokens_file=str(self.sandbox_tokens_file),
+        )
 
     @property
     def pdf_root(self) -> Path:
@@ -414,7 +449,7 @@ class Stack:
         """Start everything and wait until it is healthy; on failure stop it all and raise."""
         started = time.monotonic()
         cfg = self.config
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(cfg.state_dir)
         cfg.logs.mkdir(parents=True, exist_ok=True)
         cfg.home.mkdir(parents=True, exist_ok=True)
         previous = StackState.load(cfg.state_file)
@@ -510,7 +545,10 @@ class Stack:
             command = [AIRFLOW, name]
             if name == "api-server":
                 command += ["--host", cfg.host, "--port", str(cfg.port)]
+            if name in ("scheduler", "triggerer"):
+                command.append("--skip-serve-logs")  # Airflow binds it to every interface
             self._spawn(name, command)
+        self._spawn("log-server", [*LOG_SERVER, "--port", str(cfg.worker_log_port)])
         pool = self._run_bg(
             "pools-set", [AIRFLOW, "pools", "set", cfg.pool, str(cfg.pool_slots), "calls to WeChat"]
         )
@@ -564,8 +602,7 @@ class Stack:
             pdf_root=str(cfg.pdf_dir),
         )
         passwords = cfg.home.resolve() / "simple_auth_manager_passwords.json"
-        passwords.write_text(json.dumps({ADMIN_USER: self.secrets.admin_password}) + "\n")
-        passwords.chmod(0o600)
+        write_private(passwords, json.dumps({ADMIN_USER: self.secrets.admin_password}) + "\n")
         env.update(
             {
                 MARKER: self.state.stack_id,
@@ -583,7 +620,8 @@ class Stack:
                 "AIRFLOW__API__HOST": cfg.host,
                 "AIRFLOW__API__PORT": str(cfg.port),
                 "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(cfg.worker_log_port),
-                "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(cfg.trigger_log_port),
+                # The one log server (LOG_SERVER) serves the triggerer's logs too.
+                "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(cfg.worker_log_port),
                 "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
                 "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",
                 "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(
@@ -606,9 +644,8 @@ class Stack:
         ]
         if self.sandbox_url:
             lines.append(f"export NONTAX_STACK_SANDBOX_URL='{self.sandbox_url}'")
-        path = self.config.state_dir / "env.sh"
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        path.chmod(0o600)
+            lines.append(f"export NONTAX_STACK_SANDBOX_ADMIN_TOKEN='{self.sandbox_admin_token}'")
+        write_private(self.config.state_dir / "env.sh", "\n".join(lines) + "\n")
 
     def _spawn(self, name: str, command: list[str]) -> Proc:
         """Start a long-running process in a session of its own and record it."""
@@ -638,9 +675,13 @@ class Stack:
         return proc
 
     def _sandbox_env(self) -> dict[str, str]:
+        # Only what the sandbox needs: the caller's environment may hold real credentials.
         assert self.state is not None
-        env = dict(os.environ)
+        keep = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
+        env = {k: v for k, v in os.environ.items() if k in keep or k.startswith("WECHAT_SANDBOX_")}
         env[MARKER] = self.state.stack_id
+        env[ENV_ADMIN_TOKEN] = self.sandbox_admin_token
+        env[ENV_TOKENS_FILE] = str(self.sandbox_tokens_file)
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "include"), str(ROOT / "plugins")])
         env["PYTHONUNBUFFERED"] = "1"
         return env

@@ -7,9 +7,10 @@ log level warning. The port defaults to $WECHAT_SANDBOX_PORT, else 8765.
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 
-from wechat_sandbox.config import Settings, SettingsError
+from wechat_sandbox.config import ADMIN_TOKEN_HEADER, Settings, SettingsError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,6 +56,16 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"wechat_sandbox: {exc}", file=sys.stderr)
         return 2
+
+    if not settings.admin_token:
+        # Started by hand (`make sandbox`): a fresh admin token, told to the person who started
+        # it. Every harness (tests, demo, make up) passes its own in WECHAT_SANDBOX_ADMIN_TOKEN.
+        settings.admin_token = secrets.token_urlsafe(24)
+        print(
+            f"wechat_sandbox: admin API token (header {ADMIN_TOKEN_HEADER}): "
+            f"{settings.admin_token}",
+            file=sys.stderr,
+        )
 
     import uvicorn
 

@@ -12,6 +12,7 @@ give errcode -1.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 from typing import Any
@@ -25,7 +26,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from wechat_sandbox import errors as E
-from wechat_sandbox.config import Settings, SettingsError
+from wechat_sandbox.config import ADMIN_TOKEN_HEADER, Settings, SettingsError
 from wechat_sandbox.faults import FaultRuleError, FaultSet
 from wechat_sandbox.state import AUTH_STATUSES, SandboxState
 
@@ -245,8 +246,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_route("/card/invoice/getauthdata", wechat("getauthdata", h_getauthdata), ["POST"])
 
     # ------------------------------------------------------------ admin API
-    def admin(handler: Any) -> Any:
+    # Every admin route wants the admin token (it can fake bills, read PDFs, switch faults on).
+    # Without one configured the admin API is closed; `/_sandbox/health` alone is open.
+    admin_token = (settings.admin_token or "").encode()
+
+    def admitted(request: Request) -> bool:
+        given = request.headers.get(ADMIN_TOKEN_HEADER, "").encode()
+        return bool(admin_token) and hmac.compare_digest(given, admin_token)
+
+    def admin(handler: Any, *, open_route: bool = False) -> Any:
         async def route(request: Request) -> Response:
+            if not open_route and not admitted(request):
+                return _json({"error": f"the admin API wants the {ADMIN_TOKEN_HEADER} header"}, 401)
             try:
                 result = await handler(request)
             except _AdminError as exc:
@@ -333,6 +344,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"expired": state.expire_media()}
 
     async def a_media_pdf(request: Request) -> Any:
+        # Open: it is the pdf_url getpdf hands out (WeChat's is a link anyone holding it opens),
+        # named by a random 19-digit media id.
         data = state.media_pdf(request.path_params["media_id"])
         if data is None:
             raise _AdminError(404, "unknown s_media_id")
@@ -357,7 +370,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise _AdminError(404, "unknown fault id")
         return {"removed": rule_id}
 
+    async def health(request: Request) -> Response:
+        return _json({"status": "ok"})
+
     p = "/_sandbox"
+    app.add_route(f"{p}/health", health, ["GET"])
     for path, handler, methods in (
         (f"{p}/state", a_state, ["GET"]),
         (f"{p}/calls", a_calls, ["GET"]),
@@ -381,7 +398,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         (f"{p}/faults", a_clear_faults, ["DELETE"]),
         (f"{p}/faults/{{fault_id}}", a_delete_fault, ["DELETE"]),
     ):
-        app.add_route(path, admin(handler), methods)
+        app.add_route(path, admin(handler, open_route=handler is a_media_pdf), methods)
 
     # ------------------------------------------------------------ error answers
     async def on_http_error(request: Request, exc: Exception) -> Response:

@@ -8,6 +8,7 @@ from typing import Any
 import requests
 
 from wechat_sandbox.config import (
+    ADMIN_TOKEN_HEADER,
     DEFAULT_APPID,
     DEFAULT_CARD_ID,
     DEFAULT_PORT,
@@ -43,12 +44,24 @@ class SandboxAdminError(RuntimeError):
 
 
 class SandboxAdmin:
-    """Drives `/_sandbox/` of a running sandbox, e.g. `SandboxAdmin("http://127.0.0.1:8765")`."""
+    """Drives `/_sandbox/` of a running sandbox with its admin token, e.g.
+    `SandboxAdmin("http://127.0.0.1:8765", admin_token=...)` (`SandboxProcess.admin()` makes
+    one). `tokens_file` is the sandbox's WECHAT_SANDBOX_TOKENS_FILE, for `issued_tokens()`."""
 
-    def __init__(self, base_url: str, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float = 10.0,
+        *,
+        admin_token: str | None = None,
+        tokens_file: str | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.tokens_file = tokens_file
         self._session = requests.Session()
+        if admin_token:
+            self._session.headers[ADMIN_TOKEN_HEADER] = admin_token
 
     @property
     def url(self) -> str:
@@ -85,7 +98,19 @@ class SandboxAdmin:
         return self._call("GET", "calls")
 
     def tokens(self) -> list[dict[str, Any]]:
+        """Tokens issued: kind, appid, times, validity and `sha256`, never the token."""
         return self._call("GET", "tokens")["tokens"]
+
+    def issued_tokens(self) -> list[str]:
+        """The tokens themselves, from the sandbox's tokens file (the harness's own file: the
+        admin API never answers with a token)."""
+        if not self.tokens_file:
+            raise RuntimeError("no tokens file: start the sandbox with WECHAT_SANDBOX_TOKENS_FILE")
+        try:
+            with open(self.tokens_file, encoding="utf-8") as issued:
+                return [line.strip() for line in issued if line.strip()]
+        except FileNotFoundError:
+            return []
 
     def bills(self) -> list[dict[str, Any]]:
         """Every inserted bill, in insertion order."""

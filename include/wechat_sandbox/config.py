@@ -8,6 +8,10 @@ server agree without repeating them. Environment variables (read by `Settings.fr
 - WECHAT_SANDBOX_CARD_IDS (comma-separated card ids accepted by insertbill)
 - WECHAT_SANDBOX_TOKEN_TTL_S, WECHAT_SANDBOX_CLASSIC_OVERLAP_S, WECHAT_SANDBOX_STABLE_RENEW_S,
   WECHAT_SANDBOX_MEDIA_TTL_S (seconds, may be fractional)
+- WECHAT_SANDBOX_ADMIN_TOKEN: what the admin API (`/_sandbox/`) wants in the header
+  `X-Sandbox-Admin-Token`; whoever starts the sandbox generates it
+- WECHAT_SANDBOX_TOKENS_FILE: a file the sandbox appends every access token it issues to
+  (created 0600), for a test harness that scans logs for them; the admin API never shows one
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ ENV_TOKEN_TTL_S = "WECHAT_SANDBOX_TOKEN_TTL_S"
 ENV_CLASSIC_OVERLAP_S = "WECHAT_SANDBOX_CLASSIC_OVERLAP_S"
 ENV_STABLE_RENEW_S = "WECHAT_SANDBOX_STABLE_RENEW_S"
 ENV_MEDIA_TTL_S = "WECHAT_SANDBOX_MEDIA_TTL_S"
+ENV_ADMIN_TOKEN = "WECHAT_SANDBOX_ADMIN_TOKEN"
+ENV_TOKENS_FILE = "WECHAT_SANDBOX_TOKENS_FILE"
+ADMIN_TOKEN_HEADER = "X-Sandbox-Admin-Token"
 
 # The keys POST /_sandbox/config accepts.
 RUNTIME_KEYS = frozenset(
@@ -105,6 +112,9 @@ class Settings:
     authorize_by_default: bool = True
     # WeChat's setpdf size limit is not documented: no limit unless configured (then 72040).
     max_pdf_bytes: int | None = None
+    # Start-up only, never shown by the admin API: its credential and the issued-tokens file.
+    admin_token: str | None = field(default=None, repr=False)
+    tokens_file: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -120,6 +130,8 @@ class Settings:
         appid = env.get(ENV_APPID) or DEFAULT_APPID
         secret = env.get(ENV_SECRET) or DEFAULT_SECRET
         settings.apps = {appid: secret}
+        settings.admin_token = env.get(ENV_ADMIN_TOKEN) or None
+        settings.tokens_file = env.get(ENV_TOKENS_FILE) or None
         if env.get(ENV_CARD_IDS):
             settings.card_ids = _card_ids(env[ENV_CARD_IDS])
         updates: dict[str, Any] = {}
@@ -169,7 +181,7 @@ class Settings:
         return {
             "host": self.host,
             "port": self.port,
-            "apps": dict(self.apps),
+            "apps": sorted(self.apps),  # the appids: a secret is never in an answer
             "card_ids": list(self.card_ids),
             "token_ttl_s": self.token_ttl_s,
             "classic_overlap_s": self.classic_overlap_s,

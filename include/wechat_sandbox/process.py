@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import os
 import random
+import secrets
 import signal
 import socket
 import subprocess
@@ -18,6 +19,9 @@ from types import TracebackType
 from typing import IO
 
 import requests
+
+from wechat_sandbox.client import SandboxAdmin
+from wechat_sandbox.config import ENV_ADMIN_TOKEN, ENV_TOKENS_FILE
 
 INCLUDE_DIR = Path(__file__).resolve().parent.parent
 
@@ -53,15 +57,24 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class SandboxProcess:
-    """A running sandbox: `.url`, `.port`, `.pid`, `.stop()`; also a context manager."""
+    """A running sandbox: `.url`, `.port`, `.pid`, `.stop()`; also a context manager.
+    `.admin()` is a client of its admin API, with the admin token this process was given."""
 
     def __init__(
-        self, popen: subprocess.Popen[bytes], host: str, port: int, stderr_file: IO[bytes]
+        self,
+        popen: subprocess.Popen[bytes],
+        host: str,
+        port: int,
+        stderr_file: IO[bytes],
+        admin_token: str,
+        tokens_file: str,
     ) -> None:
         self.popen = popen
         self.host = host
         self.port = port
         self.url = f"http://{host}:{port}"
+        self.admin_token = admin_token
+        self.tokens_file = tokens_file
         self._stderr_file = stderr_file
         self._stopped = False
         self._final_stderr: str | None = None
@@ -70,6 +83,9 @@ class SandboxProcess:
     @property
     def pid(self) -> int:
         return self.popen.pid
+
+    def admin(self) -> SandboxAdmin:
+        return SandboxAdmin(self.url, admin_token=self.admin_token, tokens_file=self.tokens_file)
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -125,8 +141,13 @@ class SandboxProcess:
 
 def _launch(port: int, host: str, env: Mapping[str, str] | None) -> SandboxProcess:
     child_env = dict(os.environ)
+    # Its admin token, and where it lists the tokens it issues (for a harness scanning logs):
+    # a directory of this process's owner only.
     if env:
         child_env.update(env)
+    child_env.setdefault(ENV_ADMIN_TOKEN, secrets.token_urlsafe(24))
+    if not child_env.get(ENV_TOKENS_FILE):
+        child_env[ENV_TOKENS_FILE] = os.path.join(tempfile.mkdtemp(prefix="wechat-sandbox-"), "t")
     paths = [str(INCLUDE_DIR)]
     if child_env.get("PYTHONPATH"):
         paths.append(child_env["PYTHONPATH"])
@@ -141,18 +162,20 @@ def _launch(port: int, host: str, env: Mapping[str, str] | None) -> SandboxProce
         stderr=stderr_file,
         start_new_session=True,
     )
-    return SandboxProcess(popen, host, port, stderr_file)
+    return SandboxProcess(
+        popen, host, port, stderr_file, child_env[ENV_ADMIN_TOKEN], child_env[ENV_TOKENS_FILE]
+    )
 
 
 def _wait_ready(proc: SandboxProcess, timeout: float) -> str | None:
-    """None once /_sandbox/state answers, else why not."""
+    """None once /_sandbox/health answers, else why not."""
     deadline = time.monotonic() + timeout
     with requests.Session() as session:
         while time.monotonic() < deadline:
             if not proc.alive():
                 return f"the sandbox exited with status {proc.popen.returncode}"
             try:
-                if session.get(f"{proc.url}/_sandbox/state", timeout=1).status_code == 200:
+                if session.get(f"{proc.url}/_sandbox/health", timeout=1).status_code == 200:
                     return None
             except requests.RequestException:
                 pass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
 import secrets
 import string
@@ -48,8 +49,9 @@ class Token:
     revoked_at: float | None = None  # from then on the token answers 40001 (superseded)
 
     def to_dict(self, now: float) -> dict[str, Any]:
+        # Never the token itself: its hash identifies it (the admin API is not a token source).
         return {
-            "token": self.token,
+            "sha256": hashlib.sha256(self.token.encode()).hexdigest(),
             "kind": self.kind,
             "appid": self.appid,
             "issued_at": self.issued_at,
@@ -230,6 +232,8 @@ class SandboxState:
             expires_at=now + self.settings.token_ttl_s,
         )
         self.tokens[token.token] = token
+        if self.settings.tokens_file:
+            _append_private(self.settings.tokens_file, token.token + "\n")
         return token
 
     def _check_app(self, grant_type: Any, appid: Any, secret: Any) -> dict[str, Any] | None:
@@ -475,6 +479,12 @@ class SandboxState:
                 "lost_answers": self.lost_answers,
                 "config": self.settings.to_dict(),
             }
+
+
+def _append_private(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "a", encoding="utf-8") as out:
+        out.write(text)
 
 
 def _expires_in(remaining: float) -> int:

@@ -11,6 +11,7 @@ because a transport error's text (the caller's errmsg for a timeout) may quote t
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
@@ -24,19 +25,38 @@ if TYPE_CHECKING:
 # Longest errmsg kept in str(); WeChat's run to a sentence plus a request id.
 _ERRMSG_MAX = 200
 
+# `key` and `sign` are the whole credential of a WeCom or DingTalk robot's webhook URL.
 _SECRET_VALUE = re.compile(
-    r"""(?P<key>access_token|secret|appsecret)(?P<sep>["']?\s*[=:]\s*["']?)[^&\s"',}]+""",
+    r"""(?P<key>access_token|secret|appsecret|key|sign)(?P<sep>["']?\s*[=:]\s*["']?)[^&\s"',}]+""",
     re.IGNORECASE,
 )
 
 
 def redact(text: str, *secrets: str | None) -> str:
-    """`text` with the values of access_token/secret parameters, and every one of `secrets`
+    """`text` with the values of access_token/secret/key/sign parameters, and every one of `secrets`
     wherever it appears, replaced by `***`."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")
     return _SECRET_VALUE.sub(r"\g<key>\g<sep>***", text)
+
+
+class _ScrubQueryStrings(logging.Filter):
+    """urllib3 logs each request line at DEBUG, query string and its credentials included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.msg = record.getMessage()
+            record.args = None
+        record.msg = redact(str(record.msg))
+        return True
+
+
+def scrub_url_logs() -> None:
+    """Redact the credentials of every URL urllib3 logs (once per process; idempotent)."""
+    logger = logging.getLogger("urllib3.connectionpool")
+    if not any(isinstance(f, _ScrubQueryStrings) for f in logger.filters):
+        logger.addFilter(_ScrubQueryStrings())
 
 
 class WeChatError(Exception):
@@ -134,6 +154,18 @@ def error_for(
     if rule.action is Action.SUCCESS:
         raise ValueError(f"{signal!r} is a success, not an error")
     return _ERROR_FOR_ACTION[rule.action](signal, errmsg, step, rule)
+
+
+class PdfUnavailableError(RuntimeError):
+    """An order's PDF could not be read this time (an I/O error, object storage unreachable):
+    the order may pass later. `reason` names the kind of failure and never quotes the file."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+    def __reduce__(self):
+        return (type(self), (self.reason,))
 
 
 class InvalidOrderError(ValueError):

@@ -22,7 +22,6 @@ password = app secret, extras:
 from __future__ import annotations
 
 import json
-import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -169,8 +168,10 @@ class WeChatNonTaxHook(HttpHook):
         self._mask_once(token)
         return token
 
-    def fetch_access_token(self, stale: str | None = None) -> tuple[str, int]:
-        """Ask WeChat (or the token service) for a token: (access_token, expires_in)."""
+    def fetch_access_token(self, force_refresh: bool = False) -> tuple[str, int]:
+        """Ask WeChat (or the token service) for a token: (access_token, expires_in).
+        `force_refresh` applies to stable_token only (the token cache decides when: they are
+        limited); the classic endpoint issues a new token at every call anyway."""
         self.session  # noqa: B018
         mode = self.token_mode
         if mode == "service":
@@ -187,18 +188,20 @@ class WeChatNonTaxHook(HttpHook):
                 },
             )
         else:
-            answer = self._stable_token(force_refresh=False)
-            # stable_token hands back the same token while WeChat thinks it valid; when that
-            # is the token WeChat just refused, ask for a new one (20 a day allowed).
-            if stale is not None and answer.get("access_token") == stale:
-                answer = self._stable_token(force_refresh=True)
+            answer = self._stable_token(force_refresh=force_refresh)
         token = answer.get("access_token")
         if not isinstance(token, str) or not token:
             raise errors.error_for(
                 "malformed_answer", "no access_token in the answer", step="token"
             )
         self._mask_once(token)
-        return token, int(answer.get("expires_in", 7200))
+        expires_in = answer.get("expires_in", 7200)
+        if not isinstance(expires_in, int) or isinstance(expires_in, bool):
+            # A token service may send anything; the cache clamps the range of an integer.
+            raise errors.error_for(
+                "malformed_answer", "expires_in is not an integer number of seconds", step="token"
+            )
+        return token, expires_in
 
     def _stable_token(self, *, force_refresh: bool) -> dict[str, Any]:
         return self._send(
@@ -257,7 +260,16 @@ class WeChatNonTaxHook(HttpHook):
         except errors.TokenInvalidError:
             token = self.token_cache.invalidate(token, self.fetch_access_token)
             self._mask_once(token)
+        try:
             return self._send(step, "POST", path, token=token, **kwargs)
+        except errors.TokenInvalidError as again:
+            # Refused right after a refresh: a token problem, not this order's. Step "token"
+            # stops the batch and leaves its orders due instead of failing each of them.
+            raise errors.error_for(
+                again.signal,
+                f"a fresh access token was refused too ({again.errmsg or 'no errmsg'})",
+                step="token",
+            ) from None
 
     def _send(
         self,
@@ -286,10 +298,12 @@ class WeChatNonTaxHook(HttpHook):
         secrets = (token, self._secret)
         try:
             prepared = session.prepare_request(request)
+            # Never a redirect: it would re-send the app secret (a stable_token body) or the
+            # token (the query string) to wherever the answer points.
             response = session.send(
                 prepared,
                 timeout=self.merged_extra.get("timeout"),
-                allow_redirects=self.merged_extra.get("allow_redirects", True),
+                allow_redirects=False,
                 **self._settings_for(session, prepared.url),
             )
         except requests.Timeout as exc:
@@ -300,6 +314,10 @@ class WeChatNonTaxHook(HttpHook):
             raise errors.error_for(
                 "connection_error", errors.redact(_describe(exc), *secrets), step=step
             ) from None
+        if response.is_redirect:
+            raise errors.error_for(
+                "http_4xx", f"HTTP {response.status_code}, a redirect: not followed", step=step
+            )
         if response.status_code >= 500:
             raise errors.error_for("http_5xx", f"HTTP {response.status_code}", step=step)
         if response.status_code >= 400:
@@ -342,20 +360,7 @@ class WeChatNonTaxHook(HttpHook):
         return True, "a token was issued"
 
 
-class _ScrubQueryStrings(logging.Filter):
-    """urllib3 logs each request line at DEBUG, query string and its access_token included."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.args:
-            record.msg = record.getMessage()
-            record.args = None
-        record.msg = errors.redact(str(record.msg))
-        return True
-
-
-_URL_LOGGER = logging.getLogger("urllib3.connectionpool")
-if not any(isinstance(f, _ScrubQueryStrings) for f in _URL_LOGGER.filters):
-    _URL_LOGGER.addFilter(_ScrubQueryStrings())
+errors.scrub_url_logs()  # urllib3 logs each request line, query string included
 
 
 class _ExtraOnly:

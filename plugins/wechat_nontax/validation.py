@@ -52,6 +52,7 @@ __all__ = [
     "check_pdf",
     "format_problems",
     "parse_card_ids",
+    "pdf_path_problem",
     "resolve_pdf_path",
     "validate_order",
 ]
@@ -60,6 +61,9 @@ __all__ = [
 UTC8 = timezone(timedelta(hours=8), "UTC+8")
 
 PDF_MAGIC = b"%PDF-"
+# Longest pdf_path accepted (at load and at issue): a file name's limit on common filesystems;
+# real paths such as `2017/11/1511169724.pdf` are far shorter.
+MAX_PDF_PATH_LEN = 255
 
 
 @dataclass(frozen=True)
@@ -280,9 +284,9 @@ def check_pdf(data: bytes | None, *, limits: Limits = DEFAULT_LIMITS) -> Problem
     if len(data) == 0:
         return Problem("pdf", "PDF is empty (0 bytes)")
     if bytes(data[: len(PDF_MAGIC)]) != PDF_MAGIC:
-        return Problem(
-            "pdf", f"is not a PDF: it starts with {bytes(data[:8])!r}, not {PDF_MAGIC!r}"
-        )
+        # Never quote the content: a reason is stored, logged and sent to the webhook, and
+        # the file may be anything the path led to.
+        return Problem("pdf", f"is not a PDF: it does not start with {PDF_MAGIC!r}")
     if len(data) > limits.max_pdf_bytes:
         return Problem(
             "pdf", f"PDF is {len(data)} bytes, more than the limit of {limits.max_pdf_bytes} bytes"
@@ -294,7 +298,9 @@ def check_pdf(data: bytes | None, *, limits: Limits = DEFAULT_LIMITS) -> Problem
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 
 
-def _pdf_path_problem(relative: object) -> str | None:
+def pdf_path_problem(relative: object) -> str | None:
+    """Why an order's `pdf_path` may not be used (the same reason at load and at issue time),
+    or None."""
     if relative is None:
         return "is missing: the order has no PDF location"
     if not isinstance(relative, str):
@@ -307,6 +313,8 @@ def _pdf_path_problem(relative: object) -> str | None:
         return f"must not contain control characters, got {_show(relative)}"
     if "\\" in relative:
         return f"must use '/' as separator, not a backslash, got {_show(relative)}"
+    if len(relative) > MAX_PDF_PATH_LEN:
+        return f"must be at most {MAX_PDF_PATH_LEN} characters, got {len(relative)}"
     if relative.startswith("/"):
         return f"must be relative to the PDF root, got the absolute path {_show(relative)}"
     if _SCHEME.match(relative):
@@ -327,12 +335,13 @@ def resolve_pdf_path(root: str, relative: str | None) -> str:
     `root` is a directory (`/data/bills`) or an object-storage URL (`s3://bucket/pdfs`); it is
     configuration and taken as given. `relative` comes from the order's row and is refused
     (`InvalidOrderError` on `pdf_path`) when missing, absolute, a URL or drive, with
-    backslashes, NUL or control characters, or with `..` segments that leave the root.
-    Pure string logic: nothing is read, and symbolic links are not followed.
+    backslashes, NUL or control characters, longer than `MAX_PDF_PATH_LEN`, or with `..`
+    segments that leave the root. Pure string logic: nothing is read; `pdfs.read_pdf` refuses
+    symbolic links when it opens the file.
     """
     if not isinstance(root, str) or not root.strip():
         raise ValueError("the PDF root is not configured")
-    reason = _pdf_path_problem(relative)
+    reason = pdf_path_problem(relative)
     if reason is not None:
         raise InvalidOrderError([Problem("pdf_path", reason)])
     separator = "" if root.endswith("/") else "/"

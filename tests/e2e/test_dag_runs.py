@@ -217,7 +217,7 @@ def test_secrets_stay_out_of_the_task_output_of_a_run(pipeline):
     pipeline.load(20)
     result = pipeline.run()
     assert result.run_state == "success"
-    tokens = [t["token"] for t in pipeline.sandbox.tokens()]
+    tokens = pipeline.sandbox.issued_tokens()
     assert tokens
     for secret in [DEFAULT_SECRET, *tokens]:
         assert secret not in result.output

@@ -23,7 +23,7 @@ from wechat_nontax.errors import InvalidOrderError
 from wechat_nontax.orders_db import connect_dsn
 from wechat_nontax.pdfs import read_pdf
 from wechat_nontax.store import OrderStore
-from wechat_nontax.validation import check_pdf, resolve_pdf_path, validate_order
+from wechat_nontax.validation import check_pdf, validate_order
 
 NOW = 1_780_000_000  # 2026-05-29, a fixed clock for the demo's data
 PDFTOTEXT = shutil.which("pdftotext")
@@ -166,7 +166,7 @@ def test_the_pdf_problems_are_caught_where_the_pipeline_reads_the_pdf(data, tmp_
         if kind == "outside_root":
             assert (root / item.order.pdf_path).resolve().is_file()  # there, but not allowed
             with pytest.raises(InvalidOrderError, match=item.planted.reason_has):
-                resolve_pdf_path(str(root), item.order.pdf_path)
+                read_pdf(str(root), item.order.pdf_path, max_bytes=2**21)
             continue
         problem = check_pdf(read_pdf(str(root), item.order.pdf_path, max_bytes=2**21))
         if kind in ("not_pdf", "missing_pdf"):

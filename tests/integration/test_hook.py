@@ -213,7 +213,7 @@ def test_logs_never_show_the_secret_or_a_token(hook, wechat_conn, caplog):
         hook.upload_pdf(MINIMAL_PDF)
     hook.insert_bill(make_order(1), hook.upload_pdf(MINIMAL_PDF))
     text = caplog.text + str(caught.value) + caught.value.errmsg
-    issued = [t["token"] for t in wechat_conn.tokens()]
+    issued = wechat_conn.issued_tokens()
     assert issued
     for secret in [DEFAULT_SECRET, *issued]:
         assert secret not in text

@@ -420,14 +420,17 @@ def test_an_unexpected_exception_becomes_errcode_minus_1(monkeypatch) -> None:
     from wechat_sandbox.app import create_app
     from wechat_sandbox.config import Settings
 
-    app = create_app(Settings())
+    app = create_app(Settings(admin_token="t0ken"))
 
     def boom(*args, **kwargs):
         raise RuntimeError("a bug")
 
     async def scenario() -> None:
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://sandbox") as client:
+        headers = {"X-Sandbox-Admin-Token": "t0ken"}
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://sandbox", headers=headers
+        ) as client:
             body = {"grant_type": "client_credential", "appid": DEFAULT_APPID, "secret": "x"}
             answer = await client.post("/cgi-bin/stable_token", json=body)
             assert answer.json()["errcode"] == 40125

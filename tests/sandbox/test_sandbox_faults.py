@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 
@@ -132,7 +133,9 @@ def test_lost_answer_on_stable_token(sandbox: SandboxAdmin, wx: SandboxWeChat) -
     with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.ConnectionError)):
         wx.stable_token()
     [issued] = sandbox.tokens()
-    assert wx.stable_token()["access_token"] == issued["token"]
+    again = wx.stable_token()["access_token"]
+    assert hashlib.sha256(again.encode()).hexdigest() == issued["sha256"]
+    assert sandbox.issued_tokens()[-1] == again
 
 
 def test_token_expire_fault(sandbox: SandboxAdmin, wx: SandboxWeChat, token: str) -> None:

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from wechat_sandbox.__main__ import build_settings, parse_args
-from wechat_sandbox.client import DEFAULT_APPID, DEFAULT_PORT, SandboxAdmin, SandboxWeChat
+from wechat_sandbox.client import DEFAULT_APPID, DEFAULT_PORT, SandboxWeChat
 from wechat_sandbox.process import SandboxStartError, start_sandbox
 
 
@@ -30,9 +30,9 @@ def test_start_with_env_then_stop_twice() -> None:
     }
     with start_sandbox(env=env) as proc:
         assert proc.url == f"http://127.0.0.1:{proc.port}"
-        admin = SandboxAdmin(proc.url)
+        admin = proc.admin()
         config = admin.config()
-        assert config["apps"] == {"wx0123456789abcdef": "s3cr3t"}
+        assert config["apps"] == ["wx0123456789abcdef"]  # never the secret
         assert config["card_ids"] == ["pCardOne", "pCardTwo"]
         wx = SandboxWeChat(proc.url, appid="wx0123456789abcdef", secret="s3cr3t")
         token = wx.access_token()
@@ -58,7 +58,7 @@ def test_start_with_env_then_stop_twice() -> None:
 
 def test_stop_does_not_wait_for_a_held_answer() -> None:
     proc = start_sandbox()
-    SandboxAdmin(proc.url).add_fault(endpoint="stable_token", kind="timeout", timeout_s=60)
+    proc.admin().add_fault(endpoint="stable_token", kind="timeout", timeout_s=60)
     wx = SandboxWeChat(proc.url, timeout=30)
     outcome: list[object] = []
 

@@ -49,8 +49,8 @@ COMMANDS: dict[str, str] = {
     r'airflow jobs check --job-type (TriggererJob|DagProcessorJob) --hostname "\$\{HOSTNAME\}"': (
         "test_ui_rerun runs both against the stack"
     ),
-    r"curl --fail http://localhost:8765/_sandbox/state": (
-        "wechat_sandbox.process waits on GET /_sandbox/state"
+    r"curl --fail http://localhost:8765/_sandbox/health": (
+        "wechat_sandbox.process waits on GET /_sandbox/health"
     ),
     r"pg_isready -U airflow": ".ci/run waits with pg_isready on the CI's server",
     r"/docker-entrypoint-initdb\.d/10-nontax-db\.sh": "test_the_postgres_init_script_... below",
@@ -75,6 +75,7 @@ SERVICES = {
     "airflow-init",
     "wechat-sandbox",
 }
+SANDBOX_ENV = ROOT / "docker" / "sandbox.env"
 SECRET_VARS = {
     "AIRFLOW_DB_PASSWORD",
     "NONTAX_DB_PASSWORD",
@@ -83,6 +84,7 @@ SECRET_VARS = {
     "AIRFLOW_FERNET_KEY",
     "WECHAT_APPID",
     "WECHAT_APP_SECRET",
+    "WECHAT_API_URL",  # not a secret, but required: a forgotten one must not mean the sandbox
 }
 # The image's entrypoint runs `airflow <command>` for a bare Airflow command.
 AIRFLOW_COMMANDS = ("api-server", "scheduler", "dag-processor", "triggerer", "celery")
@@ -219,12 +221,6 @@ def test_metadata_and_order_databases_are_separate(compose):
     assert (orders["host"], orders["schema"], orders["login"]) == ("postgres", "nontax", "nontax")
     wechat = json.loads(env["AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT"])
     assert wechat["conn_type"] == "http" and wechat["extra"]["token_mode"] == "stable_token"
-    # The sandbox profile's Connection points at the sandbox service.
-    assert wechat["host"] == "http://wechat-sandbox:8765"
-    production = interpolate(yaml.safe_load(COMPOSE.read_text()), example_env(WECHAT_API_URL=""))[
-        "services"
-    ]["airflow-worker"]["environment"]["AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT"]
-    assert json.loads(production)["host"] == "https://api.weixin.qq.com"
 
 
 def test_no_secret_is_written_in_the_file_and_each_is_required(raw):
@@ -236,14 +232,71 @@ def test_no_secret_is_written_in_the_file_and_each_is_required(raw):
         assert re.search(rf"\$\{{{var}:\?", text), f"{var} must be required (${{{var}:?...}})"
         with pytest.raises(MissingVariable, match=var):
             interpolate(raw, example_env(**{var: ""}))
-    # The example leaves every secret empty, except the sandbox's public test credentials.
-    example = dict(
+    # The example leaves every secret empty, the WeChat URL and credentials too: a production
+    # .env copied from it cannot talk to the sandbox by accident.
+    example = _values(ENV_EXAMPLE)
+    for var in SECRET_VARS:
+        assert example[var] == "", var
+
+
+def _values(path: Path) -> dict[str, str]:
+    return dict(
         line.split("=", 1)
-        for line in ENV_EXAMPLE.read_text().splitlines()
+        for line in path.read_text().splitlines()
         if line and not line.startswith("#")
     )
-    for var in SECRET_VARS - {"WECHAT_APPID", "WECHAT_APP_SECRET"}:
-        assert example[var] == "", var
+
+
+def test_the_sandbox_is_chosen_on_purpose_with_its_env_file(raw):
+    """Without WECHAT_API_URL nothing starts; docker/sandbox.env (given after .env, so it wins)
+    is the one way to the sandbox, and it holds only the sandbox's public test values."""
+    with pytest.raises(MissingVariable, match="WECHAT_API_URL"):
+        interpolate(raw, example_env(WECHAT_API_URL=""))
+    sandbox = _values(SANDBOX_ENV)
+    assert set(sandbox) == {"WECHAT_API_URL", "WECHAT_APPID", "WECHAT_APP_SECRET"}
+    chosen = interpolate(raw, {**example_env(), **sandbox})["services"]
+    wechat = json.loads(
+        chosen["airflow-worker"]["environment"]["AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT"]
+    )
+    assert wechat["host"] == "http://wechat-sandbox:8765"
+    assert chosen["wechat-sandbox"]["profiles"] == ["sandbox"]
+    production = interpolate(raw, example_env(WECHAT_API_URL="https://api.weixin.qq.com"))
+    worker = production["services"]["airflow-worker"]["environment"]
+    assert json.loads(worker["AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT"])["host"].startswith("https://")
+
+
+def test_every_published_port_is_on_loopback(compose):
+    published = [
+        (name, port) for name, service in compose["services"].items()
+        for port in service.get("ports", [])
+    ]  # fmt: skip
+    assert ("airflow-apiserver", "127.0.0.1:8080:8080") in published
+    for name, port in published:
+        assert str(port).startswith("127.0.0.1:"), (name, port)
+
+
+def test_the_ui_is_ready_for_tls_and_a_real_auth_manager(raw):
+    env = interpolate(
+        raw,
+        example_env(
+            AIRFLOW_BASE_URL="https://airflow.example.internal",
+            AIRFLOW_AUTH_MANAGER="airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager",
+        ),
+    )["services"]["airflow-apiserver"]["environment"]
+    assert env["AIRFLOW__API__BASE_URL"] == "https://airflow.example.internal"
+    assert env["AIRFLOW__CORE__AUTH_MANAGER"].endswith("FabAuthManager")
+
+
+def test_the_sandbox_gets_only_what_it_needs(compose):
+    sandbox = compose["services"]["wechat-sandbox"]
+    assert set(sandbox["environment"]) <= {
+        "PYTHONPATH", "WECHAT_SANDBOX_APPID", "WECHAT_SANDBOX_SECRET", "WECHAT_SANDBOX_ADMIN_TOKEN"
+    }  # fmt: skip
+    values = " ".join(str(v) for v in sandbox["environment"].values())
+    example = example_env()
+    for var in SECRET_VARS - {"WECHAT_APPID", "WECHAT_APP_SECRET", "WECHAT_API_URL"}:
+        assert example[var] not in values, var
+    assert [v for v in sandbox["volumes"] if "pdfs" in v or "logs" in v] == []
 
 
 def test_every_file_it_mounts_or_builds_from_exists(compose):

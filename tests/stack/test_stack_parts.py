@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -78,6 +79,32 @@ def test_up_refuses_a_busy_port_before_starting_anything(tmp_path: Path):
         with pytest.raises(st.StackError, match=f"port {port} is in use"):
             stack.up()
     assert stack.state is None
+
+
+def test_secret_files_are_private_from_their_creation_and_the_state_dir_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """With umask 0 and no chmod after the fact, every file holding a secret is still 0600 and
+    the state directory 0700: nothing is ever readable by others, not even for a moment."""
+    old_umask = os.umask(0)
+    monkeypatch.setattr(Path, "chmod", lambda self, mode: None)  # no narrowing afterwards
+    try:
+        state_dir = tmp_path / "state"
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            stack = st.Stack(st.StackConfig(state_dir=state_dir, port=busy.getsockname()[1]))
+            with pytest.raises(st.StackError):
+                stack.up()  # creates the state directory, then finds the port busy
+        stack.env = {"AIRFLOW_CONN_NONTAX_ORDERS_DB": "postgresql://u:pw@db/nontax"}
+        stack._write_env_file()
+        st.Secrets.load_or_create(state_dir / "secrets.json")
+        st.StackState(stack_id="x", url="", state_dir=str(state_dir)).save(state_dir / "s.json")
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(state_dir.stat().st_mode) == 0o700
+    for name in ("env.sh", "secrets.json", "s.json"):
+        assert stat.S_IMODE((state_dir / name).stat().st_mode) == 0o600, name
 
 
 # A leader that ignores SIGTERM, with a child that moved to a process group of its own (as

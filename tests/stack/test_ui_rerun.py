@@ -15,6 +15,7 @@ log. Then, as a person would after fixing the cause:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -99,7 +100,7 @@ def test_the_compose_files_health_checks_pass_against_the_stack(stack: Stack):
     assert requests.get(f"{stack.url}/api/v2/version", timeout=10).ok
     health = f"http://127.0.0.1:{stack.config.scheduler_health_port}/health"
     assert requests.get(health, timeout=10).ok
-    assert requests.get(f"{stack.sandbox_url}/_sandbox/state", timeout=10).ok
+    assert requests.get(f"{stack.sandbox_url}/_sandbox/health", timeout=10).ok
     for job in ("TriggererJob", "DagProcessorJob"):
         check = subprocess.run(
             [AIRFLOW, "jobs", "check", "--job-type", job, "--hostname", get_hostname()],
@@ -136,7 +137,7 @@ class Scenario:
 
 @pytest.fixture(scope="module")
 def scenario(stack: Stack) -> Iterator[Scenario]:
-    sandbox = SandboxAdmin(stack.sandbox_url)
+    sandbox = stack.sandbox_admin()
     store = OrderStore(connect_dsn(stack.orders_dsn))
     scenario = Scenario(stack, sandbox, store)
     try:
@@ -169,7 +170,8 @@ def _secrets(scenario: Scenario) -> list[str]:
         stack.secrets.jwt_secret,
         stack.secrets.api_secret_key,
         stack.secrets.fernet_key,
-        *(t["token"] for t in scenario.sandbox.tokens()),
+        stack.sandbox_admin_token,
+        *scenario.sandbox.issued_tokens(),
     ]
     password = psycopg2.extensions.parse_dsn(stack.orders_dsn).get("password")
     if password:
@@ -185,11 +187,33 @@ def test_the_stack_runs_each_process_in_its_own_session_with_the_pool_and_dag(st
     assert stack.api.pool("wechat_nontax")["slots"] == 4
     assert stack.state is not None
     names = [p.name for p in stack.state.procs]
-    assert names == ["sandbox", "api-server", "scheduler", "dag-processor", "triggerer"]
+    assert names == [
+        "sandbox", "api-server", "scheduler", "dag-processor", "triggerer", "log-server"
+    ]  # fmt: skip
     for proc in stack.state.procs:
         assert os.getsid(proc.pid) == proc.pid, f"{proc.name} is not a session leader"
     # 35-60 s on the development machine (2 cores), while other tests ran.
     assert stack.started_in_s is not None and stack.started_in_s < 180
+
+
+def test_every_server_of_the_stack_listens_on_loopback_only(stack: Stack):
+    """The sockets the stack's processes (and their children) really listen on: the API, the
+    sandbox, the health check and the log server, none on another interface."""
+    import psutil
+
+    listening = []
+    for proc in stack.processes():
+        with contextlib.suppress(psutil.NoSuchProcess):  # a task process may just have ended
+            listening += [
+                (proc.name(), conn.laddr)
+                for conn in proc.net_connections(kind="inet")
+                if conn.status == psutil.CONN_LISTEN
+            ]
+    ports = {addr.port for _, addr in listening}
+    assert {stack.config.port, stack.config.worker_log_port} <= ports, listening
+    assert all(addr.ip in ("127.0.0.1", "::1") for _, addr in listening), listening
+    served = requests.get(f"http://127.0.0.1:{stack.config.worker_log_port}/log/x", timeout=10)
+    assert served.status_code == 403  # the log server, refusing a request without its JWT
 
 
 def test_a_refused_batch_is_red_with_its_orders_in_the_label_and_reasons_in_the_log(
