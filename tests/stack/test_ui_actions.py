@@ -27,7 +27,6 @@ from nontax_tools.airflow_api import DAG_ID
 from nontax_tools.stack import Stack, StackConfig, free_port
 from wechat_nontax.orders_db import connect_dsn
 from wechat_nontax.store import OrderStore
-from wechat_sandbox.client import SandboxAdmin
 
 pytestmark = pytest.mark.e2e
 
@@ -67,7 +66,7 @@ class Desk:
     def __init__(self, stack: Stack):
         self.stack, self.api = stack, stack.api
         self.store = OrderStore(connect_dsn(stack.orders_dsn))
-        self.sandbox = SandboxAdmin(stack.sandbox_url)
+        self.sandbox = stack.sandbox_admin()
         self.next = 0
 
     def close(self) -> None:
