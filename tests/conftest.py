@@ -59,7 +59,9 @@ def orders_db(orders_db_uri: str, monkeypatch: pytest.MonkeyPatch) -> str:
     with conn.cursor() as cur:
         # The history is append-only by trigger; a test reset is the one place allowed to clear it.
         cur.execute("ALTER TABLE nontax.bill_attempt DISABLE TRIGGER USER")
-        cur.execute("TRUNCATE nontax.bill_attempt, nontax.bill_order, nontax.access_token, nontax.run_claim")
+        cur.execute(
+            "TRUNCATE nontax.bill_attempt, nontax.bill_order, nontax.access_token, nontax.run_claim"
+        )
         cur.execute("ALTER TABLE nontax.bill_attempt ENABLE TRIGGER USER")
     conn.close()
     monkeypatch.setenv("AIRFLOW_CONN_NONTAX_ORDERS_DB", orders_db_uri)

@@ -342,7 +342,10 @@ class BatchIssuer:
             )
         except errors.InvalidOrderError as exc:
             return list(exc.problems), None, None
-        except Exception as exc:  # noqa: BLE001 (any read error ends this order alone)
+        except errors.PdfUnavailableError as exc:
+            reason = f"the PDF could not be read now ({exc.reason}): tried again later"
+            return [], None, OrderResult(order.order_id, Outcome.RETRY_LATER, reason)
+        except Exception as exc:  # noqa: BLE001 (any other read error ends this order alone)
             reason = f"the PDF could not be read now ({_read_error(exc)}): tried again later"
             return [], None, OrderResult(order.order_id, Outcome.RETRY_LATER, reason)
         problem = check_pdf(pdf, limits=self.settings.limits)

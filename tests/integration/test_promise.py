@@ -12,6 +12,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from factories import held, make_order
+from wechat_nontax.errors import PdfUnavailableError
 from wechat_nontax.issuing import OrderResult, Outcome
 from wechat_nontax.operators import IssueBillsOperator, _first_try_since_a_clear
 from wechat_nontax.orders_db import connect_dsn
@@ -145,7 +146,12 @@ def test_a_database_that_stays_away_keeps_the_code_and_sends_nothing_more(env, c
     assert {results[o.order_id].outcome for o in orders[1:]} == {Outcome.RETRY_LATER}
 
 
-def test_an_unreadable_pdf_ends_its_order_alone(env):
+@pytest.mark.parametrize(
+    "error",
+    [OSError(errno.EIO, "Input/output error"), PdfUnavailableError("Input/output error (EIO)")],
+    ids=["oserror", "pdf-unavailable"],
+)
+def test_an_unreadable_pdf_ends_its_order_alone(env, error):
     """Case 4: an I/O error reading one PDF leaves that order due with a reason and a wait;
     the rest of the batch is issued (before: the whole batch stopped, every day)."""
     orders = env.orders(5)
@@ -153,7 +159,7 @@ def test_an_unreadable_pdf_ends_its_order_alone(env):
 
     def reader(root, rel, limit):
         if rel == broken.pdf_path:
-            raise OSError(errno.EIO, "Input/output error")
+            raise error
         from wechat_nontax.pdfs import read_pdf
 
         return read_pdf(root, rel, max_bytes=limit)
