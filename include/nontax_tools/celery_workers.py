@@ -39,7 +39,8 @@ def shared_settings() -> dict[str, str]:
     """docker/airflow-celery.env, as docker compose reads it."""
     from dotenv import dotenv_values
 
-    values = dotenv_values(SETTINGS_FILE, interpolate=False)
+    with SETTINGS_FILE.open(encoding="utf-8") as settings:  # missing: an error, never {}
+        values = dotenv_values(stream=settings, interpolate=False)
     return {key: value for key, value in values.items() if value is not None}
 
 
