@@ -23,6 +23,7 @@ import os
 import socket
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 SETTINGS_FILE = Path(__file__).resolve().parent.parent.parent / "docker" / "airflow-celery.env"
 CELERY_APP = "airflow.providers.celery.executors.celery_executor.app"
@@ -84,6 +85,14 @@ def worker_ready(log: Path, name: str) -> bool:
     except OSError:
         return False
     return f"celery@{name} ready." in text.rsplit("\n=== ", 1)[-1]
+
+
+def describe_url(url: str) -> str:
+    """A broker URL to print: its password, if any, left out."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
 
 
 def redis_answers(url: str) -> bool:

@@ -560,8 +560,9 @@ class Stack:
         assert self.state is not None
         if not celery_workers.redis_answers(self.config.redis_url):
             raise StackError(
-                f"no Redis answers at {self.config.redis_url} (the Celery broker): start one "
-                f"(Debian: apt-get install redis-server) or name another in NONTAX_STACK_REDIS"
+                f"no Redis answers at {celery_workers.describe_url(self.config.redis_url)} (the "
+                "Celery broker): start one (Debian: apt-get install redis-server) or name "
+                "another in NONTAX_STACK_REDIS"
             )
         self.state.broker = self.config.redis_url
         self.state.broker_prefix = f"nontax-{self.state.stack_id[:12]}:"
@@ -925,7 +926,8 @@ def _executor(stack: Stack) -> str:
     if state is None or not state.broker:
         return "LocalExecutor (in the scheduler)"
     workers = ", ".join(p.name for p in stack.workers())
-    return f"CeleryExecutor: {workers} on {state.broker} (keys {state.broker_prefix}*)"
+    broker = celery_workers.describe_url(state.broker)
+    return f"CeleryExecutor: {workers} on {broker} (keys {state.broker_prefix}*)"
 
 
 def cmd_up(cfg: StackConfig) -> int:

@@ -41,7 +41,8 @@ ORDERS = 60
 CONF = {"batch_size": 15, "workers": 2}
 LATENCY_MS = 300
 # How long a worker may stay silent before its task instances are failed and retried: the
-# deployed 120 s (docker/airflow-celery.env) shortened for the test; nothing else differs.
+# deployed 120 s (docker/airflow-celery.env) shortened for the test, the one Celery setting
+# that differs from the compose file's.
 HEARTBEAT_TIMEOUT_S = 30
 
 
@@ -175,6 +176,7 @@ def test_a_worker_killed_mid_batch_has_its_batches_finished_by_the_other_one(
     victim, batches = _half_done_batch(stack, sandbox, run_id)
     survivor = next(w for w in WORKERS if w != victim)
     lost = [t["map_index"] for t in running_batches(tis(stack, run_id)) if t["hostname"] == victim]
+    assert lost, f"{victim}'s batch ended before it could be killed"
     killed = _kill_host(next(p for p in stack.workers() if p.name == victim))
     print(f"killed {victim} ({killed} processes) running batches {lost}")
 
