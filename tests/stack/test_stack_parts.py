@@ -171,3 +171,24 @@ def test_status_and_down_without_a_stack(tmp_path: Path):
         [*base, "down", "--state-dir", str(tmp_path)], env=env, capture_output=True, text=True
     )
     assert down.returncode == 0 and "nothing to stop" in down.stdout
+
+
+def test_a_celery_worker_is_ready_by_its_log_since_its_last_start(tmp_path: Path):
+    from nontax_tools.celery_workers import worker_ready
+
+    log = tmp_path / "worker-1.log"
+    assert not worker_ready(log, "worker-1")  # no log yet
+    log.write_text("\n=== 10:00 airflow celery worker\n[...] celery@worker-1 ready.\n")
+    assert worker_ready(log, "worker-1")
+    assert not worker_ready(log, "worker-2")
+    with log.open("a") as out:  # started again: the old line does not count
+        out.write("\n=== 11:00 airflow celery worker\n[...] Connected to redis://\n")
+    assert not worker_ready(log, "worker-1")
+
+
+def test_a_broker_url_is_shown_without_its_password():
+    from nontax_tools.celery_workers import describe_url
+
+    assert describe_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    assert describe_url("redis://:s3cret@redis:6379/0") == "redis://:***@redis:6379/0"
+    assert describe_url("rediss://user:s3cret@redis/1") == "rediss://user:***@redis/1"
