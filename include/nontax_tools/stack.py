@@ -534,10 +534,10 @@ class Stack:
             if name == "api-server":
                 command += ["--host", cfg.host, "--port", str(cfg.port)]
             self._spawn(name, command)
-        workers = self._spawn_workers()
         pool = self._run_bg(
             "pools-set", [AIRFLOW, "pools", "set", cfg.pool, str(cfg.pool_slots), "calls to WeChat"]
         )
+        workers = self._spawn_workers()
         self.say(f"started {', '.join(AIRFLOW_PROCESSES)}; waiting until they are healthy")
 
         # 5. Wait until it is healthy.
