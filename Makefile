@@ -18,7 +18,7 @@ RUNS ?= 200
 SEED ?= 1
 
 .PHONY: help install lint test sandbox migrate load-orders run-once status attention demo \
-	constraints clean chaos up down bench
+	constraints clean chaos up up-celery down bench
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -72,7 +72,11 @@ bench: $(STAMP)  ## pipeline vs ceiling vs per-order DAG, costs; BENCH_ARGS="--l
 up: $(STAMP)  ## the local Airflow in the background: UI on :8080, Postgres, the sandbox
 	WECHAT_SANDBOX_PORT=$(WECHAT_SANDBOX_PORT) $(PY) -m nontax_tools.stack up
 
-down:  ## stop everything `make up` started
+up-celery: $(STAMP)  ## the same on CeleryExecutor: Redis, 2 Celery workers (NONTAX_STACK_WORKERS)
+	WECHAT_SANDBOX_PORT=$(WECHAT_SANDBOX_PORT) NONTAX_STACK_EXECUTOR=celery \
+		$(PY) -m nontax_tools.stack up
+
+down:  ## stop everything `make up` (or up-celery) started
 	@if test -x $(PY); then $(PY) -m nontax_tools.stack down; \
 	else echo "no .venv: nothing was started"; fi
 

@@ -11,11 +11,15 @@ one sandbox with a fixed latency on every call, and then, in this order:
   3. costs: the DAG file's parse time, the claim on 20,000 and 1,000,000 row tables, the peak
      memory of the worker processes during each pipeline run, token fetches per run.
 Results go to bench/results.json and bench/orders_per_s.png. Sizes are settable (--help).
+`--executor celery` runs the same on the Celery stack of `make up-celery` (its workers on the local
+Redis) instead: `make bench BENCH_ARGS="--executor celery --out bench/results-celery.json
+--plot bench/orders_per_s-celery.png"`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -38,8 +42,9 @@ def _ts(value: str | None) -> float | None:
 
 class WorkerMemory:
     """Samples the RSS of the scheduler's descendants (LocalExecutor workers and the task
-    processes they run) while a run goes: the peak of their sum, and the peak of the largest
-    single one (what one batch costs, whatever the number of batches running at once)."""
+    processes they run), or on Celery of the workers' (their pools and task processes), while a
+    run goes: the peak of their sum, and the peak of the largest single one (what one batch
+    costs, whatever the number of batches running at once)."""
 
     def __init__(self, stack, interval_s: float = 0.2):
         self.stack, self.interval_s = stack, interval_s
@@ -57,15 +62,19 @@ class WorkerMemory:
                 continue
         return None
 
+    def _roots(self) -> list[psutil.Process]:
+        workers = [w.process() for w in self.stack.workers()]
+        return [w for w in workers if w is not None] or [p for p in [self._scheduler()] if p]
+
     def _sample(self) -> None:
-        scheduler = self._scheduler()
-        while scheduler is not None and not self._stop.is_set():
+        roots = self._roots()
+        while roots and not self._stop.is_set():
             sizes = []
-            for child in scheduler.children(recursive=True):
-                try:
-                    sizes.append(child.memory_info().rss)
-                except psutil.Error:
-                    continue
+            for root in roots:
+                with contextlib.suppress(psutil.Error):
+                    for child in root.children(recursive=True):
+                        with contextlib.suppress(psutil.Error):
+                            sizes.append(child.memory_info().rss)
             self.peak_mb = max(self.peak_mb, sum(sizes) / 2**20)
             self.peak_one_mb = max(self.peak_one_mb, max(sizes, default=0) / 2**20)
             self._stop.wait(self.interval_s)
@@ -198,8 +207,8 @@ def plot(results: dict, path: Path) -> None:
     ax.set_ylabel("orders per second (upload + insert)")
     settings = results["settings"]
     ax.set_title(
-        f"{settings['latency_ms']} ms per call, {settings['in_flight']} calls in flight, "
-        f"{results['machine']['cpus']} cores"
+        f"{settings['executor']}: {settings['latency_ms']} ms per call, "
+        f"{settings['in_flight']} calls in flight, {results['machine']['cpus']} cores"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -216,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-ms", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=2, help="ceiling and large run, best of")
     parser.add_argument("--claim-rows", type=int, nargs="*", default=[20_000, 1_000_000])
+    parser.add_argument("--executor", choices=["local", "celery"], default="local")
+    parser.add_argument("--celery-workers", type=int, default=2, help="with --executor celery")
     parser.add_argument("--out", type=Path, default=BENCH / "results.json")
+    parser.add_argument("--plot", type=Path, default=BENCH / "orders_per_s.png")
     args = parser.parse_args(argv)
 
     from ceiling import ceiling, demo_orders
@@ -245,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         scheduler_health_port=free_port(),
         drop_databases_on_down=True,
         extra_env={"AIRFLOW__CORE__DAGS_FOLDER": str(dags), "NONTAX_SCHEDULE": "0 0 1 1 *"},
+        executor=args.executor,
+        workers=args.celery_workers,
     )
     results: dict = {
         "machine": {
@@ -259,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             "workers": args.workers,
             "pool_slots": args.pool_slots,
             "in_flight": in_flight,
-            "executor": "LocalExecutor",
+            "executor": "CeleryExecutor" if args.executor == "celery" else "LocalExecutor",
+            "celery_workers": args.celery_workers if args.executor == "celery" else None,
             "min_batches": args.pool_slots,
             "repeats": args.repeats,
             "sizes": {"small": args.small, "large": args.large, "per_order": args.per_order},
@@ -364,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         total_s=round(time.monotonic() - started, 1),
     )
     args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    plot(results, args.out.with_name("orders_per_s.png"))
+    plot(results, args.plot)
     keys = ("ceiling_orders_per_s", "pipeline_orders_per_s", "pipeline_vs_ceiling",
             "pipeline_vs_one_process_client",
             "per_order_dag_orders_per_s", "pipeline_vs_per_order_dag", "parse_ms",
@@ -372,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             "token_fetches_per_run", "total_s")  # fmt: skip
     for key in keys:
         print(f"{key:<28} {results[key]}")
-    print(f"written: {args.out}, {args.out.with_name('orders_per_s.png')}")
+    print(f"written: {args.out}, {args.plot}")
     return 0
 
 

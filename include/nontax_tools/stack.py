@@ -29,6 +29,12 @@ the latest scheduled run at once if the DAG never ran in this metadata database.
 SIGKILLs what is left: the groups, their descendants, and any process carrying this stack's
 marker in its environment (task processes run in process groups of their own).
 
+On CeleryExecutor (`make up-celery`, NONTAX_STACK_EXECUTOR=celery): the same, plus
+NONTAX_STACK_WORKERS (2) `airflow celery worker` processes, worker-1, worker-2..., each running
+NONTAX_WORKER_CONCURRENCY (8) tasks at once, on the Redis in NONTAX_STACK_REDIS; the Celery
+settings are the compose file's (see nontax_tools.celery_workers). `up` also waits until every
+worker consumes; `down` also deletes the stack's keys in Redis.
+
 Tests use the same code through `Stack(StackConfig(...))`, a context manager that always stops
 what it started (see tests/stack/).
 """
@@ -55,6 +61,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from nontax_tools import celery_workers
 from nontax_tools.airflow_api import DAG_ID, AirflowApi, AirflowApiError
 from nontax_tools.airflow_run import (
     AIRFLOW,
@@ -121,6 +128,10 @@ class StackConfig:
     timeout_s: float = 240.0
     grace_s: float = 20.0
     extra_env: dict[str, str] = field(default_factory=dict)
+    executor: str = "local"  # or "celery"
+    workers: int = 2  # Celery workers
+    worker_concurrency: int = 8  # tasks at once per Celery worker
+    redis_url: str = celery_workers.DEFAULT_REDIS
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> StackConfig:
@@ -145,7 +156,15 @@ class StackConfig:
             pool_slots=num("NONTAX_STACK_POOL_SLOTS", 4),
             parallelism=num("NONTAX_STACK_PARALLELISM", 8),
             grace_s=float(env.get("NONTAX_STACK_GRACE_S") or 20),
+            executor=env.get("NONTAX_STACK_EXECUTOR") or "local",
+            workers=num("NONTAX_STACK_WORKERS", 2),
+            worker_concurrency=num("NONTAX_WORKER_CONCURRENCY", 8),
+            redis_url=env.get("NONTAX_STACK_REDIS") or celery_workers.DEFAULT_REDIS,
         )
+
+    def __post_init__(self) -> None:
+        if self.executor not in ("local", "celery"):
+            raise ValueError(f"executor {self.executor!r}: local or celery")
 
     @property
     def url(self) -> str:
@@ -316,6 +335,8 @@ class StackState:
     meta_db: str | None = None
     pdf_root: str | None = None
     status: str = "starting"
+    broker: str | None = None  # Celery: the Redis server, and the prefix of the stack's keys
+    broker_prefix: str | None = None
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
@@ -527,7 +548,9 @@ class Stack:
             )
             wechat = sandbox_connection(self.sandbox_url)
 
-        # 3. The environment every Airflow process shares.
+        # 3. The environment every Airflow process shares (on Celery: with the broker's).
+        if cfg.executor == "celery":
+            self._choose_broker()
         cfg.pdf_dir.mkdir(parents=True, exist_ok=True)
         state.pdf_root = str(cfg.pdf_dir)
         self.env = self._airflow_env(meta_dsn, wechat)
@@ -552,6 +575,7 @@ class Stack:
         pool = self._run_bg(
             "pools-set", [AIRFLOW, "pools", "set", cfg.pool, str(cfg.pool_slots), "calls to WeChat"]
         )
+        workers = self._spawn_workers()
         self.say(f"started {', '.join(AIRFLOW_PROCESSES)}; waiting until they are healthy")
 
         # 5. Wait until it is healthy.
@@ -564,8 +588,44 @@ class Stack:
         self.say(f"DAG {DAG_ID} parsed")
         self._wait("scheduler, triggerer and dag-processor to be healthy", deadline, self._healthy)
         self.say("scheduler, triggerer, dag-processor: healthy")
+        if workers:
+            self._wait("the Celery workers to consume", deadline, self._workers_ready)
+            self.say(f"Celery workers consuming: {', '.join(p.name for p in workers)}")
         if cfg.unpause:
             self.api.set_paused(False)
+
+    def _choose_broker(self) -> None:
+        assert self.state is not None
+        if not celery_workers.redis_answers(self.config.redis_url):
+            raise StackError(
+                f"no Redis answers at {celery_workers.describe_url(self.config.redis_url)} (the "
+                "Celery broker): start one (Debian: apt-get install redis-server) or name "
+                "another in NONTAX_STACK_REDIS"
+            )
+        self.state.broker = self.config.redis_url
+        self.state.broker_prefix = f"nontax-{self.state.stack_id[:12]}:"
+        self._save()
+
+    def _spawn_workers(self) -> list[Proc]:
+        """On Celery: each worker in a session of its own, named after its "host"."""
+        cfg = self.config
+        if cfg.executor != "celery":
+            return []
+        return [
+            self._spawn(
+                name,
+                celery_workers.worker_command(AIRFLOW, name, cfg.worker_concurrency),
+                env=celery_workers.worker_env(self.env, name),
+            )
+            for name in celery_workers.worker_names(cfg.workers)
+        ]
+
+    def workers(self) -> list[Proc]:
+        """The Celery workers started (none on LocalExecutor), alive or not."""
+        return [p for p in self.state.procs if p.name.startswith("worker-")] if self.state else []
+
+    def _workers_ready(self) -> bool:
+        return all(celery_workers.worker_ready(Path(p.log), p.name) for p in self.workers())
 
     def _choose_server(self) -> str:
         cfg = self.config
@@ -631,6 +691,15 @@ class Stack:
                 "NONTAX_POOL_SLOTS": str(cfg.pool_slots),  # the DAG spreads a run over them
             }
         )
+        if cfg.executor == "celery":
+            assert self.state.broker and self.state.broker_prefix
+            env.update(
+                celery_workers.executor_env(
+                    redis_url=self.state.broker,
+                    key_prefix=self.state.broker_prefix,
+                    result_backend=f"db+{sqlalchemy_url(meta_dsn)}",
+                )
+            )
         env.update(cfg.extra_env)
         return env
 
@@ -647,7 +716,7 @@ class Stack:
             lines.append(f"export NONTAX_STACK_SANDBOX_ADMIN_TOKEN='{self.sandbox_admin_token}'")
         write_private(self.config.state_dir / "env.sh", "\n".join(lines) + "\n")
 
-    def _spawn(self, name: str, command: list[str]) -> Proc:
+    def _spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> Proc:
         """Start a long-running process in a session of its own and record it."""
         import psutil
 
@@ -658,7 +727,7 @@ class Stack:
             out.flush()
             popen = subprocess.Popen(
                 command,
-                env=self.env or self._sandbox_env(),
+                env=env or self.env or self._sandbox_env(),
                 cwd=ROOT,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -811,6 +880,9 @@ def stop_stack(state: StackState, *, grace_s: float, say: Callable[[str], None])
                 drop_database(state.pg_server, name)
     if state.embedded_pgdata:
         _stop_embedded(Path(state.embedded_pgdata))
+    if state.broker and state.broker_prefix:
+        with contextlib.suppress(Exception):
+            celery_workers.delete_keys(state.broker, state.broker_prefix)
     return left
 
 
@@ -882,11 +954,21 @@ def describe(stack: Stack) -> str:
         f"  order DB     {state.orders_db}   (the tools: source {_rel(cfg.state_dir / 'env.sh')})",
         f"  metadata DB  {state.meta_db}{embedded if state.embedded_pgdata else ''}",
         f"  WeChat       {wechat}",
+        f"  executor     {_executor(stack)}",
         f"  PDF root     {_rel(state.pdf_root or cfg.pdf_dir)}",
         f"  logs         {_rel(cfg.logs)}/ (processes), {_rel(cfg.home / 'logs')}/ (tasks)",
         "  stop it      make down",
     ]
     return "\n".join(lines)
+
+
+def _executor(stack: Stack) -> str:
+    state = stack.state
+    if state is None or not state.broker:
+        return "LocalExecutor (in the scheduler)"
+    workers = ", ".join(p.name for p in stack.workers())
+    broker = celery_workers.describe_url(state.broker)
+    return f"CeleryExecutor: {workers} on {broker} (keys {state.broker_prefix}*)"
 
 
 def cmd_up(cfg: StackConfig) -> int:

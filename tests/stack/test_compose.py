@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ COMPOSE = ROOT / "docker-compose.yaml"
 ENV_EXAMPLE = ROOT / ".env.example"
 TEST_PG = os.environ.get("NONTAX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 STACK = "tests/stack/test_ui_rerun.py (the stack of nontax_tools.stack runs it)"
+CELERY_STACK = "tests/stack/test_celery.py (the stack on CeleryExecutor runs it)"
 
 # Every command the compose file runs (commands, entrypoint scripts, health checks), after
 # variable interpolation, and where the same command is run outside Docker.
@@ -54,16 +56,12 @@ COMMANDS: dict[str, str] = {
     ),
     r"pg_isready -U airflow": ".ci/run waits with pg_isready on the CI's server",
     r"/docker-entrypoint-initdb\.d/10-nontax-db\.sh": "test_the_postgres_init_script_... below",
-}
-NOT_RUN_HERE: dict[str, str] = {
-    r"airflow celery worker": (
-        "CeleryExecutor needs the celery provider and redis, which only the image has; the "
-        "stack's LocalExecutor runs the same task code"
-    ),
+    r"airflow celery worker": CELERY_STACK + ", each worker named after its host",
     r"celery --app airflow\.providers\.celery\.executors\.celery_executor\.app inspect ping "
-    r'-d "celery@\$\{HOSTNAME\}"': "the worker's health check: as above",
-    r"redis-cli ping": "the redis image's own health check",
+    r'-d "celery@\$\{HOSTNAME\}"': CELERY_STACK + ": against each worker",
+    r"redis-cli ping": ".ci/run waits with redis-cli ping on the CI's server",
 }
+NOT_RUN_HERE: dict[str, str] = {}
 SERVICES = {
     "postgres",
     "redis",
@@ -175,10 +173,20 @@ def commands_of(compose: dict[str, Any]) -> list[tuple[str, str]]:
 # -- the tests ------------------------------------------------------------------------------------
 
 
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    """A service's environment as docker compose gives it: its env_file(s), then `environment`."""
+    from dotenv import dotenv_values
+
+    env: dict[str, str] = {}
+    for path in service.get("env_file", []):
+        env.update(dotenv_values(ROOT / path, interpolate=False))
+    return {**env, **service.get("environment", {})}
+
+
 def test_the_services_are_the_official_shape_on_celery(compose: dict[str, Any]):
     services = compose["services"]
     assert set(services) == SERVICES
-    env = services["airflow-scheduler"]["environment"]
+    env = environment(services["airflow-scheduler"])
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == (
@@ -192,6 +200,36 @@ def test_the_services_are_the_official_shape_on_celery(compose: dict[str, Any]):
         assert services[name]["depends_on"]["airflow-init"] == {
             "condition": "service_completed_successfully"
         }
+
+
+def test_the_compose_file_and_the_local_celery_stack_share_their_celery_settings(compose):
+    """docker/airflow-celery.env is every Airflow container's env_file, overridden by none, and
+    what the local Celery stack (tests/stack/test_celery.py) gives its processes; the sizes
+    default alike; the image installs the same Celery provider as `make install`."""
+    from nontax_tools import celery_workers
+    from nontax_tools.stack import StackConfig
+
+    shared = celery_workers.shared_settings()
+    assert shared["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    for name, service in compose["services"].items():
+        if name.startswith("airflow-"):
+            assert service["env_file"] == ["docker/airflow-celery.env"], name
+            assert not set(shared) & set(service["environment"]), f"{name} overrides it"
+    local = celery_workers.executor_env(
+        redis_url="redis://127.0.0.1:6379/0", key_prefix="nontax-x:", result_backend="db+x"
+    )
+    assert shared.items() <= local.items()
+    env = environment(compose["services"]["airflow-worker"])
+    default = StackConfig()
+    assert int(env["AIRFLOW__CELERY__WORKER_CONCURRENCY"]) == default.worker_concurrency
+    assert int(env["NONTAX_POOL_SLOTS"]) == default.pool_slots
+    requirements = (ROOT / "requirements.txt").read_text()
+    assert re.search(r"^apache-airflow-providers-celery==", requirements, re.M)
+    assert re.search(
+        r"^RUN pip install .*-r /opt/nontax/requirements\.txt",
+        (ROOT / "Dockerfile").read_text(),
+        re.M,
+    )
 
 
 def test_every_airflow_container_shares_one_jwt_secret_and_the_project_path(compose):
@@ -336,8 +374,10 @@ def test_its_airflow_and_python_commands_exist_here(compose):
     values = {"NONTAX_WECHAT_POOL": "wechat_nontax", "NONTAX_POOL_SLOTS": "4", "HOSTNAME": "h"}
     for _, command in commands_of(compose):
         argv = shlex.split(re.sub(r"\$\{(\w+)\}", lambda m: values[m[1]], command))
-        if argv[0] == "airflow" and argv[1] != "celery":  # celery: only in the image
+        if argv[0] == "airflow":
             parser.parse_args(argv[1:])  # exits on an unknown command or option
+        if argv[0] == "celery":
+            assert (Path(sys.executable).parent / "celery").exists()
         if argv[0] == "python" and argv[1] == "-m":
             assert importlib.util.find_spec(argv[2]) is not None, argv[2]
 

@@ -68,6 +68,40 @@ def test_the_configuration_comes_from_the_environment(tmp_path: Path):
     default = st.StackConfig.from_env({})
     assert (default.port, default.sandbox_port, default.wechat_conn) == (8080, 8765, None)
     assert default.state_dir == ROOT / ".run" / "stack"
+    assert default.executor == "local"
+
+
+def test_the_celery_configuration_comes_from_the_environment():
+    cfg = st.StackConfig.from_env(
+        {
+            "NONTAX_STACK_EXECUTOR": "celery",
+            "NONTAX_STACK_WORKERS": "3",
+            "NONTAX_WORKER_CONCURRENCY": "4",  # the compose file's variable
+            "NONTAX_STACK_REDIS": "redis://127.0.0.1:6380/2",
+        }
+    )
+    assert (cfg.executor, cfg.workers, cfg.worker_concurrency) == ("celery", 3, 4)
+    assert cfg.redis_url == "redis://127.0.0.1:6380/2"
+    assert st.StackConfig.from_env({}).redis_url == "redis://127.0.0.1:6379/0"
+    with pytest.raises(ValueError, match="local or celery"):
+        st.StackConfig(executor="kubernetes")
+
+
+def test_a_celery_stack_without_redis_stops_before_starting_airflow(tmp_path: Path):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # nothing listens on it
+    config = st.StackConfig(
+        state_dir=tmp_path, port=st.free_port(), sandbox_port=None, executor="celery",
+        redis_url=f"redis://127.0.0.1:{port}/0", pg_server=pg.LOCAL_SERVER,
+        meta_db_name=f"airflow_meta_noredis_{os.getpid()}", drop_databases_on_down=True,
+        orders_db_name=f"nontax_noredis_{os.getpid()}",
+    )  # fmt: skip
+    stack = st.Stack(config)
+    with pytest.raises(st.StackError, match=f"no Redis answers at redis://127.0.0.1:{port}/0"):
+        stack.up()
+    assert stack.state is not None and stack.workers() == []
+    assert stack.processes() == []  # the sandbox it had started is stopped again
 
 
 def test_up_refuses_a_busy_port_before_starting_anything(tmp_path: Path):
@@ -164,3 +198,24 @@ def test_status_and_down_without_a_stack(tmp_path: Path):
         [*base, "down", "--state-dir", str(tmp_path)], env=env, capture_output=True, text=True
     )
     assert down.returncode == 0 and "nothing to stop" in down.stdout
+
+
+def test_a_celery_worker_is_ready_by_its_log_since_its_last_start(tmp_path: Path):
+    from nontax_tools.celery_workers import worker_ready
+
+    log = tmp_path / "worker-1.log"
+    assert not worker_ready(log, "worker-1")  # no log yet
+    log.write_text("\n=== 10:00 airflow celery worker\n[...] celery@worker-1 ready.\n")
+    assert worker_ready(log, "worker-1")
+    assert not worker_ready(log, "worker-2")
+    with log.open("a") as out:  # started again: the old line does not count
+        out.write("\n=== 11:00 airflow celery worker\n[...] Connected to redis://\n")
+    assert not worker_ready(log, "worker-1")
+
+
+def test_a_broker_url_is_shown_without_its_password():
+    from nontax_tools.celery_workers import describe_url
+
+    assert describe_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    assert describe_url("redis://:s3cret@redis:6379/0") == "redis://:***@redis:6379/0"
+    assert describe_url("rediss://user:s3cret@redis/1") == "rediss://user:***@redis/1"

@@ -20,9 +20,7 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,18 +29,18 @@ from urllib.parse import quote
 import psycopg2.extensions
 import pytest
 import requests
+from stack_helpers import own_stack_config, run_in, running
 
 from factories import make_order, write_pdf
 from nontax_tools.airflow_api import DAG_ID
 from nontax_tools.airflow_run import AIRFLOW, ROOT
-from nontax_tools.stack import Stack, StackConfig, free_port
+from nontax_tools.stack import Stack
 from wechat_nontax.orders_db import connect_dsn
 from wechat_nontax.store import OrderStore
 from wechat_sandbox.client import DEFAULT_SECRET, SandboxAdmin
 
 pytestmark = pytest.mark.e2e
 
-TEST_PG = os.environ.get("NONTAX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 ARTIFACTS = ROOT / "artifacts"
 CHROMIUM = os.environ.get("NONTAX_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -64,33 +62,8 @@ REFUSED = {1: ["T00000025", "T00000031"], 2: ["T00000047"]}  # map index -> orde
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The `make up` stack on free ports, with databases of its own (dropped at the end)."""
-    suffix = uuid.uuid4().hex[:8]
-    state = tmp_path_factory.mktemp("stack")
-    config = StackConfig(
-        state_dir=state,
-        port=free_port(),
-        pg_server=TEST_PG,
-        meta_db_name=f"airflow_meta_test_{suffix}",
-        orders_db_name=f"nontax_stack_test_{suffix}",
-        sandbox_port=None,
-        pdf_root=state / "pdfs",
-        worker_log_port=free_port(),
-        trigger_log_port=free_port(),
-        scheduler_health_port=free_port(),
-        drop_databases_on_down=True,
-        # A schedule whose latest tick is before the DAG's start date: unpausing the DAG does
-        # not start a scheduled run that would claim the test's orders.
-        extra_env={"NONTAX_SCHEDULE": "0 0 29 2 *"},
-    )
-    stack = Stack(config)
-    try:
-        stack.up()
-        print(f"stack up in {stack.started_in_s}s on {stack.url}")
+    with running(own_stack_config(tmp_path_factory.mktemp("stack"), "rerun")) as stack:
         yield stack
-    finally:
-        left = stack.down()
-        assert left == [], f"processes of the stack survived `down`: {left}"
-        assert stack.processes() == []
 
 
 def test_the_compose_files_health_checks_pass_against_the_stack(stack: Stack):
@@ -102,15 +75,7 @@ def test_the_compose_files_health_checks_pass_against_the_stack(stack: Stack):
     assert requests.get(health, timeout=10).ok
     assert requests.get(f"{stack.sandbox_url}/_sandbox/health", timeout=10).ok
     for job in ("TriggererJob", "DagProcessorJob"):
-        check = subprocess.run(
-            [AIRFLOW, "jobs", "check", "--job-type", job, "--hostname", get_hostname()],
-            env=stack.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
+        run_in(stack, [AIRFLOW, "jobs", "check", "--job-type", job, "--hostname", get_hostname()])
 
 
 @dataclass

@@ -1,0 +1,62 @@
+"""What the stack tests share: a stack of `nontax_tools.stack` of the module's own (free ports,
+databases of its own that `down` drops, no scheduled run), always stopped again."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from nontax_tools.stack import Stack, StackConfig, free_port
+
+TEST_PG = os.environ.get("NONTAX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def own_stack_config(state: Path, name: str, **overrides: Any) -> StackConfig:
+    """A StackConfig for a test module; `overrides` are StackConfig fields (`extra_env` adds)."""
+    suffix = uuid.uuid4().hex[:8]
+    # A schedule whose latest tick is before the DAG's start date: unpausing the DAG does not
+    # start a scheduled run that would claim the test's orders.
+    extra_env = {"NONTAX_SCHEDULE": "0 0 29 2 *", **overrides.pop("extra_env", {})}
+    settings: dict[str, Any] = {
+        "state_dir": state,
+        "port": free_port(),
+        "pg_server": TEST_PG,
+        "meta_db_name": f"airflow_meta_{name}_{suffix}",
+        "orders_db_name": f"nontax_stack_{name}_{suffix}",
+        "sandbox_port": None,
+        "pdf_root": state / "pdfs",
+        "worker_log_port": free_port(),
+        "trigger_log_port": free_port(),
+        "scheduler_health_port": free_port(),
+        "drop_databases_on_down": True,
+        "extra_env": extra_env,
+    }
+    return StackConfig(**{**settings, **overrides})
+
+
+@contextlib.contextmanager
+def running(config: StackConfig) -> Iterator[Stack]:
+    """The stack up, and down again whatever happens, with nothing of it left running."""
+    stack = Stack(config)
+    try:
+        stack.up()
+        print(f"stack up in {stack.started_in_s}s on {stack.url}")
+        yield stack
+    finally:
+        left = stack.down()
+        assert left == [], f"processes of the stack survived `down`: {left}"
+        assert stack.processes() == []
+
+
+def run_in(stack: Stack, command: list[str]) -> str:
+    """Run a command with the stack's environment (as its processes have it); its output."""
+    done = subprocess.run(
+        command, env=stack.env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done.stdout
