@@ -450,8 +450,10 @@ class Chaos:
         for task in self.dag.tasks:  # only the clocks change (module docstring)
             task.retry_delay = timedelta(seconds=RETRY_DELAY_S)
             task.max_retry_delay = timedelta(seconds=MAX_RETRY_DELAY_S)
-            if hasattr(task, "time_budget_s"):
-                task.time_budget_s = TIME_BUDGET_S
+            if task.task_id == INSERT_TASK:
+                # A mapped task: its operator's arguments are the partial's (an attribute set
+                # on the mapped task itself would never reach the batches).
+                task.partial_kwargs["time_budget_s"] = TIME_BUDGET_S
 
     # one run -------------------------------------------------------------------------------
 

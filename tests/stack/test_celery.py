@@ -67,7 +67,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def sandbox(stack: Stack) -> Iterator[SandboxAdmin]:
-    admin = SandboxAdmin(stack.sandbox_url)
+    admin = stack.sandbox_admin()
     admin.add_fault(endpoint="*", kind="latency", latency_ms=LATENCY_MS)
     yield admin
     admin.close()
