@@ -167,11 +167,16 @@ class BatchIssuer:
         self._lost: set[str] = set()  # no longer held: another holder may have it
         self._hold_valid_until = 0.0  # monotonic time until which the hold surely holds
         self._state_lock = threading.Lock()
+        # Bills WeChat issued that the order database could not record (for the journal).
+        self.unrecorded: list[OrderResult] = []
 
     def stop(self, reason: str) -> None:
-        """Send nothing more (the task is being killed): calls in flight finish and are
-        recorded; the orders not reached stay due."""
-        self._stop_batch(Outcome.RETRY_LATER, reason)
+        """Send nothing more (the task is being killed): the calls in flight are recorded if
+        they end before Airflow's SIGKILL (5 s after its SIGTERM); the orders not reached stay
+        due. Called from a signal handler: no lock is taken here."""
+        if not self._stop.is_set():
+            self._stopped = OrderResult("", Outcome.RETRY_LATER, reason)
+            self._stop.set()
 
     def run(self, order_ids: Sequence[str]) -> list[OrderResult]:
         """Work on the batch's unfinished orders; returns one result per order id."""
@@ -208,9 +213,11 @@ class BatchIssuer:
         while True:
             started = time.monotonic()
             first = not self._versions and not results
+            # A person's clear re-sends what needed a person as it stood then; an order that an
+            # earlier try ends `failed` while this one waits for it is not sent again.
             hold = self.store.hold_batch(
                 self.run_id, self.holder, pending, hold_s=self._hold_s,
-                include_needs_person=self.settings.include_needs_person,
+                include_needs_person=self.settings.include_needs_person and first,
             )  # fmt: skip
             with self._state_lock:
                 if first:
@@ -438,17 +445,20 @@ class BatchIssuer:
                 order_id, bill.code, bill.openid, version=self._versions[order_id],
                 run_id=self.run_id, duration_ms=duration_ms,
             )  # fmt: skip
-        except OrderStoreError as exc:
+        except Exception as exc:  # noqa: BLE001 (whatever the database says, the code is kept)
             log.error(
                 "UNRECORDED BILL: order %s is in the card package with code %s, openid %s; "
                 "the order database could not record it (%s)",
                 order_id, bill.code, bill.openid, exc,
             )  # fmt: skip
-            self._stop_batch(Outcome.RETRY_LATER, f"not sent: {exc}")
-            return OrderResult(
+            self._stop_batch(Outcome.RETRY_LATER, f"not sent: the order database failed: {exc}")
+            result = OrderResult(
                 order_id, Outcome.UNRECORDED, f"inserted, code {bill.code}: not recorded yet",
                 bill=(bill.code, bill.openid),
             )  # fmt: skip
+            with self._state_lock:
+                self.unrecorded.append(result)
+            return result
         return OrderResult(order_id, Outcome.INSERTED)
 
     def _call(self, stored: StoredOrder, step: str, call: Callable):

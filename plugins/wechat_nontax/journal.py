@@ -3,10 +3,11 @@
 WeChat has no call to look a bill up by order_id: an insert's code and openid exist only in
 its answer. When the order database stays away longer than the write-back's retries, the batch
 logs each such bill and keeps it here, in an Airflow Variable (Airflow's own database, reached
-through the API server, not the order database), one per task instance. Before anything else,
-the next try of that batch, the run's report and every run's claim write them to the order
-database and delete the Variable, so the order is recorded `inserted` before anything could
-send it again. A person can read them in Admin -> Variables meanwhile (codes are not secrets).
+through the API server, not the order database), one per task try, written once. Before
+anything else, the next try of that batch, the run's report and every run's claim write them to
+the order database and delete the Variable, so the order is recorded `inserted` before
+anything could send it again. A person can read them in Admin -> Variables meanwhile (codes
+are not secrets).
 """
 
 from __future__ import annotations
@@ -22,28 +23,35 @@ PREFIX = "nontax_unrecorded__"
 log = logging.getLogger(__name__)
 
 
-def key_for(run_id: str, map_index: int) -> str:
-    return f"{PREFIX}{run_id}__{map_index}"
+def key_for(run_id: str, map_index: int, try_number: int) -> str:
+    return f"{PREFIX}{run_id}__{map_index}__{try_number}"
+
+
+def keys_of(run_id: str | None = None, map_index: int | None = None) -> list[str]:
+    """The kept keys (of a run, of one of its batches), as Airflow lists them."""
+    from airflow.sdk import Variable
+
+    prefix = PREFIX
+    if run_id is not None:
+        prefix += f"{run_id}__" + (f"{map_index}__" if map_index is not None else "")
+    return list(Variable.keys(prefix=prefix))  # a lazy proxy: read it here
 
 
 def keep(key: str, bills: Sequence[dict[str, Any]]) -> None:
-    """Keep `bills` ({order_id, code, openid, version, run_id}) under `key`, adding to what
-    an earlier try of the same instance kept."""
+    """Keep `bills` ({order_id, code, openid, version, run_id}) under `key`, one per task try
+    and written once: no read-modify-write that a zombie try could race."""
     from airflow.sdk import Variable
 
-    kept = json.loads(Variable.get(key, default="[]"))
-    known = {bill["order_id"] for bill in kept}
-    kept += [bill for bill in bills if bill["order_id"] not in known]
-    Variable.set(key, json.dumps(kept), description="bills issued but not yet recorded")
+    Variable.set(key, json.dumps(list(bills)), description="bills issued but not yet recorded")
 
 
-def replay(store: OrderStore, *, keys: Sequence[str] | None = None) -> int:
-    """Write every kept bill (of `keys`, or all) to the order database; delete what was
-    written. Returns how many bills were written. Raises if the order database is away."""
+def replay(store: OrderStore, *, keys: Sequence[str]) -> int:
+    """Write the bills kept under `keys` to the order database; delete each key once its
+    bills are written. Returns how many bills were written. Raises if the order database is away."""
     from airflow.sdk import Variable
 
     written = 0
-    for key in keys if keys is not None else Variable.keys(prefix=PREFIX):
+    for key in keys:
         raw = Variable.get(key, default=None)
         if raw is None:
             continue

@@ -106,11 +106,19 @@ class IssueBillsOperator(BaseOperator):
             reconnect=lambda: connect(self.orders_conn_id, application_name=application),
         )
         hook = WeChatNonTaxHook(self.wechat_conn_id, pool_size=settings.max_workers)
-        journal_key = journal.key_for(context["run_id"], ti.map_index)
+        run_id = context["run_id"]
+        self._issuer = None
         try:
             if not settings.dry_run:
-                # Bills an earlier try issued but could not record: recorded before anything.
-                journal.replay(store, keys=[journal_key])
+                # Bills an earlier try of this batch issued but could not record: first. (If
+                # Airflow cannot list them now, such an order gets 72056 and ends `duplicate`
+                # until the report or the next claim writes its code over it.)
+                try:
+                    keys = journal.keys_of(run_id, ti.map_index)
+                except Exception as exc:  # noqa: BLE001
+                    self.log.warning("could not read the journal of unrecorded bills: %s", exc)
+                    keys = []
+                journal.replay(store, keys=keys)
             # The account's card ids, when the Connection lists them: checked before any call.
             settings = dataclasses.replace(
                 settings, card_ids=hook.allowed_card_ids, call_timeout_s=hook.call_timeout_s
@@ -119,21 +127,27 @@ class IssueBillsOperator(BaseOperator):
                 hook,
                 store,
                 settings,
-                run_id=context["run_id"],
-                holder=f"{context['run_id']}|{self.task_id}|{ti.map_index}|{ti.try_number}",
+                run_id=run_id,
+                holder=f"{run_id}|{self.task_id}|{ti.map_index}|{ti.try_number}",
                 read_pdf=lambda root, rel, limit: read_pdf(root, rel, max_bytes=limit),
             )
             results = self._issuer.run(order_ids)
         finally:
             hook.close()
             store.close()
-        unrecorded = [r for r in results if r.bill is not None]
-        if unrecorded:
-            journal.keep(journal_key, [
-                {"order_id": r.order_id, "code": r.bill[0], "openid": r.bill[1],
-                 "version": self._issuer.version_of(r.order_id), "run_id": context["run_id"]}
-                for r in unrecorded
-            ])  # fmt: skip
+            # Also when the try ends in an exception (a timeout, the database away): the bills
+            # it could not record are kept for the next try, the report and the next claim.
+            if self._issuer is not None and self._issuer.unrecorded:
+                bills = [
+                    {"order_id": r.order_id, "code": r.bill[0], "openid": r.bill[1],
+                     "version": self._issuer.version_of(r.order_id), "run_id": run_id}
+                    for r in self._issuer.unrecorded
+                ]  # fmt: skip
+                try:
+                    journal.keep(journal.key_for(run_id, ti.map_index, ti.try_number), bills)
+                except Exception:
+                    # Each bill is in the log already (UNRECORDED BILL): a person's last resort.
+                    self.log.exception("could not keep %d unrecorded bills in Airflow", len(bills))
         return self._judge(results, dry_run=settings.dry_run)
 
     def on_kill(self) -> None:
@@ -270,14 +284,17 @@ def _refuse_unknown_params(context: Any) -> None:
 
 
 def _run_state(dag_id: str, run_id: str) -> str | None:
-    """A run's state as Airflow knows it; None when it cannot say (another deployment's run)."""
+    """A run's state as Airflow knows it: "deleted" when this Airflow has no such run (a person
+    deleted it; or another deployment's run, whose tries' holds still protect what they send),
+    None when it cannot say now (its claims are then respected)."""
     try:
         from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
         state = RuntimeTaskInstance.get_dagrun_state(dag_id, run_id)
-        return str(getattr(state, "value", state))  # a DagRunState, or its plain value
-    except Exception:  # noqa: BLE001 (unknown: the claim's lease is respected)
-        return None
+    except Exception as exc:  # noqa: BLE001
+        text = str(exc).lower()
+        return "deleted" if any(m in text for m in ("not found", "not_found", "404")) else None
+    return str(getattr(state, "value", state))  # a DagRunState, or its plain value
 
 
 def _replay_journal(orders_conn_id: str, log: Any, *, run_id: str | None = None) -> int:
@@ -287,10 +304,7 @@ def _replay_journal(orders_conn_id: str, log: Any, *, run_id: str | None = None)
     from wechat_nontax.store import OrderStore
 
     try:
-        from airflow.sdk import Variable
-
-        prefix = journal.PREFIX + (f"{run_id}__" if run_id else "")
-        keys = list(Variable.keys(prefix=prefix))  # a lazy proxy: read it here
+        keys = journal.keys_of(run_id)
     except Exception as exc:  # noqa: BLE001 (Variables unreachable: the next step tries again)
         log.warning("could not read the journal of unrecorded bills: %s", exc)
         return 0

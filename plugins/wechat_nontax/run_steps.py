@@ -52,8 +52,8 @@ def split_batches(
     return batches
 
 
-# Airflow's states of a run that has ended: its claims can go at once.
-_ENDED_RUN_STATES = frozenset({"success", "failed"})
+# A run that has ended (or was deleted): its claims can go at once.
+_ENDED_RUN_STATES = frozenset({"success", "failed", "deleted"})
 
 
 def claim_orders(

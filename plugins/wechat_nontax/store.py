@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
 
@@ -49,6 +50,7 @@ _NEEDS_ATTENTION = _sql_list(Status.NEEDS_ATTENTION)
 _WORKABLE = _sql_list(Status.DUE | Status.NEEDS_ATTENTION)
 # A write-back that ends the order's journey for now also ends its claim and hold.
 _UNHOLD = "held_by = NULL, claimed_by = NULL, claim_expires_at = NULL"
+_LIVE_OWN_HOLD = "claimed_by = %(run_id)s AND held_by IS NOT NULL AND claim_expires_at > now()"
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +176,14 @@ def _stored(row: Sequence[Any]) -> StoredOrder:
 
 
 def _is_connection_lost(exc: BaseException, conn: psycopg2.extensions.connection) -> bool:
-    return bool(conn.closed) or isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError)
+    """The connection (or the server behind it) is gone or cannot take writes any more: a
+    failover that left us on a read-only standby counts too; a new connection may help."""
+    return bool(conn.closed) or isinstance(
+        exc,
+        psycopg2.OperationalError
+        | psycopg2.InterfaceError
+        | psycopg2.errors.ReadOnlySqlTransaction,
+    )
 
 
 def why_not_taken(
@@ -414,14 +423,18 @@ class OrderStore:
 
     def _reclaim(self, cur, run_id, batches, not_taken, *, lease_s: int) -> RunClaim:
         everyone = [order_id for batch in batches for order_id in batch]
+        # The run's own orders whatever their lease (a try of this run may still hold some: it
+        # keeps its hold, and the batch's next try waits for it), never another run's.
         cur.execute(
             f"""
             UPDATE nontax.bill_order
-               SET claimed_by = %(run_id)s, held_by = NULL,
-                   claim_expires_at = now() + make_interval(secs => %(lease_s)s)
+               SET claimed_by = %(run_id)s,
+                   held_by = CASE WHEN {_LIVE_OWN_HOLD} THEN held_by END,
+                   claim_expires_at = CASE WHEN {_LIVE_OWN_HOLD} THEN claim_expires_at
+                                      ELSE now() + make_interval(secs => %(lease_s)s) END
              WHERE order_id = ANY(%(ids)s) AND status IN {_WORKABLE}
                AND (claim_expires_at IS NULL OR claim_expires_at < now()
-                    OR (claimed_by = %(run_id)s AND held_by IS NULL))
+                    OR claimed_by = %(run_id)s)
             RETURNING order_id
             """,
             {"run_id": run_id, "ids": everyone, "lease_s": lease_s},
@@ -853,7 +866,8 @@ class OrderStore:
 
     def reset(self, order_id: str, *, note: str = "reset by operator") -> bool:
         """Make an order due again after a person fixed its data (never a finished one, nor
-        one a run holds right now). The authorisation wait starts afresh."""
+        one a task try holds right now: it may be sending it). The authorisation wait starts
+        afresh; a run that only claimed it reads the new version when its batch holds it."""
         with self._lock, self._conn, self._conn.cursor() as cur:
             cur.execute(
                 f"""
@@ -862,8 +876,7 @@ class OrderStore:
                        s_pdf_media_id = NULL, pdf_uploaded_at = NULL, auth_wait_since = NULL,
                        row_version = row_version + 1, {_UNHOLD}, updated_at = now()
                  WHERE order_id = %s AND status NOT IN {_FINISHED}
-                   AND (claim_expires_at IS NULL OR claim_expires_at < now()
-                        OR status IN {_NEEDS_ATTENTION})
+                   AND (held_by IS NULL OR claim_expires_at < now())
                 RETURNING 1
                 """,
                 (order_id,),

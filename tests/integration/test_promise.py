@@ -257,9 +257,11 @@ def test_a_second_try_waits_for_the_first_and_sends_nothing_twice(env):
     """17.3: a batch marked failed and cleared while its first try still runs: the second try
     waits for the first's hold; every order is sent once and no `inserted` row is overwritten
     (before: 24 orders were sent by both tries and 16 rows overwritten to `duplicate`)."""
-    orders = env.orders(4)
+    orders = env.orders(5)
     ids = [o.order_id for o in orders]
+    refused = ids[-1]  # the first try ends it `failed` while the second waits for it
     env.sandbox.add_fault(endpoint="insertbill", kind="latency", latency_ms=700)
+    env.sandbox.add_fault(endpoint="insertbill", kind="errcode", errcode=72031, order_ids=[refused])
     first = env.issuer(holder="run-1|issue_bills|0|1", hold_s=8, max_workers=1, **FAST)
     second = env.issuer(holder="run-1|issue_bills|0|2", hold_s=8, max_workers=4,
                         sleep=time.sleep, include_needs_person=True, **FAST)  # fmt: skip
@@ -269,8 +271,110 @@ def test_a_second_try_waits_for_the_first_and_sends_nothing_twice(env):
     time.sleep(0.5)
     out["second"] = second.run(ids)
     one.join()
-    assert {r.outcome for r in out["first"]} == {Outcome.INSERTED}
-    assert {r.outcome for r in out["second"]} == {Outcome.ALREADY_DONE}
-    assert all(inserts_of(env.sandbox, i) == 1 for i in ids)
-    assert env.sandbox.calls()["insertbill"] == 4
-    assert {env.store.get_row(i)["status"] for i in ids} == {"inserted"}
+    assert {r.outcome for r in out["first"]} == {Outcome.INSERTED, Outcome.FAILED}
+    assert {r.outcome for r in out["second"]} == {Outcome.ALREADY_DONE, Outcome.NOT_DUE}
+    sent = ids[:-1]
+    assert all(inserts_of(env.sandbox, i) == 1 for i in sent)
+    assert env.sandbox.orders()[refused]["attempts"] == 1  # not sent again by the second try
+    assert env.sandbox.calls()["insertbill"] == 5
+    assert {env.store.get_row(i)["status"] for i in sent} == {"inserted"}
+
+
+def test_a_reset_never_changes_an_order_a_try_is_sending(env):
+    """Review: a person's reset while a cleared try holds a `failed` order would let another
+    run claim and send it beside that try."""
+    order = env.orders(1)[0]
+    env.store.record_end(order.order_id, "failed", "72031", hold=held(env.store, order.order_id),
+                         run_id="r0", step="insert")  # fmt: skip
+    hold = held(env.store, order.order_id, run_id="r1")  # a person's clear: the try holds it
+    assert not env.store.reset(order.order_id)
+    assert env.store.claim_due("r2", lease_s=60) == []
+    assert env.store.record_uploaded(order.order_id, "m-1", hold=hold, run_id="r1")
+
+
+def test_a_second_claim_in_the_run_keeps_the_orders_its_live_try_holds(env):
+    """Review: claim_orders cleared while a batch of the same run still runs: its orders stay in
+    the run's batches (the batch's next try waits for the hold), not dropped for an hour."""
+    orders = env.orders(4)
+    ids = [o.order_id for o in orders]
+    env.store.claim_run("r1", lease_s=600, split=lambda c: [c[:2], c[2:]])
+    held_now = env.store.hold_batch("r1", "r1|issue_bills|0|1", ids[:2], hold_s=600)
+    assert list(held_now.held) == ids[:2]
+    again = env.store.claim_run("r1", lease_s=600, split=lambda c: [c])
+    assert again.reclaimed and again.batches == [ids[:2], ids[2:]]
+    row = env.store.get_row(ids[0])
+    assert (row["held_by"], row["claimed_by"]) == ("r1|issue_bills|0|1", "r1")
+
+
+class _FailingStore(OrderStore):
+    """The order database refuses the insert's write-back with an error that is not a lost
+    connection (a failover onto a read-only standby, a constraint, a bug)."""
+
+    def record_inserted(self, *args, **kwargs):
+        raise psycopg2.errors.ReadOnlySqlTransaction("cannot execute UPDATE in a read-only tx")
+
+
+def test_any_database_error_after_an_insert_keeps_the_code(env, caplog):
+    """Review: only a lost connection was caught; any other error lost the code."""
+    orders = env.orders(2)
+    store = _FailingStore(connect_dsn(env.dsn))
+    try:
+        issuer = env.issuer(store=store, max_workers=1)
+        results = {r.order_id: r for r in issuer.run([o.order_id for o in orders])}
+    finally:
+        store.close()
+    (bill,) = env.sandbox.bills()
+    first = results[bill["order_id"]]
+    assert first.outcome is Outcome.UNRECORDED and first.bill == (bill["code"], bill["openid"])
+    assert issuer.unrecorded == [first]
+    assert bill["code"] in caplog.text
+
+
+class _Variables:
+    """Airflow's Variables as a task sees them, in memory."""
+
+    def __init__(self):
+        self.values: dict[str, str] = {}
+
+    def get(self, key, default=None):
+        return self.values.get(key, default)
+
+    def set(self, key, value, description=None):
+        self.values[key] = value
+
+    def delete(self, key):
+        self.values.pop(key, None)
+
+    def keys(self, prefix=None):
+        return [k for k in self.values if k.startswith(prefix or "")]
+
+
+def test_kept_bills_are_written_before_anything_and_the_key_goes(env, monkeypatch):
+    """The journal: a bill kept by a try whose database was away is written (over a later
+    `duplicate`) by whoever replays the run's keys, and each key is deleted once written."""
+    import airflow.sdk
+
+    from wechat_nontax import journal
+
+    variables = _Variables()
+    monkeypatch.setattr(airflow.sdk, "Variable", variables)
+    order, other = env.orders(2)
+    journal.keep(journal.key_for("r1", 0, 1), [
+        {"order_id": order.order_id, "code": "C-KEPT", "openid": "O-KEPT", "version": 1,
+         "run_id": "r1"},
+    ])  # fmt: skip
+    journal.keep(journal.key_for("r2", 0, 1), [
+        {"order_id": other.order_id, "code": "C-2", "openid": "O-2", "version": 1,
+         "run_id": "r2"},
+    ])  # fmt: skip
+    # Meanwhile a retry sent it again and WeChat answered 72056.
+    hold = held(env.store, order.order_id)
+    env.store.record_end(
+        order.order_id, "duplicate", "72056", hold=hold, run_id="r1", step="insert"
+    )
+    assert journal.keys_of("r1", 0) == [journal.key_for("r1", 0, 1)]
+    assert journal.replay(env.store, keys=journal.keys_of("r1")) == 1
+    row = env.store.get_row(order.order_id)
+    assert (row["status"], row["code"], row["openid"]) == ("inserted", "C-KEPT", "O-KEPT")
+    assert env.store.history(order.order_id)[-1].step == "recover"
+    assert list(variables.values) == [journal.key_for("r2", 0, 1)]  # another run's: untouched
