@@ -221,29 +221,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return problem
         return state.get_pdf(token, None if body is _INVALID else body, str(request.base_url))
 
-    async def h_insertbill(request: Request, body: Any) -> dict[str, Any]:
-        token, problem = token_of(request)
-        if problem is not None:
-            return problem
-        return state.insert_bill(token, None if body is _INVALID else body)
+    def with_token(method: Any) -> Any:
+        """A handler for a JSON call: the token checked, then `method(token, body or None)`."""
+
+        async def handler(request: Request, body: Any) -> dict[str, Any]:
+            token, problem = token_of(request)
+            if problem is not None:
+                return problem
+            return method(token, None if body is _INVALID else body)
+
+        return handler
 
     async def h_getauthdata(request: Request, body: Any) -> dict[str, Any]:
         _token, problem = token_of(request)
         if problem is not None:
             return problem
         return state.auth_data(None if body is _INVALID else body)
-
-    async def h_rejectinsert(request: Request, body: Any) -> dict[str, Any]:
-        token, problem = token_of(request)
-        if problem is not None:
-            return problem
-        return state.reject_insert(token, None if body is _INVALID else body)
-
-    async def h_updatestatus(request: Request, body: Any) -> dict[str, Any]:
-        token, problem = token_of(request)
-        if problem is not None:
-            return problem
-        return state.update_status(token, None if body is _INVALID else body)
 
     def wechat(endpoint: str, handler: Any, *, json_body: bool = True) -> Any:
         async def route(request: Request) -> Response:
@@ -258,11 +251,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/card/invoice/platform/setpdf", wechat("setpdf", h_setpdf, json_body=False), ["POST"]
     )
     app.add_route("/card/invoice/platform/getpdf", wechat("getpdf", h_getpdf), ["POST"])
-    app.add_route("/nontax/insertbill", wechat("insertbill", h_insertbill), ["POST"])
-    app.add_route("/card/invoice/getauthdata", wechat("getauthdata", h_getauthdata), ["POST"])
-    app.add_route("/card/invoice/rejectinsert", wechat("rejectinsert", h_rejectinsert), ["POST"])
     app.add_route(
-        "/card/invoice/platform/updatestatus", wechat("updatestatus", h_updatestatus), ["POST"]
+        "/nontax/insertbill", wechat("insertbill", with_token(state.insert_bill)), ["POST"]
+    )
+    app.add_route("/card/invoice/getauthdata", wechat("getauthdata", h_getauthdata), ["POST"])
+    app.add_route(
+        "/card/invoice/rejectinsert",
+        wechat("rejectinsert", with_token(state.reject_insert)),
+        ["POST"],
+    )
+    app.add_route(
+        "/card/invoice/platform/updatestatus",
+        wechat("updatestatus", with_token(state.update_status)),
+        ["POST"],
     )
 
     # ------------------------------------------------------------ admin API

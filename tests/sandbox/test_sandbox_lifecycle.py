@@ -137,27 +137,29 @@ def test_a_bill_starts_init_and_moves_between_init_and_lock(sandbox, wx, token) 
     ]
 
 
-@pytest.mark.parametrize("start", [REIMBURSE_INIT, REIMBURSE_LOCK])
-def test_a_cancelled_bill_answers_72060_to_everything(sandbox, wx, token, start) -> None:
-    code = insert(wx, token, "o-void")["code"]
-    assert wx.updatestatus(token, DEFAULT_CARD_ID, code, start)["errcode"] == 0
-    assert wx.updatestatus(token, DEFAULT_CARD_ID, code, REIMBURSE_CANCEL)["errcode"] == 0
+@pytest.mark.parametrize(
+    ("path", "errcode"),
+    [
+        ((REIMBURSE_CANCEL,), 72060),
+        ((REIMBURSE_LOCK, REIMBURSE_CANCEL), 72060),
+        ((REIMBURSE_CLOSURE,), 72061),
+        ((REIMBURSE_LOCK, REIMBURSE_CLOSURE), 72061),
+    ],
+    ids=["init-cancel", "lock-cancel", "init-closure", "lock-closure"],
+)
+def test_a_cancelled_or_closed_bill_answers_its_errcode_to_everything(
+    sandbox, wx, token, path, errcode
+) -> None:
+    code = insert(wx, token, "o-final")["code"]
+    for wanted in path:
+        assert wx.updatestatus(token, DEFAULT_CARD_ID, code, wanted)["errcode"] == 0
     for wanted in (REIMBURSE_CANCEL, REIMBURSE_INIT, REIMBURSE_LOCK, REIMBURSE_CLOSURE):
-        assert wx.updatestatus(token, DEFAULT_CARD_ID, code, wanted)["errcode"] == 72060
-    assert status_of(sandbox, "o-void") == REIMBURSE_CANCEL
-    assert sandbox.state()["reimburse_statuses"] == {REIMBURSE_CANCEL: 1}
-    answers = sandbox.order_answers("o-void")["updatestatus"]
-    assert answers == {"0": 2, "72060": 4}
-    assert insert_errcode(wx, token, "o-void") == 72056  # still the order's one bill
-
-
-def test_a_closed_bill_answers_72061_to_everything(sandbox, wx, token) -> None:
-    code = insert(wx, token, "o-closed")["code"]
-    assert wx.updatestatus(token, DEFAULT_CARD_ID, code, REIMBURSE_LOCK)["errcode"] == 0
-    assert wx.updatestatus(token, DEFAULT_CARD_ID, code, REIMBURSE_CLOSURE)["errcode"] == 0
-    for wanted in (REIMBURSE_CANCEL, REIMBURSE_INIT, REIMBURSE_LOCK, REIMBURSE_CLOSURE):
-        assert wx.updatestatus(token, DEFAULT_CARD_ID, code, wanted)["errcode"] == 72061
-    assert status_of(sandbox, "o-closed") == REIMBURSE_CLOSURE
+        assert wx.updatestatus(token, DEFAULT_CARD_ID, code, wanted)["errcode"] == errcode
+    assert status_of(sandbox, "o-final") == path[-1]
+    assert sandbox.state()["reimburse_statuses"] == {path[-1]: 1}
+    answers = sandbox.order_answers("o-final")["updatestatus"]
+    assert answers == {"0": len(path), str(errcode): 4}
+    assert insert_errcode(wx, token, "o-final") == 72056  # still the order's one bill
 
 
 def test_updatestatus_refuses_unknown_bills_and_statuses(sandbox, wx, token) -> None:
