@@ -28,7 +28,7 @@ from starlette.types import Receive, Scope, Send
 from wechat_sandbox import errors as E
 from wechat_sandbox.config import ADMIN_TOKEN_HEADER, Settings, SettingsError
 from wechat_sandbox.faults import FaultRuleError, FaultSet
-from wechat_sandbox.state import AUTH_STATUSES, SandboxState
+from wechat_sandbox.state import AUTH_STATUSES, REIMBURSE_STATUSES, SandboxState
 
 log = logging.getLogger("wechat_sandbox")
 
@@ -133,6 +133,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 body = _loads(await request.body())
                 if isinstance(body, dict):
                     candidate = body.get("order_id")
+                    if endpoint == "updatestatus":  # names its bill by code: the order behind it
+                        code = body.get("code")
+                        candidate = state.order_for_code(code) if isinstance(code, str) else None
                     if isinstance(candidate, str) and candidate:
                         order_id = candidate
             if endpoint == "insertbill" and order_id is not None:
@@ -168,10 +171,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         status_code=response.status_code,
                         media_type=response.media_type,
                     )
-            if endpoint == "insertbill" and order_id is not None:
-                state.note_insert_answer(
-                    order_id, payload.get("errcode") if isinstance(payload, dict) else None
-                )
+            if order_id is not None:
+                errcode = payload.get("errcode") if isinstance(payload, dict) else None
+                if endpoint == "insertbill":
+                    state.note_insert_answer(order_id, errcode)
+                state.note_answer(endpoint, order_id, errcode)
             return response
         except ClientDisconnect:
             return Response(status_code=200)
@@ -217,11 +221,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return problem
         return state.get_pdf(token, None if body is _INVALID else body, str(request.base_url))
 
-    async def h_insertbill(request: Request, body: Any) -> dict[str, Any]:
-        token, problem = token_of(request)
-        if problem is not None:
-            return problem
-        return state.insert_bill(token, None if body is _INVALID else body)
+    def with_token(method: Any) -> Any:
+        """A handler for a JSON call: the token checked, then `method(token, body or None)`."""
+
+        async def handler(request: Request, body: Any) -> dict[str, Any]:
+            token, problem = token_of(request)
+            if problem is not None:
+                return problem
+            return method(token, None if body is _INVALID else body)
+
+        return handler
 
     async def h_getauthdata(request: Request, body: Any) -> dict[str, Any]:
         _token, problem = token_of(request)
@@ -242,8 +251,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/card/invoice/platform/setpdf", wechat("setpdf", h_setpdf, json_body=False), ["POST"]
     )
     app.add_route("/card/invoice/platform/getpdf", wechat("getpdf", h_getpdf), ["POST"])
-    app.add_route("/nontax/insertbill", wechat("insertbill", h_insertbill), ["POST"])
+    app.add_route(
+        "/nontax/insertbill", wechat("insertbill", with_token(state.insert_bill)), ["POST"]
+    )
     app.add_route("/card/invoice/getauthdata", wechat("getauthdata", h_getauthdata), ["POST"])
+    app.add_route(
+        "/card/invoice/rejectinsert",
+        wechat("rejectinsert", with_token(state.reject_insert)),
+        ["POST"],
+    )
+    app.add_route(
+        "/card/invoice/platform/updatestatus",
+        wechat("updatestatus", with_token(state.update_status)),
+        ["POST"],
+    )
 
     # ------------------------------------------------------------ admin API
     # Every admin route wants the admin token (it can fake bills, read PDFs, switch faults on).
@@ -334,6 +355,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.set_authorization(order_id, status)
         return {"count": len(orders)}
 
+    async def a_rejections(request: Request) -> Any:
+        rejections = state.rejections_dict()
+        return {"count": len(rejections), "rejections": rejections}
+
+    async def a_statuses(request: Request) -> Any:
+        return {"statuses": state.statuses_dict()}
+
+    async def a_put_status(request: Request) -> Any:
+        body = await _admin_json(request)
+        wanted = body.get("reimburse_status") if isinstance(body, dict) else None
+        if wanted not in REIMBURSE_STATUSES:
+            raise _AdminError(
+                400, f"body must be {{reimburse_status: one of {', '.join(REIMBURSE_STATUSES)}}}"
+            )
+        order_id = request.path_params["order_id"]
+        try:
+            answer = state.set_bill_status(order_id, wanted)
+        except KeyError:
+            raise _AdminError(404, f"no bill for order {order_id!r}") from None
+        return {"errcode": answer["errcode"], "status": state.statuses_dict()[order_id]}
+
+    async def a_order_answers(request: Request) -> Any:
+        return {"answers": state.answers_for(request.path_params["order_id"])}
+
     async def a_expire_tokens(request: Request) -> Any:
         return {"expired": state.expire_tokens()}
 
@@ -383,6 +428,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         (f"{p}/bills", a_bills, ["GET"]),
         (f"{p}/bills/{{order_id}}", a_bill, ["GET"]),
         (f"{p}/orders", a_orders, ["GET"]),
+        (f"{p}/orders/{{order_id}}/answers", a_order_answers, ["GET"]),
+        (f"{p}/rejections", a_rejections, ["GET"]),
+        (f"{p}/statuses", a_statuses, ["GET"]),
+        (f"{p}/statuses/{{order_id}}", a_put_status, ["PUT"]),
         (f"{p}/reset", a_reset, ["POST"]),
         (f"{p}/config", a_get_config, ["GET"]),
         (f"{p}/config", a_config, ["POST"]),

@@ -127,6 +127,32 @@ class SandboxAdmin:
     def media(self) -> list[dict[str, Any]]:
         return self._call("GET", "media")["media"]
 
+    def rejections(self) -> dict[str, dict[str, Any]]:
+        """Per refused order_id: `{s_pappid, reason, url, rejected_at, repeats, appid}`
+        (`repeats`: later rejectinsert calls, each answered 72035)."""
+        return self._call("GET", "rejections")["rejections"]
+
+    def statuses(self) -> dict[str, dict[str, Any]]:
+        """Per inserted order_id: `{card_id, code, reimburse_status, updated_at, history}`."""
+        return self._call("GET", "statuses")["statuses"]
+
+    def set_bill_status(self, order_id: str, reimburse_status: str) -> dict[str, Any]:
+        """Set a bill's reimbursement status as another party would (a reimbursing unit locking
+        or writing it off), by WeChat's rules: `{errcode, status}`, errcode 72060/72061 when
+        the bill was already cancelled/closed."""
+        return self._call(
+            "PUT",
+            f"statuses/{requests.utils.quote(order_id, safe='')}",
+            json={"reimburse_status": reimburse_status},
+        )
+
+    def order_answers(self, order_id: str) -> dict[str, dict[str, int]]:
+        """Every answer to a call naming this order, per endpoint: `{endpoint: {errcode: n}}`
+        ("http_error" for an answer that was not JSON), fault-injected ones included."""
+        return self._call("GET", f"orders/{requests.utils.quote(order_id, safe='')}/answers")[
+            "answers"
+        ]
+
     # settings
     def config(self) -> dict[str, Any]:
         return self._call("GET", "config")
@@ -136,7 +162,8 @@ class SandboxAdmin:
         return self._call("POST", "config", json=settings)
 
     def set_authorization(self, order_id: str, status: str) -> dict[str, Any]:
-        """status: "authorized" | "unauthorized" (insert -> 72038) | "rejected" (72035)."""
+        """status: "authorized" (getauthdata "auth success") | "unauthorized" (insert -> 72038,
+        "never auth") | "rejected" (72035, "reject insert")."""
         return self._call(
             "PUT",
             f"authorizations/{requests.utils.quote(order_id, safe='')}",
@@ -263,6 +290,25 @@ class SandboxWeChat:
     def getauthdata(self, token: str | None, order_id: str, s_pappid: str = "sandbox") -> Any:
         body = {"order_id": order_id, "s_pappid": s_pappid}
         return self._post_json("/card/invoice/getauthdata", token, body)
+
+    def rejectinsert(
+        self,
+        token: str | None,
+        order_id: str,
+        reason: str = "已退款，不再开具票据",
+        s_pappid: str = "sandbox",
+        url: str | None = None,
+    ) -> Any:
+        body = {"s_pappid": s_pappid, "order_id": order_id, "reason": reason}
+        if url is not None:
+            body["url"] = url
+        return self._post_json("/card/invoice/rejectinsert", token, body)
+
+    def updatestatus(
+        self, token: str | None, card_id: str, code: str, reimburse_status: str
+    ) -> Any:
+        body = {"card_id": card_id, "code": code, "reimburse_status": reimburse_status}
+        return self._post_json("/card/invoice/platform/updatestatus", token, body)
 
     def getpdf(self, token: str | None, s_media_id: str) -> dict[str, Any]:
         body = {"action": "get_url", "s_media_id": s_media_id}

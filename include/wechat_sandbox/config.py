@@ -58,6 +58,7 @@ RUNTIME_KEYS = frozenset(
         "apps",
         "authorize_by_default",
         "max_pdf_bytes",
+        "daily_insert_limit",
     }
 )
 
@@ -112,6 +113,9 @@ class Settings:
     authorize_by_default: bool = True
     # WeChat's setpdf size limit is not documented: no limit unless configured (then 72040).
     max_pdf_bytes: int | None = None
+    # Successful insertbill calls per appid and Beijing calendar day before 72057 "today insert
+    # limit" (WeChat's number is not documented): off unless configured.
+    daily_insert_limit: int | None = None
     # Start-up only, never shown by the admin API: its credential and the issued-tokens file.
     admin_token: str | None = field(default=None, repr=False)
     tokens_file: str | None = None
@@ -168,11 +172,11 @@ class Settings:
                 if not isinstance(value, bool):
                     raise SettingsError("authorize_by_default must be a boolean")
                 new[key] = value
-            elif key == "max_pdf_bytes":
+            elif key in ("max_pdf_bytes", "daily_insert_limit"):
                 if value is not None and (
                     isinstance(value, bool) or not isinstance(value, int) or value <= 0
                 ):
-                    raise SettingsError("max_pdf_bytes must be a positive integer or null")
+                    raise SettingsError(f"{key} must be a positive integer or null")
                 new[key] = value
         for key, value in new.items():
             setattr(self, key, value)
@@ -189,4 +193,5 @@ class Settings:
             "media_ttl_s": self.media_ttl_s,
             "authorize_by_default": self.authorize_by_default,
             "max_pdf_bytes": self.max_pdf_bytes,
+            "daily_insert_limit": self.daily_insert_limit,
         }

@@ -17,6 +17,7 @@ INVALID_GRANT_TYPE = 40002
 INVALID_MEDIA_ID = 40007
 INVALID_APPID = 40013
 TOKEN_NOT_LATEST = 40014
+INVALID_CODE = 40056
 INVALID_CARD = 40078
 INVALID_APPSECRET = 40125
 TOKEN_MISSING = 41001
@@ -31,7 +32,13 @@ INVOICE_BUSY = 72036
 ORDER_NOT_AUTHORISED = 72038
 INVALID_PDF = 72040
 BILLING_REPEATED = 72042
+NEED_AUTH_AGAIN = 72048
+INSERTING = 72054
 ORDER_ID_REPEATED = 72056
+TODAY_INSERT_LIMIT = 72057
+CARD_CANCELLED = 72060
+CARD_CLOSED = 72061
+PDF_CHECK_ERROR = 72082
 
 MESSAGES: dict[int, str] = {
     OK: "ok",
@@ -41,6 +48,7 @@ MESSAGES: dict[int, str] = {
     INVALID_MEDIA_ID: "invalid media_id",
     INVALID_APPID: "invalid appid",
     TOKEN_NOT_LATEST: "invalid access_token",
+    INVALID_CODE: "invalid serial code",
     INVALID_CARD: "invalid card status",
     INVALID_APPSECRET: "invalid appsecret",
     TOKEN_MISSING: "access_token missing",
@@ -55,7 +63,13 @@ MESSAGES: dict[int, str] = {
     ORDER_NOT_AUTHORISED: "order not authorised",
     INVALID_PDF: "invalid pdf",
     BILLING_REPEATED: "billing_code and billing_no repeated",
+    NEED_AUTH_AGAIN: "insert too many, need auth again",
+    INSERTING: "inserting, wait",
     ORDER_ID_REPEATED: "order_id repeated",
+    TODAY_INSERT_LIMIT: "today insert limit",
+    CARD_CANCELLED: "invoice has been cancelled",
+    CARD_CLOSED: "invoice has been closed",
+    PDF_CHECK_ERROR: "pdf check error",
 }
 
 

@@ -2,7 +2,8 @@
 
 A rule (POST /_sandbox/faults) is a JSON object:
 
-    endpoint     "insertbill" | "setpdf" | "getpdf" | "stable_token" | "token" | "getauthdata" | "*"
+    endpoint     "insertbill" | "setpdf" | "getpdf" | "stable_token" | "token" | "getauthdata" |
+                 "rejectinsert" | "updatestatus" | "*"
     kind         "latency" | "http_5xx" | "errcode" | "timeout" | "lost_answer" | "token_expire"
     errcode      kind errcode: the errcode answered (default -1), errmsg optional
     latency_ms   extra delay before handling (default 50 for kind latency, 0 for the others)
@@ -11,7 +12,8 @@ A rule (POST /_sandbox/faults) is a JSON object:
     count        apply to the next N matching calls, then the rule is spent (null: unlimited)
     probability  0..1 (default 1): chance that a matching call is hit
     seed         int: the rule draws from its own random.Random(seed), so runs are reproducible
-    order_ids    list of order ids: only calls naming one of them (insertbill, getauthdata)
+    order_ids    list of order ids: only calls naming one of them (insertbill, getauthdata,
+                 rejectinsert; updatestatus through the order whose bill has that code)
 
 Rules are looked at in the order they were added. Delays add up; the first hit http_5xx or
 errcode rule decides the answer (later ones of those kinds are not consulted and not consumed);
@@ -28,7 +30,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FAULT_ENDPOINTS = frozenset(
-    {"insertbill", "setpdf", "getpdf", "stable_token", "token", "getauthdata", "*"}
+    {
+        "insertbill",
+        "setpdf",
+        "getpdf",
+        "stable_token",
+        "token",
+        "getauthdata",
+        "rejectinsert",
+        "updatestatus",
+        "*",
+    }
 )
 FAULT_KINDS = frozenset(
     {"latency", "http_5xx", "errcode", "timeout", "lost_answer", "token_expire"}

@@ -23,16 +23,44 @@ from typing import Any
 from wechat_sandbox import errors as E
 from wechat_sandbox.config import Settings
 
-ENDPOINTS = ("stable_token", "token", "setpdf", "getpdf", "insertbill", "getauthdata")
+ENDPOINTS = (
+    "stable_token",
+    "token",
+    "setpdf",
+    "getpdf",
+    "insertbill",
+    "getauthdata",
+    "rejectinsert",
+    "updatestatus",
+)
 
 AUTHORIZED = "authorized"
-UNAUTHORIZED = "unauthorized"
+UNAUTHORIZED = "unauthorized"  # never authorised (yet)
 REJECTED = "rejected"
+# The admin API's authorisation statuses and what getauthdata answers for each.
 AUTH_STATUSES = {
     AUTHORIZED: "auth success",
-    UNAUTHORIZED: "auth fail",
+    UNAUTHORIZED: "never auth",
     REJECTED: "reject insert",
 }
+
+# A bill card's reimbursement status (platform/updatestatus). Every bill starts INIT; from INIT
+# or LOCK any of the four may be set (the same one again included); CANCEL (red-reversed) and
+# CLOSURE (written off) are final: any update of a cancelled bill answers 72060, of a closed one
+# 72061. Only those two rules are WeChat's as the facts give them; the rest is the sandbox's.
+REIMBURSE_INIT = "INVOICE_REIMBURSE_INIT"
+REIMBURSE_LOCK = "INVOICE_REIMBURSE_LOCK"
+REIMBURSE_CLOSURE = "INVOICE_REIMBURSE_CLOSURE"
+REIMBURSE_CANCEL = "INVOICE_REIMBURSE_CANCEL"
+REIMBURSE_STATUSES = (REIMBURSE_INIT, REIMBURSE_LOCK, REIMBURSE_CLOSURE, REIMBURSE_CANCEL)
+_FINAL_REIMBURSE = {REIMBURSE_CANCEL: E.CARD_CANCELLED, REIMBURSE_CLOSURE: E.CARD_CLOSED}
+
+# The longest rejectinsert reason accepted (47001 beyond it). WeChat documents no limit; this
+# is the pipeline's assumed one (wechat_nontax.validation.MAX_REFUSAL_REASON_CHARS), so that a
+# client that skipped its own check is caught here too.
+MAX_REJECT_REASON_CHARS = 100
+# Daily quotas count per Beijing calendar day (UTC+8), like policy.seconds_until_quota_reset.
+_UTC8_OFFSET_S = 8 * 3600
 
 _OPENID_ALPHABET = string.ascii_letters + string.digits + "_-"
 _MEDIA_ID_LOW = 10**18  # 19 digits, like real s_media_id values, below 2**63
@@ -176,6 +204,12 @@ class SandboxState:
         self.orders: dict[str, OrderStats] = {}
         self.authorizations: dict[str, dict[str, Any]] = {}  # explicit ones only
         self._implicit_auth_time: dict[str, int] = {}
+        self.rejections: dict[str, dict[str, Any]] = {}  # order_id -> the rejectinsert
+        self.card_status: dict[str, dict[str, Any]] = {}  # order_id -> reimburse status, history
+        self._code_owner: dict[str, str] = {}  # bill code -> order_id
+        self._inserts_per_day: Counter[tuple[int, str]] = Counter()  # (UTC+8 day, appid)
+        # order_id -> endpoint -> answers (errcode, "http_error" for none), faults included.
+        self.order_answers: dict[str, dict[str, Counter]] = {}
         self.lost_answers = 0
         self.faulted_calls = 0
 
@@ -217,6 +251,8 @@ class SandboxState:
             return self.authorizations.pop(order_id, None) is not None
 
     def authorization_status(self, order_id: str) -> str:
+        if order_id in self.rejections:
+            return REJECTED  # refused by rejectinsert: for good, whatever the admin set later
         record = self.authorizations.get(order_id)
         if record is not None:
             return record["status"]
@@ -381,6 +417,10 @@ class SandboxState:
                 return E.error(E.INVALID_APPID)
             if bill["card_id"] not in self.settings.card_ids:
                 return E.error(E.INVALID_CARD)
+            day_key = (self._beijing_day(), token.appid)
+            limit = self.settings.daily_insert_limit
+            if limit is not None and self._inserts_per_day[day_key] >= limit:
+                return E.error(E.TODAY_INSERT_LIMIT)
             order_id = bill["order_id"]
             status = self.authorization_status(order_id)
             if status == UNAUTHORIZED:
@@ -400,6 +440,16 @@ class SandboxState:
             bill.update(code=code, openid=openid, inserted_at=self.clock())
             self.bills[order_id] = bill
             self._billing_pairs[pair] = order_id
+            self._code_owner[code] = order_id
+            self._inserts_per_day[day_key] += 1
+            self.card_status[order_id] = {
+                "order_id": order_id,
+                "card_id": bill["card_id"],
+                "code": code,
+                "reimburse_status": REIMBURSE_INIT,
+                "updated_at": bill["inserted_at"],
+                "history": [],
+            }
             stats = self.orders.get(order_id)
             if stats is None:
                 stats = self.orders[order_id] = OrderStats()
@@ -414,13 +464,111 @@ class SandboxState:
         if not (_text(order_id) and _text(s_pappid)):
             return E.error(E.DATA_FORMAT)
         with self._lock:
+            status = self.authorization_status(order_id)
             record = self.authorizations.get(order_id)
-            if record is not None:
-                status, auth_time = record["status"], record["auth_time"]
+            if status == UNAUTHORIZED:
+                auth_time = 0  # no authorisation to date
+            elif record is not None:
+                auth_time = record["auth_time"]
             else:
-                status = self.authorization_status(order_id)
                 auth_time = self._implicit_auth_time.setdefault(order_id, int(self.clock()))
             return E.ok(invoice_status=AUTH_STATUSES[status], auth_time=auth_time)
+
+    def reject_insert(self, token: Token, body: Any) -> dict[str, Any]:
+        """POST /card/invoice/rejectinsert once the token is known to be valid.
+
+        47001 for a malformed body (s_pappid, order_id, reason non-empty text, reason at most
+        MAX_REJECT_REASON_CHARS, url text if present); 72035 once the order is refused (a
+        repeat too); 72056 when the order already has a bill; 72038 when it was never
+        authorised. Else the refusal is recorded and insertbill answers 72035 for good.
+        """
+        if not isinstance(body, dict):
+            return E.error(E.DATA_FORMAT)
+        order_id, s_pappid, reason = body.get("order_id"), body.get("s_pappid"), body.get("reason")
+        url = body.get("url")
+        if not (_text(order_id) and _text(s_pappid) and _text(reason)):
+            return E.error(E.DATA_FORMAT)
+        if len(reason) > MAX_REJECT_REASON_CHARS or not (url is None or isinstance(url, str)):
+            return E.error(E.DATA_FORMAT)
+        with self._lock:
+            earlier = self.rejections.get(order_id)
+            if earlier is not None:
+                earlier["repeats"] += 1
+                return E.error(E.BUSINESS_REJECTED)
+            if order_id in self.bills:
+                return E.error(E.ORDER_ID_REPEATED)
+            status = self.authorization_status(order_id)
+            if status == UNAUTHORIZED:
+                return E.error(E.ORDER_NOT_AUTHORISED)
+            if status == REJECTED:
+                return E.error(E.BUSINESS_REJECTED)
+            self.rejections[order_id] = {
+                "order_id": order_id,
+                "appid": token.appid,
+                "s_pappid": s_pappid,
+                "reason": reason,
+                "url": url or None,
+                "rejected_at": self.clock(),
+                "repeats": 0,
+            }
+            return E.ok()
+
+    def update_status(self, token: Token, body: Any) -> dict[str, Any]:
+        """POST /card/invoice/platform/updatestatus once the token is known to be valid.
+
+        47001 for a malformed body or an unknown reimburse_status; 40056 when card_id + code
+        name no bill of this app; 72060 / 72061 when the bill is cancelled / closed.
+        """
+        if not isinstance(body, dict):
+            return E.error(E.DATA_FORMAT)
+        card_id, code = body.get("card_id"), body.get("code")
+        wanted = body.get("reimburse_status")
+        if not (_text(card_id) and _text(code)) or wanted not in REIMBURSE_STATUSES:
+            return E.error(E.DATA_FORMAT)
+        with self._lock:
+            order_id = self._code_owner.get(code)
+            bill = self.bills.get(order_id) if order_id is not None else None
+            if bill is None or bill["card_id"] != card_id or bill["appid"] != token.appid:
+                return E.error(E.INVALID_CODE)
+            return self._set_reimburse_status(order_id, wanted, by="updatestatus")
+
+    def _set_reimburse_status(self, order_id: str, wanted: str, *, by: str) -> dict[str, Any]:
+        record = self.card_status[order_id]
+        final = _FINAL_REIMBURSE.get(record["reimburse_status"])
+        if final is not None:
+            return E.error(final)
+        now = self.clock()
+        record["history"].append(
+            {"from": record["reimburse_status"], "to": wanted, "at": now, "by": by}
+        )
+        record["reimburse_status"], record["updated_at"] = wanted, now
+        return E.ok()
+
+    def set_bill_status(self, order_id: str, wanted: str) -> dict[str, Any]:
+        """Admin: set a bill's reimbursement status as another party would (a reimbursing unit
+        locking or writing it off), by WeChat's rules; the answer updatestatus would give."""
+        if wanted not in REIMBURSE_STATUSES:
+            raise ValueError(f"reimburse_status must be one of {', '.join(REIMBURSE_STATUSES)}")
+        with self._lock:
+            if order_id not in self.card_status:
+                raise KeyError(order_id)
+            return self._set_reimburse_status(order_id, wanted, by="admin")
+
+    def order_for_code(self, code: str) -> str | None:
+        with self._lock:
+            return self._code_owner.get(code)
+
+    def note_answer(self, endpoint: str, order_id: str, errcode: int | None) -> None:
+        """One answer to a call naming `order_id` (None: no JSON answer, an HTTP error)."""
+        with self._lock:
+            per_order = self.order_answers.setdefault(order_id, {})
+            answers = per_order.get(endpoint)
+            if answers is None:
+                answers = per_order[endpoint] = Counter()
+            answers[errcode if errcode is not None else "http_error"] += 1
+
+    def _beijing_day(self) -> int:
+        return int((self.clock() + _UTC8_OFFSET_S) // 86_400)
 
     # ------------------------------------------------------------- snapshots
     def tokens_list(self) -> list[dict[str, Any]]:
@@ -445,6 +593,28 @@ class SandboxState:
         with self._lock:
             bill = self.bills.get(order_id)
             return None if bill is None else dict(bill)
+
+    def rejections_dict(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {order_id: dict(r) for order_id, r in self.rejections.items()}
+
+    def statuses_dict(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {
+                order_id: {**record, "history": [dict(h) for h in record["history"]]}
+                for order_id, record in self.card_status.items()
+            }
+
+    def answers_for(self, order_id: str) -> dict[str, dict[str, int]]:
+        with self._lock:
+            per_order = self.order_answers.get(order_id, {})
+            return {ep: {str(k): v for k, v in c.items()} for ep, c in per_order.items()}
+
+    def inserts_today(self) -> dict[str, int]:
+        """Successful inserts per appid this Beijing calendar day (the daily insert limit)."""
+        with self._lock:
+            day = self._beijing_day()
+            return {appid: n for (d, appid), n in self._inserts_per_day.items() if d == day}
 
     def media_list(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -475,6 +645,11 @@ class SandboxState:
                     "repeat_answers": sum(s.repeats for s in orders),
                 },
                 "authorizations": len(self.authorizations),
+                "rejections": len(self.rejections),
+                "reimburse_statuses": dict(
+                    Counter(r["reimburse_status"] for r in self.card_status.values())
+                ),
+                "inserts_today": self.inserts_today(),
                 "faulted_calls": self.faulted_calls,
                 "lost_answers": self.lost_answers,
                 "config": self.settings.to_dict(),

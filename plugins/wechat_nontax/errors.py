@@ -77,7 +77,7 @@ class WeChatError(Exception):
         self.errcode: int | None = signal if isinstance(signal, int) else None
         self.errmsg = redact(str(errmsg))
         self.step = step
-        self.rule: Rule = rule if rule is not None else classify_attempt(signal, 1)
+        self.rule: Rule = rule if rule is not None else classify_attempt(signal, 1, step)
         super().__init__(self.signal, self.errmsg)
 
     @property
@@ -128,6 +128,11 @@ class RejectedError(WeChatError):
     """WeChat refuses this order for good."""
 
 
+class AlreadyDoneError(WeChatError):
+    """What the call asked for is done on WeChat's side already (a refusal or a void that an
+    earlier try made before its answer was lost): record it as done."""
+
+
 _ERROR_FOR_ACTION: Mapping[Action, type[WeChatError]] = MappingProxyType(
     {
         Action.RETRY: RetryableError,
@@ -138,6 +143,7 @@ _ERROR_FOR_ACTION: Mapping[Action, type[WeChatError]] = MappingProxyType(
         Action.REUPLOAD: MediaExpiredError,
         Action.FAIL: PermanentError,
         Action.REJECT: RejectedError,
+        Action.ALREADY_DONE: AlreadyDoneError,
     }
 )
 
@@ -148,9 +154,10 @@ def error_for(
     """The exception for an answer: the subclass named by the policy's action.
 
     `answers` counts consecutive answers of this signal for the same order (1-based); past a
-    rule's retry limit the error is a `PermanentError` that says how often it came back.
+    rule's retry limit the error is a `PermanentError` that says how often it came back. The
+    rule is the one for `step` (`policy.classify`).
     """
-    rule = classify_attempt(signal, answers)
+    rule = classify_attempt(signal, answers, step)
     if rule.action is Action.SUCCESS:
         raise ValueError(f"{signal!r} is a success, not an error")
     return _ERROR_FOR_ACTION[rule.action](signal, errmsg, step, rule)
@@ -168,12 +175,12 @@ class PdfUnavailableError(RuntimeError):
         return (type(self), (self.reason,))
 
 
-class InvalidOrderError(ValueError):
-    """An order that cannot be sent as it is: its problems say which fields and why."""
+class _ProblemsError(ValueError):
+    """Something that cannot be sent as it is: its problems say which fields and why."""
 
     def __init__(self, problems: Sequence[Problem]) -> None:
         if not problems:
-            raise ValueError("an InvalidOrderError needs at least one problem")
+            raise ValueError(f"an {type(self).__name__} needs at least one problem")
         self.problems: list[Problem] = list(problems)
         super().__init__(self.problems)
 
@@ -182,3 +189,12 @@ class InvalidOrderError(ValueError):
 
     def __reduce__(self):
         return (type(self), (self.problems,))
+
+
+class InvalidOrderError(_ProblemsError):
+    """An order that cannot be sent as it is: its problems say which fields and why."""
+
+
+class InvalidRequestError(_ProblemsError):
+    """A refusal or a status change that cannot be sent as asked (an empty or overlong reason,
+    an unknown status...): refused before any call, its problems say which fields and why."""

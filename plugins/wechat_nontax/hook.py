@@ -17,6 +17,8 @@ password = app secret, extras:
   timeout           seconds per call (default 15), as HttpHook reads it
   card_ids          optional: the account's card ids (a list, or comma-separated); an order
                     naming another card ends invalid before any call (else WeChat answers 40078)
+  s_pappid          the fiscal platform's id that getauthdata and rejectinsert name (part of
+                    the invoice_url that /card/invoice/seturl returns); default: the appid
 """
 
 from __future__ import annotations
@@ -32,12 +34,15 @@ import requests
 from airflow.providers.http.hooks.http import HttpHook
 from requests_toolbelt.adapters.socket_options import TCPKeepAliveAdapter
 
-from wechat_nontax import errors
+from wechat_nontax import errors, validation
 from wechat_nontax.bill import Order, insertbill_body
+from wechat_nontax.policy import Step
 from wechat_nontax.token_cache import TokenCache
 
 TOKEN_MODES = ("stable_token", "token", "service")
-_OWN_EXTRAS = frozenset({"token_mode", "token_service_url", "token_margin_s", "card_ids"})
+_OWN_EXTRAS = frozenset(
+    {"token_mode", "token_service_url", "token_margin_s", "card_ids", "s_pappid"}
+)
 DEFAULT_TIMEOUT_S = 15.0
 
 
@@ -131,6 +136,12 @@ class WeChatNonTaxHook(HttpHook):
         """Seconds one call may take (the Connection's extra `timeout`)."""
         self.session  # noqa: B018 (reads the Connection)
         return float(self._extras.get("timeout", DEFAULT_TIMEOUT_S))
+
+    @property
+    def s_pappid(self) -> str:
+        """The Connection's extra `s_pappid` (the fiscal platform's id), else the appid."""
+        self.session  # noqa: B018 (reads the Connection)
+        return str(self._extras.get("s_pappid") or self._appid)
 
     @property
     def token_mode(self) -> str:
@@ -247,9 +258,39 @@ class WeChatNonTaxHook(HttpHook):
         answer = self._call(
             "authorization",
             "/card/invoice/getauthdata",
-            json_body={"order_id": order_id, "s_pappid": s_pappid or self.appid},
+            json_body={"order_id": order_id, "s_pappid": s_pappid or self.s_pappid},
         )
         return AuthData(str(answer.get("invoice_status", "")), answer.get("auth_time"))
+
+    def reject_insert(self, order_id: str, reason: str, url: str | None = None) -> None:
+        """rejectinsert: refuse the order for good; the payer is shown `reason` (and `url`).
+
+        Checked first (`validation.check_refusal`: a reason not blank, at most
+        MAX_REFUSAL_REASON_CHARS): `errors.InvalidRequestError` without a call. Afterwards
+        insertbill answers 72035 for this order_id; so does a second refusal, which the step
+        `refuse` classifies as `Action.ALREADY_DONE` (`errors.AlreadyDoneError`).
+        """
+        problems = validation.check_refusal(order_id, reason, url)
+        if problems:
+            raise errors.InvalidRequestError(problems)
+        body = {"s_pappid": self.s_pappid, "order_id": order_id, "reason": reason}
+        if url is not None:
+            body["url"] = url
+        self._call(Step.REFUSE, "/card/invoice/rejectinsert", json_body=body)
+
+    def update_status(self, card_id: str, code: str, status: str) -> None:
+        """platform/updatestatus: set an inserted bill's reimburse status (`status` by its full
+        or short name: INIT, LOCK, CLOSURE, CANCEL). CANCEL voids the bill (step `void`: a
+        72060 then means it was voided already, `errors.AlreadyDoneError`); the others are step
+        `status`. A bad argument is `errors.InvalidRequestError` without a call.
+        """
+        problems = validation.check_status_change(card_id, code, status)
+        if problems:
+            raise errors.InvalidRequestError(problems)
+        wanted = validation.reimburse_status(status)
+        step = Step.VOID if wanted == validation.REIMBURSE_STATUSES["CANCEL"] else Step.STATUS
+        body = {"card_id": card_id, "code": code, "reimburse_status": wanted}
+        self._call(step, "/card/invoice/platform/updatestatus", json_body=body)
 
     def _call(self, step: str, path: str, **kwargs: Any) -> dict[str, Any]:
         """A call with the access token; on a refused token: invalidate-if-same, refresh,

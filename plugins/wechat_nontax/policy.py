@@ -1,11 +1,16 @@
 """What to do after each answer from WeChat: the errcode policy, in one table.
 
-Every call the pipeline makes (token, PDF upload, insertbill, authorization status) ends in a
-signal: an `errcode` from the answer, or one of the transport `Signal`s when no usable answer
-came back. `POLICY` maps each signal to a `Rule`: the `Action` to take and a reason written for
-the person on duty. The table follows `spec/wechat-api-facts.md`; codes outside it are looked up
-in WeChat's global error codes. Anything not in the table is a permanent failure with a reason
-that says so, so an unknown code is seen by a person instead of being retried forever.
+Every call the pipeline makes (token, PDF upload, insertbill, authorization status, refusing an
+order, setting a bill's status) ends in a signal: an `errcode` from the answer, or one of the
+transport `Signal`s when no usable answer came back. `POLICY` maps each signal to a `Rule`: the
+`Action` to take and a reason written for the person on duty. A few answers mean something
+else after one kind of call (72035 after a refusal: it was refused already; 72060 after a void:
+it was voided already): `STEP_POLICY` holds those, per `Step`, and `classify(signal, step)`
+looks there first. The steps of the insert path (token, upload, insert, authorization) have
+no entries there, so what they do is the table's. The table follows `spec/wechat-api-facts.md`;
+codes outside it are looked up in WeChat's global error codes. Anything not in the table is a
+permanent failure with a reason that says so, so an unknown code is seen by a person instead of
+being retried forever.
 
 `Status` names the states an order's row can be in; `status_for` says which state an action
 leaves the order in. The module is pure: the caller supplies the clock and the random numbers.
@@ -33,6 +38,21 @@ class Action(StrEnum):
     REUPLOAD = "reupload"  # the media id is unknown or expired: upload again, retry once
     FAIL = "fail"  # permanent for this order: a person must fix data or configuration
     REJECT = "reject"  # final: this order can never be inserted
+    # What the call asks for is so already on WeChat's side (a refusal or a void that an earlier
+    # try made before its answer was lost): record it as done, call nothing again.
+    ALREADY_DONE = "already_done"
+
+
+class Step(StrEnum):
+    """The remote calls, as errors and attempt rows name them (plain strings compare equal)."""
+
+    TOKEN = "token"  # noqa: S105 (a step's name, not a password)
+    UPLOAD = "upload"
+    INSERT = "insert"
+    AUTHORIZATION = "authorization"  # getauthdata
+    REFUSE = "refuse"  # rejectinsert
+    VOID = "void"  # platform/updatestatus to INVOICE_REIMBURSE_CANCEL
+    STATUS = "status"  # platform/updatestatus to any other reimburse status
 
 
 class Status(StrEnum):
@@ -111,6 +131,13 @@ BUSY_RETRY_LIMIT = 3
 # how long to wait in total before the order needs a person. Our choice, not WeChat's.
 AUTHORIZATION_RECHECK_S = 15 * 60.0
 AUTHORIZATION_DEADLINE_S = 24 * 3600.0
+
+# 72054 "inserting, wait": an insert of this order is still in progress on WeChat's side (in
+# practice an earlier call of ours whose answer was lost: two holders never insert one order).
+# Ask again after this wait, one call at a time, this many times; then the order needs a person.
+# Our choice: the facts give the meaning only as reported, not how long an insert may take.
+INSERT_IN_PROGRESS_WAIT_S = 10.0
+INSERT_IN_PROGRESS_LIMIT = 6
 
 
 def _token_rule(meaning: str) -> Rule:
@@ -234,6 +261,67 @@ POLICY: Mapping[int | str, Rule] = MappingProxyType(
             "code/number size error",
             f"billing_code or billing_no has the wrong size: {_DATA}",
         ),
+        # The rows 72048-72082 follow meanings "as reported, not confirmed for fiscal bills"
+        # (spec/wechat-api-facts.md, "After the insert"): each takes the safe action, and the
+        # README's "Assumptions" names them.
+        # 72048: the payer's authorisation no longer covers an insert. Not waited for like
+        # 72038 (an authorisation WeChat has not seen yet, which arrives by itself): nothing
+        # the pipeline does brings a new one, and blind re-inserts would only be refused.
+        72048: Rule(
+            Action.FAIL,
+            "insert too many, need auth again",
+            "WeChat wants the payer to authorise this order again: have the payer authorise it "
+            "again (a new authorisation link from the unit's payment service), then reset the "
+            "order; until then every insert is refused, so it is not retried",
+        ),
+        # 72054: an insert of this order is in progress; never a second one alongside it: the
+        # same holder asks again after a fixed wait, and a finished insert then answers 72056.
+        72054: Rule(
+            Action.RETRY,
+            "inserting, wait",
+            "WeChat is still inserting this order (an earlier call whose answer was lost): "
+            "wait, then ask again",
+            retry_delay_s=INSERT_IN_PROGRESS_WAIT_S,
+            max_retries=INSERT_IN_PROGRESS_LIMIT,
+            exhausted_reason="WeChat said {answers} times in a row that an insert of this order "
+            "is in progress: re-run it later (if that insert went through, the re-run records "
+            "it as duplicate)",
+        ),
+        # 72057: a daily limit on inserts, handled like the daily API quota 45009.
+        72057: Rule(
+            Action.STOP_QUOTA,
+            "today insert limit",
+            "the account's daily insert limit is used up: no more inserts today; the orders "
+            "stay due for the next run after midnight Beijing time",
+        ),
+        # 72060/72061 answer platform/updatestatus. After a void, 72060 means it is done
+        # already (STEP_POLICY); after anything else, the bill can no longer change.
+        72060: Rule(
+            Action.FAIL,
+            "cancelled: the bill was red-reversed",
+            "the bill is red-reversed (INVOICE_REIMBURSE_CANCEL) on WeChat: its status can no "
+            "longer change",
+        ),
+        72061: Rule(
+            Action.FAIL,
+            "closed: the bill was written off",
+            "the bill was written off (INVOICE_REIMBURSE_CLOSURE, reimbursed): it has left the "
+            "payer's card package and can no longer be voided or changed; settle the refund "
+            "outside WeChat",
+        ),
+        # 72082: like 72040, the PDF itself is at fault.
+        72082: Rule(
+            Action.FAIL,
+            "PDF check error",
+            "WeChat's check of the bill's PDF failed: regenerate the PDF",
+        ),
+        # 40056 (WeChat's global "invalid serial code"): updatestatus names no bill of ours.
+        40056: Rule(
+            Action.FAIL,
+            "invalid serial code",
+            "WeChat knows no bill of this account with this card_id and code: check the "
+            "order's recorded code and card_id",
+        ),
         # Assumed from card/invoice/insert (not confirmed for nontax): a second insert of the
         # same order_id answers 72056. The order is in the card package: never insert it again.
         72056: Rule(
@@ -269,10 +357,53 @@ POLICY: Mapping[int | str, Rule] = MappingProxyType(
 )
 
 
-def classify(signal: int | str) -> Rule:
-    """The rule for an errcode or a transport `Signal`; unknown ones fail the order."""
+# Where an answer means something else after one kind of call. Each row is looked up before
+# POLICY's for its step only; every other step gets POLICY's row.
+STEP_POLICY: Mapping[str, Mapping[int | str, Rule]] = MappingProxyType(
+    {
+        Step.REFUSE: MappingProxyType(
+            {
+                # A refused order_id answers 72035 to every later refusal: a retry after a
+                # lost answer finds its own refusal done.
+                72035: Rule(
+                    Action.ALREADY_DONE,
+                    "business rejected insert: the order is refused already",
+                    "WeChat has refused this order already (an earlier call went through): "
+                    "the refusal is done",
+                ),
+                # Assumed (the sandbox answers it; WeChat documents nothing): the order's bill
+                # is in the card package, so it cannot be refused any more.
+                72056: Rule(
+                    Action.ALREADY_INSERTED,
+                    "order_id repeated: the order has a bill",
+                    "the order's bill is already in the payer's card package: it cannot be "
+                    "refused any more; void the bill instead",
+                ),
+            }
+        ),
+        Step.VOID: MappingProxyType(
+            {
+                72060: Rule(
+                    Action.ALREADY_DONE,
+                    "cancelled: the bill is red-reversed already",
+                    "the bill is red-reversed (INVOICE_REIMBURSE_CANCEL) on WeChat already (an "
+                    "earlier call went through): the void is done",
+                ),
+            }
+        ),
+    }
+)
+
+
+def classify(signal: int | str, step: str | None = None) -> Rule:
+    """The rule for an errcode or a transport `Signal` after a call of `step` (STEP_POLICY's
+    row for that step if it has one, else POLICY's); unknown ones fail the order."""
     if isinstance(signal, bool):  # True == 1 and False == 0 would find rows by accident
         raise TypeError(f"a signal is an errcode or a Signal, not {signal!r}")
+    if step is not None:
+        override = STEP_POLICY.get(step, {}).get(signal)
+        if override is not None:
+            return override
     rule = POLICY.get(signal)
     if rule is not None:
         return rule
@@ -290,15 +421,16 @@ def classify(signal: int | str) -> Rule:
     )
 
 
-def classify_attempt(signal: int | str, answers: int) -> Rule:
-    """The rule after the `answers`-th consecutive answer `signal` for one order (1-based).
+def classify_attempt(signal: int | str, answers: int, step: str | None = None) -> Rule:
+    """The rule after the `answers`-th consecutive answer `signal` to a call of `step` for one
+    order (1-based).
 
     The table's rule while its `max_retries` allows another try; past it, a FAIL rule whose
     reason says how often the signal came back.
     """
     if answers < 1:
         raise ValueError(f"answers counts from 1, got {answers}")
-    rule = classify(signal)
+    rule = classify(signal, step)
     if rule.max_retries is None or answers <= rule.max_retries:
         return rule
     reason = (rule.exhausted_reason or "{answers} answers in a row: giving up").format(
@@ -376,7 +508,12 @@ _STATUS_FOR_ACTION: Mapping[Action, Status] = MappingProxyType(
     }
 )
 _STATUS_FOR_SUCCESS: Mapping[str, Status] = MappingProxyType(
-    {"authorization": Status.AUTHORIZED, "upload": Status.UPLOADED, "insert": Status.INSERTED}
+    {
+        Step.AUTHORIZATION: Status.AUTHORIZED,
+        Step.UPLOAD: Status.UPLOADED,
+        Step.INSERT: Status.INSERTED,
+        Step.REFUSE: Status.REJECTED,  # refused on purpose: never inserted, like 72035
+    }
 )
 
 
@@ -384,9 +521,11 @@ def status_for(action: Action, step: str | None = None) -> Status | None:
     """The status an action leaves the order in; None keeps the current one.
 
     RETRY, REFRESH_TOKEN, STOP_QUOTA and REUPLOAD leave the order as it is (still due). SUCCESS
-    depends on the step that succeeded: `upload` -> uploaded, `insert` -> inserted.
+    depends on the step that succeeded: `upload` -> uploaded, `insert` -> inserted, `refuse`
+    -> rejected; ALREADY_DONE is the step's success, found out later. (A void's status comes
+    with the migration that adds it.)
     """
     action = Action(action)
-    if action is Action.SUCCESS:
+    if action is Action.SUCCESS or action is Action.ALREADY_DONE:
         return _STATUS_FOR_SUCCESS.get(step) if step is not None else None
     return _STATUS_FOR_ACTION.get(action)

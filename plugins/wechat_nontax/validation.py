@@ -26,6 +26,12 @@ nothing more.
   only when the WeChat Connection lists them in its extra `card_ids`; without that list an
   unknown card is found out by WeChat's 40078.
 
+Requests after the insert (`check_refusal`, `check_status_change`): refusing an order
+(rejectinsert) wants its order_id, a reason the payer is shown (text, not blank, no control or
+invisible characters, at most `MAX_REFUSAL_REASON_CHARS`) and optionally an http(s) link;
+setting a bill's status wants its card_id, its code and one of WeChat's four reimburse
+statuses (`REIMBURSE_STATUSES`, short names accepted).
+
 `resolve_pdf_path` turns the order's relative PDF location into one under the configured root,
 which may be a directory or an object-storage URL, by string logic alone.
 """
@@ -44,15 +50,20 @@ from wechat_nontax.errors import InvalidOrderError
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "MAX_REFUSAL_REASON_CHARS",
+    "REIMBURSE_STATUSES",
     "InvalidOrderError",
     "Limits",
     "Problem",
     "check_card_allowed",
     "check_order_fields",
     "check_pdf",
+    "check_refusal",
+    "check_status_change",
     "format_problems",
     "parse_card_ids",
     "pdf_path_problem",
+    "reimburse_status",
     "resolve_pdf_path",
     "validate_order",
 ]
@@ -170,7 +181,9 @@ def _check_billing_time(value: object, *, now: float, limits: Limits) -> str | N
     return None
 
 
-def _check_title(value: object, *, now: float, limits: Limits) -> str | None:
+def _one_line_text(value: object) -> str | None:
+    """What is wrong with a one-line text shown to a person: not text, blank, control or
+    invisible characters; None when it is fine so far."""
     if not isinstance(value, str):
         return f"must be text, got {_typed(value)}"
     if not value.strip():
@@ -181,6 +194,13 @@ def _check_title(value: object, *, now: float, limits: Limits) -> str | None:
             f"must not contain control or invisible characters "
             f"({', '.join(f'U+{ord(c):04X}' for c in bad)}), got {_show(value)}"
         )
+    return None
+
+
+def _check_title(value: object, *, now: float, limits: Limits) -> str | None:
+    problem = _one_line_text(value)
+    if problem is not None:
+        return problem
     if value != value.strip():
         return (
             "must not start or end with whitespace (WeChat compares it with the card's "
@@ -221,6 +241,7 @@ _FIELD_CHECKS: Mapping[str, Callable[..., str | None]] = {
     "billing_no": _id_checker(lambda limits: limits.max_billing_no_len),
     "billing_code": _id_checker(lambda limits: limits.max_billing_code_len),
 }
+_check_code = _id_checker(lambda limits: MAX_BILL_CODE_LEN)
 
 
 def check_order_fields(
@@ -238,6 +259,78 @@ def check_order_fields(
         if reason is not None:
             problems.append(Problem(name, reason))
     return problems
+
+
+# rejectinsert's reason is shown to the payer in WeChat. WeChat documents no limit for it: at most
+# this many characters (Chinese or not) is the pipeline's assumption (README, "Assumptions"); the
+# sandbox answers 47001 beyond the same number.
+MAX_REFUSAL_REASON_CHARS = 100
+MAX_REFUSAL_URL_CHARS = 1024  # the optional link: our bound, far above a real one
+MAX_BILL_CODE_LEN = 64  # an inserted bill's code (13 digits in the sandbox)
+_HTTP_URL = re.compile(r"https?://[^\s]+")
+
+# platform/updatestatus's statuses, by their short names. There is no RELEASE: unlocking is INIT.
+REIMBURSE_STATUSES: Mapping[str, str] = {
+    "INIT": "INVOICE_REIMBURSE_INIT",
+    "LOCK": "INVOICE_REIMBURSE_LOCK",
+    "CLOSURE": "INVOICE_REIMBURSE_CLOSURE",
+    "CANCEL": "INVOICE_REIMBURSE_CANCEL",  # red-reversed (冲红): voiding a bill
+}
+
+
+def reimburse_status(value: object) -> str | None:
+    """WeChat's full reimburse_status for a short (`CANCEL`) or full name; None if unknown."""
+    if not isinstance(value, str):
+        return None
+    if value in REIMBURSE_STATUSES.values():
+        return value
+    return REIMBURSE_STATUSES.get(value)
+
+
+def _check_reason(value: object) -> str | None:
+    problem = _one_line_text(value)
+    if problem is None and len(value) > MAX_REFUSAL_REASON_CHARS:
+        problem = (
+            f"must be at most {MAX_REFUSAL_REASON_CHARS} characters (the payer is shown it), "
+            f"got {len(value)}: {_show(value)}"
+        )
+    return problem
+
+
+def _check_url(value: object) -> str | None:
+    if not isinstance(value, str) or not _HTTP_URL.fullmatch(value):
+        return f"must be an http:// or https:// link without spaces, got {_show(value)}"
+    if len(value) > MAX_REFUSAL_URL_CHARS:
+        return f"must be at most {MAX_REFUSAL_URL_CHARS} characters, got {len(value)}"
+    return None
+
+
+def _problems(checks: Iterable[tuple[str, str | None]]) -> list[Problem]:
+    return [Problem(name, reason) for name, reason in checks if reason is not None]
+
+
+def check_refusal(order_id: object, reason: object, url: object = None) -> list[Problem]:
+    """Every problem with a request to refuse an order (rejectinsert); [] means it may be sent."""
+    return _problems(
+        [
+            ("order_id", _FIELD_CHECKS["order_id"](order_id, now=0, limits=DEFAULT_LIMITS)),
+            ("reason", _check_reason(reason)),
+            ("url", None if url is None else _check_url(url)),
+        ]
+    )
+
+
+def check_status_change(card_id: object, code: object, status: object) -> list[Problem]:
+    """Every problem with a request to set a bill's reimburse status (platform/updatestatus)."""
+    wanted = reimburse_status(status)
+    known = ", ".join(REIMBURSE_STATUSES)
+    return _problems(
+        [
+            ("card_id", _FIELD_CHECKS["card_id"](card_id, now=0, limits=DEFAULT_LIMITS)),
+            ("code", _check_code(code, now=0, limits=DEFAULT_LIMITS)),
+            ("status", None if wanted else f"must be one of {known}, got {_show(status)}"),
+        ]
+    )
 
 
 def parse_card_ids(value: object) -> frozenset[str] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import psycopg2
 import pytest
@@ -12,9 +13,10 @@ import pytest
 from factories import MINIMAL_PDF, make_order
 from nontax_tools.airflow_run import sandbox_connection
 from wechat_nontax import errors
-from wechat_nontax.hook import WeChatNonTaxHook
+from wechat_nontax.hook import AuthData, WeChatNonTaxHook
 from wechat_nontax.policy import POLICY, Action
-from wechat_sandbox.client import DEFAULT_SECRET
+from wechat_nontax.validation import MAX_REFUSAL_REASON_CHARS
+from wechat_sandbox.client import DEFAULT_APPID, DEFAULT_CARD_ID, DEFAULT_SECRET
 
 
 @pytest.fixture
@@ -217,3 +219,195 @@ def test_logs_never_show_the_secret_or_a_token(hook, wechat_conn, caplog):
     assert issued
     for secret in [DEFAULT_SECRET, *issued]:
         assert secret not in text
+
+
+# ---------------------------------------------------------------- after the insert
+def _inserted(hook, n: int = 1) -> tuple[str, str]:
+    """An order with a bill: (order_id, code)."""
+    order = make_order(n)
+    return order.order_id, hook.insert_bill(order, hook.upload_pdf(MINIMAL_PDF)).code
+
+
+def test_a_refused_order_is_refused_for_good(hook, wechat_conn):
+    order = make_order(1)
+    hook.reject_insert(order.order_id, "已退款，不再开具票据", url="https://unit.example/r")
+    rejection = wechat_conn.rejections()[order.order_id]
+    assert rejection["s_pappid"] == DEFAULT_APPID  # no s_pappid extra: the appid
+    assert (rejection["reason"], rejection["url"]) == (
+        "已退款，不再开具票据",
+        "https://unit.example/r",
+    )
+    assert hook.get_auth_data(order.order_id).invoice_status == "reject insert"
+    with pytest.raises(errors.RejectedError) as inserting:
+        hook.insert_bill(order, hook.upload_pdf(MINIMAL_PDF))
+    assert inserting.value.errcode == 72035 and inserting.value.step == "insert"
+    # A second refusal (a retry after a lost answer): WeChat did it already.
+    with pytest.raises(errors.AlreadyDoneError) as again:
+        hook.reject_insert(order.order_id, "已退款，不再开具票据")
+    assert again.value.errcode == 72035 and again.value.step == "refuse"
+    assert again.value.action is Action.ALREADY_DONE
+    assert wechat_conn.bills() == []
+
+
+def test_the_s_pappid_extra_is_sent_and_never_a_header(orders_db, sandbox, monkeypatch):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT",
+        sandbox_connection(sandbox.url, s_pappid="d3JCEfhGLW+q0iGP+o9"),
+    )
+    hook = WeChatNonTaxHook()
+    try:
+        assert hook.s_pappid == "d3JCEfhGLW+q0iGP+o9"
+        hook.reject_insert("o-pappid", "refunded")
+        assert "s_pappid" not in {h.lower() for h in hook.session.headers}
+        assert hook.get_auth_data("o-pappid").invoice_status == "reject insert"
+    finally:
+        hook.close()
+    assert sandbox.rejections()["o-pappid"]["s_pappid"] == "d3JCEfhGLW+q0iGP+o9"
+
+
+@pytest.mark.parametrize(
+    ("reason", "url", "field"),
+    [
+        ("", None, "reason"),
+        ("   ", None, "reason"),
+        ("理" * (MAX_REFUSAL_REASON_CHARS + 1), None, "reason"),
+        ("two\nlines", None, "reason"),
+        ("refunded", "javascript:alert(1)", "url"),
+    ],
+)
+def test_a_bad_refusal_is_refused_before_any_call(hook, wechat_conn, reason, url, field):
+    with pytest.raises(errors.InvalidRequestError) as caught:
+        hook.reject_insert("o-bad", reason, url=url)
+    assert [p.field for p in caught.value.problems] == [field]
+    calls = wechat_conn.calls()
+    assert calls["rejectinsert"] == 0 and calls["stable_token"] == 0  # not even a token
+
+
+def test_the_longest_reason_goes_through(hook, wechat_conn):
+    hook.reject_insert("o-long", "理" * MAX_REFUSAL_REASON_CHARS)
+    assert len(wechat_conn.rejections()["o-long"]["reason"]) == MAX_REFUSAL_REASON_CHARS
+
+
+def test_an_order_with_a_bill_cannot_be_refused(hook, wechat_conn):
+    order_id, _code = _inserted(hook)
+    with pytest.raises(errors.AlreadyInsertedError) as caught:
+        hook.reject_insert(order_id, "too late")
+    assert caught.value.errcode == 72056 and caught.value.step == "refuse"
+    assert "void the bill instead" in str(caught.value)
+    assert wechat_conn.rejections() == {}
+
+
+def test_getauthdata_tells_never_authorised_from_authorised(hook, wechat_conn):
+    wechat_conn.set_authorization("o-wait", "unauthorized")
+    assert hook.get_auth_data("o-wait") == AuthData("never auth", 0)
+    wechat_conn.set_authorization("o-wait", "authorized")
+    data = hook.get_auth_data("o-wait")
+    assert data.invoice_status == "auth success" and data.auth_time > 1_600_000_000
+
+
+def test_a_void_is_done_once_and_recognised_when_repeated(hook, wechat_conn):
+    order_id, code = _inserted(hook)
+    hook.update_status(DEFAULT_CARD_ID, code, "CANCEL")
+    assert wechat_conn.statuses()[order_id]["reimburse_status"] == "INVOICE_REIMBURSE_CANCEL"
+    with pytest.raises(errors.AlreadyDoneError) as again:
+        hook.update_status(DEFAULT_CARD_ID, code, "INVOICE_REIMBURSE_CANCEL")
+    assert again.value.errcode == 72060 and again.value.step == "void"
+    with pytest.raises(errors.PermanentError) as lock:  # anything else on a cancelled bill
+        hook.update_status(DEFAULT_CARD_ID, code, "LOCK")
+    assert lock.value.errcode == 72060 and lock.value.step == "status"
+    assert wechat_conn.order_answers(order_id)["updatestatus"] == {"0": 1, "72060": 2}
+
+
+def test_a_closed_bill_cannot_be_voided(hook, wechat_conn):
+    order_id, code = _inserted(hook)
+    wechat_conn.set_bill_status(order_id, "INVOICE_REIMBURSE_CLOSURE")  # reimbursed elsewhere
+    with pytest.raises(errors.PermanentError) as caught:
+        hook.update_status(DEFAULT_CARD_ID, code, "CANCEL")
+    assert caught.value.errcode == 72061 and caught.value.step == "void"
+    assert "can no longer be voided" in str(caught.value)
+
+
+def test_statuses_move_and_unknown_bills_are_errors(hook, wechat_conn):
+    order_id, code = _inserted(hook)
+    for status in ("LOCK", "INIT", "LOCK", "CLOSURE"):
+        hook.update_status(DEFAULT_CARD_ID, code, status)
+    assert wechat_conn.statuses()[order_id]["reimburse_status"] == "INVOICE_REIMBURSE_CLOSURE"
+    with pytest.raises(errors.PermanentError) as unknown:
+        hook.update_status(DEFAULT_CARD_ID, "1234567890123", "CANCEL")
+    assert unknown.value.errcode == 40056
+
+
+@pytest.mark.parametrize(
+    ("card_id", "code", "status", "field"),
+    [
+        (DEFAULT_CARD_ID, "1234567890123", "RELEASE", "status"),
+        (DEFAULT_CARD_ID, "", "CANCEL", "code"),
+        ("", "1234567890123", "CANCEL", "card_id"),
+    ],
+)
+def test_a_bad_status_change_is_refused_before_any_call(hook, wechat_conn, card_id, code, status,
+                                                        field):  # fmt: skip
+    with pytest.raises(errors.InvalidRequestError) as caught:
+        hook.update_status(card_id, code, status)
+    assert [p.field for p in caught.value.problems] == [field]
+    assert wechat_conn.calls()["updatestatus"] == 0
+
+
+@pytest.mark.parametrize("what", ["refuse", "void"])
+def test_a_lost_answer_is_retryable_and_the_retry_finds_it_done(hook, wechat_conn, what):
+    # What a crash between the call and the write-back leaves: the retry recognises the result.
+    if what == "refuse":
+        endpoint, order_id = "rejectinsert", "o-lost"
+
+        def call():
+            hook.reject_insert(order_id, "refunded")
+    else:
+        order_id, code = _inserted(hook)
+        endpoint = "updatestatus"
+
+        def call():
+            hook.update_status(DEFAULT_CARD_ID, code, "CANCEL")
+
+    wechat_conn.add_fault(endpoint=endpoint, kind="lost_answer", count=1)
+    with pytest.raises(errors.RetryableError) as lost:
+        call()
+    assert lost.value.signal == "connection_error" and lost.value.step == what
+    with pytest.raises(errors.AlreadyDoneError):
+        call()
+    assert sum(wechat_conn.order_answers(order_id)[endpoint].values()) == 2
+
+
+@pytest.mark.parametrize("what", ["refuse", "void"])
+def test_a_refused_token_is_refreshed_for_the_new_calls(hook, orders_db, wechat_conn, what):
+    order_id, code = _inserted(hook) if what == "void" else ("o-tok", "")
+    hook.get_access_token()  # cached, then refused
+    wechat_conn.expire_tokens()
+    if what == "refuse":
+        hook.reject_insert(order_id, "refunded")
+        assert order_id in wechat_conn.rejections()
+    else:
+        hook.update_status(DEFAULT_CARD_ID, code, "CANCEL")
+        assert wechat_conn.statuses()[order_id]["reimburse_status"] == "INVOICE_REIMBURSE_CANCEL"
+    assert _token_fetches(orders_db) == 2
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "errcode", "error"),
+    [
+        ("rejectinsert", 45009, errors.QuotaExhaustedError),
+        ("rejectinsert", -1, errors.RetryableError),
+        ("updatestatus", 72036, errors.RetryableError),
+        ("updatestatus", 45011, errors.RetryableError),
+    ],
+)
+def test_faults_on_the_new_calls_raise_their_typed_errors(hook, wechat_conn, endpoint, errcode,
+                                                          error):  # fmt: skip
+    _order_id, code = _inserted(hook)
+    wechat_conn.add_fault(endpoint=endpoint, kind="errcode", errcode=errcode, count=1)
+    if endpoint == "rejectinsert":
+        call = partial(hook.reject_insert, "o-fault", "refunded")
+    else:
+        call = partial(hook.update_status, DEFAULT_CARD_ID, code, "CANCEL")
+    with pytest.raises(error) as caught:
+        call()
+    assert caught.value.errcode == errcode

@@ -7,9 +7,11 @@ import pickle
 import pytest
 
 from wechat_nontax.errors import (
+    AlreadyDoneError,
     AlreadyInsertedError,
     AwaitingAuthorizationError,
     InvalidOrderError,
+    InvalidRequestError,
     MediaExpiredError,
     PermanentError,
     QuotaExhaustedError,
@@ -32,6 +34,7 @@ CLASS_FOR_ACTION = {
     Action.REUPLOAD: MediaExpiredError,
     Action.FAIL: PermanentError,
     Action.REJECT: RejectedError,
+    Action.ALREADY_DONE: AlreadyDoneError,
 }
 
 
@@ -66,10 +69,31 @@ def test_error_for_every_row_is_the_actions_subclass(signal):
         (72035, RejectedError),
         ("timeout", RetryableError),
         (99999, PermanentError),
+        (72057, QuotaExhaustedError),
+        (72054, RetryableError),
     ],
 )
 def test_error_for_examples(signal, cls):
     assert type(error_for(signal, "x")) is cls
+
+
+@pytest.mark.parametrize(
+    ("signal", "step", "cls"),
+    [
+        (72035, "refuse", AlreadyDoneError),
+        (72035, "insert", RejectedError),
+        (72056, "refuse", AlreadyInsertedError),
+        (72060, "void", AlreadyDoneError),
+        (72060, "status", PermanentError),
+        (72061, "void", PermanentError),
+    ],
+)
+def test_the_error_follows_the_steps_rule(signal, step, cls):
+    error = error_for(signal, "x", step=step)
+    assert type(error) is cls
+    assert WeChatError(signal, "x", step).rule is error.rule  # the default rule is the step's
+    copy = pickle.loads(pickle.dumps(error))  # noqa: S301 (our own object)
+    assert type(copy) is cls and copy.rule == error.rule and str(copy) == str(error)
 
 
 def test_success_is_not_an_error():
@@ -162,3 +186,13 @@ def test_invalid_order_error_carries_its_problems():
     assert copy.problems == problems
     with pytest.raises(ValueError, match="at least one"):
         InvalidOrderError([])
+
+
+def test_invalid_request_error_is_its_own_kind():
+    problems = [Problem("reason", "must not be empty or blank, got ''")]
+    error = InvalidRequestError(problems)
+    assert isinstance(error, ValueError) and not isinstance(error, InvalidOrderError)
+    assert str(error) == "reason: must not be empty or blank, got ''"
+    assert pickle.loads(pickle.dumps(error)).problems == problems  # noqa: S301
+    with pytest.raises(ValueError, match="an InvalidRequestError needs at least one"):
+        InvalidRequestError([])

@@ -10,11 +10,15 @@ from wechat_nontax.policy import (
     AUTHORIZATION_DEADLINE_S,
     AUTHORIZATION_RECHECK_S,
     BUSY_RETRY_LIMIT,
+    INSERT_IN_PROGRESS_LIMIT,
+    INSERT_IN_PROGRESS_WAIT_S,
     POLICY,
+    STEP_POLICY,
     Action,
     Rule,
     Signal,
     Status,
+    Step,
     authorization_wait_rule,
     backoff_delay,
     classify,
@@ -49,6 +53,14 @@ EXPECTED = {
     72042: Action.FAIL,
     72043: Action.FAIL,
     72056: Action.ALREADY_INSERTED,
+    # After the insert (spec "After the insert"; meanings as reported, the actions our choice).
+    72048: Action.FAIL,  # the payer must authorise again: a person, never blind re-inserts
+    72054: Action.RETRY,  # inserting, wait: the same holder asks again after a fixed wait
+    72057: Action.STOP_QUOTA,  # today insert limit: a daily quota like 45009
+    72060: Action.FAIL,  # red-reversed: nothing can change it (a void's own 72060: below)
+    72061: Action.FAIL,  # written off: it cannot be voided or changed
+    72082: Action.FAIL,  # PDF check error, like 72040
+    40056: Action.FAIL,  # updatestatus: no bill of ours with this card_id + code
     40007: Action.REUPLOAD,
     40013: Action.FAIL,
     40125: Action.FAIL,
@@ -279,3 +291,96 @@ def test_signal_for_http_status(status, signal):
 def test_rules_are_immutable():
     with pytest.raises(TypeError):
         POLICY[0] = Rule(Action.FAIL, "x", "y")  # type: ignore[index]
+
+
+# ---------------------------------------------------------------- the rows after the insert
+# Per step: where an answer means something else. Written out apart from STEP_POLICY too.
+EXPECTED_BY_STEP = {
+    ("refuse", 72035): Action.ALREADY_DONE,  # refused already (an earlier try's call)
+    ("refuse", 72056): Action.ALREADY_INSERTED,  # the order has a bill: cannot be refused
+    ("void", 72060): Action.ALREADY_DONE,  # red-reversed already (an earlier try's call)
+}
+
+
+def test_the_step_table_has_exactly_the_expected_rows():
+    rows = {(step, signal) for step, table in STEP_POLICY.items() for signal in table}
+    assert rows == set(EXPECTED_BY_STEP)
+
+
+@pytest.mark.parametrize(("key", "action"), list(EXPECTED_BY_STEP.items()), ids=str)
+def test_every_step_row(key, action):
+    step, signal = key
+    rule = classify(signal, step)
+    assert rule is STEP_POLICY[step][signal]
+    assert rule.action is action and rule.reason and rule.meaning
+    assert not rule.waits
+    assert rule is not POLICY[signal]  # the same answer after another call is the table's
+
+
+@pytest.mark.parametrize("step", [None, *Step])
+@pytest.mark.parametrize("signal", sorted(EXPECTED, key=str), ids=str)
+def test_steps_without_a_row_get_the_tables_rule(step, signal):
+    if (step, signal) not in EXPECTED_BY_STEP:
+        assert classify(signal, step) is POLICY[signal]
+
+
+@pytest.mark.parametrize("step", ["token", "upload", "insert", "authorization"])
+def test_the_insert_path_has_no_step_rows(step):
+    # What issuing does after every answer is the table's, as before the steps after the insert.
+    assert step not in STEP_POLICY
+    assert classify(72035, step).action is Action.REJECT
+    assert classify(72060, step).action is Action.FAIL
+
+
+def test_72054_waits_a_fixed_time_then_needs_a_person():
+    rule = POLICY[72054]
+    assert rule.delay_s(1, now=0, jitter=0.9) == INSERT_IN_PROGRESS_WAIT_S
+    for answers in range(1, INSERT_IN_PROGRESS_LIMIT + 1):
+        assert classify_attempt(72054, answers) is rule
+    late = classify_attempt(72054, INSERT_IN_PROGRESS_LIMIT + 1)
+    assert late.action is Action.FAIL
+    assert f"{INSERT_IN_PROGRESS_LIMIT + 1} times in a row" in late.reason
+    assert "duplicate" in late.reason
+
+
+def test_72057_is_a_daily_quota_like_45009():
+    assert POLICY[72057].action is POLICY[45009].action is Action.STOP_QUOTA
+    assert "daily insert limit" in POLICY[72057].reason
+    with pytest.raises(ValueError, match="does not try again"):
+        POLICY[72057].delay_s(1, now=0, jitter=0)
+
+
+def test_72048_needs_a_person_to_have_the_payer_authorise_again():
+    rule = POLICY[72048]
+    assert rule.action is Action.FAIL and status_for(rule.action) is Status.FAILED
+    assert "authorise it again" in rule.reason and "reset" in rule.reason
+
+
+def test_72082_is_a_pdf_failure_like_72040():
+    assert POLICY[72082].action is POLICY[72040].action is Action.FAIL
+    assert "regenerate the PDF" in POLICY[72082].reason
+
+
+def test_after_a_void_72060_is_done_and_72061_is_not():
+    assert classify(72060, "void").action is Action.ALREADY_DONE
+    assert classify(72060, "status").action is Action.FAIL  # a lock of a cancelled bill
+    assert classify(72061, "void").action is Action.FAIL
+    assert "can no longer be voided" in classify(72061, "void").reason
+
+
+def test_classify_attempt_uses_the_steps_row():
+    assert classify_attempt(72035, 1, "refuse").action is Action.ALREADY_DONE
+    assert classify_attempt(72035, 1).action is Action.REJECT
+
+
+@pytest.mark.parametrize(
+    ("action", "step", "status"),
+    [
+        (Action.SUCCESS, "refuse", Status.REJECTED),
+        (Action.ALREADY_DONE, "refuse", Status.REJECTED),
+        (Action.ALREADY_DONE, "void", None),  # its status comes with its migration
+        (Action.ALREADY_DONE, None, None),
+    ],
+)
+def test_status_after_a_refusal(action, step, status):
+    assert status_for(action, step) == status

@@ -16,13 +16,18 @@ from wechat_nontax.bill import Order, insertbill_body
 from wechat_nontax.errors import InvalidOrderError
 from wechat_nontax.validation import (
     DEFAULT_LIMITS,
+    MAX_REFUSAL_REASON_CHARS,
+    REIMBURSE_STATUSES,
     Limits,
     Problem,
     check_card_allowed,
     check_order_fields,
     check_pdf,
+    check_refusal,
+    check_status_change,
     format_problems,
     parse_card_ids,
+    reimburse_status,
     resolve_pdf_path,
     validate_order,
 )
@@ -499,3 +504,68 @@ def test_an_unknown_card_is_a_problem_only_when_cards_are_configured():
     problem = check_card_allowed("pUnknown", frozenset({"pA"}))
     assert problem is not None and problem.field == "card_id"
     assert "'pUnknown'" in problem.reason and "card_ids" in problem.reason
+
+
+# ---------------------------------------------------------------- requests after the insert
+@pytest.mark.parametrize(
+    ("reason", "url"),
+    [
+        ("已退款，不再开具票据", None),
+        ("理" * MAX_REFUSAL_REASON_CHARS, None),
+        ("refunded before issue", "https://unit.example/orders/1?x=1"),
+        (" padded reasons are fine ", "http://unit.example"),
+    ],
+)
+def test_a_good_refusal_has_no_problems(reason, url):
+    assert check_refusal("1511169724", reason, url) == []
+
+
+@pytest.mark.parametrize(
+    ("order_id", "reason", "url", "field", "says"),
+    [
+        ("1511169724", "", None, "reason", "empty or blank"),
+        ("1511169724", "   ", None, "reason", "empty or blank"),
+        ("1511169724", None, None, "reason", "must be text"),
+        ("1511169724", "理" * (MAX_REFUSAL_REASON_CHARS + 1), None, "reason", "at most 100"),
+        ("1511169724", "two\nlines", None, "reason", "control or invisible"),
+        ("1511169724", "bidi\u202eoverride", None, "reason", "U+202E"),
+        ("1511169724", "r", "ftp://unit.example", "url", "http:// or https://"),
+        ("1511169724", "r", "https://unit.example/a b", "url", "without spaces"),
+        ("1511169724", "r", "https://u.example/" + "x" * 1100, "url", "at most 1024"),
+        ("", "r", None, "order_id", "must not be empty"),
+        ("15'; DROP", "r", None, "order_id", "may contain only"),
+    ],
+)
+def test_a_bad_refusal_says_which_field_and_why(order_id, reason, url, field, says):
+    [problem] = check_refusal(order_id, reason, url)
+    assert problem.field == field and says in problem.reason
+
+
+def test_every_problem_of_a_refusal_at_once():
+    assert [p.field for p in check_refusal(None, "", 5)] == ["order_id", "reason", "url"]
+
+
+@pytest.mark.parametrize(
+    ("value", "full"),
+    [
+        ("CANCEL", "INVOICE_REIMBURSE_CANCEL"),
+        ("INVOICE_REIMBURSE_CANCEL", "INVOICE_REIMBURSE_CANCEL"),
+        ("INIT", "INVOICE_REIMBURSE_INIT"),
+        ("LOCK", "INVOICE_REIMBURSE_LOCK"),
+        ("CLOSURE", "INVOICE_REIMBURSE_CLOSURE"),
+        ("RELEASE", None),  # there is none: unlocking is INIT
+        ("cancel", None),
+        (None, None),
+    ],
+)
+def test_reimburse_status_names(value, full):
+    assert reimburse_status(value) == full
+
+
+def test_a_status_change_is_checked_field_by_field():
+    card = "pjZ8Yt7xiy3b9UfffRIA4Tm2xTnw"
+    assert check_status_change(card, "1234567890123", "CANCEL") == []
+    assert set(REIMBURSE_STATUSES) == {"INIT", "LOCK", "CLOSURE", "CANCEL"}
+    problems = check_status_change("", "12 34", "RELEASE")
+    assert [p.field for p in problems] == ["card_id", "code", "status"]
+    assert "INIT, LOCK, CLOSURE, CANCEL" in problems[2].reason
