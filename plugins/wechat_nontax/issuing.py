@@ -116,7 +116,9 @@ class Settings:
     def call_reserve_s(self) -> float:
         """Hold left that a call needs to start: a token fetch, the call, a retry after a
         refreshed token, each up to the timeout. Renewing every quarter of the hold keeps at
-        least three quarters of it while the order database answers."""
+        least three quarters of it while the order database answers. The timeout is requests'
+        per-read one, not a total: an answer that trickles in byte by byte could outlast it;
+        the hold is at least twice this reserve for that margin."""
         return 3 * self.call_timeout_s + 2.0
 
 
