@@ -889,3 +889,80 @@ class OrderStore:
                 (order_id, note),
             )
         return True
+
+    # -- the Bills view in the Airflow UI ---------------------------------------------------
+
+    def bills_page(
+        self,
+        *,
+        statuses: Sequence[str],
+        since: datetime | None = None,
+        until: datetime | None = None,
+        search: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        """One page of orders in `statuses` (newest change first), changed in [since, until),
+        or those whose order_id, billing_no or billing_code is `search`; each with its last
+        history row (step and when). For the states that need a person the partial index
+        bill_order_attention_idx serves the order; the last step is one index probe per row."""
+        with (
+            self._lock,
+            self._conn,
+            self._conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur,
+        ):
+            cur.execute(
+                """
+                SELECT o.order_id, o.status, o.reason, o.last_errcode, o.last_errmsg,
+                       o.attempts, o.fee, o.title, o.billing_no, o.billing_code, o.updated_at,
+                       last.step AS last_step, last.at AS last_at, last.run_id AS last_run_id
+                  FROM nontax.bill_order o
+                  LEFT JOIN LATERAL (
+                        SELECT a.step, a.at, a.run_id FROM nontax.bill_attempt a
+                         WHERE a.order_id = o.order_id ORDER BY a.attempt_id DESC LIMIT 1
+                       ) last ON true
+                 WHERE o.status = ANY(%(statuses)s)
+                   AND (%(since)s::timestamptz IS NULL OR o.updated_at >= %(since)s)
+                   AND (%(until)s::timestamptz IS NULL OR o.updated_at < %(until)s)
+                   AND (%(search)s::text IS NULL OR o.order_id = %(search)s
+                        OR o.billing_no = %(search)s OR o.billing_code = %(search)s)
+                 ORDER BY o.updated_at DESC, o.order_id DESC
+                 LIMIT %(limit)s OFFSET %(offset)s
+                """,
+                {
+                    "statuses": list(statuses),
+                    "since": since,
+                    "until": until,
+                    "search": search or None,
+                    "limit": limit,
+                    "offset": offset,
+                },
+            )
+            return [dict(row) for row in cur.fetchall()]
+
+    def history_rows(self, order_id: str) -> list[dict[str, Any]]:
+        """The order's whole history, oldest first, every column (the Bills view)."""
+        with (
+            self._lock,
+            self._conn,
+            self._conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur,
+        ):
+            cur.execute(
+                "SELECT attempt_id, at, run_id, step, outcome, errcode, errmsg, duration_ms "
+                "FROM nontax.bill_attempt WHERE order_id = %s ORDER BY attempt_id",
+                (order_id,),
+            )
+            return [dict(row) for row in cur.fetchall()]
+
+    def record_operator_action(
+        self, order_id: str, *, outcome: str, note: str, run_id: str | None = None
+    ) -> bool:
+        """A person's action on the order (from the Bills view), in its history; False if
+        there is no such order."""
+        rows = self._run(
+            "INSERT INTO nontax.bill_attempt (order_id, run_id, step, outcome, errmsg) "
+            "SELECT order_id, %s, 'operator', %s, %s FROM nontax.bill_order "
+            "WHERE order_id = %s RETURNING 1",
+            (run_id, outcome, note, order_id),
+        )
+        return bool(rows)
