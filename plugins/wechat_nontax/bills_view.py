@@ -209,6 +209,39 @@ def _is_finished(row: dict[str, Any]) -> bool:
     return row["status"] in Status.FINISHED
 
 
+# What each action's confirmation page says: its button, and what it does.
+ACTIONS = {
+    "reset": (
+        "Make due again",
+        "The order becomes due again (authorized, media id dropped, authorisation wait from "
+        "zero): the next run of the DAG issues it. Do this after fixing the cause shown as its "
+        "reason.",
+    ),
+    "issue": (
+        "Issue now",
+        f"Triggers a run of {DAG_ID} for this order alone (param order_ids). An order that needs "
+        "a person is not taken by the run: make it due again first.",
+    ),
+}
+
+
+def _confirm(user: str, order_id: str, action: str) -> HTMLResponse:
+    """The confirmation page of an action (a GET: it changes nothing)."""
+    with order_store() as store:
+        row = _order_or_404(store, order_id)
+    title, explain = ACTIONS[action]
+    return render(
+        "bills_confirm.html",
+        user=user,
+        row=row,
+        action=action,
+        title=title,
+        explain=explain,
+        possible=not _is_finished(row),
+        back=f"order?{urlencode({'id': order_id})}",
+    )
+
+
 # -- the app -------------------------------------------------------------------------------------
 
 
@@ -302,20 +335,7 @@ def create_app() -> FastAPI:
     def reset_confirm(
         user: GetUserDep, order_id: Annotated[str, Query(alias="id", max_length=64)]
     ) -> HTMLResponse:
-        with order_store() as store:
-            row = _order_or_404(store, order_id)
-        return render(
-            "bills_confirm.html",
-            user=user.get_name(),
-            row=row,
-            action="reset",
-            title="Make due again",
-            explain="The order becomes due again (authorized, media id dropped, authorisation "
-            "wait from zero): the next run of the DAG issues it. Do this after fixing the cause "
-            "shown as its reason.",
-            possible=not _is_finished(row),
-            back=f"order?{urlencode({'id': order_id})}",
-        )
+        return _confirm(user.get_name(), order_id, "reset")
 
     @app.post("/reset", response_class=HTMLResponse, dependencies=[Depends(same_origin), CanEdit])
     def reset(user: GetUserDep, order_id: Annotated[str, Form(max_length=64)]) -> Any:
@@ -341,19 +361,7 @@ def create_app() -> FastAPI:
     def issue_confirm(
         user: GetUserDep, order_id: Annotated[str, Query(alias="id", max_length=64)]
     ) -> HTMLResponse:
-        with order_store() as store:
-            row = _order_or_404(store, order_id)
-        return render(
-            "bills_confirm.html",
-            user=user.get_name(),
-            row=row,
-            action="issue",
-            title="Issue now",
-            explain=f"Triggers a run of {DAG_ID} for this order alone (param order_ids). An "
-            "order that needs a person is not taken by the run: make it due again first.",
-            possible=not _is_finished(row),
-            back=f"order?{urlencode({'id': order_id})}",
-        )
+        return _confirm(user.get_name(), order_id, "issue")
 
     @app.post(
         "/issue",
