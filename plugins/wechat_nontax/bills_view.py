@@ -128,13 +128,21 @@ def render(name: str, code: int = 200, **context: Any) -> HTMLResponse:
 # -- the caller ----------------------------------------------------------------------------------
 
 
+def _public_host() -> str | None:
+    """The host of `[api] base_url` (a reverse proxy may hand the api-server another Host)."""
+    from airflow.configuration import conf
+
+    base_url = conf.get("api", "base_url", fallback=None)
+    return urlsplit(base_url).netloc if base_url else None
+
+
 def same_origin(request: Request) -> None:
     """A POST must come from a page of this server: its Origin (or, without one, its Referer)
     names the host the request was sent to. Cross-site form posts also carry no cookie
     (SameSite=Lax); this refuses them before anything else happens."""
     source = request.headers.get("origin") or request.headers.get("referer")
-    host = request.headers.get("host")
-    if not source or source == "null" or not host or urlsplit(source).netloc != host:
+    hosts = {request.headers.get("host"), _public_host()} - {None, ""}
+    if not source or source == "null" or urlsplit(source).netloc not in hosts:
         raise HTTPException(
             status.HTTP_403_FORBIDDEN, "refused: the request comes from another origin"
         )

@@ -83,3 +83,10 @@ def test_the_plugin_module_imports_nothing_of_the_view_and_opens_no_connection()
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[] browse"
+
+
+def test_behind_a_proxy_the_public_host_of_base_url_passes_too(monkeypatch):
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.org/")
+    same_origin(_request(Host="10.0.0.5:8080", Origin="https://airflow.example.org"))
+    with pytest.raises(HTTPException):
+        same_origin(_request(Host="10.0.0.5:8080", Origin="https://evil.example"))
