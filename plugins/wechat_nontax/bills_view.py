@@ -311,7 +311,7 @@ def create_app() -> FastAPI:
             history = store.history_rows(order_id)
         now = datetime.now(UTC)
         last_run = next((h["run_id"] for h in reversed(history) if h["run_id"]), None)
-        holder = row.get("held_by") or row.get("last_write_id")
+        holder = row.get("held_by")  # names the batch while a try holds the order
         media_age = age(row["pdf_uploaded_at"], now) if row["s_pdf_media_id"] else ""
         media_expired = bool(
             row["s_pdf_media_id"]
