@@ -889,3 +889,97 @@ class OrderStore:
                 (order_id, note),
             )
         return True
+
+    # -- the Bills view in the Airflow UI ---------------------------------------------------
+
+    def bills_page(
+        self,
+        *,
+        statuses: Sequence[str],
+        since: datetime | None = None,
+        until: datetime | None = None,
+        search: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        """One page of orders in `statuses` (newest change first), changed in [since, until),
+        or those whose order_id, billing_no or billing_code is `search`; each with its last
+        history row (step and when).
+
+        From indexes at any size: a search probes the three unique-ish columns; a listing reads
+        each status's newest `offset + limit` entries of bill_order_status_updated_idx (an
+        index-only scan, merged in order), then the page's rows and one history probe each."""
+        params: dict[str, Any] = {
+            "since": since, "until": until, "search": search or None,
+            "limit": limit, "offset": offset, "upto": offset + limit,
+        }  # fmt: skip
+        changed = (
+            "(%(since)s::timestamptz IS NULL OR updated_at >= %(since)s) "
+            "AND (%(until)s::timestamptz IS NULL OR updated_at < %(until)s)"
+        )
+        parts = []
+        for i, status in enumerate(sorted(set(statuses))):
+            params[f"s{i}"] = status
+            found = (
+                "(order_id = %(search)s OR billing_no = %(search)s OR billing_code = %(search)s)"
+                if search
+                else "true"
+            )
+            parts.append(
+                f"(SELECT order_id, updated_at FROM nontax.bill_order "
+                f"WHERE status = %(s{i})s AND {changed} AND {found} "
+                "ORDER BY updated_at DESC, order_id DESC LIMIT %(upto)s)"
+            )
+        if not parts:
+            return []
+        with (
+            self._lock,
+            self._conn,
+            self._conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur,
+        ):
+            cur.execute(
+                f"""
+                WITH page AS (
+                    SELECT order_id, updated_at FROM ({" UNION ALL ".join(parts)}) picked
+                    ORDER BY updated_at DESC, order_id DESC LIMIT %(limit)s OFFSET %(offset)s
+                )
+                SELECT o.order_id, o.status, o.reason, o.last_errcode, o.last_errmsg,
+                       o.attempts, o.fee, o.title, o.billing_no, o.billing_code, o.updated_at,
+                       last.step AS last_step, last.at AS last_at, last.run_id AS last_run_id
+                  FROM page JOIN nontax.bill_order o USING (order_id)
+                  LEFT JOIN LATERAL (
+                        SELECT a.step, a.at, a.run_id FROM nontax.bill_attempt a
+                         WHERE a.order_id = o.order_id ORDER BY a.attempt_id DESC LIMIT 1
+                       ) last ON true
+                 ORDER BY page.updated_at DESC, page.order_id DESC
+                """,
+                params,
+            )
+            return [dict(row) for row in cur.fetchall()]
+
+    def history_rows(self, order_id: str) -> list[dict[str, Any]]:
+        """The order's whole history, oldest first, every column (the Bills view)."""
+        with (
+            self._lock,
+            self._conn,
+            self._conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur,
+        ):
+            cur.execute(
+                "SELECT attempt_id, at, run_id, step, outcome, errcode, errmsg, duration_ms "
+                "FROM nontax.bill_attempt WHERE order_id = %s ORDER BY attempt_id",
+                (order_id,),
+            )
+            return [dict(row) for row in cur.fetchall()]
+
+    def record_operator_action(
+        self, order_id: str, *, outcome: str, note: str, run_id: str | None = None
+    ) -> bool:
+        """A person's action on the order (from the Bills view), in its history; False if
+        there is no such order."""
+        rows = self._run(
+            "INSERT INTO nontax.bill_attempt (order_id, run_id, step, outcome, errmsg) "
+            "SELECT order_id, %s, 'operator', %s, %s FROM nontax.bill_order "
+            "WHERE order_id = %s RETURNING 1",
+            (run_id, outcome, note, order_id),
+        )
+        return bool(rows)

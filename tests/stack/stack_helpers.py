@@ -5,15 +5,29 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
+
+import pytest
 
 from nontax_tools.stack import Stack, StackConfig, free_port
 
 TEST_PG = os.environ.get("NONTAX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+CHROMIUM = os.environ.get("NONTAX_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 
 def own_stack_config(state: Path, name: str, **overrides: Any) -> StackConfig:
@@ -60,3 +74,25 @@ def run_in(stack: Stack, command: list[str]) -> str:
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     return done.stdout
+
+
+@contextlib.contextmanager
+def logged_in_page(stack: Stack, next_path: str = "/") -> Iterator[Any]:
+    """A headless Chromium page (Playwright) that has just signed in to the stack's UI as
+    `admin`, on its way to `next_path`; skips the test where there is no Chromium."""
+    executable = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
+    if executable is None:
+        pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; .ci/run does)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(f"{stack.url}/auth/login?next={quote(next_path, safe='')}")
+            page.get_by_label("Username").fill("admin")
+            page.get_by_label("Password").fill(stack.password)
+            page.get_by_role("button", name="Sign in").click()
+            yield page
+        finally:
+            browser.close()

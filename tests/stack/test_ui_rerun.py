@@ -19,17 +19,15 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import quote
 
 import psycopg2.extensions
 import pytest
 import requests
-from stack_helpers import own_stack_config, run_in, running
+from stack_helpers import logged_in_page, own_stack_config, run_in, running
 
 from factories import make_order, write_pdf
 from nontax_tools.airflow_api import DAG_ID
@@ -42,16 +40,6 @@ from wechat_sandbox.client import DEFAULT_SECRET, SandboxAdmin
 pytestmark = pytest.mark.e2e
 
 ARTIFACTS = ROOT / "artifacts"
-CHROMIUM = os.environ.get("NONTAX_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 
 INSERT = "issue_bills"
 ORDERS = 60
@@ -316,58 +304,44 @@ def test_the_ui_clear_with_downstream_reruns_the_batch_then_the_report(scenario:
 
 def test_a_browser_logs_in_and_sees_the_rerun_batches_green(scenario: Scenario):
     scenario.need("ui clear")
-    executable = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
-    if executable is None:
-        pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; .ci/run does)")
-    playwright = pytest.importorskip("playwright.sync_api")
     stack = scenario.stack
     ARTIFACTS.mkdir(exist_ok=True)
     run_page = f"/dags/{DAG_ID}/runs/{quote(scenario.run_id, safe='')}"
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.set_default_timeout(60_000)
-            page.goto(f"{stack.url}/auth/login?next={quote(run_page, safe='')}")
-            page.get_by_label("Username").fill("admin")
-            page.get_by_label("Password").fill(stack.password)
-            page.get_by_role("button", name="Sign in").click()
-            page.wait_for_url(f"**/dags/{DAG_ID}/runs/**")
+    with logged_in_page(stack, run_page) as page:
+        page.wait_for_url(f"**/dags/{DAG_ID}/runs/**")
 
-            # The run: the grid and its task instances, batches labelled.
-            page.get_by_text("announce_bills").first.wait_for()
-            page.get_by_text(INSERT).first.wait_for()
-            page.get_by_text("T00000040 … T00000059 (20)").first.wait_for()
-            page.wait_for_load_state("networkidle")
-            page.screenshot(path=str(ARTIFACTS / "grid-after-rerun.png"))
-            text = page.inner_text("body")
-            for task in ("claim_orders", "refresh_token", INSERT, "announce_bills", "report"):
-                assert task in text
-            assert "7 Task Instances" in text
-            assert "Failed" not in text
+        # The run: the grid and its task instances, batches labelled.
+        page.get_by_text("announce_bills").first.wait_for()
+        page.get_by_text(INSERT).first.wait_for()
+        page.get_by_text("T00000040 … T00000059 (20)").first.wait_for()
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=str(ARTIFACTS / "grid-after-rerun.png"))
+        text = page.inner_text("body")
+        for task in ("claim_orders", "refresh_token", INSERT, "announce_bills", "report"):
+            assert task in text
+        assert "7 Task Instances" in text
+        assert "Failed" not in text
 
-            # The batches of issue_bills, each with its label, state and try number.
-            page.goto(f"{stack.url}{run_page}/tasks/{INSERT}/mapped")
-            page.get_by_text("T00000020 … T00000039 (20)").first.wait_for()
-            page.wait_for_load_state("networkidle")
-            page.screenshot(path=str(ARTIFACTS / "batches-after-rerun.png"))
-            text = page.inner_text("body")
-            assert "3 Task Instances" in text and "Failed" not in text
-            for n in range(0, ORDERS, BATCH):
-                assert f"T{n:08d} … T{n + BATCH - 1:08d} ({BATCH})" in text
+        # The batches of issue_bills, each with its label, state and try number.
+        page.goto(f"{stack.url}{run_page}/tasks/{INSERT}/mapped")
+        page.get_by_text("T00000020 … T00000039 (20)").first.wait_for()
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=str(ARTIFACTS / "batches-after-rerun.png"))
+        text = page.inner_text("body")
+        assert "3 Task Instances" in text and "Failed" not in text
+        for n in range(0, ORDERS, BATCH):
+            assert f"T{n:08d} … T{n + BATCH - 1:08d} ({BATCH})" in text
 
-            # The Clear dialog of one batch, untouched: "Downstream" is selected and "Clear
-            # only failed tasks" is not, so it lists the batch, announce_bills and report.
-            page.goto(f"{stack.url}{run_page}/tasks/{INSERT}/mapped/2")
-            page.get_by_role("button", name="Press shift+c to clear").first.click()
-            dialog = page.get_by_role("dialog")
-            dialog.get_by_text("Affected Tasks: 3").wait_for()
-            dialog.get_by_text("report").first.wait_for()
-            page.screenshot(path=str(ARTIFACTS / "clear-dialog-defaults.png"))
-            listed = dialog.inner_text()
-            for text in ("Downstream", "Clear only failed tasks", INSERT, "announce_bills"):
-                assert text in listed
-            dialog.get_by_role("button", name="Close").click()  # nothing is cleared
-        finally:
-            browser.close()
+        # The Clear dialog of one batch, untouched: "Downstream" is selected and "Clear
+        # only failed tasks" is not, so it lists the batch, announce_bills and report.
+        page.goto(f"{stack.url}{run_page}/tasks/{INSERT}/mapped/2")
+        page.get_by_role("button", name="Press shift+c to clear").first.click()
+        dialog = page.get_by_role("dialog")
+        dialog.get_by_text("Affected Tasks: 3").wait_for()
+        dialog.get_by_text("report").first.wait_for()
+        page.screenshot(path=str(ARTIFACTS / "clear-dialog-defaults.png"))
+        listed = dialog.inner_text()
+        for text in ("Downstream", "Clear only failed tasks", INSERT, "announce_bills"):
+            assert text in listed
+        dialog.get_by_role("button", name="Close").click()  # nothing is cleared
     assert scenario.stack.api.run(scenario.run_id)["state"] == "success"

@@ -1,0 +1,424 @@
+"""The Bills view: a page of our own inside the Airflow UI for the person on duty.
+
+Mounted by `plugins/nontax_bills_plugin.py` at `/bills` on the api-server and opened from
+Browse -> Bills. Server-rendered HTML (Jinja2, autoescaped), readable without JavaScript:
+- `/bills/`: counts by status and the orders that need a person (newest change first), with
+  filters by status and date and a search by order_id, billing_no or billing_code;
+- `/bills/order?id=...`: one order, its whole history, links to the Airflow run and task
+  instance that last touched it, its media id's age;
+- `/bills/reset?id=...` and `/bills/issue?id=...`: a confirmation page (GET), the action (POST).
+
+Airflow does not protect a plugin's routes: every route here checks the caller with Airflow's
+own auth manager (the UI's JWT cookie or a Bearer token). Reading needs read access to the DAG,
+every action (its confirmation page too) edit access; a POST must come from this very origin.
+The order database is the Airflow Connection `nontax_orders_db`, opened per request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote, urlencode, urlsplit
+
+import jinja2
+import requests
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
+from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request, status
+from fastapi.responses import HTMLResponse, RedirectResponse
+
+from wechat_nontax.policy import Status
+from wechat_nontax.store import OrderStore
+
+DAG_ID = "nontax_insertbill"
+ISSUE_TASK = "issue_bills"
+PAGE_SIZE = 50
+# The WeChat media id of an uploaded PDF is good for three days.
+MEDIA_ID_LIFETIME = timedelta(days=3)
+ATTENTION = "attention"
+STATUS_CHOICES = [ATTENTION, *sorted(Status.NEEDS_ATTENTION), *sorted(Status.DUE),
+                  *sorted(Status.FINISHED), "all"]  # fmt: skip
+# Where issue-now asks Airflow's REST API for the run: this api-server, never an address taken
+# from the request (the caller's token goes with the call).
+API_URL_ENV = "NONTAX_BILLS_API_URL"
+
+_templates = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
+
+
+# -- formatting (pure) ------------------------------------------------------------------------
+
+
+def yuan(fee_fen: int | None) -> str:
+    """1234 fen -> '12.34' (yuan); exact, no float."""
+    if fee_fen is None:
+        return ""
+    sign = "-" if fee_fen < 0 else ""
+    fen = abs(fee_fen)
+    return f"{sign}{fen // 100:,}.{fen % 100:02d}"
+
+
+def when(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value else ""
+
+
+def age(value: datetime | None, now: datetime) -> str:
+    if value is None:
+        return ""
+    seconds = max(0, int((now - value).total_seconds()))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min"
+
+
+def beijing(unix_time: int | None) -> str:
+    if not unix_time:
+        return ""
+    at = datetime.fromtimestamp(unix_time, timezone(timedelta(hours=8)))
+    return at.strftime("%Y-%m-%d %H:%M:%S") + " Beijing"
+
+
+def run_url(run_id: str) -> str:
+    return f"/dags/{DAG_ID}/runs/{quote(run_id, safe='')}"
+
+
+def task_url(run_id: str, holder: str | None) -> str:
+    """The task instance page: the batch's mapped instance when the holder names it."""
+    base = f"{run_url(run_id)}/tasks/{ISSUE_TASK}"
+    if holder:
+        parts = holder.split("|")
+        if len(parts) == 4 and parts[0] == run_id and parts[2].lstrip("-").isdigit():
+            task_id, map_index = parts[1], int(parts[2])
+            base = f"{run_url(run_id)}/tasks/{quote(task_id, safe='')}"
+            return f"{base}/mapped/{map_index}" if map_index >= 0 else base
+    return base
+
+
+_templates.filters["yuan"] = yuan
+_templates.filters["when"] = when
+
+
+def render(name: str, code: int = 200, **context: Any) -> HTMLResponse:
+    html = _templates.get_template(name).render(dag_id=DAG_ID, **context)
+    return HTMLResponse(
+        html,
+        status_code=code,
+        headers={
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+            # Only the Airflow UI (same origin) may frame the page.
+            "Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'; "
+            "script-src 'none'; frame-ancestors 'self'; form-action 'self'",
+        },
+    )
+
+
+# -- the caller ----------------------------------------------------------------------------------
+
+
+def _public_host() -> str | None:
+    """The host of `[api] base_url` (a reverse proxy may hand the api-server another Host)."""
+    from airflow.configuration import conf
+
+    base_url = conf.get("api", "base_url", fallback=None)
+    return urlsplit(base_url).netloc if base_url else None
+
+
+def same_origin(request: Request) -> None:
+    """A POST must come from a page of this server: its Origin (or, without one, its Referer)
+    names the host the request was sent to. Cross-site form posts also carry no cookie
+    (SameSite=Lax); this refuses them before anything else happens."""
+    source = request.headers.get("origin") or request.headers.get("referer")
+    hosts = {request.headers.get("host"), _public_host()} - {None, ""}
+    if not source or source == "null" or urlsplit(source).netloc not in hosts:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, "refused: the request comes from another origin"
+        )
+
+
+CanRead = Depends(requires_access_dag("GET", param_dag_id=DAG_ID))
+CanEdit = Depends(requires_access_dag("PUT", param_dag_id=DAG_ID))
+CanTrigger = Depends(requires_access_dag("POST", DagAccessEntity.RUN, param_dag_id=DAG_ID))
+
+
+def caller_token(request: Request) -> str | None:
+    from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN
+
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.cookies.get(COOKIE_NAME_JWT_TOKEN)
+
+
+def api_url() -> str:
+    if configured := os.environ.get(API_URL_ENV):
+        return configured.rstrip("/")
+    from airflow.configuration import conf
+
+    host = conf.get("api", "host", fallback="127.0.0.1")
+    host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host  # noqa: S104 (comparing)
+    return f"http://{host}:{conf.getint('api', 'port', fallback=8080)}"
+
+
+@contextlib.contextmanager
+def order_store() -> Iterator[OrderStore]:
+    from wechat_nontax.orders_db import connect
+
+    store = OrderStore(connect(application_name="nontax_bills_view"), write_retry_s=0)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _day(value: str | None, name: str) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.combine(date.fromisoformat(value), datetime.min.time(), UTC)
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"{name}: a date as YYYY-MM-DD") from exc
+
+
+def _statuses(choice: str) -> list[str]:
+    if choice == ATTENTION:
+        return sorted(Status.NEEDS_ATTENTION)
+    if choice == "all":
+        return [str(s) for s in Status]
+    if choice in {str(s) for s in Status}:
+        return [choice]
+    raise HTTPException(status.HTTP_400_BAD_REQUEST, "unknown status")
+
+
+def _order_or_404(store: OrderStore, order_id: str) -> dict[str, Any]:
+    row = store.get_row(order_id)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such order")
+    return row
+
+
+def _needs_person(row: dict[str, Any]) -> bool:
+    return row["status"] in Status.NEEDS_ATTENTION
+
+
+def _is_finished(row: dict[str, Any]) -> bool:
+    return row["status"] in Status.FINISHED
+
+
+# What each action's confirmation page says: its button, and what it does.
+ACTIONS = {
+    "reset": (
+        "Make due again",
+        "The order becomes due again (authorized, media id dropped, authorisation wait from "
+        "zero): the next run of the DAG issues it. Do this after fixing the cause shown as its "
+        "reason.",
+    ),
+    "issue": (
+        "Issue now",
+        f"Triggers a run of {DAG_ID} for this order alone (param order_ids). An order that needs "
+        "a person is not taken by the run: make it due again first.",
+    ),
+}
+
+
+def _confirm(user: str, order_id: str, action: str) -> HTMLResponse:
+    """The confirmation page of an action (a GET: it changes nothing)."""
+    with order_store() as store:
+        row = _order_or_404(store, order_id)
+    title, explain = ACTIONS[action]
+    return render(
+        "bills_confirm.html",
+        user=user,
+        row=row,
+        action=action,
+        title=title,
+        explain=explain,
+        possible=not _is_finished(row),
+        back=f"order?{urlencode({'id': order_id})}",
+    )
+
+
+# -- the app -------------------------------------------------------------------------------------
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="Bills",
+        description="The orders that need a person, one order's history, and actions on it.",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+
+    @app.get("/", response_class=HTMLResponse, dependencies=[CanRead])
+    def overview(
+        user: GetUserDep,
+        status_: Annotated[str, Query(alias="status", max_length=32)] = ATTENTION,
+        since: Annotated[str | None, Query(max_length=10)] = None,
+        until: Annotated[str | None, Query(max_length=10)] = None,
+        q: Annotated[str | None, Query(max_length=64)] = None,
+        page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    ) -> HTMLResponse:
+        statuses = _statuses(status_)
+        since_at, until_at = _day(since, "since"), _day(until, "until")
+        if until_at:
+            until_at += timedelta(days=1)  # the whole day named
+        search = (q or "").strip() or None
+        with order_store() as store:
+            counts = store.count_by_status()
+            rows = store.bills_page(
+                statuses=statuses, since=since_at, until=until_at, search=search,
+                limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE,
+            )  # fmt: skip
+        filters = {"status": status_, "since": since or "", "until": until or "", "q": q or ""}
+        kept = {k: v for k, v in filters.items() if v}
+        return render(
+            "bills_overview.html",
+            user=user.get_name(),
+            counts=[(str(s), counts.get(str(s), 0)) for s in Status],
+            total=sum(counts.values()),
+            rows=rows[:PAGE_SIZE],
+            filters=filters,
+            status_choices=STATUS_CHOICES,
+            page=page,
+            prev_url=f"?{urlencode({**kept, 'page': page - 1})}" if page > 1 else None,
+            next_url=f"?{urlencode({**kept, 'page': page + 1})}" if len(rows) > PAGE_SIZE else None,
+            order_url=lambda order_id: f"order?{urlencode({'id': order_id})}",
+            run_url=run_url,
+        )
+
+    @app.get("/order", response_class=HTMLResponse, dependencies=[CanRead])
+    def order(
+        user: GetUserDep,
+        order_id: Annotated[str, Query(alias="id", max_length=64)],
+        done: Annotated[str | None, Query(max_length=16)] = None,
+        run: Annotated[str | None, Query(max_length=250)] = None,
+    ) -> HTMLResponse:
+        with order_store() as store:
+            row = _order_or_404(store, order_id)
+            history = store.history_rows(order_id)
+        now = datetime.now(UTC)
+        last_run = next((h["run_id"] for h in reversed(history) if h["run_id"]), None)
+        holder = row.get("held_by")  # names the batch while a try holds the order
+        media_age = age(row["pdf_uploaded_at"], now) if row["s_pdf_media_id"] else ""
+        media_expired = bool(
+            row["s_pdf_media_id"]
+            and row["pdf_uploaded_at"]
+            and now - row["pdf_uploaded_at"] > MEDIA_ID_LIFETIME
+        )
+        return render(
+            "bills_order.html",
+            user=user.get_name(),
+            row=row,
+            history=history,
+            last_run=last_run,
+            last_run_url=run_url(last_run) if last_run else None,
+            last_task_url=task_url(last_run, holder) if last_run else None,
+            billing_time=beijing(row["billing_time"]),
+            done=done,
+            done_run=run,
+            media_age=media_age,
+            media_expired=media_expired,
+            needs_person=_needs_person(row),
+            finished=_is_finished(row),
+            action_url=lambda action: f"{action}?{urlencode({'id': order_id})}",
+            run_url=run_url,
+        )
+
+    # -- actions: GET shows the confirmation, POST acts -----------------------------------------
+
+    @app.get("/reset", response_class=HTMLResponse, dependencies=[CanEdit])
+    def reset_confirm(
+        user: GetUserDep, order_id: Annotated[str, Query(alias="id", max_length=64)]
+    ) -> HTMLResponse:
+        return _confirm(user.get_name(), order_id, "reset")
+
+    @app.post("/reset", response_class=HTMLResponse, dependencies=[Depends(same_origin), CanEdit])
+    def reset(user: GetUserDep, order_id: Annotated[str, Form(max_length=64)]) -> Any:
+        name = user.get_name()
+        with order_store() as store:
+            _order_or_404(store, order_id)
+            done = store.reset(order_id, note=f"reset by {name} (Airflow user) in the Bills view")
+        if not done:
+            return render(
+                "bills_message.html",
+                code=status.HTTP_409_CONFLICT,
+                user=name,
+                title="Not reset",
+                message="The order is finished, or a task try holds it right now: nothing changed.",
+                back=f"order?{urlencode({'id': order_id})}",
+            )
+        return RedirectResponse(
+            f"order?{urlencode({'id': order_id, 'done': 'reset'})}",
+            status_code=status.HTTP_303_SEE_OTHER,
+        )
+
+    @app.get("/issue", response_class=HTMLResponse, dependencies=[CanEdit, CanTrigger])
+    def issue_confirm(
+        user: GetUserDep, order_id: Annotated[str, Query(alias="id", max_length=64)]
+    ) -> HTMLResponse:
+        return _confirm(user.get_name(), order_id, "issue")
+
+    @app.post(
+        "/issue",
+        response_class=HTMLResponse,
+        dependencies=[Depends(same_origin), CanEdit, CanTrigger],
+    )
+    def issue(
+        request: Request, user: GetUserDep, order_id: Annotated[str, Form(max_length=64)]
+    ) -> Any:
+        name = user.get_name()
+        with order_store() as store:
+            _order_or_404(store, order_id)
+            body = {
+                "logical_date": None,
+                "conf": {"order_ids": [order_id]},
+                "note": f"issue now: {order_id}, by {name} in the Bills view",
+            }
+            response = requests.post(
+                f"{api_url()}/api/v2/dags/{DAG_ID}/dagRuns",
+                json=body,
+                headers={"Authorization": f"Bearer {caller_token(request)}"},
+                timeout=30,
+            )
+            if response.status_code not in (200, 201):
+                detail = (
+                    response.json().get("detail")
+                    if response.headers.get("content-type", "").startswith("application/json")
+                    else None
+                )
+                return render(
+                    "bills_message.html",
+                    code=status.HTTP_502_BAD_GATEWAY
+                    if response.status_code >= 500
+                    else response.status_code,
+                    user=name,
+                    title="No run triggered",
+                    message=f"Airflow answered {response.status_code}: {detail or 'see its log'}",
+                    back=f"order?{urlencode({'id': order_id})}",
+                )
+            run_id = response.json()["dag_run_id"]
+            store.record_operator_action(
+                order_id,
+                outcome="issue_now",
+                run_id=run_id,
+                note=f"issue now by {name} (Airflow user) in the Bills view",
+            )
+        return RedirectResponse(
+            f"order?{urlencode({'id': order_id, 'done': 'issue', 'run': run_id})}",
+            status_code=status.HTTP_303_SEE_OTHER,
+        )
+
+    return app

@@ -1,0 +1,296 @@
+"""The Bills view (issue 13) on a real api-server: the `make up` stack of this module (free
+ports, databases of its own, always stopped), with SimpleAuthManager users `admin` (admin) and
+`viewer` (viewer). What the person on duty sees and does, and what nobody else may:
+- no login: 401 on every route; a viewer reads, and gets 403 on every action (its confirmation
+  page too) and changes nothing; a POST from another origin is refused and changes nothing;
+- the overview lists the red orders with their reasons, filters and searches; an order's page
+  shows its history and links to its run; a hostile title and reason are escaped; no secret;
+- make due again: the order is due with a history row naming the Airflow user; issue now: a run
+  with params {"order_ids": [id]}, recorded in the history with the user, that inserts it;
+- a headless Chromium logs in, opens Browse -> Bills, finds a red order with its reason, opens
+  it and makes it due again (screenshots in artifacts/bills-*.png).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import parse_qs, quote, urlsplit
+
+import psycopg2
+import pytest
+import requests
+from stack_helpers import logged_in_page, own_stack_config, running
+
+from factories import make_order, write_pdf
+from nontax_tools.airflow_api import DAG_ID, AirflowApi
+from nontax_tools.airflow_run import ROOT
+from nontax_tools.stack import Stack
+from wechat_nontax.orders_db import connect_dsn
+from wechat_nontax.store import OrderStore
+
+pytestmark = pytest.mark.e2e
+
+ARTIFACTS = ROOT / "artifacts"
+HOSTILE_TITLE = '<script>alert("title")</script>门诊<b>收费</b>'
+HOSTILE_REASON = '<script>alert("reason")</script> & <img src=x onerror=alert(1)>'
+GOOD, RED_A, RED_B, HOSTILE = 1, 2, 3, 4  # order numbers (make_order)
+
+
+def oid(n: int) -> str:
+    return make_order(n).order_id
+
+
+@dataclass
+class Desk:
+    stack: Stack
+    store: OrderStore
+    admin: requests.Session
+    viewer: requests.Session
+    admin_token: str
+    first_run: str
+
+    @property
+    def url(self) -> str:
+        return self.stack.url
+
+    def same_origin(self) -> dict[str, str]:
+        return {"Origin": self.url}
+
+
+def _session(stack: Stack, username: str, password: str) -> tuple[requests.Session, str]:
+    answer = requests.post(
+        f"{stack.url}/auth/token", json={"username": username, "password": password}, timeout=30
+    )
+    assert answer.status_code in (200, 201), answer.text
+    token = answer.json()["access_token"]
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {token}"
+    return session, token
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    users = {"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer"}
+    config = own_stack_config(tmp_path_factory.mktemp("stack"), "bills", extra_env=users)
+    with running(config) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def desk(stack: Stack) -> Iterator[Desk]:
+    """Four orders and one real run: GOOD is inserted; RED_A, RED_B and HOSTILE have no PDF and
+    end `invalid` with the run's reason; HOSTILE's reason is then replaced by a hostile one."""
+    stack.api.wait_idle(timeout=120)
+    store = OrderStore(connect_dsn(stack.orders_dsn))
+    orders = [make_order(n) for n in (GOOD, RED_A, RED_B)]
+    orders.append(make_order(HOSTILE, title=HOSTILE_TITLE))
+    write_pdf(stack.pdf_root, orders[0])
+    store.upsert_orders(orders)
+    run_id = stack.api.trigger({})
+    run = stack.api.wait_run(run_id, timeout=300)
+    assert run["state"] == "failed"  # three orders need a person
+    for n in (RED_A, RED_B, HOSTILE):
+        assert store.get_row(oid(n))["status"] == "invalid"
+    with psycopg2.connect(stack.orders_dsn) as conn, conn.cursor() as cur:  # the test's own
+        cur.execute(
+            "UPDATE nontax.bill_order SET reason = %s WHERE order_id = %s",
+            (HOSTILE_REASON, oid(HOSTILE)),
+        )
+    passwords = json.loads((stack.config.home / "simple_auth_manager_passwords.json").read_text())
+    admin, admin_token = _session(stack, "admin", stack.password)
+    viewer, _ = _session(stack, "viewer", passwords["viewer"])
+    try:
+        yield Desk(stack, store, admin, viewer, admin_token, run_id)
+    finally:
+        store.close()
+        admin.close()
+        viewer.close()
+
+
+def _routes(order_id: str) -> list[tuple[str, str]]:
+    return [
+        ("GET", "/bills/"),
+        ("GET", f"/bills/order?id={order_id}"),
+        ("GET", f"/bills/reset?id={order_id}"),
+        ("GET", f"/bills/issue?id={order_id}"),
+        ("POST", "/bills/reset"),
+        ("POST", "/bills/issue"),
+    ]
+
+
+def test_without_login_every_route_answers_401(desk: Desk):
+    for method, path in _routes(oid(RED_A)):
+        answer = requests.request(
+            method, f"{desk.url}{path}", data={"order_id": oid(RED_A)},
+            headers=desk.same_origin(), timeout=30, allow_redirects=False,
+        )  # fmt: skip
+        assert answer.status_code == 401, (method, path, answer.status_code, answer.text)
+    # A forged cookie is no login either.
+    answer = requests.get(f"{desk.url}/bills/", cookies={"_token": "forged"}, timeout=30)
+    assert answer.status_code in (401, 403)
+    assert desk.store.get_row(oid(RED_A))["status"] == "invalid"
+
+
+def test_a_viewer_reads_and_gets_403_on_every_action(desk: Desk):
+    for method, path in _routes(oid(RED_A)):
+        answer = desk.viewer.request(
+            method, f"{desk.url}{path}", data={"order_id": oid(RED_A)},
+            headers=desk.same_origin(), timeout=30, allow_redirects=False,
+        )  # fmt: skip
+        expected = (
+            200 if path.startswith(("/bills/?", "/bills/order")) or path == "/bills/" else 403
+        )
+        assert answer.status_code == expected, (method, path, answer.status_code, answer.text)
+    assert desk.store.get_row(oid(RED_A))["status"] == "invalid"
+    assert len(desk.stack.api.runs()) == 1
+
+
+def test_the_overview_lists_what_needs_a_person_filters_and_escapes(desk: Desk):
+    plugins = desk.admin.get(f"{desk.url}/api/v2/plugins", timeout=30).json()["plugins"]
+    (bills,) = [p for p in plugins if p["name"] == "nontax_bills"]
+    assert bills["external_views"][0]["category"] == "browse"
+    page = desk.admin.get(f"{desk.url}/bills/", timeout=30)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    html = page.text
+    for n in (RED_A, RED_B, HOSTILE):
+        assert oid(n) in html
+    assert oid(GOOD) not in html  # inserted: needs nobody
+    assert "测试医院门诊收费" in html  # Chinese titles, UTF-8
+    assert "¥1.02" in html  # fee 102 fen of order 2, in yuan
+    red_a = desk.store.get_row(oid(RED_A))
+    assert red_a["reason"] and _escaped(red_a["reason"]) in html
+    # Newest change first.
+    assert html.index(oid(HOSTILE)) < html.index(oid(RED_A))
+    assert "<script" not in html and "<img" not in html
+    assert "&lt;script&gt;alert(&#34;reason&#34;)&lt;/script&gt;" in html
+    assert "&lt;script&gt;alert(&#34;title&#34;)&lt;/script&gt;" in html
+    # Search by billing_no, by billing_code; a filter by status; a date filter.
+    by_no = desk.admin.get(f"{desk.url}/bills/", params={"q": f"NO{RED_B:010d}"}, timeout=30).text
+    assert oid(RED_B) in by_no and oid(RED_A) not in by_no
+    by_code = desk.admin.get(f"{desk.url}/bills/", params={"q": f"C{RED_A:07d}"}, timeout=30).text
+    assert oid(RED_A) in by_code and oid(RED_B) not in by_code
+    inserted = desk.admin.get(f"{desk.url}/bills/", params={"status": "inserted"}, timeout=30)
+    assert oid(GOOD) in inserted.text and oid(RED_A) not in inserted.text
+    later = desk.admin.get(f"{desk.url}/bills/", params={"since": "2999-01-01"}, timeout=30)
+    assert oid(RED_A) not in later.text and "No order here." in later.text
+    hostile_q = desk.admin.get(f"{desk.url}/bills/", params={"q": "'; <script>x"}, timeout=30)
+    assert hostile_q.status_code == 200 and "<script" not in hostile_q.text
+    _no_secret(desk, html)
+
+
+def test_an_order_page_shows_its_history_and_links_to_its_run(desk: Desk):
+    page = desk.admin.get(f"{desk.url}/bills/order", params={"id": oid(HOSTILE)}, timeout=30)
+    assert page.status_code == 200
+    html = page.text
+    assert "<script" not in html
+    assert "&lt;script&gt;alert(&#34;title&#34;)&lt;/script&gt;门诊&lt;b&gt;收费&lt;/b&gt;" in html
+    assert f'href="/dags/{DAG_ID}/runs/{quote(desk.first_run, safe="")}"' in html
+    assert "task instance" in html
+    for step in ("load",):
+        assert f"<td>{step}</td>" in html
+    assert "not available yet" in html  # refuse and void wait for issue 12
+    _no_secret(desk, html)
+    missing = desk.admin.get(f"{desk.url}/bills/order", params={"id": "NO_SUCH"}, timeout=30)
+    assert missing.status_code == 404
+
+
+def test_a_post_from_another_origin_is_refused_and_changes_nothing(desk: Desk):
+    for headers in (
+        {"Origin": "http://evil.example"},
+        {"Referer": "http://evil.example/page"},
+        {"Origin": "null"},
+        {},  # neither Origin nor Referer
+    ):
+        for action in ("reset", "issue"):
+            answer = requests.post(
+                f"{desk.url}/bills/{action}", data={"order_id": oid(RED_B)},
+                cookies={"_token": desk.admin_token}, headers=headers, timeout=30,
+                allow_redirects=False,
+            )  # fmt: skip
+            assert answer.status_code == 403, (headers, action, answer.text)
+    assert desk.store.get_row(oid(RED_B))["status"] == "invalid"
+    assert len(desk.stack.api.runs()) == 1
+    # A GET never acts: the confirmation page only.
+    answer = desk.admin.get(f"{desk.url}/bills/reset", params={"id": oid(RED_B)}, timeout=30)
+    assert answer.status_code == 200 and 'method="post"' in answer.text
+    assert desk.store.get_row(oid(RED_B))["status"] == "invalid"
+
+
+def test_make_due_again_then_issue_now_inserts_the_order_and_names_the_user(desk: Desk):
+    order_id = oid(RED_A)
+    write_pdf(desk.stack.pdf_root, make_order(RED_A))  # the cause fixed
+    answer = desk.admin.post(
+        f"{desk.url}/bills/reset", data={"order_id": order_id}, headers=desk.same_origin(),
+        timeout=30, allow_redirects=False,
+    )  # fmt: skip
+    assert answer.status_code == 303, answer.text
+    row = desk.store.get_row(order_id)
+    assert (row["status"], row["reason"]) == ("authorized", None)
+    last = desk.store.history(order_id)[-1]
+    assert (last.step, last.outcome) == ("reset", "authorized") and "admin" in last.errmsg
+
+    answer = desk.admin.post(
+        f"{desk.url}/bills/issue", data={"order_id": order_id}, headers=desk.same_origin(),
+        timeout=60, allow_redirects=False,
+    )  # fmt: skip
+    assert answer.status_code == 303, answer.text
+    (run_id,) = parse_qs(urlsplit(answer.headers["location"]).query)["run"]
+    api: AirflowApi = desk.stack.api
+    assert api.run(run_id)["conf"] == {"order_ids": [order_id]}
+    recorded = [a for a in desk.store.history(order_id) if a.step == "operator"]
+    assert [(a.outcome, a.run_id) for a in recorded] == [("issue_now", run_id)]
+    assert "admin" in recorded[0].errmsg
+    page = desk.admin.get(f"{desk.url}/bills/{answer.headers['location']}", timeout=30)
+    assert page.status_code == 200 and "Run triggered" in page.text
+    run = api.wait_run(run_id, timeout=300)
+    assert desk.store.get_row(order_id)["status"] == "inserted"
+    # The run is red all the same: RED_B and HOSTILE, of an earlier run, still need a person.
+    tries = {t["task_id"]: t["try_number"] for t in api.task_instances(run_id)}
+    report = api.log_text(run_id, "report", tries["report"])
+    assert run["state"] == "failed" and "orders of earlier runs need a person" in report
+
+
+def test_a_browser_opens_browse_bills_finds_a_red_order_and_makes_it_due_again(desk: Desk):
+    ARTIFACTS.mkdir(exist_ok=True)
+    order_id = oid(RED_B)
+    reason = desk.store.get_row(order_id)["reason"]
+    with logged_in_page(desk.stack) as page:
+        page.wait_for_url(re.compile(r".*/(home)?$"))
+        page.get_by_role("button", name="Browse").click()
+        page.get_by_role("menuitem", name="Bills").click()
+        page.wait_for_url("**/plugin/bills")
+        frame = page.frame_locator("iframe")
+        frame.get_by_text(order_id).first.wait_for()
+        frame.get_by_text(reason[:40]).first.wait_for()
+        page.screenshot(path=str(ARTIFACTS / "bills-overview.png"))
+
+        frame.get_by_role("link", name=order_id).click()
+        frame.get_by_role("heading", name=re.compile(f"Order {order_id}")).wait_for()
+        frame.get_by_text("History").wait_for()
+        page.screenshot(path=str(ARTIFACTS / "bills-order.png"))
+
+        frame.get_by_role("link", name="Make due again…").click()
+        frame.get_by_role("button", name="Make due again").wait_for()
+        page.screenshot(path=str(ARTIFACTS / "bills-confirm-reset.png"))
+        frame.get_by_role("button", name="Make due again").click()
+        frame.get_by_text("Made due again").wait_for()
+        page.screenshot(path=str(ARTIFACTS / "bills-after-reset.png"))
+    row = desk.store.get_row(order_id)
+    assert (row["status"], row["reason"]) == ("authorized", None)
+    last = desk.store.history(order_id)[-1]
+    assert last.step == "reset" and "admin" in last.errmsg
+
+
+def _escaped(text: str) -> str:
+    import html
+
+    return html.escape(text, quote=True).replace("&#x27;", "&#39;").replace("&quot;", "&#34;")
+
+
+def _no_secret(desk: Desk, html: str) -> None:
+    for secret in (desk.stack.password, desk.admin_token, desk.stack.secrets.jwt_secret,
+                   desk.stack.secrets.fernet_key):  # fmt: skip
+        assert secret not in html
