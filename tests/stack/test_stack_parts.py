@@ -77,12 +77,13 @@ def test_the_celery_configuration_comes_from_the_environment():
             "NONTAX_STACK_EXECUTOR": "celery",
             "NONTAX_STACK_WORKERS": "3",
             "NONTAX_WORKER_CONCURRENCY": "4",  # the compose file's variable
-            "NONTAX_STACK_REDIS": "redis://127.0.0.1:6380/2",
+            "NONTAX_STACK_REDIS_URL": "redis://127.0.0.1:6380/2",
         }
     )
     assert (cfg.executor, cfg.workers, cfg.worker_concurrency) == ("celery", 3, 4)
     assert cfg.redis_url == "redis://127.0.0.1:6380/2"
-    assert st.StackConfig.from_env({}).redis_url == "redis://127.0.0.1:6379/0"
+    # A database of its own on the local server, not the 0 everything else uses by default.
+    assert st.StackConfig.from_env({}).redis_url == "redis://127.0.0.1:6379/3"
     with pytest.raises(ValueError, match="local or celery"):
         st.StackConfig(executor="kubernetes")
 
