@@ -10,8 +10,8 @@ the AIRFLOW_HOME `airflow/`, `secrets.json`):
 - Postgres: the server in NONTAX_STACK_PG (a libpq URI of a server where databases may be
   created), else the one on 127.0.0.1:5432 when it lets user postgres in, else an embedded one
   (the pgserver package, data in `<state>/pgdata`, stopped by `down`). Airflow's metadata
-  database is `airflow_meta` there, the order database `nontax` (NONTAX_STACK_ORDERS_DB names
-  another, a libpq URI); both are created when missing and migrated (`airflow db migrate`,
+  database is `airflow_meta` there (NONTAX_STACK_META_DB names another), the order database
+  `nontax` (NONTAX_STACK_ORDERS_DB names another, a libpq URI); both are created when missing and migrated (`airflow db migrate`,
   `python -m nontax_tools migrate`), never dropped.
 - The WeChat sandbox on WECHAT_SANDBOX_PORT (8765), unless AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT
   is set: then the DAG talks to that.
@@ -154,6 +154,7 @@ class StackConfig:
             port=num("NONTAX_STACK_PORT", 8080),
             pg_server=env.get("NONTAX_STACK_PG") or None,
             force_embedded=_truthy(env.get("NONTAX_STACK_FORCE_EMBEDDED")),
+            meta_db_name=env.get("NONTAX_STACK_META_DB") or "airflow_meta",
             orders_db=env.get("NONTAX_STACK_ORDERS_DB") or None,
             wechat_conn=env.get("AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT") or None,
             sandbox_port=num("WECHAT_SANDBOX_PORT", 8765),
