@@ -11,8 +11,8 @@ the AIRFLOW_HOME `airflow/`, `secrets.json`):
   created), else the one on 127.0.0.1:5432 when it lets user postgres in, else an embedded one
   (the pgserver package, data in `<state>/pgdata`, stopped by `down`). Airflow's metadata
   database is `airflow_meta` there (NONTAX_STACK_META_DB names another), the order database
-  `nontax` (NONTAX_STACK_ORDERS_DB names another, a libpq URI); both are created when missing and migrated (`airflow db migrate`,
-  `python -m nontax_tools migrate`), never dropped.
+  `nontax` (NONTAX_STACK_ORDERS_DB names another, a libpq URI); both are created when missing
+  and migrated (`airflow db migrate`, `python -m nontax_tools migrate`), never dropped.
 - The WeChat sandbox on WECHAT_SANDBOX_PORT (8765), unless AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT
   is set: then the DAG talks to that.
 - `airflow api-server` (NONTAX_STACK_PORT, default 8080), `scheduler` (LocalExecutor),
