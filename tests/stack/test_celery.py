@@ -253,7 +253,8 @@ def test_the_stack_has_the_compose_files_settings_key_by_key(stack: Stack):
             differ[key] = (value, local[key])
     assert differ == {}, "the stack and the compose file differ"
     assert {k: local[k] for k in TEST_ONLY} == TEST_ONLY
-    # `make up EXECUTOR=celery` changes none of them: its defaults are the compose file's.
+    # The workers run with the concurrency the stack was given (`make up`'s default, 8, is the
+    # compose file's: tests/stack/test_compose.py).
     assert local["AIRFLOW__CELERY__WORKER_CONCURRENCY"] == str(stack.config.worker_concurrency)
     assert local["NONTAX_POOL_SLOTS"] == compose["NONTAX_POOL_SLOTS"] == "4"
 

@@ -224,6 +224,9 @@ def test_the_compose_file_and_the_local_celery_stack_share_their_celery_settings
     default = StackConfig()
     assert int(env["AIRFLOW__CELERY__WORKER_CONCURRENCY"]) == default.worker_concurrency
     assert int(env["NONTAX_POOL_SLOTS"]) == default.pool_slots
+    # The sandbox Connection of `make up` has the compose file's extra (token mode, timeout).
+    wechat = json.loads(env["AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT"])
+    assert default.sandbox_extra == wechat["extra"]
     requirements = (ROOT / "requirements.txt").read_text()
     assert re.search(r"^apache-airflow-providers-celery==", requirements, re.M)
     assert re.search(
