@@ -3,5 +3,6 @@
 FROM apache/airflow:3.3.2-python3.11
 COPY requirements.txt constraints.txt /opt/nontax/
 # The same pins as `make install`: requirements.txt (direct, exact) and constraints.txt (the whole
-# tree of an install that passed the tests). The image's own extras (celery, redis...) stay.
-RUN pip install --no-cache-dir -r /opt/nontax/requirements.txt -c /opt/nontax/constraints.txt
+# tree of an install that passed the tests), with the image's own Airflow and its Celery extra
+# named, so that pip keeps them. `make image-deps` (run by CI) resolves exactly this line.
+RUN pip install --no-cache-dir "apache-airflow[celery]==3.3.2" -r /opt/nontax/requirements.txt -c /opt/nontax/constraints.txt

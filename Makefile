@@ -13,12 +13,15 @@ export NONTAX_PDF_ROOT ?= $(CURDIR)/.run/pdfs
 export AIRFLOW_CONN_NONTAX_ORDERS_DB ?= postgresql://postgres@127.0.0.1:5432/nontax
 WECHAT_SANDBOX_PORT ?= 8765
 PYTEST_ARGS ?=
+# make up: the executor (local or celery) and, on Celery, how many workers.
+EXECUTOR ?= local
+WORKERS ?= 2
 # make chaos: how many runs, and the seed their faults are drawn from.
 RUNS ?= 200
 SEED ?= 1
 
 .PHONY: help install lint test sandbox migrate load-orders run-once status attention demo \
-	constraints clean chaos up up-celery down bench
+	constraints image-deps clean chaos up down bench
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -33,6 +36,9 @@ install: $(STAMP)  ## create .venv and install the pinned dependencies
 constraints: $(STAMP)  ## re-pin the whole tree from the current install
 	{ echo "# The whole dependency tree, pinned (make constraints regenerates it from a passing install)."; \
 	  $(PY) -m pip freeze --exclude-editable | grep -v '^#'; } > constraints.txt
+
+image-deps: $(STAMP)  ## check the Dockerfile's pip install resolves to the pins (CI runs it)
+	$(PY) -m nontax_tools.image_deps
 
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check .
@@ -69,14 +75,11 @@ sandbox: $(STAMP)  ## run the WeChat sandbox in the foreground on WECHAT_SANDBOX
 bench: $(STAMP)  ## pipeline vs ceiling vs per-order DAG, costs; BENCH_ARGS="--large 5000"
 	$(PY) bench/run.py $(BENCH_ARGS)
 
-up: $(STAMP)  ## the local Airflow in the background: UI on :8080, Postgres, the sandbox
-	WECHAT_SANDBOX_PORT=$(WECHAT_SANDBOX_PORT) $(PY) -m nontax_tools.stack up
+up: $(STAMP)  ## the local Airflow in the background (UI :8080); make up EXECUTOR=celery WORKERS=2
+	WECHAT_SANDBOX_PORT=$(WECHAT_SANDBOX_PORT) NONTAX_STACK_EXECUTOR=$(EXECUTOR) \
+		NONTAX_STACK_WORKERS=$(WORKERS) $(PY) -m nontax_tools.stack up
 
-up-celery: $(STAMP)  ## the same on CeleryExecutor: Redis, 2 Celery workers (NONTAX_STACK_WORKERS)
-	WECHAT_SANDBOX_PORT=$(WECHAT_SANDBOX_PORT) NONTAX_STACK_EXECUTOR=celery \
-		$(PY) -m nontax_tools.stack up
-
-down:  ## stop everything `make up` (or up-celery) started
+down:  ## stop everything `make up` started, and check that nothing is left
 	@if test -x $(PY); then $(PY) -m nontax_tools.stack down; \
 	else echo "no .venv: nothing was started"; fi
 

@@ -1,10 +1,11 @@
-"""The local stack on CeleryExecutor (`make up-celery`): what docker-compose.yaml runs in
-containers, run here as plain processes.
+"""The local stack on CeleryExecutor (`make up EXECUTOR=celery WORKERS=2`): what
+docker-compose.yaml runs in containers, run here as plain processes.
 
 - The Celery settings are the compose file's own: docker/airflow-celery.env, read by both.
-- Broker: Redis (NONTAX_STACK_REDIS, default the server on 127.0.0.1:6379). Each stack keeps its
-  keys under a prefix of its own (kombu's `global_keyprefix`), so that stacks sharing a server
-  never see each other's queues or workers; `down` deletes them. Result backend: Airflow's
+- Broker: Redis (NONTAX_STACK_REDIS_URL, default database 3 of the server on 127.0.0.1:6379: a
+  database of its own, apart from whatever else uses that server's database 0). Each stack also
+  keeps its keys under a prefix of its own (kombu's `global_keyprefix`), so that stacks sharing a
+  database never see each other's queues or workers; `down` deletes them. Result backend: Airflow's
   metadata database, as in the compose file.
 - `airflow celery worker` once per worker, each a "host" of its own the way each container is:
   HOSTNAME=worker-N, so its Celery node is celery@worker-N (what the compose file's health check
@@ -27,7 +28,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 SETTINGS_FILE = Path(__file__).resolve().parent.parent.parent / "docker" / "airflow-celery.env"
 CELERY_APP = "airflow.providers.celery.executors.celery_executor.app"
-DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/3"
+REDIS_ENV = "NONTAX_STACK_REDIS_URL"
 HOSTNAME_CALLABLE = f"{__name__}.hostname"
 
 
@@ -45,10 +47,13 @@ def shared_settings() -> dict[str, str]:
     return {key: value for key, value in values.items() if value is not None}
 
 
-def executor_env(*, redis_url: str, key_prefix: str, result_backend: str) -> dict[str, str]:
+def executor_env(
+    *, redis_url: str, key_prefix: str, result_backend: str, concurrency: int
+) -> dict[str, str]:
     """What every Airflow process of a Celery stack adds to its environment."""
     return {
         **shared_settings(),
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(concurrency),
         "AIRFLOW__CELERY__BROKER_URL": redis_url,
         "AIRFLOW__CELERY__RESULT_BACKEND": result_backend,
         "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": key_prefix,
@@ -63,12 +68,10 @@ def worker_env(env: dict[str, str], name: str) -> dict[str, str]:
     return {**env, "HOSTNAME": name, "AIRFLOW__CORE__HOSTNAME_CALLABLE": HOSTNAME_CALLABLE}
 
 
-def worker_command(airflow: str, name: str, concurrency: int) -> list[str]:
-    """`airflow celery worker` as the compose file runs it, named after its host."""
-    return [
-        airflow, "celery", "worker", "--celery-hostname", name,
-        "--concurrency", str(concurrency), "--skip-serve-logs",
-    ]  # fmt: skip
+def worker_command(airflow: str, name: str) -> list[str]:
+    """`airflow celery worker` as the compose file runs it (its concurrency from the
+    environment, AIRFLOW__CELERY__WORKER_CONCURRENCY), named after its host."""
+    return [airflow, "celery", "worker", "--celery-hostname", name, "--skip-serve-logs"]
 
 
 def ping_command(name: str) -> list[str]:

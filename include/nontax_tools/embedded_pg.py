@@ -13,6 +13,7 @@ database in it each time.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 from pathlib import Path
@@ -52,6 +53,10 @@ class EmbeddedPostgres:
             return
         self._stopped = True
         self._server.cleanup()
+        # pgserver also registered that cleanup to run at exit, where it logs a line again; by
+        # then whatever handled the logging may be closed (pytest's capture), and the line
+        # comes out as a `--- Logging error ---` traceback. It is done: forget it.
+        atexit.unregister(self._server._cleanup)
         # cleanup() leaves the server running while pgserver believes another process holds
         # it; nothing else of ours does, so make sure it is down.
         info = _postmaster(self.pgdata)

@@ -10,9 +10,9 @@ the AIRFLOW_HOME `airflow/`, `secrets.json`):
 - Postgres: the server in NONTAX_STACK_PG (a libpq URI of a server where databases may be
   created), else the one on 127.0.0.1:5432 when it lets user postgres in, else an embedded one
   (the pgserver package, data in `<state>/pgdata`, stopped by `down`). Airflow's metadata
-  database is `airflow_meta` there, the order database `nontax` (NONTAX_STACK_ORDERS_DB names
-  another, a libpq URI); both are created when missing and migrated (`airflow db migrate`,
-  `python -m nontax_tools migrate`), never dropped.
+  database is `airflow_meta` there (NONTAX_STACK_META_DB names another), the order database
+  `nontax` (NONTAX_STACK_ORDERS_DB names another, a libpq URI); both are created when missing
+  and migrated (`airflow db migrate`, `python -m nontax_tools migrate`), never dropped.
 - The WeChat sandbox on WECHAT_SANDBOX_PORT (8765), unless AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT
   is set: then the DAG talks to that.
 - `airflow api-server` (NONTAX_STACK_PORT, default 8080), `scheduler` (LocalExecutor),
@@ -29,10 +29,11 @@ the latest scheduled run at once if the DAG never ran in this metadata database.
 SIGKILLs what is left: the groups, their descendants, and any process carrying this stack's
 marker in its environment (task processes run in process groups of their own).
 
-On CeleryExecutor (`make up-celery`, NONTAX_STACK_EXECUTOR=celery): the same, plus
-NONTAX_STACK_WORKERS (2) `airflow celery worker` processes, worker-1, worker-2..., each running
-NONTAX_WORKER_CONCURRENCY (8) tasks at once, on the Redis in NONTAX_STACK_REDIS; the Celery
-settings are the compose file's (see nontax_tools.celery_workers). `up` also waits until every
+On CeleryExecutor (`make up EXECUTOR=celery WORKERS=2`: NONTAX_STACK_EXECUTOR=celery): the same,
+plus NONTAX_STACK_WORKERS (2) `airflow celery worker` processes, worker-1, worker-2..., each
+running NONTAX_WORKER_CONCURRENCY (8) tasks at once, on the Redis in NONTAX_STACK_REDIS_URL
+(default redis://127.0.0.1:6379/3); the Celery settings are the compose file's (see
+nontax_tools.celery_workers). `up` also waits until every
 worker consumes; `down` also deletes the stack's keys in Redis.
 
 Tests use the same code through `Stack(StackConfig(...))`, a context manager that always stops
@@ -87,6 +88,9 @@ ADMIN_USER = "admin"
 MARKER = "NONTAX_STACK_ID"
 # Started in this order, stopped in the reverse one.
 AIRFLOW_PROCESSES = ("api-server", "scheduler", "dag-processor", "triggerer")
+SIMPLE_AUTH_MANAGER = (
+    "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+)
 HEALTH_COMPONENTS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
 # Airflow 3.3's own log servers (scheduler, triggerer) listen on every interface, with no
 # setting for the host: they are skipped, and this one, the same app, serves the task and
@@ -115,6 +119,10 @@ class StackConfig:
     orders_db: str | None = None  # libpq URI of the order database (wins over orders_db_name)
     orders_db_name: str = "nontax"
     wechat_conn: str | None = None  # Airflow Connection (URI or JSON); None: the sandbox
+    # The sandbox Connection's extra: the compose file's (token mode, the calls' timeout in s).
+    sandbox_extra: dict[str, Any] = field(
+        default_factory=lambda: {"token_mode": "stable_token", "timeout": 15}
+    )
     sandbox_port: int | None = 8765  # None: a free port
     pdf_root: Path | None = None  # None: <state>/pdfs
     pool: str = "wechat_nontax"
@@ -146,6 +154,7 @@ class StackConfig:
             port=num("NONTAX_STACK_PORT", 8080),
             pg_server=env.get("NONTAX_STACK_PG") or None,
             force_embedded=_truthy(env.get("NONTAX_STACK_FORCE_EMBEDDED")),
+            meta_db_name=env.get("NONTAX_STACK_META_DB") or "airflow_meta",
             orders_db=env.get("NONTAX_STACK_ORDERS_DB") or None,
             wechat_conn=env.get("AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT") or None,
             sandbox_port=num("WECHAT_SANDBOX_PORT", 8765),
@@ -159,7 +168,7 @@ class StackConfig:
             executor=env.get("NONTAX_STACK_EXECUTOR") or "local",
             workers=num("NONTAX_STACK_WORKERS", 2),
             worker_concurrency=num("NONTAX_WORKER_CONCURRENCY", 8),
-            redis_url=env.get("NONTAX_STACK_REDIS") or celery_workers.DEFAULT_REDIS,
+            redis_url=env.get(celery_workers.REDIS_ENV) or celery_workers.DEFAULT_REDIS,
         )
 
     def __post_init__(self) -> None:
@@ -546,7 +555,7 @@ class Stack:
                     str(port),
                 ],
             )
-            wechat = sandbox_connection(self.sandbox_url)
+            wechat = sandbox_connection(self.sandbox_url, **cfg.sandbox_extra)
 
         # 3. The environment every Airflow process shares (on Celery: with the broker's).
         if cfg.executor == "celery":
@@ -600,7 +609,7 @@ class Stack:
             raise StackError(
                 f"no Redis answers at {celery_workers.describe_url(self.config.redis_url)} (the "
                 "Celery broker): start one (Debian: apt-get install redis-server) or name "
-                "another in NONTAX_STACK_REDIS"
+                f"another in {celery_workers.REDIS_ENV}"
             )
         self.state.broker = self.config.redis_url
         self.state.broker_prefix = f"nontax-{self.state.stack_id[:12]}:"
@@ -614,7 +623,7 @@ class Stack:
         return [
             self._spawn(
                 name,
-                celery_workers.worker_command(AIRFLOW, name, cfg.worker_concurrency),
+                celery_workers.worker_command(AIRFLOW, name),
                 env=celery_workers.worker_env(self.env, name),
             )
             for name in celery_workers.worker_names(cfg.workers)
@@ -672,11 +681,15 @@ class Stack:
                 "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
                 "AIRFLOW__CORE__PARALLELISM": str(cfg.parallelism),
                 "AIRFLOW__CORE__FERNET_KEY": self.secrets.fernet_key,
+                "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
+                # As in the compose file; `up` unpauses the DAG itself (unless --keep-paused).
+                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{cfg.url}/execution/",
                 "AIRFLOW__API_AUTH__JWT_SECRET": self.secrets.jwt_secret,
                 "AIRFLOW__API__SECRET_KEY": self.secrets.api_secret_key,
+                "AIRFLOW__API__BASE_URL": cfg.url,
                 "AIRFLOW__API__HOST": cfg.host,
                 "AIRFLOW__API__PORT": str(cfg.port),
                 "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(cfg.worker_log_port),
@@ -698,6 +711,7 @@ class Stack:
                     redis_url=self.state.broker,
                     key_prefix=self.state.broker_prefix,
                     result_backend=f"db+{sqlalchemy_url(meta_dsn)}",
+                    concurrency=cfg.worker_concurrency,
                 )
             )
         env.update(cfg.extra_env)

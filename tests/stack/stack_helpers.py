@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,3 +98,55 @@ def logged_in_page(stack: Stack, next_path: str = "/") -> Iterator[Any]:
             yield page
         finally:
             browser.close()
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free loopback port, nothing on disk (`--save ''
+    --appendonly no`), in a process group of its own: the one Redis a test may restart. The
+    machine's shared Redis (6379) is never touched."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.popen: subprocess.Popen | None = None
+
+    def start(self) -> PrivateRedis:
+        import redis
+
+        self.popen = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
+             "--save", "", "--appendonly", "no", "--loglevel", "warning"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        deadline = time.monotonic() + 20
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return self
+                except redis.ConnectionError:
+                    assert self.popen.poll() is None, "redis-server exited at start"
+                    assert time.monotonic() < deadline, "redis-server did not answer in 20 s"
+                    time.sleep(0.1)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        """SIGKILL its process group, as when the machine loses its Redis."""
+        if self.popen is not None and self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(10)
+        self.popen = None
+
+    def restart(self) -> None:
+        """Stopped and started again on the same port: empty, as a Redis that keeps nothing."""
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> PrivateRedis:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

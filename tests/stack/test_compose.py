@@ -216,13 +216,17 @@ def test_the_compose_file_and_the_local_celery_stack_share_their_celery_settings
             assert service["env_file"] == ["docker/airflow-celery.env"], name
             assert not set(shared) & set(service["environment"]), f"{name} overrides it"
     local = celery_workers.executor_env(
-        redis_url="redis://127.0.0.1:6379/0", key_prefix="nontax-x:", result_backend="db+x"
-    )
+        redis_url="redis://127.0.0.1:6379/3", key_prefix="nontax-x:", result_backend="db+x",
+        concurrency=StackConfig().worker_concurrency,
+    )  # fmt: skip
     assert shared.items() <= local.items()
     env = environment(compose["services"]["airflow-worker"])
     default = StackConfig()
     assert int(env["AIRFLOW__CELERY__WORKER_CONCURRENCY"]) == default.worker_concurrency
     assert int(env["NONTAX_POOL_SLOTS"]) == default.pool_slots
+    # The sandbox Connection of `make up` has the compose file's extra (token mode, timeout).
+    wechat = json.loads(env["AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT"])
+    assert default.sandbox_extra == wechat["extra"]
     requirements = (ROOT / "requirements.txt").read_text()
     assert re.search(r"^apache-airflow-providers-celery==", requirements, re.M)
     assert re.search(
@@ -439,3 +443,25 @@ def test_the_runbook_is_linked_and_the_example_env_names_the_compose_file():
     assert "docker-compose.yaml" in ENV_EXAMPLE.read_text()
     assert Path(ROOT / "docs" / "runbook.md").exists()
     assert "(docs/runbook.md)" in (ROOT / "README.md").read_text()
+
+
+def test_ci_resolves_exactly_what_the_dockerfile_installs(tmp_path: Path):
+    """`make image-deps` (in .ci/run, before `make test`) reads the Dockerfile's pip install:
+    the image's Airflow with its Celery extra, requirements.txt under constraints.txt."""
+    from nontax_tools import image_deps
+
+    airflow, python, args = image_deps.dockerfile_install()
+    assert (airflow, python) == ("3.3.2", "3.11")
+    assert args == [
+        "apache-airflow[celery]==3.3.2",
+        "-r", str(ROOT / "requirements.txt"),
+        "-c", str(ROOT / "constraints.txt"),
+    ]  # fmt: skip
+    assert re.search(r"^make image-deps$", (ROOT / ".ci" / "run").read_text(), re.M)
+    # A Dockerfile that leaves the image's Airflow unnamed is refused before pip runs.
+    bare = tmp_path / "Dockerfile"
+    bare.write_text(
+        (ROOT / "Dockerfile").read_text().replace('"apache-airflow[celery]==3.3.2" ', "")
+    )
+    with pytest.raises(image_deps.ImageDepsError, match=r"apache-airflow\[celery\]==3.3.2"):
+        image_deps.check(bare)

@@ -77,14 +77,32 @@ def test_the_celery_configuration_comes_from_the_environment():
             "NONTAX_STACK_EXECUTOR": "celery",
             "NONTAX_STACK_WORKERS": "3",
             "NONTAX_WORKER_CONCURRENCY": "4",  # the compose file's variable
-            "NONTAX_STACK_REDIS": "redis://127.0.0.1:6380/2",
+            "NONTAX_STACK_REDIS_URL": "redis://127.0.0.1:6380/2",
         }
     )
     assert (cfg.executor, cfg.workers, cfg.worker_concurrency) == ("celery", 3, 4)
     assert cfg.redis_url == "redis://127.0.0.1:6380/2"
-    assert st.StackConfig.from_env({}).redis_url == "redis://127.0.0.1:6379/0"
+    # A database of its own on the local server, not the 0 everything else uses by default.
+    assert st.StackConfig.from_env({}).redis_url == "redis://127.0.0.1:6379/3"
     with pytest.raises(ValueError, match="local or celery"):
         st.StackConfig(executor="kubernetes")
+
+
+def test_make_up_takes_the_executor_and_the_number_of_workers():
+    """`make up EXECUTOR=celery WORKERS=3` is the Celery stack of three workers; `make up` alone
+    the LocalExecutor one."""
+    env = {k: v for k, v in os.environ.items() if k not in ("EXECUTOR", "WORKERS")}
+
+    def dry_run(*args: str) -> str:
+        done = subprocess.run(
+            ["make", "-n", "-W", ".venv/.installed-stamp", "up", *args],
+            cwd=ROOT, env=env, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return done.stdout
+
+    celery = dry_run("EXECUTOR=celery", "WORKERS=3")
+    assert "NONTAX_STACK_EXECUTOR=celery" in celery and "NONTAX_STACK_WORKERS=3" in celery
+    assert "NONTAX_STACK_EXECUTOR=local" in dry_run()
 
 
 def test_a_celery_stack_without_redis_stops_before_starting_airflow(tmp_path: Path):
