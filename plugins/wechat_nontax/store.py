@@ -129,6 +129,21 @@ class RunClaim:
 
 _ORDER_COLUMNS = ", ".join(BILL_FIELDS) + ", pdf_path"
 _DUE_NOW = f"status IN {_DUE} AND (not_before IS NULL OR not_before <= now())"
+# The rows a claim takes, in claim order: due now, no live lease of anyone.
+_CLAIMABLE = f"""
+    FROM nontax.bill_order
+    WHERE {_DUE_NOW}
+      AND (claim_expires_at IS NULL OR claim_expires_at < now())
+      AND (NOT %(targeted)s OR order_id = ANY(%(order_ids)s))
+    ORDER BY authorized_at, order_id
+    LIMIT %(limit)s
+"""
+# Where an order's journey and lease stand, for why a claim or a hold did not take it.
+_WHY_SQL = (
+    "SELECT order_id, status, extract(epoch FROM not_before - now()), claimed_by, held_by, "
+    "extract(epoch FROM claim_expires_at - now()) FROM nontax.bill_order "
+    "WHERE order_id = ANY(%s)"
+)
 # Claiming: the due rows in claim order, locked without waiting (rows another claim holds are
 # skipped), stamped with the run and its lease in the same statement. Only rows nobody holds
 # are taken: no live lease of another run, no live hold of a task try. The partial index
@@ -137,12 +152,7 @@ _DUE_NOW = f"status IN {_DUE} AND (not_before IS NULL OR not_before <= now())"
 # that the benchmark can EXPLAIN it.
 CLAIM_SQL = f"""
     WITH due AS (
-        SELECT ctid FROM nontax.bill_order
-        WHERE {_DUE_NOW}
-          AND (claim_expires_at IS NULL OR claim_expires_at < now())
-          AND (NOT %(targeted)s OR order_id = ANY(%(order_ids)s))
-        ORDER BY authorized_at, order_id
-        LIMIT %(limit)s
+        SELECT ctid {_CLAIMABLE}
         FOR UPDATE SKIP LOCKED
     )
     UPDATE nontax.bill_order o
@@ -151,14 +161,8 @@ CLAIM_SQL = f"""
       FROM due WHERE o.ctid = due.ctid
     RETURNING o.order_id, o.authorized_at
 """
-_PEEK_SQL = f"""
-    SELECT order_id FROM nontax.bill_order
-    WHERE {_DUE_NOW}
-      AND (claim_expires_at IS NULL OR claim_expires_at < now())
-      AND (NOT %(targeted)s OR order_id = ANY(%(order_ids)s))
-    ORDER BY authorized_at, order_id
-    LIMIT %(limit)s
-"""
+# What a dry run would claim: the same rows, read only.
+_PEEK_SQL = f"SELECT order_id {_CLAIMABLE}"
 
 _SELECT_ORDER = (
     f"SELECT {_ORDER_COLUMNS}, status, s_pdf_media_id, pdf_uploaded_at, attempts, authorized_at, "
@@ -212,6 +216,19 @@ def why_not_taken(
     if due_in_s is not None and due_in_s > 0:
         return NotHeld("not_yet", f"{status}: not due for another {due_in_s / 60:.0f} min")
     return NotHeld("claimed", "being claimed by another run at this moment")
+
+
+def _why_not(rows: Sequence[tuple], order_ids: Sequence[str]) -> dict[str, NotHeld]:
+    """`why_not_taken` of each of `order_ids`, from the rows `_WHY_SQL` read (none: unknown)."""
+    found = {row[0]: row[1:] for row in rows}
+    reasons = {}
+    for order_id in order_ids:
+        status, due_in, claimed_by, held_by, left = found.get(order_id, (None,) * 5)
+        reasons[order_id] = why_not_taken(
+            status, due_in_s=due_in and float(due_in), claimed_by=claimed_by,
+            held_by=held_by, lease_left_s=left and float(left),
+        )  # fmt: skip
+    return reasons
 
 
 class OrderStore:
@@ -446,25 +463,16 @@ class OrderStore:
         return RunClaim([[o for o in b if o in taken] for b in batches], not_taken, True)
 
     def _not_taken(self, cur, requested: Sequence[str], claimed: list[str]) -> list[dict]:
-        rest = list(dict.fromkeys(o for o in requested if o not in set(claimed)))
+        taken = set(claimed)
+        rest = list(dict.fromkeys(o for o in requested if o not in taken))
         if not rest:
             return []
-        cur.execute(
-            "SELECT order_id, status, extract(epoch FROM not_before - now()), claimed_by, "
-            "held_by, extract(epoch FROM claim_expires_at - now()) "
-            "FROM nontax.bill_order WHERE order_id = ANY(%s)",
-            (rest,),
-        )
-        rows = {row[0]: row[1:] for row in cur.fetchall()}
-        found = []
-        for order_id in rest:
-            status, due_in, claimed_by, held_by, lease_left = rows.get(order_id, (None,) * 5)
-            why = why_not_taken(
-                status, due_in_s=due_in and float(due_in), claimed_by=claimed_by,
-                held_by=held_by, lease_left_s=lease_left and float(lease_left),
-            )  # fmt: skip
-            found.append({"order_id": order_id, "why": why.kind, "reason": why.reason})
-        return found
+        cur.execute(_WHY_SQL, (rest,))
+        why = _why_not(cur.fetchall(), rest)
+        return [
+            {"order_id": order_id, "why": why[order_id].kind, "reason": why[order_id].reason}
+            for order_id in rest
+        ]
 
     def peek_due(
         self, *, limit: int | None = None, order_ids: Sequence[str] | None = None
@@ -559,23 +567,7 @@ class OrderStore:
         )
         held = dict(rows)
         rest = [order_id for order_id in order_ids if order_id not in held]
-        not_held: dict[str, NotHeld] = {}
-        if rest:
-            found = {
-                row[0]: row[1:]
-                for row in self._run(
-                    "SELECT order_id, status, extract(epoch FROM not_before - now()), "
-                    "claimed_by, held_by, extract(epoch FROM claim_expires_at - now()) "
-                    "FROM nontax.bill_order WHERE order_id = ANY(%s)",
-                    (rest,),
-                )
-            }
-            for order_id in rest:
-                status, due_in, claimed_by, held_by, left = found.get(order_id, (None,) * 5)
-                not_held[order_id] = why_not_taken(
-                    status, due_in_s=due_in and float(due_in), claimed_by=claimed_by,
-                    held_by=held_by, lease_left_s=left and float(left),
-                )  # fmt: skip
+        not_held = _why_not(self._run(_WHY_SQL, (rest,)), rest) if rest else {}
         return HoldResult(held, not_held)
 
     def renew_hold(self, holder: str, order_ids: Sequence[str], *, hold_s: float) -> set[str]:
