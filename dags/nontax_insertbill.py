@@ -15,6 +15,9 @@ from airflow.sdk import DAG, Asset, CronTriggerTimetable, Param
 
 from wechat_nontax.notify import notify_failure
 from wechat_nontax.operators import (
+    DEFAULT_ORDERS_CONN_ID,
+    DEFAULT_WECHAT_CONN_ID,
+    WECHAT_POOL,
     AnnounceBillsOperator,
     ClaimOrdersOperator,
     IssueBillsOperator,
@@ -23,9 +26,8 @@ from wechat_nontax.operators import (
     batch_label,
 )
 
-WECHAT_CONN_ID = "wechat_nontax_default"
-ORDERS_CONN_ID = "nontax_orders_db"
-WECHAT_POOL = os.environ.get("NONTAX_WECHAT_POOL", "wechat_nontax")
+WECHAT_CONN_ID = DEFAULT_WECHAT_CONN_ID
+ORDERS_CONN_ID = DEFAULT_ORDERS_CONN_ID
 # The pool's slots, as the deployment sets them: a run is spread over at least this many batches.
 POOL_SLOTS = int(os.environ.get("NONTAX_POOL_SLOTS", "4"))
 BILLS_ISSUED = Asset(name="nontax_bills_issued", uri="nontax://bills/issued")

@@ -93,6 +93,11 @@ class RequestRunner:
         self._random = random.Random()  # noqa: S311 (jitter, not security)
         self._blocked: str | None = None  # no access token: nothing more is sent this try
 
+    @property
+    def blocked(self) -> str | None:
+        """Why this try stopped calling (no access token), None when it did not."""
+        return self._blocked
+
     def run(self, limit: int | None = None) -> list[RequestResult]:
         results = []
         try:
