@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-import pendulum
-from airflow.sdk import DAG, Asset, CronTriggerTimetable, Param
+from airflow.sdk import DAG, Asset, Param
 
-from wechat_nontax.notify import notify_failure
+from wechat_nontax.dag_settings import dag_settings
 from wechat_nontax.operators import (
     DEFAULT_ORDERS_CONN_ID,
     DEFAULT_WECHAT_CONN_ID,
@@ -34,19 +33,7 @@ BILLS_ISSUED = Asset(name="nontax_bills_issued", uri="nontax://bills/issued")
 
 with DAG(
     dag_id="nontax_insertbill",
-    schedule=CronTriggerTimetable(
-        os.environ.get("NONTAX_SCHEDULE", "30 2 * * *"), timezone="Asia/Shanghai"
-    ),
-    start_date=pendulum.datetime(2026, 1, 1, tz="Asia/Shanghai"),
-    catchup=False,
-    max_active_runs=1,
-    default_args={
-        "retries": 2,
-        "retry_delay": timedelta(seconds=30),
-        "retry_exponential_backoff": 2.0,
-        "max_retry_delay": timedelta(minutes=10),
-        "on_failure_callback": notify_failure,
-    },
+    **dag_settings("NONTAX_SCHEDULE", "30 2 * * *"),
     params={
         "order_ids": Param([], type="array", description="Only these orders (empty: all due)"),
         "max_orders": Param(None, type=["null", "integer"], minimum=1, description="At most"),

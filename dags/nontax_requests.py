@@ -11,29 +11,17 @@ lives in the `wechat_nontax` package.
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
-import pendulum
-from airflow.sdk import DAG, CronTriggerTimetable, Param
+from airflow.sdk import DAG, Param
 
-from wechat_nontax.notify import notify_failure
+from wechat_nontax.dag_settings import dag_settings
 from wechat_nontax.operators import DEFAULT_ORDERS_CONN_ID, DEFAULT_WECHAT_CONN_ID, WECHAT_POOL
 from wechat_nontax.request_operators import CarryOutRequestsOperator, RequestsReportOperator
 
 with DAG(
     dag_id="nontax_requests",
-    schedule=CronTriggerTimetable(
-        os.environ.get("NONTAX_REQUESTS_SCHEDULE", "*/5 * * * *"), timezone="Asia/Shanghai"
-    ),
-    start_date=pendulum.datetime(2026, 1, 1, tz="Asia/Shanghai"),
-    catchup=False,
-    max_active_runs=1,
-    default_args={
-        "retries": 2,
-        "retry_delay": timedelta(seconds=30),
-        "on_failure_callback": notify_failure,
-    },
+    **dag_settings("NONTAX_REQUESTS_SCHEDULE", "*/5 * * * *"),
     params={
         "max_requests": Param(None, type=["null", "integer"], minimum=1, description="At most"),
     },
