@@ -124,9 +124,11 @@ BAD_KINDS = (
     "billing_no_sql",
 )
 DUE = frozenset({"authorized", "uploaded", "awaiting_auth"})
-FINISHED = frozenset({"inserted", "duplicate", "rejected"})
+FINISHED = frozenset({"inserted", "duplicate", "rejected", "refused", "cancelled"})
 NEEDS_PERSON = frozenset({"invalid", "failed"})
-NEEDS_REASON = frozenset({"invalid", "failed", "rejected", "duplicate"})
+NEEDS_REASON = frozenset({"invalid", "failed", "rejected", "duplicate", "refused", "cancelled"})
+# Orders that must never have a bill in the card package, whatever the sandbox shows.
+NO_BILL = NEEDS_PERSON | {"rejected", "refused"}
 
 
 # -- the plan of a run (pure) -------------------------------------------------------------------
@@ -282,6 +284,41 @@ class Snapshot:
     bad_orders: set[str] = field(default_factory=set)
     secret_hits: int = 0
     final: bool = False
+    # The requests to refuse or void (order_id -> [(kind, status)]), the sandbox's refusals
+    # (order_id -> repeats) and its bills' reimburse statuses (order_id -> (status, changes
+    # to CANCEL)).
+    requests: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    rejections: dict[str, int] = field(default_factory=dict)
+    reimburse: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+
+def _request_problems(s: Snapshot, oid: str, status: str, has_bill: bool) -> list[str]:
+    """The promises about refusals and voids: a refused order was never inserted and WeChat
+    has its refusal; a voided bill was inserted first and is cancelled on WeChat; each request
+    was carried out at most once (a done request per order and kind, one change to CANCEL)."""
+    problems = []
+    if status == "refused":
+        if has_bill:
+            problems.append(f"{oid}: refused, yet WeChat has its bill")
+        if oid not in s.rejections:
+            problems.append(f"{oid}: refused in the database, no refusal on WeChat")
+    if oid in s.rejections and has_bill:
+        problems.append(f"{oid}: both refused and inserted on WeChat")
+    reimburse, cancels = s.reimburse.get(oid, (None, 0))
+    if status == "cancelled":
+        if not has_bill:
+            problems.append(f"{oid}: cancelled, but WeChat never had its bill")
+        if reimburse != "INVOICE_REIMBURSE_CANCEL":
+            problems.append(f"{oid}: cancelled in the database, {reimburse} on WeChat")
+    if cancels > 1:
+        problems.append(f"{oid}: voided {cancels} times on WeChat")
+    done = Counter(kind for kind, state in s.requests.get(oid, []) if state == "done")
+    problems += [f"{oid}: {n} {kind} requests done" for kind, n in done.items() if n > 1]
+    if done["refuse"] and status != "refused":
+        problems.append(f"{oid}: its refusal is done, yet it is {status}")
+    if done["void"] and status != "cancelled":
+        problems.append(f"{oid}: its void is done, yet it is {status}")
+    return problems
 
 
 def check_invariants(s: Snapshot) -> list[str]:
@@ -318,8 +355,9 @@ def check_invariants(s: Snapshot) -> list[str]:
                 problems.append(f"{oid}: code/openid differ from the sandbox's bill")
         elif status == "duplicate" and not bills:
             problems.append(f"{oid}: duplicate in the database, no bill in the sandbox")
-        elif bills and status in NEEDS_PERSON | {"rejected"} and s.final:
+        elif bills and status in NO_BILL and s.final:
             problems.append(f"{oid}: {status} in the database, but WeChat has its bill")
+        problems += _request_problems(s, oid, status, bool(bills))
         if status == "invalid" or oid in s.bad_orders:
             if status != "invalid":
                 problems.append(f"{oid}: bad data, but {status} instead of invalid")
@@ -750,6 +788,14 @@ def take_snapshot(
                          "waiting": waiting, "held": held, "inserted_records": records}  # fmt: skip
         cur.execute("SELECT coalesce(sum(fetch_count), 0) FROM nontax.access_token")
         fetches = int(cur.fetchone()[0])
+        cur.execute(
+            "SELECT order_id, kind, status FROM nontax.bill_request WHERE order_id = ANY(%s) "
+            "ORDER BY request_id",
+            (ids,),
+        )
+        requests: dict[str, list[tuple[str, str]]] = {}
+        for oid, kind, state in cur.fetchall():
+            requests.setdefault(oid, []).append((kind, state))
     db.commit()
     return Snapshot(
         order_ids=ids,
@@ -763,6 +809,15 @@ def take_snapshot(
         bad_orders=set(bad_orders),
         secret_hits=secret_hits,
         final=final,
+        requests=requests,
+        rejections={oid: r.get("repeats", 0) for oid, r in admin.rejections().items()},
+        reimburse={
+            oid: (
+                r["reimburse_status"],
+                sum(1 for h in r["history"] if h["to"] == "INVOICE_REIMBURSE_CANCEL"),
+            )
+            for oid, r in admin.statuses().items()
+        },
     )
 
 

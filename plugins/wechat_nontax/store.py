@@ -656,6 +656,16 @@ class OrderStore:
             (list(order_ids),),
         )
 
+    def refusal_pending(self, order_ids: Sequence[str]) -> dict[str, str]:
+        """Those of `order_ids` that are due and whose refusal is asked for, with their status:
+        not issued, and not left unfinished either (the requests DAG ends them)."""
+        rows = self._run(
+            f"SELECT order_id, status FROM nontax.bill_order WHERE order_id = ANY(%s) "
+            f"AND status IN {_DUE} AND {_REFUSAL_PENDING.format(table='bill_order')}",
+            (list(order_ids),),
+        )
+        return dict(rows)
+
     def count_by_status(self, order_ids: Sequence[str] | None = None) -> dict[str, int]:
         if order_ids is None:
             rows = self._run("SELECT status, count(*) FROM nontax.bill_order GROUP BY status")
