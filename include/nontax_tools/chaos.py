@@ -150,6 +150,9 @@ class RunPlan:
     # Cut the batches' order-database connections once bills start to arrive: the write-backs
     # must reconnect and record every code (not a sandbox fault: the runner does it).
     db_drop: bool = False
+    # Requests to refuse (asked before the run) or void (asked after it) good orders: carried
+    # out by the DAG nontax_requests, faults on, then once more after the person's fix.
+    requests: tuple[tuple[str, str], ...] = ()  # (order id, refuse|void)
 
     @property
     def conf(self) -> dict[str, Any]:
@@ -184,7 +187,13 @@ def plan_run(seed: int, run: int, *, min_orders: int = 16, max_orders: int = 32)
         faults=faults,
         bad=bad,
         authorizations=tuple(authorizations),
-        db_drop=rng.random() < 0.15,  # drawn last: the draws before it stay as they were
+        db_drop=rng.random() < 0.15,
+        # Drawn after everything else: the draws before stay as they were.
+        requests=tuple(
+            (ids[positions.pop()], kind)
+            for kind in ("refuse", "void")
+            if positions and rng.random() < 0.3
+        ),
     )
 
 
@@ -485,6 +494,15 @@ class Chaos:
         if bag.import_errors:
             raise RuntimeError(f"the DAG does not import: {bag.import_errors}")
         self.dag = bag.dags[DAG_ID]
+        requests = DagBag(dag_folder=str(ROOT / "dags" / "nontax_requests.py"))
+        if requests.import_errors:
+            raise RuntimeError(f"the requests DAG does not import: {requests.import_errors}")
+        self.requests_dag = requests.dags["nontax_requests"]
+        for task in self.requests_dag.tasks:
+            task.retry_delay = timedelta(seconds=RETRY_DELAY_S)
+            task.max_retry_delay = timedelta(seconds=MAX_RETRY_DELAY_S)
+            if task.task_id == "carry_out_requests":
+                task.time_budget_s = TIME_BUDGET_S
         for task in self.dag.tasks:  # only the clocks change (module docstring)
             task.retry_delay = timedelta(seconds=RETRY_DELAY_S)
             task.max_retry_delay = timedelta(seconds=MAX_RETRY_DELAY_S)
@@ -506,6 +524,7 @@ class Chaos:
         if plan.authorizations:
             self.admin.set_authorizations(dict(plan.authorizations))
 
+        self._ask(plan, "refuse")
         dropper = _DbDropper(self.dsn, self.admin) if plan.db_drop else None
         try:
             dr = self._dag_test(plan)
@@ -518,6 +537,12 @@ class Chaos:
                 break
             self._rerun(dr, todo)
             reruns += len(todo)
+        # A bill the fiscal platform red-reverses after the run (a void of an order that is not
+        # inserted is refused at the door); the requests DAG runs with the faults on.
+        self._ask(plan, "void")
+        if self._pending_requests(plan):
+            self.requests_dag.test()
+            dag_runs += 1
 
         rules = self.admin.faults()
         hits = Counter()
@@ -531,6 +556,13 @@ class Chaos:
 
         # The person on duty fixes the cause, clears what is still red, runs what is due.
         self.admin.clear_faults()
+        if self._pending_requests(plan):
+            self._sql(  # their transient waits end: the person runs them now
+                "UPDATE nontax.bill_request SET not_before = NULL WHERE order_id = ANY(%s)",
+                (list(plan.order_ids),),
+            )
+            self.requests_dag.test()
+            dag_runs += 1
         todo = self._instances_to_rerun(dr, plan)
         if todo:
             self._rerun(dr, todo)
@@ -546,6 +578,9 @@ class Chaos:
             hits[status] += answers.get(code, 0)
         if drops:
             hits["db_drop"] += drops
+        for requests in snapshot.requests.values():
+            for kind, state in requests:
+                hits[kind] += state == "done"
         violations += [v for v in check_invariants(snapshot) if v not in violations]
         statuses = Counter(row["status"] for row in snapshot.rows.values())
         return RunResult(
@@ -606,6 +641,22 @@ class Chaos:
                 path.write_bytes(pdf)
             orders.append(Order(**fields))
         self.store.upsert_orders(orders, run_id=f"chaos-{plan.run}")
+
+    def _ask(self, plan: RunPlan, kind: str) -> None:
+        """What `make refuse` / `make void` do for the plan's requests of `kind`."""
+        from wechat_nontax.bill_requests import request_action
+
+        for oid, wanted in plan.requests:
+            if wanted == kind:
+                request_action(self.db, oid, kind, f"chaos run {plan.run}: {kind}", "chaos")
+
+    def _pending_requests(self, plan: RunPlan) -> bool:
+        rows = self._sql(
+            "SELECT count(*) FROM nontax.bill_request WHERE order_id = ANY(%s) "
+            "AND status = 'pending'",
+            (list(plan.order_ids),),
+        )
+        return rows[0][0] > 0
 
     def _dag_test(self, plan: RunPlan) -> Any:
         return self.dag.test(run_conf=plan.conf)
@@ -898,6 +949,7 @@ SHORT = {
     "busy": "-1", "busy_order": "-1x4", "invoice_busy": "72036", "minute_quota": "45011",
     "daily_quota": "45009", "token_expire": "expiry", "lost_answer": "lost",
     "unauthorized": "72038", "rejected": "72035", "db_drop": "db-drop",
+    "refuse": "refused", "void": "voided",
 }  # fmt: skip
 
 
@@ -905,14 +957,15 @@ LEGEND = (
     "faults: sandbox fault rules and WeChat refusals, with how often each hit; exp: token "
     "expiries injected; fetch: token fetches\n"
     "orders at the end: ins inserted, dup duplicate (answer lost after WeChat recorded the "
-    "bill), end ended with a reason (invalid, failed, rejected), due still due and waiting\n"
+    "bill), end ended with a reason (invalid, failed, rejected, refused, cancelled), due still "
+    "due and waiting\n"
     "dag: DAG runs; re: instances re-run by the person on duty; s: seconds"
 )
 
 
 def format_row(r: RunResult) -> str:
     faults = " ".join(f"{SHORT.get(k, k)}:{n}" for k, n in sorted(r.fault_hits.items()))
-    ended = sum(n for s, n in r.statuses.items() if s in NEEDS_PERSON | {"rejected"})
+    ended = sum(n for s, n in r.statuses.items() if s in NEEDS_REASON - {"duplicate"})
     due = sum(n for s, n in r.statuses.items() if s in DUE)
     return (
         f"{r.plan.run:>4} {len(r.plan.order_ids):>6} {faults[:48]:<48} "

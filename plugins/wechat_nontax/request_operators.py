@@ -34,12 +34,14 @@ class CarryOutRequestsOperator(BaseOperator):
         wechat_conn_id: str = DEFAULT_WECHAT_CONN_ID,
         orders_conn_id: str = DEFAULT_ORDERS_CONN_ID,
         max_requests: int | str | None = None,
+        time_budget_s: float | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self.wechat_conn_id = wechat_conn_id
         self.orders_conn_id = orders_conn_id
         self.max_requests = max_requests
+        self.time_budget_s = time_budget_s  # None: the runner's own (transient retries)
 
     def execute(self, context: Any) -> dict[str, int]:
         from wechat_nontax.bill_requests import RequestStore
@@ -55,9 +57,10 @@ class CarryOutRequestsOperator(BaseOperator):
             # A call may take a token fetch, the call and a retry after a refreshed token, each
             # up to the timeout: the hold outlasts that, as a batch's does.
             hold_s = max(default_hold_s(), 2 * (3 * hook.call_timeout_s + 2.0))
+            budget = {} if self.time_budget_s is None else {"time_budget_s": self.time_budget_s}
             runner = RequestRunner(
                 hook, store, run_id=run_id, hold_s=hold_s,
-                holder=f"{run_id}|{self.task_id}|{ti.map_index}|{ti.try_number}",
+                holder=f"{run_id}|{self.task_id}|{ti.map_index}|{ti.try_number}", **budget,
             )  # fmt: skip
             limit = int(self.max_requests) if self.max_requests not in (None, "", "None") else None
             results = runner.run(limit)
