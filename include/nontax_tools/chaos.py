@@ -9,7 +9,8 @@ never a second bill; never a secret in the open. Each run of `make chaos RUNS=n 
    latency spikes past the client's timeout, HTTP 5xx, timeouts (the call is handled, its answer
    held past the client's timeout), -1 (also four in a row for one order, which fails it),
    72036, 45011, 45009, token expiry mid-run, and an answer lost after a successful insert;
-   every rule has its own seed, so the sandbox's draws repeat;
+   every rule has its own seed, so the sandbox's draws repeat; some runs also ask for a good
+   order's refusal before the run and another's void after it (`make refuse` / `make void`);
 3. runs the DAG (`dag.test()`, the real DAG file: claim, token, mapped issue, announce,
    report, with Airflow's own task retries);
 4. acts as the person on duty: an `issue_bills` instance that is red while one of its orders
@@ -17,17 +18,22 @@ never a second bill; never a secret in the open. Each run of `make chaos RUNS=n 
    again, up to `--rerun-rounds` times with the faults still on; then the person "fixes the
    cause" (faults off), clears what is still red once more, and starts a new run of the same
    orders if some are still due now; orders with invalid data are not re-run (a person fixes
-   the data first);
+   the data first); the requests DAG `nontax_requests` runs after the issuing run with the
+   faults on, and again after the fix while a request is pending;
 5. checks the invariants against the sandbox's own state (`SandboxAdmin.bills()`, `.orders()`
    with per-order successes, `.media()`, `.tokens()`, `.faults()` with their hits) and the
    order database, once with the faults still on and once at the end:
    - no order inserted twice (sandbox successes <= 1, one `inserted` history row);
-   - every order inserted, ended with a reason (invalid, failed, rejected, duplicate), or still
-     due; at the end, still due only while waiting for a time (`not_before`: an authorisation,
-     a daily quota), never stuck, and no lease left held;
+   - every order inserted, ended with a reason (invalid, failed, rejected, duplicate, refused,
+     cancelled), or still due; at the end, still due only while waiting for a time
+     (`not_before`: an authorisation, a daily quota), never stuck, and no lease left held;
    - the database agrees with the sandbox: each inserted order has the sandbox's bill with the
      same code and openid, each `duplicate` has a bill, and at the end no order that the
      database calls failed, invalid or rejected has a bill;
+   - refusals and voids: a refused order has no bill and WeChat has its refusal; a cancelled
+     one had its bill inserted and is INVOICE_REIMBURSE_CANCEL on WeChat; no order both refused
+     and inserted on WeChat; each request done at most once (one done request per order and
+     kind, at most one change to CANCEL), and a done request's order is refused / cancelled;
    - orders with bad data end `invalid` and WeChat never hears of them (no insertbill naming
      them, no PDF uploaded under their name);
    - token fetches (`nontax.access_token.fetch_count`, and the tokens the sandbox issued) are no
@@ -407,6 +413,7 @@ class RunResult:
     token_fetches: int
     violations: list[str]
     secret_hits: int = 0
+    requests_done: Counter = field(default_factory=Counter)  # refuse / void carried out
 
 
 class Chaos:
@@ -578,9 +585,9 @@ class Chaos:
             hits[status] += answers.get(code, 0)
         if drops:
             hits["db_drop"] += drops
-        for requests in snapshot.requests.values():
-            for kind, state in requests:
-                hits[kind] += state == "done"
+        requests_done = Counter(
+            kind for asked in snapshot.requests.values() for kind, state in asked if state == "done"
+        )
         violations += [v for v in check_invariants(snapshot) if v not in violations]
         statuses = Counter(row["status"] for row in snapshot.rows.values())
         return RunResult(
@@ -594,6 +601,7 @@ class Chaos:
             token_fetches=snapshot.token_fetches,
             violations=violations,
             secret_hits=snapshot.secret_hits,
+            requests_done=requests_done,
         )
 
     def _seed(self, plan: RunPlan) -> None:
@@ -954,7 +962,8 @@ SHORT = {
 
 
 LEGEND = (
-    "faults: sandbox fault rules and WeChat refusals, with how often each hit; exp: token "
+    "faults: sandbox fault rules and WeChat refusals, with how often each hit (and the "
+    "requests carried out: refused, voided); exp: token "
     "expiries injected; fetch: token fetches\n"
     "orders at the end: ins inserted, dup duplicate (answer lost after WeChat recorded the "
     "bill), end ended with a reason (invalid, failed, rejected, refused, cancelled), due still "
@@ -964,7 +973,10 @@ LEGEND = (
 
 
 def format_row(r: RunResult) -> str:
-    faults = " ".join(f"{SHORT.get(k, k)}:{n}" for k, n in sorted(r.fault_hits.items()))
+    faults = " ".join(
+        [f"{SHORT.get(k, k)}:{n}" for k, n in sorted(r.fault_hits.items())]
+        + [f"{SHORT[k]}:{n}" for k, n in sorted(r.requests_done.items())]
+    )
     ended = sum(n for s, n in r.statuses.items() if s in NEEDS_REASON - {"duplicate"})
     due = sum(n for s, n in r.statuses.items() if s in DUE)
     return (
@@ -989,6 +1001,7 @@ class Summary:
     reruns: int = 0
     bad_orders: int = 0
     interrupted: bool = False
+    requests_done: Counter = field(default_factory=Counter)
 
     def __str__(self) -> str:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.fault_kinds.items()))
@@ -1001,6 +1014,8 @@ class Summary:
             f"DAG runs: {self.dag_runs}, instances re-run by the person on duty: {self.reruns}, "
             f"orders seeded with bad data: {self.bad_orders}\n"
             f"faults by kind (hits): {kinds}\n"
+            f"requests carried out: "
+            f"{', '.join(f'{k} {n}' for k, n in sorted(self.requests_done.items())) or '-'}\n"
             f"orders by final status: {statuses}"
         )
 
@@ -1103,6 +1118,7 @@ def run_chaos(
             reruns=sum(r.reruns for r in results),
             bad_orders=sum(len(r.plan.bad) for r in results),
             interrupted=_STOP.is_set(),
+            requests_done=sum((r.requests_done for r in results), Counter()),
         )
         print(summary, file=out)
         if not summary.violations:  # keep the output and the summary; the rest only for a look
@@ -1123,6 +1139,7 @@ def run_chaos(
                     "dag_runs": summary.dag_runs,
                     "reruns": summary.reruns,
                     "bad_orders": summary.bad_orders,
+                    "requests_done": dict(summary.requests_done),
                 },
                 indent=2,
             )
