@@ -450,8 +450,8 @@ class RequestStore:
             self._rows(
                 f"UPDATE nontax.bill_order SET {_UNHOLD} WHERE claimed_by = %s "
                 "AND held_by IS NOT NULL AND (%s::text IS NULL OR held_by = %s) "
-                "AND held_by LIKE %s RETURNING 1",
-                (run_id, holder, holder, f"{run_id}|%"),
+                "AND starts_with(held_by, %s) RETURNING 1",
+                (run_id, holder, holder, f"{run_id}|"),
             )
         )
 
