@@ -69,11 +69,11 @@ history: $(STAMP)  ## an order's row, history and requests: make history ORDER=T
 	$(PY) -m nontax_tools history "$(ORDER)"
 
 refuse: $(STAMP)  ## ask for an order to be refused: make refuse ORDER=.. REASON="shown to the payer"
-	@test -n "$(ORDER)" -a -n "$(REASON)" || { echo 'usage: make refuse ORDER=order_id REASON="..."'; exit 2; }
+	@test -n "$(ORDER)" || { echo 'usage: make refuse ORDER=order_id REASON="..."'; exit 2; }
 	$(PY) -m nontax_tools refuse "$(ORDER)" --reason "$(REASON)"
 
 void: $(STAMP)  ## ask for an order's issued bill to be voided: make void ORDER=.. REASON=".."
-	@test -n "$(ORDER)" -a -n "$(REASON)" || { echo 'usage: make void ORDER=order_id REASON="..."'; exit 2; }
+	@test -n "$(ORDER)" || { echo 'usage: make void ORDER=order_id REASON="..."'; exit 2; }
 	$(PY) -m nontax_tools void "$(ORDER)" --reason "$(REASON)"
 
 demo: $(STAMP)  ## the whole pipeline on 200 demo orders against the sandbox, in one go
