@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("refuse", "void"):
         return _request(dsn, args)
 
-    from wechat_nontax.bill_requests import RequestStore, format_request
+    from wechat_nontax.request_store import RequestStore, format_request
     from wechat_nontax.store import OrderStore
 
     store = OrderStore(connect_dsn(dsn, application_name="nontax-tools"))

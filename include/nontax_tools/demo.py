@@ -616,8 +616,8 @@ def print_orders(
 
 
 def print_requests(console: Console, dsn: str, order_ids: Sequence[str]) -> None:
-    from wechat_nontax.bill_requests import RequestStore, format_request
     from wechat_nontax.orders_db import connect_dsn
+    from wechat_nontax.request_store import RequestStore, format_request
 
     store = RequestStore(connect_dsn(dsn, application_name="nontax-demo"))
     try:

@@ -44,11 +44,11 @@ class CarryOutRequestsOperator(BaseOperator):
         self.time_budget_s = time_budget_s  # None: the runner's own (transient retries)
 
     def execute(self, context: Any) -> dict[str, int]:
-        from wechat_nontax.bill_requests import RequestStore
         from wechat_nontax.hook import WeChatNonTaxHook
         from wechat_nontax.issuing import default_hold_s
         from wechat_nontax.orders_db import connect
         from wechat_nontax.request_runner import RequestRunner, result_table
+        from wechat_nontax.request_store import RequestStore
 
         ti, run_id = context["ti"], context["run_id"]
         store = RequestStore(connect(self.orders_conn_id, application_name="nontax-requests"))
@@ -83,8 +83,8 @@ class RequestsReportOperator(BaseOperator):
         self.orders_conn_id = orders_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from wechat_nontax.bill_requests import RequestStore, format_request
         from wechat_nontax.orders_db import connect
+        from wechat_nontax.request_store import RequestStore, format_request
 
         run_id = context["run_id"]
         store = RequestStore(connect(self.orders_conn_id, application_name="nontax-requests"))

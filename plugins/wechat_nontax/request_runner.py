@@ -22,16 +22,9 @@ from enum import StrEnum
 from typing import Protocol
 
 from wechat_nontax import errors
-from wechat_nontax.bill_requests import (
-    Request,
-    RequestKind,
-    RequestRow,
-    RequestStatus,
-    RequestStore,
-    Taken,
-    call_problems,
-)
+from wechat_nontax.bill_requests import RequestKind, RequestStatus
 from wechat_nontax.policy import Action, seconds_until_quota_reset
+from wechat_nontax.request_store import Request, RequestRow, RequestStore, Taken, call_problems
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The order store: every SQL statement the pipeline runs against the order database.
 
 Operators, tools and tests go through this module; nowhere else holds SQL about orders (but
-`bill_requests`, for the requests to refuse or void one).
+`bill_requests` and `request_store`, for the requests to refuse or void one).
 
 Who may write what:
 - a run CLAIMS its due orders (`claimed_by`, a lease in `claim_expires_at`) and records the
@@ -14,7 +14,8 @@ Who may write what:
 - a finished order (`inserted`, `duplicate`, `rejected`, `refused`, `cancelled`) is never
   changed by a later answer;
 - an order whose refusal is pending (`nontax.bill_request`) is neither claimed nor held by an
-  issuing run. The requests' own statements are in `bill_requests`, next to their rules.
+  issuing run. The requests' own statements are in `bill_requests` (asking) and
+  `request_store` (carrying out).
 Each write is one short autocommitted statement (with its history row), made the moment a
 result is known; a write that loses its connection reconnects and is retried (each carries an
 id, so a retry of a write that had in fact committed is recognised).

@@ -9,8 +9,9 @@ import pytest
 
 from factories import held
 from nontax_tools.__main__ import main as tools_main
-from wechat_nontax.bill_requests import RequestStore, request_action, why_not_carried_out
+from wechat_nontax.bill_requests import request_action, why_not_carried_out
 from wechat_nontax.request_runner import MAX_REQUEST_CALLS, RequestOutcome, RequestRunner
+from wechat_nontax.request_store import RequestStore
 
 RUN = "scheduled__requests-1"
 
