@@ -2,11 +2,13 @@
 
 Thin, like `operators`: each builds what it needs from Connections and hands the work to the
 package (`request_runner`, `bill_requests`). Nothing heavy is imported at module level.
-- `carry_out_requests` works through the pending requests (a call each); it fails (retried by
-  Airflow) only when it could not make calls at all (no access token, the order database away);
+- `carry_out_requests` works through the pending requests (a call each); it fails only when it
+  could not make calls at all: no access token (without retries, like an issuing batch), the
+  order database away (retried by Airflow);
 - `report` (the last task, so the run takes its state) lists what each request of this run came
   to, ends any hold a crashed try left, and is red while a request of the run ended refused or
-  failed: a person reads the reason in the log, `make attention` or the order's history.
+  failed, or when `carry_out_requests` did not finish: a person reads the reason in the log,
+  `make attention` or the order's history.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException
 
 from wechat_nontax.operators import DEFAULT_ORDERS_CONN_ID, DEFAULT_WECHAT_CONN_ID
 
@@ -69,7 +71,9 @@ class CarryOutRequestsOperator(BaseOperator):
             store.close()
         self.log.info("Requests of this try:\n%s", result_table(results))
         if runner.blocked:
-            raise AirflowException(f"{runner.blocked}; the requests stay pending")
+            # As an issuing batch without a token: a person's cause (the Connection, the app
+            # secret); the next scheduled run tries again anyway.
+            raise AirflowFailException(f"{runner.blocked}; the requests stay pending")
         return dict(Counter(str(r.outcome) for r in results))
 
 
@@ -107,6 +111,13 @@ class RequestsReportOperator(BaseOperator):
                 for r in rows if r.status in ("refused", "failed")
             ],
         }  # fmt: skip
+        carried_out = context["ti"].xcom_pull(task_ids="carry_out_requests")
+        if carried_out is None:
+            # No access token, the order database away, a crash: its requests stay pending.
+            raise AirflowFailException(
+                "carry_out_requests did not finish (see its log): the requests it did not reach "
+                "stay pending for the next run; fix the cause or clear it"
+            )
         if report["needs_person"]:
             context["ti"].xcom_push(key="return_value", value=report)
             first = report["needs_person"][0]

@@ -3,6 +3,8 @@ sandbox: a refusal and a void carried out, and a run that goes red when a reques
 
 from __future__ import annotations
 
+import json
+
 import psycopg2
 import pytest
 
@@ -135,3 +137,21 @@ def test_a_run_whose_request_cannot_be_carried_out_is_red_with_the_reason(desk):
     assert rows == [("T00000000", "refused", None), ("T00000001", "failed", 72061)]
     assert desk.store.get_row("T00000001")["status"] == "inserted"
     assert desk.sandbox.calls().get("updatestatus", 0) == 1
+
+
+def test_without_an_access_token_nothing_is_sent_and_the_run_is_red(desk):
+    desk.load(1)
+    desk.ask("T00000000", "refuse", "refunded")
+    wrong = json.loads(desk.env["AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT"])
+    wrong["password"] = "not-the-secret"
+    desk.env["AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT"] = json.dumps(wrong)
+    result = desk.carry_out()
+    assert result.run_state == "failed"
+    assert result.states("carry_out_requests") == {-1: "failed"}
+    assert result.states("report") == {-1: "failed"}
+    assert "carry_out_requests did not finish" in result.output
+    assert desk.sql(
+        "SELECT status, outcome LIKE 'not sent: no access token%%' FROM nontax.bill_request"
+    ) == [("pending", True)]
+    assert desk.sandbox.calls().get("rejectinsert", 0) == 0
+    assert desk.store.get_row("T00000000")["held_by"] is None
