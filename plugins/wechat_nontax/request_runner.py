@@ -96,6 +96,8 @@ class RequestRunner:
         try:
             for request in self.store.pending(limit):
                 results.append(self._one(request))
+                if self._blocked is not None:
+                    break  # no token: the others stay pending, untouched, for the next run
         finally:
             self.store.release(self.run_id, self.holder)
         return results
@@ -106,8 +108,6 @@ class RequestRunner:
             return self._result(request, RequestOutcome.WAITING, taken)
         if isinstance(taken, RequestRow):  # the order's status does not allow it: no call
             return self._result(request, RequestOutcome.REFUSED, taken.outcome or "")
-        if self._blocked is not None:
-            return self._waiting(taken, self._blocked, None, wait_s=None)
         problem = call_problems(taken)
         if problem is not None:
             return self._end(taken, RequestStatus.REFUSED, f"not sent: {problem}", None)
