@@ -2,7 +2,7 @@
 
     migrate                 apply the schema migrations (a no-op when up to date)
     load FILE               load orders from JSON Lines (bad lines reported, good ones load)
-    status                  how many orders are in each status
+    status                  how many orders are in each status (and requests)
     attention               the orders that need a person, with their reasons
     history ORDER_ID        an order's row and its attempt history
     reset ORDER_ID...       make orders due again after fixing their data
@@ -78,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             for status, count in sorted(store.count_by_status().items()):
                 print(f"{status:<14} {count}")
+            asked = requests.count_by_status()
+            if asked:
+                print("requests:")
+                for kind_status, count in sorted(asked.items()):
+                    print(f"  {kind_status:<16} {count}")
             return 0
         if args.command == "attention":
             rows = store.needs_attention()

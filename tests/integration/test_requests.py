@@ -10,8 +10,10 @@ import pytest
 from factories import held
 from nontax_tools.__main__ import main as tools_main
 from wechat_nontax.bill_requests import request_action, why_not_carried_out
+from wechat_nontax.pdfs import read_pdf
 from wechat_nontax.request_runner import MAX_REQUEST_CALLS, RequestOutcome, RequestRunner
 from wechat_nontax.request_store import RequestStore
+from wechat_nontax.validation import Limits
 
 RUN = "scheduled__requests-1"
 
@@ -137,6 +139,8 @@ def test_the_command_line_records_a_request_or_exits_1_with_the_reason(env, caps
     assert tools_main(["--dsn", env.dsn, "history", "T00000000"]) == 0
     out = capsys.readouterr().out
     assert "requests:" in out and "refuse T00000000 [pending]" in out
+    assert tools_main(["--dsn", env.dsn, "status"]) == 0
+    assert "refuse pending" in capsys.readouterr().out
 
 
 # -- the issuing runs keep off an order whose refusal is pending -------------------------------
@@ -212,6 +216,8 @@ def test_a_call_whose_answer_was_lost_is_recognised_as_done_by_the_retry(env, re
 def test_a_refusal_waits_while_a_batch_holds_the_order_then_ends_refused_once_inserted(
     env, requests_store
 ):
+    """The batch held the order before the refusal was asked for: the refusal waits, the
+    batch's insert goes through, and the refusal then ends `refused` (void it instead)."""
     orders = env.orders(1)
     batch = held(env.store, "T00000000", run_id="run-issue")
     assert ask(env, "T00000000", "refuse").accepted
@@ -219,11 +225,18 @@ def test_a_refusal_waits_while_a_batch_holds_the_order_then_ends_refused_once_in
     assert waiting.outcome is RequestOutcome.WAITING
     assert "held by run-issue|issue_bills" in waiting.reason
     assert env.sandbox.calls().get("rejectinsert", 0) == 0
-    env.store.end_hold(batch.holder, ["T00000000"], lease_s=0)
-    # The batch's insert went first after all (a person reset the lease; here: a direct issue).
-    env.sql("DELETE FROM nontax.bill_request")  # the issue would skip a pending refusal
-    env.issue(orders)
-    assert ask(env, "T00000000", "refuse").accepted is False
+    # The batch goes on with the order it holds: upload, insert, write back.
+    pdf = read_pdf(str(env.pdf_root), orders[0].pdf_path, max_bytes=Limits().max_pdf_bytes)
+    bill = env.hook.insert_bill(orders[0], env.hook.upload_pdf(pdf))
+    assert env.store.record_inserted(
+        "T00000000", bill.code, bill.openid, version=batch.version, run_id="run-issue"
+    )
+    [ended] = runner(env, requests_store, try_number=2).run()
+    assert ended.outcome is RequestOutcome.REFUSED
+    assert "void the bill instead" in ended.reason
+    assert env.store.get_row("T00000000")["status"] == "inserted"
+    assert env.sandbox.calls().get("rejectinsert", 0) == 0
+    assert [r[3] for r in request_rows(env)] == ["refused"]
 
 
 def test_a_refusal_answered_72056_records_the_order_duplicate(env, requests_store):
