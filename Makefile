@@ -21,6 +21,7 @@ RUNS ?= 200
 SEED ?= 1
 
 .PHONY: help install lint test sandbox migrate load-orders run-once status attention demo \
+	history refuse void \
 	constraints image-deps clean chaos up down bench
 
 help:  ## list the targets
@@ -62,6 +63,18 @@ status: $(STAMP)  ## orders by status
 
 attention: $(STAMP)  ## the orders that need a person, with their reasons
 	$(PY) -m nontax_tools attention
+
+history: $(STAMP)  ## an order's row, history and requests: make history ORDER=T00000001
+	@test -n "$(ORDER)" || { echo "usage: make history ORDER=order_id"; exit 2; }
+	$(PY) -m nontax_tools history "$(ORDER)"
+
+refuse: $(STAMP)  ## ask for an order to be refused: make refuse ORDER=.. REASON="shown to the payer"
+	@test -n "$(ORDER)" || { echo 'usage: make refuse ORDER=order_id REASON="..."'; exit 2; }
+	$(PY) -m nontax_tools refuse "$(ORDER)" --reason "$(REASON)"
+
+void: $(STAMP)  ## ask for an order's issued bill to be voided: make void ORDER=.. REASON=".."
+	@test -n "$(ORDER)" || { echo 'usage: make void ORDER=order_id REASON="..."'; exit 2; }
+	$(PY) -m nontax_tools void "$(ORDER)" --reason "$(REASON)"
 
 demo: $(STAMP)  ## the whole pipeline on 200 demo orders against the sandbox, in one go
 	$(PY) -m nontax_tools.demo

@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-import pendulum
-from airflow.sdk import DAG, Asset, CronTriggerTimetable, Param
+from airflow.sdk import DAG, Asset, Param
 
-from wechat_nontax.notify import notify_failure
+from wechat_nontax.dag_settings import dag_settings
 from wechat_nontax.operators import (
+    DEFAULT_ORDERS_CONN_ID,
+    DEFAULT_WECHAT_CONN_ID,
+    WECHAT_POOL,
     AnnounceBillsOperator,
     ClaimOrdersOperator,
     IssueBillsOperator,
@@ -23,28 +25,15 @@ from wechat_nontax.operators import (
     batch_label,
 )
 
-WECHAT_CONN_ID = "wechat_nontax_default"
-ORDERS_CONN_ID = "nontax_orders_db"
-WECHAT_POOL = os.environ.get("NONTAX_WECHAT_POOL", "wechat_nontax")
+WECHAT_CONN_ID = DEFAULT_WECHAT_CONN_ID
+ORDERS_CONN_ID = DEFAULT_ORDERS_CONN_ID
 # The pool's slots, as the deployment sets them: a run is spread over at least this many batches.
 POOL_SLOTS = int(os.environ.get("NONTAX_POOL_SLOTS", "4"))
 BILLS_ISSUED = Asset(name="nontax_bills_issued", uri="nontax://bills/issued")
 
 with DAG(
     dag_id="nontax_insertbill",
-    schedule=CronTriggerTimetable(
-        os.environ.get("NONTAX_SCHEDULE", "30 2 * * *"), timezone="Asia/Shanghai"
-    ),
-    start_date=pendulum.datetime(2026, 1, 1, tz="Asia/Shanghai"),
-    catchup=False,
-    max_active_runs=1,
-    default_args={
-        "retries": 2,
-        "retry_delay": timedelta(seconds=30),
-        "retry_exponential_backoff": 2.0,
-        "max_retry_delay": timedelta(minutes=10),
-        "on_failure_callback": notify_failure,
-    },
+    **dag_settings("NONTAX_SCHEDULE", "30 2 * * *"),
     params={
         "order_ids": Param([], type="array", description="Only these orders (empty: all due)"),
         "max_orders": Param(None, type=["null", "integer"], minimum=1, description="At most"),

@@ -60,7 +60,8 @@ def orders_db(orders_db_uri: str, monkeypatch: pytest.MonkeyPatch) -> str:
         # The history is append-only by trigger; a test reset is the one place allowed to clear it.
         cur.execute("ALTER TABLE nontax.bill_attempt DISABLE TRIGGER USER")
         cur.execute(
-            "TRUNCATE nontax.bill_attempt, nontax.bill_order, nontax.access_token, nontax.run_claim"
+            "TRUNCATE nontax.bill_request, nontax.bill_attempt, nontax.bill_order, "
+            "nontax.access_token, nontax.run_claim"
         )
         cur.execute("ALTER TABLE nontax.bill_attempt ENABLE TRIGGER USER")
     conn.close()

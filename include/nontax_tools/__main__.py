@@ -2,10 +2,19 @@
 
     migrate                 apply the schema migrations (a no-op when up to date)
     load FILE               load orders from JSON Lines (bad lines reported, good ones load)
-    status                  how many orders are in each status
+    status                  how many orders are in each status (and requests)
     attention               the orders that need a person, with their reasons
     history ORDER_ID        an order's row and its attempt history
     reset ORDER_ID...       make orders due again after fixing their data
+    refuse ORDER_ID --reason TEXT [--by NAME]
+                            ask for the order to be refused (rejectinsert: the payer is told
+                            TEXT, at most 100 characters; it never gets a bill)
+    void ORDER_ID --reason TEXT [--by NAME]
+                            ask for the order's issued bill to be voided (red-reversed)
+
+refuse and void only record the request (checked first: a bad one is refused with its reason
+and exit code 1); the DAG `nontax_requests` carries it out within minutes. `attention` and
+`history` show where it stands.
 
 The database is `AIRFLOW_CONN_NONTAX_ORDERS_DB` (the same Connection the DAG uses) or --dsn.
 """
@@ -32,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     reset = sub.add_parser("reset")
     reset.add_argument("order_ids", nargs="+")
     reset.add_argument("--note", default="reset by operator")
+    for kind in ("refuse", "void"):
+        request = sub.add_parser(kind)
+        request.add_argument("order_id")
+        request.add_argument("--reason", required=True)
+        request.add_argument("--by", default=None, help="who asks (default: the login name)")
     args = parser.parse_args(argv)
     dsn = args.dsn or dsn_from_env()
 
@@ -46,9 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"schema version {current_version(dsn)}; applied now: {applied or 'nothing'}")
         return 0
 
+    if args.command in ("refuse", "void"):
+        return _request(dsn, args)
+
+    from wechat_nontax.request_store import RequestStore, format_request
     from wechat_nontax.store import OrderStore
 
     store = OrderStore(connect_dsn(dsn, application_name="nontax-tools"))
+    requests = RequestStore(connect_dsn(dsn, application_name="nontax-tools"))
     try:
         if args.command == "load":
             from nontax_tools.load import load_lines, read_lines
@@ -59,12 +78,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             for status, count in sorted(store.count_by_status().items()):
                 print(f"{status:<14} {count}")
+            asked = requests.count_by_status()
+            if asked:
+                print("requests:")
+                for kind_status, count in sorted(asked.items()):
+                    print(f"  {kind_status:<16} {count}")
             return 0
         if args.command == "attention":
             rows = store.needs_attention()
             for order_id, status, reason, updated_at in rows:
                 print(f"{order_id}  [{status}]  {updated_at:%Y-%m-%d %H:%M}  {reason}")
             print(f"{len(rows)} orders need a person")
+            waiting = requests.needs_attention()
+            for row in waiting:
+                print(format_request(row))
+            print(f"{len(waiting)} requests to refuse or void need a look (not done, or waiting)")
             return 0
         if args.command == "history":
             row = store.get_row(args.order_id)
@@ -79,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
                 msg = f" {a.errmsg}" if a.errmsg else ""
                 print(f"{a.at:%Y-%m-%d %H:%M:%S}  {a.step:<13} {a.outcome:<14}{code}{msg}"
                       f"  [{a.run_id or '-'}]")  # fmt: skip
+            asked = requests.of_order(args.order_id)
+            if asked:
+                print("\nrequests:")
+                for request in asked:
+                    print(format_request(request))
             return 0
         if args.command == "reset":
             failed = [i for i in args.order_ids if not store.reset(i, note=args.note)]
@@ -92,7 +125,27 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if failed else 0
     finally:
         store.close()
+        requests.close()
     return 2
+
+
+def _request(dsn: str, args: argparse.Namespace) -> int:
+    import getpass
+
+    from wechat_nontax.bill_requests import request_action
+
+    conn = connect_dsn(dsn, application_name="nontax-tools")
+    try:
+        answer = request_action(
+            conn, args.order_id, args.command, args.reason, args.by or getpass.getuser()
+        )
+    finally:
+        conn.close()
+    if not answer.accepted:
+        print(f"{args.command} {args.order_id}: refused: {answer.reason}", file=sys.stderr)
+        return 1
+    print(f"{args.order_id}: {answer.reason}; the DAG nontax_requests carries it out")
+    return 0
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import psycopg2.extensions
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DAG_ID = "nontax_insertbill"
+REQUESTS_DAG_ID = "nontax_requests"
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 
 
@@ -138,10 +139,12 @@ def dags_test(
     *,
     log_file: Path | None = None,
     timeout: float = 900,
+    dag_id: str = DAG_ID,
 ) -> DagTestResult:
-    """Run the DAG once in one process; returns its exit code, output and task states."""
+    """Run a DAG (the issuing one unless `dag_id` says) once in one process; returns its exit
+    code, output and task states."""
     ensure_metadata_db(env)
-    command = [AIRFLOW, "dags", "test", DAG_ID]
+    command = [AIRFLOW, "dags", "test", dag_id]
     if conf:
         command += ["-c", json.dumps(conf)]
     done = subprocess.run(
@@ -151,25 +154,25 @@ def dags_test(
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         log_file.write_text(output, encoding="utf-8")
-    run_id, run_state, tasks = latest_run(Path(env["AIRFLOW_HOME"]))
+    run_id, run_state, tasks = latest_run(Path(env["AIRFLOW_HOME"]), dag_id)
     return DagTestResult(done.returncode, output, run_id, run_state, tasks)
 
 
-def latest_run(home: Path) -> tuple[str | None, str | None, list[dict]]:
-    """The newest run of the DAG in a SQLite metadata DB, and its task instances."""
+def latest_run(home: Path, dag_id: str = DAG_ID) -> tuple[str | None, str | None, list[dict]]:
+    """The newest run of a DAG in a SQLite metadata DB, and its task instances."""
     db = sqlite3.connect(home / "airflow.db")
     try:
         db.row_factory = sqlite3.Row
         run = db.execute(
             "SELECT run_id, state FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1",
-            (DAG_ID,),
+            (dag_id,),
         ).fetchone()
         if run is None:
             return None, None, []
         rows = db.execute(
             "SELECT task_id, map_index, state, rendered_map_index, try_number "
             "FROM task_instance WHERE dag_id = ? AND run_id = ? ORDER BY task_id, map_index",
-            (DAG_ID, run["run_id"]),
+            (dag_id, run["run_id"]),
         ).fetchall()
         return run["run_id"], run["state"], [dict(row) for row in rows]
     finally:

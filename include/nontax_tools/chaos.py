@@ -9,7 +9,8 @@ never a second bill; never a secret in the open. Each run of `make chaos RUNS=n 
    latency spikes past the client's timeout, HTTP 5xx, timeouts (the call is handled, its answer
    held past the client's timeout), -1 (also four in a row for one order, which fails it),
    72036, 45011, 45009, token expiry mid-run, and an answer lost after a successful insert;
-   every rule has its own seed, so the sandbox's draws repeat;
+   every rule has its own seed, so the sandbox's draws repeat; some runs also ask for a good
+   order's refusal before the run and another's void after it (`make refuse` / `make void`);
 3. runs the DAG (`dag.test()`, the real DAG file: claim, token, mapped issue, announce,
    report, with Airflow's own task retries);
 4. acts as the person on duty: an `issue_bills` instance that is red while one of its orders
@@ -17,17 +18,22 @@ never a second bill; never a secret in the open. Each run of `make chaos RUNS=n 
    again, up to `--rerun-rounds` times with the faults still on; then the person "fixes the
    cause" (faults off), clears what is still red once more, and starts a new run of the same
    orders if some are still due now; orders with invalid data are not re-run (a person fixes
-   the data first);
+   the data first); the requests DAG `nontax_requests` runs after the issuing run with the
+   faults on, and again after the fix while a request is pending;
 5. checks the invariants against the sandbox's own state (`SandboxAdmin.bills()`, `.orders()`
    with per-order successes, `.media()`, `.tokens()`, `.faults()` with their hits) and the
    order database, once with the faults still on and once at the end:
    - no order inserted twice (sandbox successes <= 1, one `inserted` history row);
-   - every order inserted, ended with a reason (invalid, failed, rejected, duplicate), or still
-     due; at the end, still due only while waiting for a time (`not_before`: an authorisation,
-     a daily quota), never stuck, and no lease left held;
+   - every order inserted, ended with a reason (invalid, failed, rejected, duplicate, refused,
+     cancelled), or still due; at the end, still due only while waiting for a time
+     (`not_before`: an authorisation, a daily quota), never stuck, and no lease left held;
    - the database agrees with the sandbox: each inserted order has the sandbox's bill with the
      same code and openid, each `duplicate` has a bill, and at the end no order that the
      database calls failed, invalid or rejected has a bill;
+   - refusals and voids: a refused order has no bill and WeChat has its refusal; a cancelled
+     one had its bill inserted and is INVOICE_REIMBURSE_CANCEL on WeChat; no order both refused
+     and inserted on WeChat; each request done at most once (one done request per order and
+     kind, at most one change to CANCEL), and a done request's order is refused / cancelled;
    - orders with bad data end `invalid` and WeChat never hears of them (no insertbill naming
      them, no PDF uploaded under their name);
    - token fetches (`nontax.access_token.fetch_count`, and the tokens the sandbox issued) are no
@@ -124,9 +130,11 @@ BAD_KINDS = (
     "billing_no_sql",
 )
 DUE = frozenset({"authorized", "uploaded", "awaiting_auth"})
-FINISHED = frozenset({"inserted", "duplicate", "rejected"})
+FINISHED = frozenset({"inserted", "duplicate", "rejected", "refused", "cancelled"})
 NEEDS_PERSON = frozenset({"invalid", "failed"})
-NEEDS_REASON = frozenset({"invalid", "failed", "rejected", "duplicate"})
+NEEDS_REASON = frozenset({"invalid", "failed", "rejected", "duplicate", "refused", "cancelled"})
+# Orders that must never have a bill in the card package, whatever the sandbox shows.
+NO_BILL = NEEDS_PERSON | {"rejected", "refused"}
 
 
 # -- the plan of a run (pure) -------------------------------------------------------------------
@@ -148,6 +156,9 @@ class RunPlan:
     # Cut the batches' order-database connections once bills start to arrive: the write-backs
     # must reconnect and record every code (not a sandbox fault: the runner does it).
     db_drop: bool = False
+    # Requests to refuse (asked before the run) or void (asked after it) good orders: carried
+    # out by the DAG nontax_requests, faults on, then once more after the person's fix.
+    requests: tuple[tuple[str, str], ...] = ()  # (order id, refuse|void)
 
     @property
     def conf(self) -> dict[str, Any]:
@@ -182,7 +193,13 @@ def plan_run(seed: int, run: int, *, min_orders: int = 16, max_orders: int = 32)
         faults=faults,
         bad=bad,
         authorizations=tuple(authorizations),
-        db_drop=rng.random() < 0.15,  # drawn last: the draws before it stay as they were
+        db_drop=rng.random() < 0.15,
+        # Drawn after everything else: the draws before stay as they were.
+        requests=tuple(
+            (ids[positions.pop()], kind)
+            for kind in ("refuse", "void")
+            if positions and rng.random() < 0.3
+        ),
     )
 
 
@@ -282,6 +299,41 @@ class Snapshot:
     bad_orders: set[str] = field(default_factory=set)
     secret_hits: int = 0
     final: bool = False
+    # The requests to refuse or void (order_id -> [(kind, status)]), the sandbox's refusals
+    # (order_id -> repeats) and its bills' reimburse statuses (order_id -> (status, changes
+    # to CANCEL)).
+    requests: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    rejections: dict[str, int] = field(default_factory=dict)
+    reimburse: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+
+def _request_problems(s: Snapshot, oid: str, status: str, has_bill: bool) -> list[str]:
+    """The promises about refusals and voids: a refused order was never inserted and WeChat
+    has its refusal; a voided bill was inserted first and is cancelled on WeChat; each request
+    was carried out at most once (a done request per order and kind, one change to CANCEL)."""
+    problems = []
+    if status == "refused":
+        if has_bill:
+            problems.append(f"{oid}: refused, yet WeChat has its bill")
+        if oid not in s.rejections:
+            problems.append(f"{oid}: refused in the database, no refusal on WeChat")
+    if oid in s.rejections and has_bill:
+        problems.append(f"{oid}: both refused and inserted on WeChat")
+    reimburse, cancels = s.reimburse.get(oid, (None, 0))
+    if status == "cancelled":
+        if not has_bill:
+            problems.append(f"{oid}: cancelled, but WeChat never had its bill")
+        if reimburse != "INVOICE_REIMBURSE_CANCEL":
+            problems.append(f"{oid}: cancelled in the database, {reimburse} on WeChat")
+    if cancels > 1:
+        problems.append(f"{oid}: voided {cancels} times on WeChat")
+    done = Counter(kind for kind, state in s.requests.get(oid, []) if state == "done")
+    problems += [f"{oid}: {n} {kind} requests done" for kind, n in done.items() if n > 1]
+    if done["refuse"] and status != "refused":
+        problems.append(f"{oid}: its refusal is done, yet it is {status}")
+    if done["void"] and status != "cancelled":
+        problems.append(f"{oid}: its void is done, yet it is {status}")
+    return problems
 
 
 def check_invariants(s: Snapshot) -> list[str]:
@@ -318,8 +370,9 @@ def check_invariants(s: Snapshot) -> list[str]:
                 problems.append(f"{oid}: code/openid differ from the sandbox's bill")
         elif status == "duplicate" and not bills:
             problems.append(f"{oid}: duplicate in the database, no bill in the sandbox")
-        elif bills and status in NEEDS_PERSON | {"rejected"} and s.final:
+        elif bills and status in NO_BILL and s.final:
             problems.append(f"{oid}: {status} in the database, but WeChat has its bill")
+        problems += _request_problems(s, oid, status, bool(bills))
         if status == "invalid" or oid in s.bad_orders:
             if status != "invalid":
                 problems.append(f"{oid}: bad data, but {status} instead of invalid")
@@ -360,6 +413,7 @@ class RunResult:
     token_fetches: int
     violations: list[str]
     secret_hits: int = 0
+    requests_done: Counter = field(default_factory=Counter)  # refuse / void carried out
 
 
 class Chaos:
@@ -447,6 +501,15 @@ class Chaos:
         if bag.import_errors:
             raise RuntimeError(f"the DAG does not import: {bag.import_errors}")
         self.dag = bag.dags[DAG_ID]
+        requests = DagBag(dag_folder=str(ROOT / "dags" / "nontax_requests.py"))
+        if requests.import_errors:
+            raise RuntimeError(f"the requests DAG does not import: {requests.import_errors}")
+        self.requests_dag = requests.dags["nontax_requests"]
+        for task in self.requests_dag.tasks:
+            task.retry_delay = timedelta(seconds=RETRY_DELAY_S)
+            task.max_retry_delay = timedelta(seconds=MAX_RETRY_DELAY_S)
+            if task.task_id == "carry_out_requests":
+                task.time_budget_s = TIME_BUDGET_S
         for task in self.dag.tasks:  # only the clocks change (module docstring)
             task.retry_delay = timedelta(seconds=RETRY_DELAY_S)
             task.max_retry_delay = timedelta(seconds=MAX_RETRY_DELAY_S)
@@ -468,6 +531,7 @@ class Chaos:
         if plan.authorizations:
             self.admin.set_authorizations(dict(plan.authorizations))
 
+        self._ask(plan, "refuse")
         dropper = _DbDropper(self.dsn, self.admin) if plan.db_drop else None
         try:
             dr = self._dag_test(plan)
@@ -480,6 +544,12 @@ class Chaos:
                 break
             self._rerun(dr, todo)
             reruns += len(todo)
+        # A bill the fiscal platform red-reverses after the run (a void of an order that is not
+        # inserted is refused at the door); the requests DAG runs with the faults on.
+        self._ask(plan, "void")
+        if self._pending_requests(plan):
+            self.requests_dag.test()
+            dag_runs += 1
 
         rules = self.admin.faults()
         hits = Counter()
@@ -493,6 +563,13 @@ class Chaos:
 
         # The person on duty fixes the cause, clears what is still red, runs what is due.
         self.admin.clear_faults()
+        if self._pending_requests(plan):
+            self._sql(  # their transient waits end: the person runs them now
+                "UPDATE nontax.bill_request SET not_before = NULL WHERE order_id = ANY(%s)",
+                (list(plan.order_ids),),
+            )
+            self.requests_dag.test()
+            dag_runs += 1
         todo = self._instances_to_rerun(dr, plan)
         if todo:
             self._rerun(dr, todo)
@@ -508,6 +585,9 @@ class Chaos:
             hits[status] += answers.get(code, 0)
         if drops:
             hits["db_drop"] += drops
+        requests_done = Counter(
+            kind for asked in snapshot.requests.values() for kind, state in asked if state == "done"
+        )
         violations += [v for v in check_invariants(snapshot) if v not in violations]
         statuses = Counter(row["status"] for row in snapshot.rows.values())
         return RunResult(
@@ -521,6 +601,7 @@ class Chaos:
             token_fetches=snapshot.token_fetches,
             violations=violations,
             secret_hits=snapshot.secret_hits,
+            requests_done=requests_done,
         )
 
     def _seed(self, plan: RunPlan) -> None:
@@ -568,6 +649,22 @@ class Chaos:
                 path.write_bytes(pdf)
             orders.append(Order(**fields))
         self.store.upsert_orders(orders, run_id=f"chaos-{plan.run}")
+
+    def _ask(self, plan: RunPlan, kind: str) -> None:
+        """What `make refuse` / `make void` do for the plan's requests of `kind`."""
+        from wechat_nontax.bill_requests import request_action
+
+        for oid, wanted in plan.requests:
+            if wanted == kind:
+                request_action(self.db, oid, kind, f"chaos run {plan.run}: {kind}", "chaos")
+
+    def _pending_requests(self, plan: RunPlan) -> bool:
+        rows = self._sql(
+            "SELECT count(*) FROM nontax.bill_request WHERE order_id = ANY(%s) "
+            "AND status = 'pending'",
+            (list(plan.order_ids),),
+        )
+        return rows[0][0] > 0
 
     def _dag_test(self, plan: RunPlan) -> Any:
         return self.dag.test(run_conf=plan.conf)
@@ -750,6 +847,14 @@ def take_snapshot(
                          "waiting": waiting, "held": held, "inserted_records": records}  # fmt: skip
         cur.execute("SELECT coalesce(sum(fetch_count), 0) FROM nontax.access_token")
         fetches = int(cur.fetchone()[0])
+        cur.execute(
+            "SELECT order_id, kind, status FROM nontax.bill_request WHERE order_id = ANY(%s) "
+            "ORDER BY request_id",
+            (ids,),
+        )
+        requests: dict[str, list[tuple[str, str]]] = {}
+        for oid, kind, state in cur.fetchall():
+            requests.setdefault(oid, []).append((kind, state))
     db.commit()
     return Snapshot(
         order_ids=ids,
@@ -763,6 +868,15 @@ def take_snapshot(
         bad_orders=set(bad_orders),
         secret_hits=secret_hits,
         final=final,
+        requests=requests,
+        rejections={oid: r.get("repeats", 0) for oid, r in admin.rejections().items()},
+        reimburse={
+            oid: (
+                r["reimburse_status"],
+                sum(1 for h in r["history"] if h["to"] == "INVOICE_REIMBURSE_CANCEL"),
+            )
+            for oid, r in admin.statuses().items()
+        },
     )
 
 
@@ -843,21 +957,27 @@ SHORT = {
     "busy": "-1", "busy_order": "-1x4", "invoice_busy": "72036", "minute_quota": "45011",
     "daily_quota": "45009", "token_expire": "expiry", "lost_answer": "lost",
     "unauthorized": "72038", "rejected": "72035", "db_drop": "db-drop",
+    "refuse": "refused", "void": "voided",
 }  # fmt: skip
 
 
 LEGEND = (
-    "faults: sandbox fault rules and WeChat refusals, with how often each hit; exp: token "
+    "faults: sandbox fault rules and WeChat refusals, with how often each hit (and the "
+    "requests carried out: refused, voided); exp: token "
     "expiries injected; fetch: token fetches\n"
     "orders at the end: ins inserted, dup duplicate (answer lost after WeChat recorded the "
-    "bill), end ended with a reason (invalid, failed, rejected), due still due and waiting\n"
+    "bill), end ended with a reason (invalid, failed, rejected, refused, cancelled), due still "
+    "due and waiting\n"
     "dag: DAG runs; re: instances re-run by the person on duty; s: seconds"
 )
 
 
 def format_row(r: RunResult) -> str:
-    faults = " ".join(f"{SHORT.get(k, k)}:{n}" for k, n in sorted(r.fault_hits.items()))
-    ended = sum(n for s, n in r.statuses.items() if s in NEEDS_PERSON | {"rejected"})
+    faults = " ".join(
+        [f"{SHORT.get(k, k)}:{n}" for k, n in sorted(r.fault_hits.items())]
+        + [f"{SHORT[k]}:{n}" for k, n in sorted(r.requests_done.items())]
+    )
+    ended = sum(n for s, n in r.statuses.items() if s in NEEDS_REASON - {"duplicate"})
     due = sum(n for s, n in r.statuses.items() if s in DUE)
     return (
         f"{r.plan.run:>4} {len(r.plan.order_ids):>6} {faults[:48]:<48} "
@@ -881,6 +1001,7 @@ class Summary:
     reruns: int = 0
     bad_orders: int = 0
     interrupted: bool = False
+    requests_done: Counter = field(default_factory=Counter)
 
     def __str__(self) -> str:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.fault_kinds.items()))
@@ -893,6 +1014,8 @@ class Summary:
             f"DAG runs: {self.dag_runs}, instances re-run by the person on duty: {self.reruns}, "
             f"orders seeded with bad data: {self.bad_orders}\n"
             f"faults by kind (hits): {kinds}\n"
+            f"requests carried out: "
+            f"{', '.join(f'{k} {n}' for k, n in sorted(self.requests_done.items())) or '-'}\n"
             f"orders by final status: {statuses}"
         )
 
@@ -995,6 +1118,7 @@ def run_chaos(
             reruns=sum(r.reruns for r in results),
             bad_orders=sum(len(r.plan.bad) for r in results),
             interrupted=_STOP.is_set(),
+            requests_done=sum((r.requests_done for r in results), Counter()),
         )
         print(summary, file=out)
         if not summary.violations:  # keep the output and the summary; the rest only for a look
@@ -1015,6 +1139,7 @@ def run_chaos(
                     "dag_runs": summary.dag_runs,
                     "reruns": summary.reruns,
                     "bad_orders": summary.bad_orders,
+                    "requests_done": dict(summary.requests_done),
                 },
                 indent=2,
             )

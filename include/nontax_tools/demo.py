@@ -9,8 +9,11 @@
    .run/demo/orders.jsonl and loaded like `make load-orders`. Six of them carry a planted
    problem (`PLANTED`) and four more lines cannot load at all (`_unloadable`); two transient
    sandbox faults are switched on (`FAULTS`), which the run must ride out.
-4. One run of the DAG with `airflow dags test`, log in .run/demo/dag-test.log.
+4. One run of the DAG with `airflow dags test`, log in .run/demo/dag-test.log. One order's
+   refusal is asked for before it (`make refuse`): the run leaves it alone.
 5. The run's report, task states and the orders' end states, checked against what was planted.
+6. One issued bill's void is asked for (`make void`), and one run of the DAG `nontax_requests`
+   refuses the one order and voids the other bill (log in .run/demo/requests-test.log).
 
 Everything started is stopped again, also on Ctrl-C. The run itself ends "failed" by design: the
 planted problems need a person. The demo succeeds (exit 0) when every good order's bill is in
@@ -39,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from nontax_tools.airflow_run import (
+    REQUESTS_DAG_ID,
     ROOT,
     DagTestResult,
     airflow_env,
@@ -54,6 +58,7 @@ RUN_DIR = ROOT / ".run" / "demo"
 PDF_ROOT = RUN_DIR / "pdfs"
 ORDERS_FILE = RUN_DIR / "orders.jsonl"
 DAG_LOG = RUN_DIR / "dag-test.log"
+REQUESTS_LOG = RUN_DIR / "requests-test.log"
 AIRFLOW_HOME = ROOT / ".airflow" / "demo"
 DEMO_DB_NAME = "nontax_demo"
 ORDER_COUNT = 200
@@ -111,6 +116,10 @@ class Planted:
     errcode: int | None = None  # the last errcode WeChat answered
 
 
+# What the payer is told of the refused order, and why the voided bill goes.
+REFUND_REASON = "费用已退还,本笔不再开具票据"
+VOID_REASON = "财政平台已冲红(退费)"
+
 # Spread over the first three batches of 50; the fourth stays clean, so one batch goes green.
 PLANTED: dict[int, Planted] = {
     13: Planted("not_pdf", "the PDF file is an HTML error page", "invalid", "is not a PDF"),
@@ -129,7 +138,16 @@ PLANTED: dict[int, Planted] = {
         errcode=72038,
     ),
     142: Planted("rejected", "WeChat refuses the order for good", "rejected", errcode=72035),
+    150: Planted(
+        "refund",
+        "refunded before issue: its refusal is asked for before the run (make refuse)",
+        "refused",
+        REFUND_REASON,
+        errcode=0,
+    ),
 }
+# A good order whose bill the fiscal platform red-reverses after the run: voided (make void).
+VOIDED = 180
 # What the sandbox is told about the payers of the planted orders (see SandboxAdmin).
 SANDBOX_AUTHORIZATIONS = {"unauthorized": "unauthorized", "rejected": "rejected"}
 
@@ -424,9 +442,12 @@ def judge(
     sandbox_bills: Sequence[dict[str, Any]],
     sandbox_orders: dict[str, dict[str, Any]],
     run_state: str | None,
+    reimburse: dict[str, str] | None = None,
 ) -> Verdict:
-    """Did the demo go as planned? Pure: takes what was read from the store and the sandbox."""
+    """Did the demo go as planned? Pure: takes what was read from the store and the sandbox
+    (`reimburse`: each bill's reimburse status, when the requests were carried out)."""
     verdict = Verdict()
+    voided = demo_order_id(VOIDED)
     verdict.expect(run_state is not None, "the DAG run did not happen (see the log)")
     # The load refused exactly the unloadable lines, for their reasons.
     refused = dict(load_rejected)
@@ -444,11 +465,17 @@ def judge(
         oid = item.order_id
         row = rows.get(oid) or {}
         successes = (sandbox_orders.get(oid) or {}).get("successes", 0)
+        want = "cancelled" if oid == voided and reimburse is not None else "inserted"
         verdict.expect(
-            row.get("status") == "inserted" and bills[oid] == 1 and successes == 1,
+            row.get("status") == want and bills[oid] == 1 and successes == 1,
             f"{oid}: status {row.get('status')!r}, {bills[oid]} bill(s) and {successes} "
-            "successful insert(s) in the sandbox (want inserted, 1 and 1)",
+            f"successful insert(s) in the sandbox (want {want}, 1 and 1)",
         )
+        if want == "cancelled":
+            verdict.expect(
+                (reimburse or {}).get(oid) == "INVOICE_REIMBURSE_CANCEL",
+                f"{oid}: voided, but its bill is {(reimburse or {}).get(oid)} in the sandbox",
+            )
         if bills[oid] == 1 and row.get("code") is not None:
             verdict.expect(codes[oid] == row["code"], f"{oid}: stored code != sandbox's code")
     # Every planted problem ended where it should, with a reason a person can act on.
@@ -539,7 +566,7 @@ def print_orders(
     print("  by status: " + ", ".join(f"{s} {n}" for s, n in sorted(counts.items())))
     planted = {d.order_id: d.planted for d in demo.orders if d.planted}
     not_inserted = [oid for oid in demo.order_ids if rows.get(oid, {}).get("status") != "inserted"]
-    print(f"\n  not inserted ({len(not_inserted)}), each with the reason recorded for it:")
+    print(f"\n  not inserted, or voided ({len(not_inserted)}), each with the reason recorded:")
     lines = table(
         ("order_id", "status", "errcode", "planted problem"),
         [
@@ -547,7 +574,11 @@ def print_orders(
                 oid,
                 rows.get(oid, {}).get("status"),
                 rows.get(oid, {}).get("last_errcode") or "-",
-                planted[oid].what if oid in planted else "(none: unexpected)",
+                planted[oid].what
+                if oid in planted
+                else "(none: its bill was voided)"
+                if oid == demo_order_id(VOIDED)
+                else "(none: unexpected)",
             )
             for oid in not_inserted
         ],
@@ -582,6 +613,32 @@ def print_orders(
             ],
         )
     )
+
+
+def print_requests(console: Console, dsn: str, order_ids: Sequence[str]) -> None:
+    from wechat_nontax.orders_db import connect_dsn
+    from wechat_nontax.request_store import RequestStore, format_request
+
+    store = RequestStore(connect_dsn(dsn, application_name="nontax-demo"))
+    try:
+        rows = store.needs_attention() + [r for oid in order_ids for r in store.of_order(oid)]
+    finally:
+        store.close()
+    console.section("Requests to refuse and void (make attention, make history ORDER=...)")
+    print("\n".join(f"  {format_request(row)}" for row in dict.fromkeys(rows)) or "  none")
+
+
+def _ask(dsn: str, order_id: str, kind: str, reason: str) -> str:
+    """What `make refuse` / `make void` do: record the request (the DAG carries it out)."""
+    from wechat_nontax.bill_requests import request_action
+    from wechat_nontax.orders_db import connect_dsn
+
+    conn = connect_dsn(dsn, application_name="nontax-demo")
+    try:
+        answer = request_action(conn, order_id, kind, reason, "demo")
+    finally:
+        conn.close()
+    return answer.reason if answer.accepted else f"REFUSED: {answer.reason}"
 
 
 # -- the demo -----------------------------------------------------------------------------------
@@ -658,6 +715,11 @@ def run_demo(console: Console) -> int:
         console.step("sandbox faults switched on:")
         console.say("\n".join(f"- {fault.what}" for fault in FAULTS))
 
+        # A refund before the run: its refusal is asked for, so the run does not issue it.
+        refund = next(d for d in demo.planted if d.planted and d.planted.kind == "refund")
+        asked = _ask(db.dsn, refund.order_id, "refuse", REFUND_REASON)
+        console.step(f"make refuse ORDER={refund.order_id} REASON='{REFUND_REASON}': {asked}")
+
         # 4. One run of the DAG
         env = airflow_env(
             AIRFLOW_HOME,
@@ -678,10 +740,6 @@ def run_demo(console: Console) -> int:
         )
 
         # 5. What happened
-        rows = {oid: store.get_row(oid) or {} for oid in demo.order_ids}
-        retried = {
-            oid for oid in demo.order_ids if any(a.outcome == "retry" for a in store.history(oid))
-        }
         summary = report_from_xcom(AIRFLOW_HOME, result.run_id)
         source = "the report task's XCom"
         if summary is None:
@@ -690,11 +748,27 @@ def run_demo(console: Console) -> int:
         console.section(f"Run report ({source})")
         print(textwrap.indent(format_report(summary), "  "))
         print_tasks(console, result)
+
+        # 6. After the run: the fiscal platform red-reverses one bill; the requests DAG
+        # refuses the refunded order and voids that bill.
+        voided = demo_order_id(VOIDED)
+        asked = _ask(db.dsn, voided, "void", VOID_REASON)
+        console.step(f"make void ORDER={voided} REASON='{VOID_REASON}': {asked}")
+        console.step(f"airflow dags test {REQUESTS_DAG_ID}; log: {_rel(REQUESTS_LOG)}")
+        carried = dags_test(env, log_file=REQUESTS_LOG, timeout=300, dag_id=REQUESTS_DAG_ID)
+        console.step(f"run {carried.run_id}: {carried.run_state}")
+        print_requests(console, db.dsn, [refund.order_id, voided])
+
+        rows = {oid: store.get_row(oid) or {} for oid in demo.order_ids}
+        retried = {
+            oid for oid in demo.order_ids if any(a.outcome == "retry" for a in store.history(oid))
+        }
         print_orders(console, demo, rows, retried)
 
         bills = admin.bills()
         sandbox_orders = admin.orders()
         calls = admin.calls()
+        reimburse = {oid: r["reimburse_status"] for oid, r in admin.statuses().items()}
         console.section("The sandbox's own view")
         print(f"  bills in the sandbox: {len(bills)}")
         print("  calls: " + ", ".join(f"{k} {v}" for k, v in sorted(calls.items()) if v))
@@ -706,8 +780,17 @@ def run_demo(console: Console) -> int:
             )
         recovered = [oid for oid in retried if rows[oid].get("status") == "inserted"]
         print(f"  orders retried after a transient fault and then inserted: {len(recovered)}")
+        print(
+            f"  refused: {', '.join(admin.rejections()) or '-'}; cancelled: "
+            f"{', '.join(o for o, r in reimburse.items() if r.endswith('CANCEL')) or '-'}"
+        )
 
-        verdict = judge(demo, report.rejected, rows, bills, sandbox_orders, result.run_state)
+        verdict = judge(
+            demo, report.rejected, rows, bills, sandbox_orders, result.run_state, reimburse
+        )
+        verdict.expect(
+            carried.run_state == "success", f"the requests run ended {carried.run_state}"
+        )
         console.section("Verdict")
         if verdict.problems:
             print("  DEMO FAILED:")
@@ -717,6 +800,7 @@ def run_demo(console: Console) -> int:
         print(
             f"  OK: {len(demo.good)} good orders, each bill inserted exactly once in the sandbox;\n"
             f"  {len(demo.planted)} planted problems, each ended as expected with its reason;\n"
+            f"  one order refused and one bill voided by the requests DAG, each once on WeChat;\n"
             f"  {len(demo.unloadable)} unloadable lines refused at load with their line numbers.\n"
             f"  The run is '{result.run_state}' on purpose: orders that need a person turn it red."
         )

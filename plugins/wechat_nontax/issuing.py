@@ -576,6 +576,7 @@ _NOT_HELD_OUTCOME = {
     "finished": Outcome.ALREADY_DONE,
     "needs_person": Outcome.NOT_DUE,
     "not_yet": Outcome.NOT_DUE,
+    "refusing": Outcome.NOT_DUE,
     "held": Outcome.NOT_HELD,
     "claimed": Outcome.NOT_HELD,
 }

@@ -15,6 +15,7 @@ operator classes (rather than `@task`) keep Airflow's Python-operator machinery 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +25,8 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 DEFAULT_WECHAT_CONN_ID = "wechat_nontax_default"
 DEFAULT_ORDERS_CONN_ID = "nontax_orders_db"
+# The pool that bounds the calls to WeChat of both DAGs (issuing, requests) across all runs.
+WECHAT_POOL = os.environ.get("NONTAX_WECHAT_POOL", "wechat_nontax")
 
 
 def batch_label(order_ids: Sequence[str]) -> str:

@@ -64,13 +64,15 @@ class Status(StrEnum):
     INSERTED = "inserted"
     DUPLICATE = "duplicate"
     REJECTED = "rejected"
+    REFUSED = "refused"  # refused on the unit's request (rejectinsert): never inserted
+    CANCELLED = "cancelled"  # inserted, then voided (INVOICE_REIMBURSE_CANCEL)
     INVALID = "invalid"
     FAILED = "failed"
 
     # The three groups partition the states; in the class body the names are still the plain
     # strings, which compare and hash equal to the members.
     DUE = nonmember(frozenset({AUTHORIZED, UPLOADED, AWAITING_AUTH}))
-    FINISHED = nonmember(frozenset({INSERTED, DUPLICATE, REJECTED}))
+    FINISHED = nonmember(frozenset({INSERTED, DUPLICATE, REJECTED, REFUSED, CANCELLED}))
     NEEDS_ATTENTION = nonmember(frozenset({INVALID, FAILED}))
 
 
@@ -512,7 +514,8 @@ _STATUS_FOR_SUCCESS: Mapping[str, Status] = MappingProxyType(
         Step.AUTHORIZATION: Status.AUTHORIZED,
         Step.UPLOAD: Status.UPLOADED,
         Step.INSERT: Status.INSERTED,
-        Step.REFUSE: Status.REJECTED,  # refused on purpose: never inserted, like 72035
+        Step.REFUSE: Status.REFUSED,  # refused on purpose: never inserted
+        Step.VOID: Status.CANCELLED,
     }
 )
 
@@ -522,8 +525,7 @@ def status_for(action: Action, step: str | None = None) -> Status | None:
 
     RETRY, REFRESH_TOKEN, STOP_QUOTA and REUPLOAD leave the order as it is (still due). SUCCESS
     depends on the step that succeeded: `upload` -> uploaded, `insert` -> inserted, `refuse`
-    -> rejected; ALREADY_DONE is the step's success, found out later. (A void's status comes
-    with the migration that adds it.)
+    -> refused, `void` -> cancelled; ALREADY_DONE is the step's success, found out later.
     """
     action = Action(action)
     if action is Action.SUCCESS or action is Action.ALREADY_DONE:

@@ -189,6 +189,7 @@ def build_report(
     store = OrderStore(connect(orders_conn_id, application_name="nontax-report"))
     try:
         counts = store.count_by_status(order_ids) if order_ids else {}
+        refusing = store.refusal_pending(order_ids) if order_ids else {}
         attention = store.attention_of(order_ids) if order_ids else []
         mine = set(order_ids)
         elsewhere = [row for row in store.needs_attention() if row[0] not in mine]
@@ -200,13 +201,19 @@ def build_report(
     done = sum(n for status, n in counts.items() if status in Status.FINISHED)
     # Still due after every batch ended, and not because WeChat is waiting for the payer: the
     # batch gave up on them (a quota, errors past the budget, a crash). They go to the next run.
-    left_due = counts.get(Status.AUTHORIZED, 0) + counts.get(Status.UPLOADED, 0)
+    # An order whose refusal was asked for meanwhile is not issued on purpose: not left over.
+    left_due = sum(
+        n - sum(1 for s in refusing.values() if s == status)
+        for status, n in counts.items()
+        if status in (Status.AUTHORIZED, Status.UPLOADED)
+    )
     return {
         "orders": len(order_ids),
         "batches": batches,
         "by_status": dict(sorted(counts.items())),
         "inserted": counts.get(Status.INSERTED, 0),
         "left_due": 0 if dry_run else left_due,  # a dry run leaves every order due
+        "refusal_pending": len(refusing),
         "dry_run": dry_run,
         "needs_attention": [{"order_id": o, "status": s, "reason": r} for o, s, r in attention],
         # Orders of earlier runs that still need a person: the red stays until they are dealt
@@ -234,6 +241,11 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"bills recorded from the journal: {report['recovered_bills']}")
     if report["left_due"]:
         lines.append(f"left due for the next run: {report['left_due']} (see the batches' logs)")
+    if report.get("refusal_pending"):
+        lines.append(
+            f"not issued, their refusal is asked for: {report['refusal_pending']} (the DAG "
+            "nontax_requests refuses them)"
+        )
     for title, key in (
         ("asked for but not taken", "not_taken"),
         ("a dry run found", "dry_run_findings"),

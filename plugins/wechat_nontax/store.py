@@ -1,6 +1,7 @@
 """The order store: every SQL statement the pipeline runs against the order database.
 
-Operators, tools and tests go through this module; nowhere else holds SQL about orders.
+Operators, tools and tests go through this module; nowhere else holds SQL about orders (but
+`bill_requests` and `request_store`, for the requests to refuse or void one).
 
 Who may write what:
 - a run CLAIMS its due orders (`claimed_by`, a lease in `claim_expires_at`) and records the
@@ -10,7 +11,11 @@ Who may write what:
 - every write-back names the holder and the row version it read (`Hold`) and changes nothing
   when either is no longer true, except the one result that must never be lost: an inserted
   bill's code, which is written whoever holds the order (WeChat has no call to look it up);
-- a finished order (`inserted`, `duplicate`, `rejected`) is never changed by a later answer.
+- a finished order (`inserted`, `duplicate`, `rejected`, `refused`, `cancelled`) is never
+  changed by a later answer;
+- an order whose refusal is pending (`nontax.bill_request`) is neither claimed nor held by an
+  issuing run. The requests' own statements are in `bill_requests` (asking) and
+  `request_store` (carrying out).
 Each write is one short autocommitted statement (with its history row), made the moment a
 result is known; a write that loses its connection reconnects and is retried (each carries an
 id, so a retry of a write that had in fact committed is recognised).
@@ -50,6 +55,9 @@ _NEEDS_ATTENTION = _sql_list(Status.NEEDS_ATTENTION)
 _WORKABLE = _sql_list(Status.DUE | Status.NEEDS_ATTENTION)
 # A write-back that ends the order's journey for now also ends its claim and hold.
 _UNHOLD = "held_by = NULL, claimed_by = NULL, claim_expires_at = NULL"
+# The inserted code is written over any state but one that knows the bill already: inserted,
+# or inserted and then voided (cancelled).
+_BILL_KNOWN_GUARD = "status NOT IN ('inserted', 'cancelled')"
 _LIVE_OWN_HOLD = "claimed_by = %(run_id)s AND held_by IS NOT NULL AND claim_expires_at > now()"
 
 
@@ -110,7 +118,7 @@ class HoldResult:
 
 @dataclass(frozen=True, slots=True)
 class NotHeld:
-    kind: str  # unknown | finished | needs_person | not_yet | held | claimed
+    kind: str  # unknown | finished | refusing | needs_person | not_yet | held | claimed
     reason: str
     holder: str | None = None
     seconds_left: float = 0.0
@@ -128,12 +136,19 @@ class RunClaim:
 
 
 _ORDER_COLUMNS = ", ".join(BILL_FIELDS) + ", pdf_path"
+# An order whose refusal is asked for (a pending request, `bill_requests`) is not issued: the
+# refusal was asked for to prevent exactly that. A probe of a small partial index per row.
+_REFUSAL_PENDING = (
+    "EXISTS (SELECT 1 FROM nontax.bill_request r WHERE r.order_id = {table}.order_id "
+    "AND r.kind = 'refuse' AND r.status = 'pending')"
+)
 _DUE_NOW = f"status IN {_DUE} AND (not_before IS NULL OR not_before <= now())"
 # The rows a claim takes, in claim order: due now, no live lease of anyone.
 _CLAIMABLE = f"""
     FROM nontax.bill_order
     WHERE {_DUE_NOW}
       AND (claim_expires_at IS NULL OR claim_expires_at < now())
+      AND NOT {_REFUSAL_PENDING.format(table="bill_order")}
       AND (NOT %(targeted)s OR order_id = ANY(%(order_ids)s))
     ORDER BY authorized_at, order_id
     LIMIT %(limit)s
@@ -141,7 +156,8 @@ _CLAIMABLE = f"""
 # Where an order's journey and lease stand, for why a claim or a hold did not take it.
 _WHY_SQL = (
     "SELECT order_id, status, extract(epoch FROM not_before - now()), claimed_by, held_by, "
-    "extract(epoch FROM claim_expires_at - now()) FROM nontax.bill_order "
+    "extract(epoch FROM claim_expires_at - now()), "
+    f"{_REFUSAL_PENDING.format(table='bill_order')} FROM nontax.bill_order "
     "WHERE order_id = ANY(%s)"
 )
 # Claiming: the due rows in claim order, locked without waiting (rows another claim holds are
@@ -197,12 +213,15 @@ def why_not_taken(
     claimed_by: str | None,
     held_by: str | None,
     lease_left_s: float | None,
+    refusal_pending: bool = False,
 ) -> NotHeld:
     """Why an order a run asked for was not taken (pure: the caller read the row)."""
     if status is None:
         return NotHeld("unknown", "unknown order: not in the order table")
     if status in Status.FINISHED:
         return NotHeld("finished", f"already {status}: never sent again")
+    if refusal_pending:
+        return NotHeld("refusing", "its refusal is asked for (a pending request): it is not issued")
     if status in Status.NEEDS_ATTENTION:
         return NotHeld(
             "needs_person",
@@ -223,10 +242,10 @@ def _why_not(rows: Sequence[tuple], order_ids: Sequence[str]) -> dict[str, NotHe
     found = {row[0]: row[1:] for row in rows}
     reasons = {}
     for order_id in order_ids:
-        status, due_in, claimed_by, held_by, left = found.get(order_id, (None,) * 5)
+        status, due_in, claimed_by, held_by, left, refusing = found.get(order_id, (None,) * 6)
         reasons[order_id] = why_not_taken(
             status, due_in_s=due_in and float(due_in), claimed_by=claimed_by,
-            held_by=held_by, lease_left_s=left and float(left),
+            held_by=held_by, lease_left_s=left and float(left), refusal_pending=bool(refusing),
         )  # fmt: skip
     return reasons
 
@@ -558,6 +577,7 @@ class OrderStore:
              WHERE order_id = ANY(%(order_ids)s)
                AND status IN {workable}
                AND (status NOT IN {_DUE} OR not_before IS NULL OR not_before <= now())
+               AND NOT {_REFUSAL_PENDING.format(table="bill_order")}
                AND (claim_expires_at IS NULL OR claim_expires_at < now()
                     OR held_by = %(holder)s
                     OR (claimed_by = %(run_id)s AND held_by IS NULL))
@@ -636,6 +656,16 @@ class OrderStore:
             f"WHERE order_id = ANY(%s) AND status IN {_NEEDS_ATTENTION} ORDER BY order_id",
             (list(order_ids),),
         )
+
+    def refusal_pending(self, order_ids: Sequence[str]) -> dict[str, str]:
+        """Those of `order_ids` that are due and whose refusal is asked for, with their status:
+        not issued, and not left unfinished either (the requests DAG ends them)."""
+        rows = self._run(
+            f"SELECT order_id, status FROM nontax.bill_order WHERE order_id = ANY(%s) "
+            f"AND status IN {_DUE} AND {_REFUSAL_PENDING.format(table='bill_order')}",
+            (list(order_ids),),
+        )
+        return dict(rows)
 
     def count_by_status(self, order_ids: Sequence[str] | None = None) -> dict[str, int]:
         if order_ids is None:
@@ -722,7 +752,7 @@ class OrderStore:
         guard = (
             f"held_by = %(holder)s AND row_version = %(version)s AND status NOT IN {_FINISHED}"
             if hold is not None
-            else "status <> 'inserted'"
+            else _BILL_KNOWN_GUARD
         )
         history = {
             "order_id": order_id, "run_id": run_id, "step": step, "outcome": outcome,

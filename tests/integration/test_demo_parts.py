@@ -148,7 +148,7 @@ def test_two_hundred_orders_with_unique_ids_and_billing_pairs(data):
 
 def test_the_good_orders_and_the_wechat_side_problems_pass_validation(data):
     planted = Counter(d.planted.kind for d in data.planted)
-    assert len(data.good) == 194 and len(planted) == 6
+    assert len(data.good) == 193 and len(planted) == 7
     for item in data.orders:
         if item.planted is None or item.planted.errcode is not None:
             assert validate_order(item.order, now=NOW) == [], item.order_id
@@ -212,7 +212,8 @@ def _perfect_outcome(data: demo.DemoData):
     for item in data.orders:
         oid, planted = item.order_id, item.planted
         if planted is None:
-            rows[oid] = {"status": "inserted", "code": f"C{oid}", "reason": None}
+            status = "cancelled" if oid == demo.demo_order_id(demo.VOIDED) else "inserted"
+            rows[oid] = {"status": status, "code": f"C{oid}", "reason": None}
             bills.append({"order_id": oid, "code": f"C{oid}"})
             sandbox_orders[oid] = {"successes": 1}
         else:
@@ -227,7 +228,8 @@ def _perfect_outcome(data: demo.DemoData):
 
 def test_the_verdict_passes_the_planned_outcome(data):
     rejected, rows, bills, sandbox_orders = _perfect_outcome(data)
-    verdict = demo.judge(data, rejected, rows, bills, sandbox_orders, "failed")
+    reimburse = {demo.demo_order_id(demo.VOIDED): "INVOICE_REIMBURSE_CANCEL"}
+    verdict = demo.judge(data, rejected, rows, bills, sandbox_orders, "failed", reimburse)
     assert verdict.problems == []
 
 
@@ -236,8 +238,9 @@ def test_the_verdict_catches_a_bill_inserted_twice_and_a_planted_order_gone_wron
     bills.append({"order_id": "DEMO000001", "code": "CDEMO000001"})
     rows["DEMO000142"] = {"status": "failed", "reason": "x", "last_errcode": 72035}
     rejected = rejected[1:]
-    verdict = demo.judge(data, rejected, rows, bills, sandbox_orders, None)
+    verdict = demo.judge(data, rejected, rows, bills, sandbox_orders, None, reimburse={})
     text = "\n".join(verdict.problems)
+    assert "DEMO000180: voided, but its bill is None in the sandbox" in text
     assert "DEMO000001: status 'inserted', 2 bill(s)" in text
     assert "DEMO000142 (WeChat refuses the order for good)" in text
     assert "line 26 (a fee of 0) was not refused" in text

@@ -58,11 +58,13 @@ def sandbox_idle(sandbox) -> bool:
 class DagProcess:
     """`airflow dags test` in a new session (its own process group); always killed on exit."""
 
-    def __init__(self, env: dict[str, str], conf: dict[str, Any], log_path: Path):
+    def __init__(
+        self, env: dict[str, str], conf: dict[str, Any], log_path: Path, dag_id: str = DAG_ID
+    ):
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.popen = subprocess.Popen(
-            [AIRFLOW, "dags", "test", DAG_ID, "-c", json.dumps(conf)],
+            [AIRFLOW, "dags", "test", dag_id, "-c", json.dumps(conf)],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
@@ -133,13 +135,15 @@ class Rig:
     def statuses_count(self, status: str) -> int:
         return self.sql("SELECT count(*) FROM nontax.bill_order WHERE status = %s", (status,))[0][0]
 
-    def run(self, conf: dict | None = None, *, home: int = 0):
-        result = dags_test(self.envs[home], conf or {})
+    def run(self, conf: dict | None = None, *, home: int = 0, dag_id: str = DAG_ID):
+        result = dags_test(self.envs[home], conf or {}, dag_id=dag_id)
         assert result.run_id, result.output[-3000:]
         return result
 
-    def start(self, conf: dict, log_path: Path, *, home: int = 0) -> DagProcess:
-        return DagProcess(self.envs[home], conf, log_path)
+    def start(
+        self, conf: dict, log_path: Path, *, home: int = 0, dag_id: str = DAG_ID
+    ) -> DagProcess:
+        return DagProcess(self.envs[home], conf, log_path, dag_id)
 
     def latest_run_id(self, home: int = 0) -> str | None:
         return latest_run(self.homes[home])[0]

@@ -126,3 +126,64 @@ def test_a_failed_order_with_a_bill_is_tolerated_mid_chaos_but_not_at_the_end():
 
 def test_expiries_allow_one_more_fetch_each():
     assert check_invariants(_snapshot(token_fetches=3, tokens_issued=3, token_expiries=2)) == []
+
+
+def test_plans_draw_refusals_and_voids_of_good_orders_only():
+    plans = [plan_run(1, run) for run in range(200)]
+    kinds = [kind for plan in plans for _, kind in plan.requests]
+    assert kinds.count("refuse") > 20 and kinds.count("void") > 20
+    for plan in plans:
+        asked = [oid for oid, _ in plan.requests]
+        taken = {oid for oid, _ in plan.bad} | {oid for oid, _ in plan.authorizations}
+        assert len(asked) == len(set(asked)) and not set(asked) & taken
+
+
+def _refused_and_cancelled(**changes) -> Snapshot:
+    """C refused on request, A's bill voided: both carried out once."""
+    rows = _with_row("C", status="refused", reason="refuse #1: refunded", waiting=False)
+    rows["A"]["status"] = "cancelled"
+    rows["A"]["reason"] = "void #2: 冲红"
+    values = {
+        "rows": rows,
+        "requests": {"C": [("refuse", "done")], "A": [("void", "done")]},
+        "rejections": {"C": 0},
+        "reimburse": {"A": ("INVOICE_REIMBURSE_CANCEL", 1)},
+    }
+    values.update(changes)
+    return _snapshot(**values)
+
+
+def test_a_refusal_and_a_void_carried_out_once_keep_every_promise():
+    assert check_invariants(_refused_and_cancelled()) == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"rejections": {}}, "no refusal on WeChat"),
+        (
+            {"bills": [*_snapshot().bills, {"order_id": "C", "code": "2", "openid": "o"}]},
+            "refused, yet WeChat has its bill",
+        ),
+        ({"reimburse": {"A": ("INVOICE_REIMBURSE_INIT", 0)}}, "cancelled in the database"),
+        ({"reimburse": {"A": ("INVOICE_REIMBURSE_CANCEL", 2)}}, "voided 2 times"),
+        ({"bills": []}, "cancelled, but WeChat never had its bill"),
+        (
+            {"requests": {"C": [("refuse", "done"), ("refuse", "done")], "A": [("void", "done")]}},
+            "2 refuse requests done",
+        ),
+        (
+            {
+                "requests": {
+                    "C": [("refuse", "done")],
+                    "A": [("void", "done")],
+                    "B": [("void", "done")],
+                }
+            },
+            "its void is done, yet it is invalid",
+        ),
+    ],
+)
+def test_each_broken_promise_of_a_request_is_a_violation(changes, words):
+    violations = check_invariants(_refused_and_cancelled(**changes))
+    assert any(words in v for v in violations), violations

@@ -268,6 +268,8 @@ def test_status_groups_partition_the_statuses():
         "inserted",
         "duplicate",
         "rejected",
+        "refused",
+        "cancelled",
         "invalid",
         "failed",
     ]
@@ -376,11 +378,12 @@ def test_classify_attempt_uses_the_steps_row():
 @pytest.mark.parametrize(
     ("action", "step", "status"),
     [
-        (Action.SUCCESS, "refuse", Status.REJECTED),
-        (Action.ALREADY_DONE, "refuse", Status.REJECTED),
-        (Action.ALREADY_DONE, "void", None),  # its status comes with its migration
+        (Action.SUCCESS, "refuse", Status.REFUSED),
+        (Action.ALREADY_DONE, "refuse", Status.REFUSED),
+        (Action.SUCCESS, "void", Status.CANCELLED),
+        (Action.ALREADY_DONE, "void", Status.CANCELLED),
         (Action.ALREADY_DONE, None, None),
     ],
 )
-def test_status_after_a_refusal(action, step, status):
+def test_status_after_a_refusal_or_a_void(action, step, status):
     assert status_for(action, step) == status

@@ -1,0 +1,48 @@
+"""Carry out the requests to refuse an order (rejectinsert) or void its bill (updatestatus
+CANCEL) that people and the unit's systems record in `nontax.bill_request`: every few minutes
+at NONTAX_REQUESTS_SCHEDULE (cron, Asia/Shanghai; default every 5 minutes), and by hand.
+
+A DAG of its own rather than a task of `nontax_insertbill`: a refusal or a void is wanted within
+minutes (the payer sees a pending or a valid-looking bill meanwhile), while issuing runs once a
+day and may take an hour; and the person on duty sees the requests' runs, red or green, apart
+from the issuing runs. Same Connections, token cache and pool as issuing; how each step works
+lives in the `wechat_nontax` package.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import DAG, Param
+
+from wechat_nontax.dag_settings import dag_settings
+from wechat_nontax.operators import DEFAULT_ORDERS_CONN_ID, DEFAULT_WECHAT_CONN_ID, WECHAT_POOL
+from wechat_nontax.request_operators import CarryOutRequestsOperator, RequestsReportOperator
+
+with DAG(
+    dag_id="nontax_requests",
+    **dag_settings("NONTAX_REQUESTS_SCHEDULE", "*/5 * * * *"),
+    params={
+        "max_requests": Param(None, type=["null", "integer"], minimum=1, description="At most"),
+    },
+    render_template_as_native_obj=True,
+    tags=["wechat", "fiscal-bills"],
+    doc_md=__doc__,
+):
+    carry_out = CarryOutRequestsOperator(
+        task_id="carry_out_requests",
+        wechat_conn_id=DEFAULT_WECHAT_CONN_ID,
+        orders_conn_id=DEFAULT_ORDERS_CONN_ID,
+        max_requests="{{ params.max_requests }}",
+        pool=WECHAT_POOL,
+        execution_timeout=timedelta(minutes=30),
+    )
+    # The last task, so the run takes its state: red while a request of the run was not carried
+    # out (refused or failed), whatever became of the first task.
+    report = RequestsReportOperator(
+        task_id="report",
+        orders_conn_id=DEFAULT_ORDERS_CONN_ID,
+        trigger_rule="all_done",
+        execution_timeout=timedelta(minutes=5),
+    )
+    carry_out >> report

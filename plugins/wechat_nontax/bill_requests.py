@@ -1,0 +1,158 @@
+"""Requests to refuse an order or void its bill: what they are, which order each fits, asking.
+
+A request is asked for by `request_action` (the command line, tests, and the Bills view's
+actions) or by the unit's own systems inserting a row into `nontax.bill_request` (the contract:
+migration 0006).
+Asking never calls WeChat; the DAG `nontax_requests` carries requests out (`request_runner`,
+with the statements of `request_store`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import psycopg2.extensions
+
+from wechat_nontax.policy import Status
+from wechat_nontax.validation import check_refusal, format_problems
+
+
+class RequestKind(StrEnum):
+    REFUSE = "refuse"  # rejectinsert: the order will never get a bill
+    VOID = "void"  # platform/updatestatus INVOICE_REIMBURSE_CANCEL: the bill is red-reversed
+
+
+class RequestStatus(StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    REFUSED = "refused"  # cannot be carried out as asked (no call, or WeChat said it cannot be)
+    FAILED = "failed"  # a call was refused for a reason a person must look at
+
+
+# The order statuses each kind can be carried out from; any other is refused with the reason
+# `why_not_carried_out` gives. A refusal is for an order that has no bill; a void needs the
+# bill's code, which only an `inserted` order has (a `duplicate` never learnt it).
+_REFUSABLE = Status.DUE | Status.NEEDS_ATTENTION
+_VOIDABLE = frozenset({Status.INSERTED})
+ACTS_ON: dict[str, frozenset[str]] = {
+    RequestKind.REFUSE: frozenset(_REFUSABLE),
+    RequestKind.VOID: _VOIDABLE,
+}
+_REFUSE_INSTEAD = "refuse the order instead"
+_WHY_NOT = {
+    (RequestKind.REFUSE, Status.INSERTED): "its bill is in the payer's card package already: "
+    "void the bill instead",
+    (RequestKind.REFUSE, Status.DUPLICATE): "its bill is in the payer's card package already "
+    "(code unknown, WeChat answered 72056): it cannot be refused; void it in WeChat's back office",
+    (RequestKind.REFUSE, Status.REJECTED): "WeChat refuses this order for good already (72035): "
+    "there is nothing left to refuse",
+    (RequestKind.REFUSE, Status.REFUSED): "it is refused already",
+    (RequestKind.REFUSE, Status.CANCELLED): "its bill was issued and voided: it cannot be refused",
+    (RequestKind.VOID, Status.CANCELLED): "its bill is voided already",
+    (RequestKind.VOID, Status.DUPLICATE): "its bill's code is unknown (WeChat answered 72056 and "
+    "has no call to look it up): void it in WeChat's back office",
+    (RequestKind.VOID, Status.REFUSED): "it was refused and never got a bill: nothing to void",
+    (RequestKind.VOID, Status.REJECTED): "WeChat refused it and it never got a bill: nothing to "
+    "void",
+}
+
+
+def why_not_carried_out(kind: str, order_status: str | None) -> str | None:
+    """Why a request of `kind` cannot be carried out on an order in `order_status` (None: no
+    such order); None when it can. Pure: the one place that says which kind fits which order."""
+    if order_status is None:
+        return "unknown order: not in the order table"
+    if order_status in ACTS_ON[kind]:
+        return None
+    known = _WHY_NOT.get((kind, order_status))
+    if known is not None:
+        return f"order is {order_status}: {known}"
+    # A void of an order that has no bill yet (due, or needing a person).
+    return f"order is {order_status}: it has no bill in the card package to void; {_REFUSE_INSTEAD}"
+
+
+def check_request(kind: object, reason: object, requested_by: object) -> str | None:
+    """What is wrong with a request as asked, before the order is looked at; None when fine."""
+    if kind not in {str(k) for k in RequestKind}:
+        return f"kind must be one of {', '.join(RequestKind)}, got {kind!r}"
+    problems = [p for p in check_refusal("X", reason) if p.field == "reason"]
+    if problems:
+        return format_problems(problems)
+    if not isinstance(requested_by, str) or not requested_by.strip():
+        return "requested_by must name who asks (a person or a system)"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestAnswer:
+    """What asking for a request came to: `accepted` with its id, or why not."""
+
+    accepted: bool
+    reason: str
+    request_id: int | None = None
+
+
+def request_action(
+    conn: psycopg2.extensions.connection,
+    order_id: str,
+    kind: str,
+    reason: str,
+    requested_by: str,
+) -> RequestAnswer:
+    """Record a request to refuse `order_id` or void its bill, to be carried out by the DAG
+    `nontax_requests`; nothing is sent to WeChat here. Refused, with a reason a person can act
+    on and nothing recorded as pending, when: the kind, reason or requester is bad, the order
+    is unknown, the order's status does not allow the kind (refusing an inserted order, voiding
+    one that is not inserted), or the same kind is already pending for it. A refusal of a known
+    order is noted in its history (step `request`)."""
+    problem = check_request(kind, reason, requested_by)
+    if problem is not None:
+        return RequestAnswer(False, problem)
+    with conn, conn.cursor() as cur:
+        # The order's status as of now; a run that changes it later is met by the DAG's own
+        # check (the request then ends `refused` with the reason).
+        cur.execute("SELECT status FROM nontax.bill_order WHERE order_id = %s", (order_id,))
+        row = cur.fetchone()
+        why = why_not_carried_out(kind, row[0] if row else None)
+        if row is None:
+            return RequestAnswer(False, why)
+        if why is None:
+            cur.execute(
+                "INSERT INTO nontax.bill_request (order_id, kind, reason, requested_by) "
+                "VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (order_id, kind) WHERE status = 'pending' DO NOTHING "
+                "RETURNING request_id",
+                (order_id, kind, reason, requested_by),
+            )
+            created = cur.fetchone()
+            if created is None:
+                cur.execute(
+                    "SELECT request_id, requested_by FROM nontax.bill_request "
+                    "WHERE order_id = %s AND kind = %s AND status = 'pending'",
+                    (order_id, kind),
+                )
+                open_id, by = cur.fetchone() or (None, "?")
+                why = f"a {kind} request for this order is pending already (#{open_id}, by {by})"
+                note_request(
+                    cur, order_id, "request_refused", f"{kind} asked by {requested_by}: {why}"
+                )
+                return RequestAnswer(False, why, open_id)
+            request_id = created[0]
+            asked = f"{kind} #{request_id} asked by {requested_by}: {reason}"
+            note_request(cur, order_id, "pending", asked)
+            return RequestAnswer(True, f"{kind} request #{request_id} recorded", request_id)
+        note_request(cur, order_id, "request_refused", f"{kind} asked by {requested_by}: {why}")
+    return RequestAnswer(False, why)
+
+
+def note_request(
+    cur: Any, order_id: str, outcome: str, text: str, run_id: str | None = None
+) -> None:
+    """A request's step in the order's history (step `request`), in the caller's transaction."""
+    cur.execute(
+        "INSERT INTO nontax.bill_attempt (order_id, run_id, step, outcome, errmsg) "
+        "VALUES (%s, %s, 'request', %s, %s)",
+        (order_id, run_id, outcome, text),
+    )

@@ -1,0 +1,38 @@
+"""What the project's DAGs share: the calendar they run in and how their tasks are retried.
+
+Each DAG names its own schedule (a cron expression from the environment, in Beijing time); the
+rest is the same for all of them, kept here once.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+import pendulum
+from airflow.sdk import CronTriggerTimetable
+
+from wechat_nontax.notify import notify_failure
+
+TIMEZONE = "Asia/Shanghai"
+
+
+def dag_settings(schedule_env: str, default_cron: str) -> dict[str, Any]:
+    """DAG arguments: the schedule from `schedule_env` (else `default_cron`), no catch-up, one
+    run at a time, and the task defaults (two retries with backoff, the failure webhook)."""
+    return {
+        "schedule": CronTriggerTimetable(
+            os.environ.get(schedule_env, default_cron), timezone=TIMEZONE
+        ),
+        "start_date": pendulum.datetime(2026, 1, 1, tz=TIMEZONE),
+        "catchup": False,
+        "max_active_runs": 1,
+        "default_args": {
+            "retries": 2,
+            "retry_delay": timedelta(seconds=30),
+            "retry_exponential_backoff": 2.0,
+            "max_retry_delay": timedelta(minutes=10),
+            "on_failure_callback": notify_failure,
+        },
+    }

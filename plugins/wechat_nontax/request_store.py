@@ -1,0 +1,373 @@
+"""Carrying requests out: every SQL statement the DAG `nontax_requests` runs about them.
+
+Who may work on a request: the task try that HOLDS its order, with the very columns and the
+lease the issuing batches use (`claimed_by`, `held_by`, `claim_expires_at`), so a refusal and
+an insert of the same order never run at once; and while a refusal is pending the issuing claim
+skips its order (`store.py`), so the refusal is never overtaken by an insert it was asked to
+prevent. Every write-back names the holder and the order's row version it read (`store.Hold`)
+and changes nothing when either is no longer true.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg2.extensions
+
+from wechat_nontax.bill_requests import (
+    ACTS_ON,
+    RequestKind,
+    RequestStatus,
+    note_request,
+    why_not_carried_out,
+)
+from wechat_nontax.policy import Status
+from wechat_nontax.store import Hold
+from wechat_nontax.validation import check_refusal, check_status_change, format_problems
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    request_id: int
+    order_id: str
+    kind: str
+    reason: str
+    requested_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """A request whose order this try holds: what the call needs, and the hold to write with."""
+
+    request: Request
+    hold: Hold
+    card_id: str
+    code: str | None
+    calls: int  # calls made for the request so far, by every try
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRow:
+    """A request as `make attention`, `history` and the report show it."""
+
+    request_id: int
+    order_id: str
+    kind: str
+    status: str
+    reason: str
+    requested_by: str
+    requested_at: datetime
+    outcome: str | None
+    errcode: int | None
+    attempts: int
+    updated_at: datetime
+
+
+_ROW_COLUMNS = (
+    "request_id, order_id, kind, status, reason, requested_by, requested_at, outcome, errcode, "
+    "attempts, updated_at"
+)
+# Ends the order's hold together with the request's step (a due order was taken from no one's
+# claim: it is free again for the issuing runs).
+_UNHOLD = "held_by = NULL, claimed_by = NULL, claim_expires_at = NULL"
+
+
+class RequestStore:
+    """The requests and the holds on their orders, over one autocommitted connection."""
+
+    def __init__(self, conn: psycopg2.extensions.connection):
+        conn.autocommit = True
+        self._conn = conn
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _rows(self, sql: str, params: Any = ()) -> list[tuple]:
+        with self._conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+
+    def pending(self, limit: int | None = None) -> list[Request]:
+        """The pending requests whose time has come, in the order they were asked."""
+        rows = self._rows(
+            "SELECT request_id, order_id, kind, reason, requested_by FROM nontax.bill_request "
+            "WHERE status = 'pending' AND (not_before IS NULL OR not_before <= now()) "
+            "ORDER BY requested_at, request_id LIMIT %s",
+            (limit,),
+        )
+        return [Request(*row) for row in rows]
+
+    def take(
+        self, request: Request, *, run_id: str, holder: str, hold_s: float
+    ) -> Taken | RequestRow | str:
+        """Hold the request's order for this try: `Taken`; or the request ended `refused` here
+        because its order's status does not allow it (a `RequestRow`, no call to make); or
+        why it waits (a `str`: the order is claimed or held by a run or another try, or the
+        request is no longer pending)."""
+        with self._conn, self._conn.cursor() as cur:
+            cur.execute(
+                "SELECT 1 FROM nontax.bill_request WHERE request_id = %s AND status = 'pending' "
+                "FOR UPDATE SKIP LOCKED",
+                (request.request_id,),
+            )
+            if cur.fetchone() is None:
+                return "no longer pending, or another try is looking at it"
+            cur.execute(
+                "SELECT status, claimed_by, held_by, claim_expires_at > now() "
+                "FROM nontax.bill_order WHERE order_id = %s FOR UPDATE",
+                (request.order_id,),
+            )
+            status, claimed_by, held_by, leased = cur.fetchone()
+            why = why_not_carried_out(request.kind, status)
+            if why is not None:
+                self._end_request(cur, request, RequestStatus.REFUSED, why, run_id=run_id)
+                return self._row(cur, request.request_id)
+            if leased and held_by != holder:
+                wait = (
+                    f"waiting: its order is held by {held_by}"
+                    if held_by
+                    else f"waiting: its order is claimed by run {claimed_by}"
+                )
+                cur.execute(
+                    "UPDATE nontax.bill_request SET outcome = %s, run_id = %s, updated_at = now() "
+                    "WHERE request_id = %s",
+                    (wait, run_id, request.request_id),
+                )
+                return wait
+            cur.execute(
+                "UPDATE nontax.bill_order SET claimed_by = %s, held_by = %s, "
+                "claim_expires_at = now() + make_interval(secs => %s) WHERE order_id = %s "
+                "RETURNING row_version, card_id, code",
+                (run_id, holder, hold_s, request.order_id),
+            )
+            version, card_id, code = cur.fetchone()
+            cur.execute(
+                "UPDATE nontax.bill_request SET held_by = %s, run_id = %s, updated_at = now() "
+                "WHERE request_id = %s RETURNING attempts",
+                (holder, run_id, request.request_id),
+            )
+            calls = cur.fetchone()[0]
+        return Taken(request, Hold(holder, version), card_id, code, calls)
+
+    def renew(self, taken: Taken, *, hold_s: float) -> bool:
+        """Extend this try's hold on the order before a call; False when it is no longer held."""
+        return bool(
+            self._rows(
+                "UPDATE nontax.bill_order SET claim_expires_at = now() + make_interval(secs => %s) "
+                "WHERE order_id = %s AND held_by = %s AND row_version = %s RETURNING 1",
+                (hold_s, taken.request.order_id, taken.hold.holder, taken.hold.version),
+            )
+        )
+
+    def note_call(self, taken: Taken) -> None:
+        """A call is about to be made for the request (counted before it goes out)."""
+        self._rows(
+            "UPDATE nontax.bill_request SET attempts = attempts + 1, updated_at = now() "
+            "WHERE request_id = %s",
+            (taken.request.request_id,),
+        )
+
+    def record_done(self, taken: Taken, outcome: str, *, run_id: str, errcode: int = 0) -> bool:
+        """WeChat did what the request asked (now, or an earlier try's call): the order ends
+        `refused` or `cancelled` and the request `done`, in one transaction, only while this try
+        holds the order at the version it read. True if written."""
+        request = taken.request
+        status = Status.REFUSED if request.kind == RequestKind.REFUSE else Status.CANCELLED
+        with self._conn, self._conn.cursor() as cur:
+            cur.execute(
+                f"UPDATE nontax.bill_order SET status = %(status)s, reason = %(reason)s, "
+                f"last_errcode = %(errcode)s, last_errmsg = %(outcome)s, not_before = NULL, "
+                f"{_UNHOLD}, updated_at = now() "
+                "WHERE order_id = %(order_id)s AND held_by = %(holder)s "
+                "AND row_version = %(version)s AND status = ANY(%(acts_on)s) RETURNING 1",
+                {
+                    "status": status, "reason": f"{request.kind} #{request.request_id} by "
+                    f"{request.requested_by}: {request.reason}", "errcode": errcode,
+                    "outcome": outcome, "order_id": request.order_id,
+                    "holder": taken.hold.holder, "version": taken.hold.version,
+                    "acts_on": sorted(ACTS_ON[request.kind]),
+                },
+            )  # fmt: skip
+            if cur.fetchone() is None or not self._end_request(
+                cur, request, RequestStatus.DONE, outcome, run_id=run_id, errcode=errcode,
+                holder=taken.hold.holder, order_outcome=str(status),
+            ):  # fmt: skip
+                self._conn.rollback()
+                return False
+        return True
+
+    def record_end(
+        self,
+        taken: Taken,
+        status: RequestStatus,
+        outcome: str,
+        *,
+        run_id: str,
+        errcode: int | None = None,
+        order_duplicate: bool = False,
+    ) -> bool:
+        """The request ends `refused` or `failed` with `outcome`; the order's hold ends and the
+        order stays as it is, except `order_duplicate` (a refusal WeChat answered 72056: the
+        bill is in the card package), which records the order `duplicate` as an insert would."""
+        order_set = (
+            "status = 'duplicate', reason = %(outcome)s, last_errcode = %(errcode)s, "
+            "last_errmsg = %(outcome)s, "
+            if order_duplicate
+            else ""
+        )
+        with self._conn, self._conn.cursor() as cur:
+            cur.execute(
+                f"UPDATE nontax.bill_order SET {order_set}{_UNHOLD}, updated_at = now() "
+                "WHERE order_id = %(order_id)s AND held_by = %(holder)s "
+                "AND row_version = %(version)s RETURNING 1",
+                {"outcome": outcome, "errcode": errcode, "order_id": taken.request.order_id,
+                 "holder": taken.hold.holder, "version": taken.hold.version},
+            )  # fmt: skip
+            if cur.fetchone() is None or not self._end_request(
+                cur, taken.request, status, outcome, run_id=run_id, errcode=errcode,
+                holder=taken.hold.holder,
+            ):  # fmt: skip
+                self._conn.rollback()
+                return False
+        return True
+
+    def record_waiting(
+        self,
+        taken: Taken,
+        outcome: str,
+        *,
+        run_id: str,
+        errcode: int | None = None,
+        not_before_s: float | None = None,
+    ) -> bool:
+        """The request stays pending (a transient failure, a quota, no token), not tried again
+        for `not_before_s`; the order's hold ends (the pending refusal still keeps the issuing
+        runs off it)."""
+        with self._conn, self._conn.cursor() as cur:
+            cur.execute(
+                f"UPDATE nontax.bill_order SET {_UNHOLD} WHERE order_id = %s AND held_by = %s",
+                (taken.request.order_id, taken.hold.holder),
+            )
+            cur.execute(
+                "UPDATE nontax.bill_request SET outcome = %(outcome)s, "
+                "errcode = coalesce(%(errcode)s, errcode), run_id = %(run_id)s, "
+                "not_before = CASE WHEN %(wait)s::float8 IS NULL THEN NULL "
+                "                  ELSE now() + make_interval(secs => %(wait)s) END, "
+                "updated_at = now() WHERE request_id = %(id)s AND status = 'pending' RETURNING 1",
+                {"outcome": outcome, "errcode": errcode, "run_id": run_id,
+                 "wait": not_before_s, "id": taken.request.request_id},
+            )  # fmt: skip
+            written = cur.fetchone() is not None
+            if written:
+                note_request(cur, taken.request.order_id, "waiting", outcome, run_id)
+        return written
+
+    def _end_request(
+        self,
+        cur: Any,
+        request: Request,
+        status: RequestStatus,
+        outcome: str,
+        *,
+        run_id: str,
+        errcode: int | None = None,
+        holder: str | None = None,
+        order_outcome: str | None = None,
+    ) -> bool:
+        cur.execute(
+            "UPDATE nontax.bill_request SET status = %(status)s, outcome = %(outcome)s, "
+            "errcode = coalesce(%(errcode)s, errcode), run_id = %(run_id)s, "
+            "done_at = CASE WHEN %(status)s = 'done' THEN now() END, updated_at = now() "
+            "WHERE request_id = %(id)s AND status = 'pending' "
+            "AND (%(holder)s::text IS NULL OR held_by = %(holder)s) RETURNING 1",
+            {"status": status, "outcome": outcome, "errcode": errcode, "run_id": run_id,
+             "id": request.request_id, "holder": holder},
+        )  # fmt: skip
+        if cur.fetchone() is None:
+            return False
+        cur.execute(
+            "INSERT INTO nontax.bill_attempt (order_id, run_id, step, outcome, errcode, errmsg) "
+            "VALUES (%s, %s, %s, %s, %s, %s)",
+            (
+                request.order_id, run_id, request.kind,
+                order_outcome or f"request_{status}", errcode,
+                f"#{request.request_id}: {outcome}",
+            ),
+        )  # fmt: skip
+        return True
+
+    def _row(self, cur: Any, request_id: int) -> RequestRow:
+        cur.execute(
+            f"SELECT {_ROW_COLUMNS} FROM nontax.bill_request WHERE request_id = %s", (request_id,)
+        )
+        return RequestRow(*cur.fetchone())
+
+    def release(self, run_id: str, holder: str | None = None) -> int:
+        """End the holds this run's tries (or one try) left on orders (a try that stopped
+        between taking and writing); a hold of another live try is left to run out."""
+        return len(
+            self._rows(
+                f"UPDATE nontax.bill_order SET {_UNHOLD} WHERE claimed_by = %s "
+                "AND held_by IS NOT NULL AND (%s::text IS NULL OR held_by = %s) "
+                "AND starts_with(held_by, %s) RETURNING 1",
+                (run_id, holder, holder, f"{run_id}|"),
+            )
+        )
+
+    # -- reading --------------------------------------------------------------------------
+
+    def of_run(self, run_id: str) -> list[RequestRow]:
+        rows = self._rows(
+            f"SELECT {_ROW_COLUMNS} FROM nontax.bill_request WHERE run_id = %s ORDER BY request_id",
+            (run_id,),
+        )
+        return [RequestRow(*row) for row in rows]
+
+    def of_order(self, order_id: str) -> list[RequestRow]:
+        rows = self._rows(
+            f"SELECT {_ROW_COLUMNS} FROM nontax.bill_request WHERE order_id = %s "
+            "ORDER BY request_id",
+            (order_id,),
+        )
+        return [RequestRow(*row) for row in rows]
+
+    def needs_attention(self, limit: int = 1000) -> list[RequestRow]:
+        """Requests that ended refused or failed (a person decides what next), and pending ones
+        that have waited with a reason (a transient failure, a quota, an order held long)."""
+        rows = self._rows(
+            f"SELECT {_ROW_COLUMNS} FROM nontax.bill_request "
+            "WHERE status IN ('refused', 'failed') "
+            "   OR (status = 'pending' AND outcome IS NOT NULL) "
+            "ORDER BY updated_at LIMIT %s",
+            (limit,),
+        )
+        return [RequestRow(*row) for row in rows]
+
+    def count_by_status(self) -> dict[str, int]:
+        return dict(
+            self._rows("SELECT kind || ' ' || status, count(*) FROM nontax.bill_request GROUP BY 1")
+        )
+
+
+def call_problems(taken: Taken) -> str | None:
+    """What the call's own checks would refuse (`validation`), before it is made: a request a
+    unit's system inserted with a reason WeChat would not take, a void of an order without a
+    code. None when the call may go out."""
+    request = taken.request
+    if request.kind == RequestKind.REFUSE:
+        problems = check_refusal(request.order_id, request.reason)
+    else:
+        problems = check_status_change(taken.card_id, taken.code, "CANCEL")
+    return format_problems(problems) if problems else None
+
+
+def format_request(row: RequestRow) -> str:
+    """One line for `make attention`, `history` and the report."""
+    code = "" if row.errcode is None else f" errcode {row.errcode}"
+    outcome = f": {row.outcome}" if row.outcome else ""
+    return (
+        f"#{row.request_id} {row.kind} {row.order_id} [{row.status}]{code} asked "
+        f"{row.requested_at:%Y-%m-%d %H:%M} by {row.requested_by} ({row.reason!r}){outcome}"
+    )
