@@ -179,6 +179,20 @@ _PEEK_SQL = f"SELECT order_id {_CLAIMABLE}"
 _QUOTA_COLUMNS = (
     "api, stopped_until, extract(epoch FROM stopped_until - now())::float8, errcode, errmsg"
 )
+# Records a daily quota answer for an appid's call (`api`) for `seconds`; a later answer never
+# shortens a live stop. Shared with the token cache, which records its endpoint's quota under
+# its own row lock.
+QUOTA_STOP_SQL = f"""
+    INSERT INTO nontax.api_quota AS q (appid, api, stopped_until, errcode, errmsg, run_id)
+    VALUES (%(appid)s, %(api)s, now() + make_interval(secs => %(seconds)s),
+            %(errcode)s, %(errmsg)s, %(run_id)s)
+    ON CONFLICT (appid, api) DO UPDATE SET
+        stopped_until = greatest(
+            CASE WHEN q.stopped_until > now() THEN q.stopped_until END, excluded.stopped_until),
+        errcode = excluded.errcode, errmsg = excluded.errmsg, run_id = excluded.run_id,
+        stopped_at = now(), stop_count = q.stop_count + 1
+    RETURNING {_QUOTA_COLUMNS}
+"""
 _SELECT_ORDER = (
     f"SELECT {_ORDER_COLUMNS}, status, s_pdf_media_id, pdf_uploaded_at, attempts, authorized_at, "
     "row_version, auth_wait_since FROM nontax.bill_order"
@@ -931,19 +945,7 @@ class OrderStore:
         (until the quota resets). A later stop never shortens an earlier one. Safe to send
         twice."""
         rows = self._run(
-            f"""
-            INSERT INTO nontax.api_quota AS q
-                (appid, api, stopped_until, errcode, errmsg, run_id)
-            VALUES (%(appid)s, %(api)s, now() + make_interval(secs => %(seconds)s),
-                    %(errcode)s, %(errmsg)s, %(run_id)s)
-            ON CONFLICT (appid, api) DO UPDATE SET
-                stopped_until = greatest(
-                    CASE WHEN q.stopped_until > now() THEN q.stopped_until END,
-                    excluded.stopped_until),
-                errcode = excluded.errcode, errmsg = excluded.errmsg, run_id = excluded.run_id,
-                stopped_at = now(), stop_count = q.stop_count + 1
-            RETURNING {_QUOTA_COLUMNS}
-            """,
+            QUOTA_STOP_SQL,
             {
                 "appid": appid, "api": api, "seconds": seconds, "errcode": errcode,
                 "errmsg": errmsg, "run_id": run_id,
