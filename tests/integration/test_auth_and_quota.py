@@ -63,27 +63,26 @@ def test_not_yet_authorised_stays_waiting_and_spends_no_insert(env):
     assert last.errmsg == "never auth"
 
 
-def test_refused_by_the_payer_ends_rejected_without_an_insert(env):
+def answer_then_reissue(env, payer):
+    """A waiting order whose payer then `payer`s (the sandbox's getauthdata answers so),
+    issued again: its id, its result and its row."""
     order = waiting_order(env)
-    env.sandbox.set_authorization(order.order_id, "rejected")
-    results = env.issue([order], run_id="run-1")
+    env.sandbox.set_authorization(order.order_id, payer)
     oid = order.order_id
-    assert results[oid].outcome is Outcome.REJECTED
-    row = env.store.get_row(oid)
-    assert row["status"] == "rejected"
+    return oid, env.issue([order], run_id="run-1")[oid], env.store.get_row(oid)
+
+
+def test_refused_by_the_payer_ends_rejected_without_an_insert(env):
+    oid, result, row = answer_then_reissue(env, "rejected")
+    assert result.outcome is Outcome.REJECTED and row["status"] == "rejected"
     assert "refused the bill" in row["reason"] and "reject insert" in row["reason"]
     assert insert_calls(env, oid) == 1
     assert env.sandbox.bills() == []
 
 
 def test_authorised_goes_on_to_insert(env):
-    order = waiting_order(env)
-    env.sandbox.set_authorization(order.order_id, "authorized")
-    results = env.issue([order], run_id="run-1")
-    oid = order.order_id
-    assert results[oid].outcome is Outcome.INSERTED
-    row = env.store.get_row(oid)
-    assert row["status"] == "inserted"
+    oid, result, row = answer_then_reissue(env, "authorized")
+    assert result.outcome is Outcome.INSERTED and row["status"] == "inserted"
     assert row["code"] == env.sandbox.bills()[0]["code"]
     assert insert_calls(env, oid) == 2 and auth_calls(env, oid) == 1
     steps = [(a.step, a.outcome) for a in env.store.history(oid)]
