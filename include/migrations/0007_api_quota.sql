@@ -9,7 +9,8 @@ CREATE TABLE nontax.api_quota (
     stopped_until  timestamptz NOT NULL,
     errcode        integer,                -- the answer that stopped it
     errmsg         text,
-    stopped_at     timestamptz NOT NULL DEFAULT now(),
+    stopped_at     timestamptz NOT NULL DEFAULT now(),   -- the latest answer
+    stopped_since  timestamptz NOT NULL DEFAULT now(),   -- the first answer of this stop
     run_id         text,                   -- the run whose call got the answer
     stop_count     bigint NOT NULL DEFAULT 1,
     PRIMARY KEY (appid, api),

@@ -190,7 +190,8 @@ QUOTA_STOP_SQL = f"""
         stopped_until = greatest(
             CASE WHEN q.stopped_until > now() THEN q.stopped_until END, excluded.stopped_until),
         errcode = excluded.errcode, errmsg = excluded.errmsg, run_id = excluded.run_id,
-        stopped_at = now(), stop_count = q.stop_count + 1
+        stopped_at = now(), stop_count = q.stop_count + 1,
+        stopped_since = CASE WHEN q.stopped_until > now() THEN q.stopped_since ELSE now() END
     RETURNING {_QUOTA_COLUMNS}
 """
 _SELECT_ORDER = (

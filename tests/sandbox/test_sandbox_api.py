@@ -456,7 +456,7 @@ def test_the_call_log_keeps_each_call_with_its_time_order_and_answer(
     before = time.time()
     wx.getauthdata(token, "o-late")
     sandbox.add_fault(endpoint="getauthdata", kind="http_5xx", count=1)
-    with pytest.raises(ValueError):  # an HTML page, not JSON
+    with pytest.raises(requests.JSONDecodeError):  # an HTML page, not JSON
         wx.getauthdata(token, "o-late")
     log = sandbox.call_log(since=before)
     assert [(c["endpoint"], c["order_id"], c["errcode"]) for c in log] == [
