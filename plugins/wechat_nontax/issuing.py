@@ -374,9 +374,11 @@ class BatchIssuer:
 
     def _one(self, stored: StoredOrder) -> OrderResult:
         order = stored.order
-        if self._quota_stop is not None:
-            return self._wait_for_quota(stored, self._next_step(stored), self._quota_stop)
-        self._check_hold(order.order_id)
+        # After a daily quota stop the orders not reached are still validated (no call is
+        # made for that: bad data ends `invalid` now, not after midnight); their first call
+        # then leaves them waiting for the quota (`_before_call`).
+        if self._quota_stop is None:
+            self._check_hold(order.order_id)
         problems, pdf, unreadable = self._problems(stored)
         if unreadable is not None:
             self.store.record_transient(
@@ -420,9 +422,6 @@ class BatchIssuer:
         if not self._media_fresh(stored):
             steps.append(Step.UPLOAD)
         return [*steps, Step.INSERT]
-
-    def _next_step(self, stored: StoredOrder) -> str:
-        return self._steps_ahead(stored)[0]
 
     def _ask_authorization(self, stored: StoredOrder) -> OrderResult | None:
         """getauthdata for a waiting order: None when authorised (go on to insert), else the

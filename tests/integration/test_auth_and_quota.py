@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
+from factories import make_order, write_pdf
 from wechat_nontax.issuing import Outcome
 from wechat_nontax.policy import AUTHORIZATION_RECHECK_S
 from wechat_sandbox.client import DEFAULT_APPID
@@ -161,6 +162,19 @@ def test_the_insert_limit_stops_every_later_batch_until_beijing_midnight(env):
     assert {r.outcome for r in again.values()} == {Outcome.QUOTA}
     assert env.sandbox.calls() == calls
     assert env.token_fetches() == 1
+
+
+def test_bad_data_after_a_quota_stop_still_ends_invalid_at_once(env):
+    env.sandbox.configure(daily_insert_limit=1)
+    good = env.orders(2)
+    bad = make_order(50, title="")
+    write_pdf(env.pdf_root, bad)
+    env.store.upsert_orders([bad])
+    results = env.issue([*good, bad], max_workers=1)
+    assert [results[o.order_id].outcome for o in (*good, bad)] == [
+        Outcome.INSERTED, Outcome.QUOTA, Outcome.INVALID,
+    ]  # fmt: skip
+    assert env.store.get_row(bad.order_id)["status"] == "invalid"
 
 
 @pytest.mark.parametrize("answer", ["45009", "72057"])
