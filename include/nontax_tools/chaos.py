@@ -433,6 +433,7 @@ class RunResult:
     token_fetches: int
     violations: list[str]
     secret_hits: int = 0
+    quota_waiting: int = 0  # orders still due at the end, waiting for a daily quota's reset
 
 
 class Chaos:
@@ -615,6 +616,7 @@ class Chaos:
             token_fetches=snapshot.token_fetches,
             violations=violations,
             secret_hits=snapshot.secret_hits,
+            quota_waiting=sum(1 for row in snapshot.rows.values() if row.get("quota")),
         )
 
     def _seed(self, plan: RunPlan) -> None:
@@ -833,15 +835,17 @@ def take_snapshot(
             SELECT o.order_id, o.status, o.reason, o.code, o.openid,
                    coalesce(o.not_before > now(), false),
                    coalesce(o.claimed_by IS NOT NULL AND o.claim_expires_at > now(), false),
+                   coalesce(o.not_before > now() AND o.last_errcode IN (45009, 72057), false),
                    (SELECT count(*) FROM nontax.bill_attempt a
                      WHERE a.order_id = o.order_id AND a.outcome = 'inserted')
               FROM nontax.bill_order o WHERE o.order_id = ANY(%s)
             """,
             (ids,),
         )
-        for oid, status, reason, code, openid, waiting, held, records in cur.fetchall():
+        for oid, status, reason, code, openid, waiting, held, quota, records in cur.fetchall():
             rows[oid] = {"status": status, "reason": reason, "code": code, "openid": openid,
-                         "waiting": waiting, "held": held, "inserted_records": records}  # fmt: skip
+                         "waiting": waiting, "held": held, "quota": quota,
+                         "inserted_records": records}  # fmt: skip
         cur.execute("SELECT coalesce(sum(fetch_count), 0) FROM nontax.access_token")
         fetches = int(cur.fetchone()[0])
         cur.execute("SELECT api, extract(epoch FROM stopped_since)::float8 FROM nontax.api_quota")
@@ -980,6 +984,7 @@ class Summary:
     reruns: int = 0
     bad_orders: int = 0
     interrupted: bool = False
+    quota_waiting: int = 0
 
     def __str__(self) -> str:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.fault_kinds.items()))
@@ -992,7 +997,8 @@ class Summary:
             f"DAG runs: {self.dag_runs}, instances re-run by the person on duty: {self.reruns}, "
             f"orders seeded with bad data: {self.bad_orders}\n"
             f"faults by kind (hits): {kinds}\n"
-            f"orders by final status: {statuses}"
+            f"orders by final status: {statuses} ({self.quota_waiting} of the due ones waiting "
+            "for a daily quota's reset)"
         )
 
 
@@ -1094,6 +1100,7 @@ def run_chaos(
             reruns=sum(r.reruns for r in results),
             bad_orders=sum(len(r.plan.bad) for r in results),
             interrupted=_STOP.is_set(),
+            quota_waiting=sum(r.quota_waiting for r in results),
         )
         print(summary, file=out)
         if not summary.violations:  # keep the output and the summary; the rest only for a look
@@ -1114,6 +1121,7 @@ def run_chaos(
                     "dag_runs": summary.dag_runs,
                     "reruns": summary.reruns,
                     "bad_orders": summary.bad_orders,
+                    "waiting_for_quota": summary.quota_waiting,
                 },
                 indent=2,
             )

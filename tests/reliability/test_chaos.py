@@ -53,7 +53,10 @@ def test_twenty_chaos_runs_keep_every_promise(tmp_path):
     assert summary["secret_occurrences"] == 0
     assert summary["faults_injected"] >= RUNS  # at least one hit a run, on average
     assert len(summary["fault_kinds"]) >= 8, summary["fault_kinds"]
-    assert summary["statuses"].get("inserted", 0) > 0.8 * summary["orders"]
+    # Most orders get through; a daily quota (45009, the insert limit) holds the rest of its run
+    # back until Beijing midnight, as it must.
+    through = summary["statuses"].get("inserted", 0) + summary["waiting_for_quota"]
+    assert through > 0.8 * summary["orders"]
     # The table: a line per run, and the summary.
     assert "invariant violations: 0" in output
     assert sum(1 for line in output.splitlines() if line[:4].strip().isdigit()) == RUNS
