@@ -954,6 +954,14 @@ class OrderStore:
         )  # fmt: skip
         return QuotaStop(*rows[0])
 
+    def live_quota_stops(self) -> list[tuple[str, QuotaStop]]:
+        """Every daily quota stop in force, of any appid: (appid, stop), for the person on duty."""
+        rows = self._run(
+            f"SELECT appid, {_QUOTA_COLUMNS} FROM nontax.api_quota WHERE stopped_until > now() "
+            "ORDER BY appid, api"
+        )
+        return [(row[0], QuotaStop(*row[1:])) for row in rows]
+
     def quota_stops(self, appid: str, apis: Iterable[str]) -> dict[str, QuotaStop]:
         """The calls among `apis` whose daily quota is used up now, by api."""
         rows = self._run(

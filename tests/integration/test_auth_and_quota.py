@@ -310,3 +310,19 @@ def test_a_daily_quota_of_the_token_endpoint_is_shared_too(env):
     again = env.issue(env.orders(2, start=10), run_id="run-2")
     assert {r.outcome for r in again.values()} == {Outcome.QUOTA}
     assert env.sandbox.calls()["stable_token"] == 1
+
+
+def test_make_status_names_the_quota_stops_in_force(env, capsys):
+    from nontax_tools.__main__ import main
+
+    env.store.record_quota_stop(
+        DEFAULT_APPID, "insert", seconds=3600, errcode=72057, errmsg="limit", run_id="r"
+    )
+    env.sql(
+        "INSERT INTO nontax.api_quota (appid, api, stopped_until) "
+        "VALUES ('wxOld', 'upload', now() - interval '1 minute')"
+    )
+    assert main(["--dsn", env.dsn, "status"]) == 0
+    out = capsys.readouterr().out
+    assert f"daily quota of insert used up for {DEFAULT_APPID} (errcode 72057)" in out
+    assert "wxOld" not in out
