@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
@@ -34,6 +34,7 @@ from wechat_nontax.bill import Order, bill_fields
 from wechat_nontax.policy import (
     AUTHORIZATION_DEADLINE_S,
     AUTHORIZATION_RECHECK_S,
+    QUOTA_TIMEZONE,
     Action,
     Status,
     Step,
@@ -663,7 +664,7 @@ class BatchIssuer:
         """Not sent for a used-up daily quota: the batch stops, the order stays due and is
         not claimed again before the quota resets."""
         answer = f"errcode {stop.errcode}: {stop.errmsg}" if stop.errcode is not None else "-"
-        until = stop.until.astimezone(_BEIJING).strftime("%Y-%m-%d %H:%M")
+        until = stop.until.astimezone(QUOTA_TIMEZONE).strftime("%Y-%m-%d %H:%M")
         reason = (
             f"daily quota of {stop.api} used up ({answer}): not sent before {until} Beijing "
             "time, when it resets"
@@ -743,8 +744,6 @@ _NOT_HELD_OUTCOME = {
     "held": Outcome.NOT_HELD,
     "claimed": Outcome.NOT_HELD,
 }
-# WeChat's daily quotas reset at midnight Beijing time (UTC+8, no daylight saving).
-_BEIJING = timezone(timedelta(hours=8))
 # An unreadable PDF whose error may pass (an I/O or object-storage error) is tried again after
 # this, not at once by every retry of the task.
 PDF_RETRY_S = 10 * 60.0

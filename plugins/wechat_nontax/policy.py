@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta, timezone
 from enum import StrEnum, nonmember
 from types import MappingProxyType
 
@@ -516,6 +517,7 @@ def delay_until_next_minute(now: float) -> float:
 
 # WeChat's daily quotas are counted per Beijing calendar day (UTC+8, no daylight saving).
 _UTC8_OFFSET_S = 8 * 3600
+QUOTA_TIMEZONE = timezone(timedelta(seconds=_UTC8_OFFSET_S))  # for showing a reset time
 
 
 def seconds_until_quota_reset(now: float) -> float:
