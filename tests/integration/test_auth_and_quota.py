@@ -326,3 +326,25 @@ def test_make_status_names_the_quota_stops_in_force(env, capsys):
     out = capsys.readouterr().out
     assert f"daily quota of insert used up for {DEFAULT_APPID} (errcode 72057)" in out
     assert "wxOld" not in out
+
+
+def test_the_token_step_asks_again_through_a_passing_outage(env):
+    from wechat_nontax.run_steps import warm_token
+
+    env.sandbox.add_fault(endpoint="stable_token", kind="http_5xx", count=2)
+    slept = []
+    assert "3 tries" in warm_token(wechat_conn_id="wechat_nontax_default", sleep=slept.append)
+    assert len(slept) == 2 and env.token_fetches() == 1
+
+
+def test_the_token_step_gives_up_past_its_budget_and_at_once_on_a_wrong_secret(env):
+    from wechat_nontax import errors
+    from wechat_nontax.run_steps import warm_token
+
+    env.sandbox.add_fault(endpoint="stable_token", kind="http_5xx", count=1)
+    with pytest.raises(errors.RetryableError):
+        warm_token(wechat_conn_id="wechat_nontax_default", budget_s=0, sleep=pytest.fail)
+    env.sandbox.add_fault(endpoint="stable_token", kind="errcode", errcode=40125, count=1)
+    with pytest.raises(errors.PermanentError):
+        warm_token(wechat_conn_id="wechat_nontax_default", sleep=pytest.fail)
+    assert env.sandbox.calls()["stable_token"] == 2
