@@ -64,6 +64,7 @@ def orders_db(orders_db_uri: str, monkeypatch: pytest.MonkeyPatch) -> str:
             "nontax.access_token, nontax.run_claim"
         )
         cur.execute("ALTER TABLE nontax.bill_attempt ENABLE TRIGGER USER")
+        cur.execute("TRUNCATE nontax.api_quota")
     conn.close()
     monkeypatch.setenv("AIRFLOW_CONN_NONTAX_ORDERS_DB", orders_db_uri)
     return orders_db_uri

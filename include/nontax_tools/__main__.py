@@ -2,7 +2,7 @@
 
     migrate                 apply the schema migrations (a no-op when up to date)
     load FILE               load orders from JSON Lines (bad lines reported, good ones load)
-    status                  how many orders are in each status (and requests)
+    status                  how many orders are in each status, requests, used-up daily quotas
     attention               the orders that need a person, with their reasons
     history ORDER_ID        an order's row and its attempt history
     reset ORDER_ID...       make orders due again after fixing their data
@@ -83,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
                 print("requests:")
                 for kind_status, count in sorted(asked.items()):
                     print(f"  {kind_status:<16} {count}")
+            # A used-up daily quota explains due orders that no run sends before midnight.
+            for appid, stop in store.live_quota_stops():
+                print(
+                    f"daily quota of {stop.api} used up for {appid} (errcode {stop.errcode}): "
+                    f"no call before {stop.until:%Y-%m-%d %H:%M %Z}"
+                )
             return 0
         if args.command == "attention":
             rows = store.needs_attention()

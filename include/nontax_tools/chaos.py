@@ -4,7 +4,9 @@ The promise: every order ends inserted exactly once, or with a recorded reason, 
 never a second bill; never a secret in the open. Each run of `make chaos RUNS=n SEED=s`:
 
 1. seeds 16-32 orders with fresh ids (a few with bad data, one maybe not authorised or
-   rejected by WeChat) into an order database created for this invocation;
+   rejected by WeChat, one maybe whose payer authorises late or refuses the bill after a first
+   72038) into an order database created for this invocation; a run may also have a daily
+   insert limit (72057) below its number of orders;
 2. switches on a random mix of sandbox faults, drawn from SEED and the run's number: latency,
    latency spikes past the client's timeout, HTTP 5xx, timeouts (the call is handled, its answer
    held past the client's timeout), -1 (also four in a row for one order, which fails it),
@@ -19,7 +21,9 @@ never a second bill; never a secret in the open. Each run of `make chaos RUNS=n 
    cause" (faults off), clears what is still red once more, and starts a new run of the same
    orders if some are still due now; orders with invalid data are not re-run (a person fixes
    the data first); the requests DAG `nontax_requests` runs after the issuing run with the
-   faults on, and again after the fix while a request is pending;
+   faults on, and again after the fix while a request is pending; before that last round the
+   late payers answer (getauthdata then says "auth success" or "reject insert") and the
+   15-minute wait of every order waiting for its authorisation is shortened (time, not logic);
 5. checks the invariants against the sandbox's own state (`SandboxAdmin.bills()`, `.orders()`
    with per-order successes, `.media()`, `.tokens()`, `.faults()` with their hits) and the
    order database, once with the faults still on and once at the end:
@@ -38,6 +42,11 @@ never a second bill; never a secret in the open. Each run of `make chaos RUNS=n 
      them, no PDF uploaded under their name);
    - token fetches (`nontax.access_token.fetch_count`, and the tokens the sandbox issued) are no
      more than the token expiries injected + 1;
+   - no insertbill for an order after getauthdata said "never auth" or "reject insert" (until
+     it said "auth success"), from the sandbox's call log;
+   - no call of an API after its daily quota stop was recorded in `nontax.api_quota` (calls
+     that arrive within `IN_FLIGHT_S` of the record were past their check already), from the
+     sandbox's call log;
    - no access token issued by the sandbox, nor the app secret, in the order database's texts
      (reasons, errmsgs, history), in Airflow's XCom or rendered fields, in the run's output, or
      (at the end) in the task log files.
@@ -58,7 +67,8 @@ spikes last 3 s. Everything else is the DAG file as deployed.
 A run's plan and the sandbox's draws repeat from (SEED, run): `python -m nontax_tools.chaos
 --seed S --first-run N --runs 1` runs run N again (thread timing is the machine's own).
 
-Each run starts from a reset sandbox and an empty token cache (so that fetches count per run);
+Each run starts from a reset sandbox, an empty token cache (so that fetches count per run) and
+no recorded quota stop (the reset sandbox is a new day);
 orders of earlier runs stay in the database, and every DAG run names its own orders
 (`order_ids`), as a person targeting a run would.
 """
@@ -130,6 +140,17 @@ BAD_KINDS = (
     "billing_no_sql",
 )
 DUE = frozenset({"authorized", "uploaded", "awaiting_auth"})
+# A call that passed its quota check just before another worker recorded the stop may arrive
+# this long after the record (a thread descheduled between its check and its send on 2 cores).
+IN_FLIGHT_S = 2.0
+# The sandbox endpoints behind each `nontax.api_quota` api.
+QUOTA_ENDPOINTS = {
+    "insert": ("insertbill",),
+    "upload": ("setpdf",),
+    "authorization": ("getauthdata",),
+    "token": ("stable_token", "token"),
+}
+NOT_AUTHORISED = frozenset({"never auth", "reject insert"})
 FINISHED = frozenset({"inserted", "duplicate", "rejected", "refused", "cancelled"})
 NEEDS_PERSON = frozenset({"invalid", "failed"})
 NEEDS_REASON = frozenset({"invalid", "failed", "rejected", "duplicate", "refused", "cancelled"})
@@ -159,6 +180,17 @@ class RunPlan:
     # Requests to refuse (asked before the run) or void (asked after it) good orders: carried
     # out by the DAG nontax_requests, faults on, then once more after the person's fix.
     requests: tuple[tuple[str, str], ...] = ()  # (order id, refuse|void)
+    # Payers not authorised at first (72038) who answer before the last round: (order id,
+    # "authorized" | "rejected").
+    payers_later: tuple[tuple[str, str], ...] = ()
+    # The sandbox's daily insert limit for the run (72057 past it), None for none.
+    insert_limit: int | None = None
+
+    @property
+    def first_authorizations(self) -> dict[str, str]:
+        """What the sandbox says of each order's authorisation at the start of the run."""
+        late = {oid: "unauthorized" for oid, _ in self.payers_later}
+        return {**dict(self.authorizations), **late}
 
     @property
     def conf(self) -> dict[str, Any]:
@@ -185,15 +217,26 @@ def plan_run(seed: int, run: int, *, min_orders: int = 16, max_orders: int = 32)
         authorizations.append((ids[positions.pop()], "unauthorized"))
     if rng.random() < 0.2:
         authorizations.append((ids[positions.pop()], "rejected"))
+    batch_size, workers = rng.choice((12, 20, 32)), rng.choice((4, 8))
+    db_drop = rng.random() < 0.15
+    # Drawn after the older draws, which stay as they were for a (seed, run).
+    later = []
+    if rng.random() < 0.3:
+        later.append((ids[positions.pop()], "authorized"))
+    if rng.random() < 0.2:
+        later.append((ids[positions.pop()], "rejected"))
+    limit = rng.randint(len(ids) // 3, len(ids) - 2) if rng.random() < 0.15 else None
     return RunPlan(
         run=run,
         order_ids=ids,
-        batch_size=rng.choice((12, 20, 32)),
-        workers=rng.choice((4, 8)),
+        batch_size=batch_size,
+        workers=workers,
         faults=faults,
         bad=bad,
         authorizations=tuple(authorizations),
-        db_drop=rng.random() < 0.15,
+        db_drop=db_drop,
+        payers_later=tuple(later),
+        insert_limit=limit,
         # Drawn after everything else: the draws before stay as they were.
         requests=tuple(
             (ids[positions.pop()], kind)
@@ -306,6 +349,11 @@ class Snapshot:
     rejections: dict[str, int] = field(default_factory=dict)
     reimburse: dict[str, tuple[str, int]] = field(default_factory=dict)
 
+    # The sandbox's calls in arrival order ({at, endpoint, order_id, errcode, invoice_status}).
+    call_log: list[dict[str, Any]] = field(default_factory=list)
+    # The recorded daily quota stops: (api, since when, Unix time).
+    quota_stops: list[tuple[str, float]] = field(default_factory=list)
+
 
 def _request_problems(s: Snapshot, oid: str, status: str, has_bill: bool) -> list[str]:
     """The promises about refusals and voids: a refused order was never inserted and WeChat
@@ -395,6 +443,32 @@ def check_invariants(s: Snapshot) -> list[str]:
         )
     if s.secret_hits:
         problems.append(f"{s.secret_hits} secret occurrences in the open")
+    problems += _calls_after_a_no(s)
+    return problems
+
+
+def _calls_after_a_no(s: Snapshot) -> list[str]:
+    """Calls the pipeline had been told not to make: an insert after getauthdata said the
+    order is not authorised (until it says it is), a call after its quota stop was recorded."""
+    problems = []
+    not_authorised: dict[str, str] = {}
+    for call in s.call_log:
+        oid, endpoint = call.get("order_id"), call["endpoint"]
+        if endpoint == "getauthdata" and oid and call.get("errcode") == 0:
+            status = call.get("invoice_status")
+            if status in NOT_AUTHORISED:
+                not_authorised[oid] = status
+            else:
+                not_authorised.pop(oid, None)
+        elif endpoint == "insertbill" and oid in not_authorised:
+            problems.append(f"{oid}: insertbill after getauthdata said {not_authorised[oid]!r}")
+    for api, since in s.quota_stops:
+        endpoints = QUOTA_ENDPOINTS.get(api, (api,))
+        late = [
+            c for c in s.call_log if c["endpoint"] in endpoints and c["at"] > since + IN_FLIGHT_S
+        ]
+        if late:
+            problems.append(f"{len(late)} {'/'.join(endpoints)} calls after the {api} quota stop")
     return problems
 
 
@@ -414,6 +488,7 @@ class RunResult:
     violations: list[str]
     secret_hits: int = 0
     requests_done: Counter = field(default_factory=Counter)  # refuse / void carried out
+    quota_waiting: int = 0  # orders still due at the end, waiting for a daily quota's reset
 
 
 class Chaos:
@@ -525,11 +600,14 @@ class Chaos:
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.admin.reset()
         self._sql("DELETE FROM nontax.access_token")
+        self._sql("DELETE FROM nontax.api_quota")
         self._seed(plan)
         for _, rule in plan.faults:
             self.admin.add_fault(**rule)
-        if plan.authorizations:
-            self.admin.set_authorizations(dict(plan.authorizations))
+        if plan.first_authorizations:
+            self.admin.set_authorizations(plan.first_authorizations)
+        if plan.insert_limit is not None:
+            self.admin.configure(daily_insert_limit=plan.insert_limit)
 
         self._ask(plan, "refuse")
         dropper = _DbDropper(self.dsn, self.admin) if plan.db_drop else None
@@ -561,8 +639,16 @@ class Chaos:
         )  # fmt: skip
         violations = check_invariants(self._snapshot(plan, expiries, final=False))
 
-        # The person on duty fixes the cause, clears what is still red, runs what is due.
+        # The person on duty fixes the cause, clears what is still red, runs what is due. The
+        # late payers answer, and the waits for authorisations pass.
         self.admin.clear_faults()
+        if plan.payers_later:
+            self.admin.set_authorizations(dict(plan.payers_later))
+        self._sql(
+            "UPDATE nontax.bill_order SET not_before = now() "
+            "WHERE order_id = ANY(%s) AND status = 'awaiting_auth'",
+            (list(plan.order_ids),),
+        )
         if self._pending_requests(plan):
             self._sql(  # their transient waits end: the person runs them now
                 "UPDATE nontax.bill_request SET not_before = NULL WHERE order_id = ANY(%s)",
@@ -583,6 +669,16 @@ class Chaos:
             answers = snapshot.sandbox_orders.get(oid, {}).get("errcodes", {})
             code = "72038" if status == "unauthorized" else "72035"
             hits[status] += answers.get(code, 0)
+        later = dict(plan.payers_later)
+        for call in snapshot.call_log:
+            if call["endpoint"] == "getauthdata" and call.get("order_id") in later:
+                answer = call.get("invoice_status")
+                if answer == "auth success":
+                    hits["late_auth"] += 1
+                elif answer == "reject insert":
+                    hits["refuses"] += 1
+            elif call["endpoint"] == "insertbill" and call.get("errcode") == 72057:
+                hits["insert_limit"] += 1
         if drops:
             hits["db_drop"] += drops
         requests_done = Counter(
@@ -602,6 +698,7 @@ class Chaos:
             violations=violations,
             secret_hits=snapshot.secret_hits,
             requests_done=requests_done,
+            quota_waiting=sum(1 for row in snapshot.rows.values() if row.get("quota")),
         )
 
     def _seed(self, plan: RunPlan) -> None:
@@ -836,15 +933,17 @@ def take_snapshot(
             SELECT o.order_id, o.status, o.reason, o.code, o.openid,
                    coalesce(o.not_before > now(), false),
                    coalesce(o.claimed_by IS NOT NULL AND o.claim_expires_at > now(), false),
+                   coalesce(o.not_before > now() AND o.last_errcode IN (45009, 72057), false),
                    (SELECT count(*) FROM nontax.bill_attempt a
                      WHERE a.order_id = o.order_id AND a.outcome = 'inserted')
               FROM nontax.bill_order o WHERE o.order_id = ANY(%s)
             """,
             (ids,),
         )
-        for oid, status, reason, code, openid, waiting, held, records in cur.fetchall():
+        for oid, status, reason, code, openid, waiting, held, quota, records in cur.fetchall():
             rows[oid] = {"status": status, "reason": reason, "code": code, "openid": openid,
-                         "waiting": waiting, "held": held, "inserted_records": records}  # fmt: skip
+                         "waiting": waiting, "held": held, "quota": quota,
+                         "inserted_records": records}  # fmt: skip
         cur.execute("SELECT coalesce(sum(fetch_count), 0) FROM nontax.access_token")
         fetches = int(cur.fetchone()[0])
         cur.execute(
@@ -855,6 +954,8 @@ def take_snapshot(
         requests: dict[str, list[tuple[str, str]]] = {}
         for oid, kind, state in cur.fetchall():
             requests.setdefault(oid, []).append((kind, state))
+        cur.execute("SELECT api, extract(epoch FROM stopped_since)::float8 FROM nontax.api_quota")
+        quota_stops = [(api, since) for api, since in cur.fetchall()]
     db.commit()
     return Snapshot(
         order_ids=ids,
@@ -877,6 +978,8 @@ def take_snapshot(
             )
             for oid, r in admin.statuses().items()
         },
+        call_log=admin.call_log(),
+        quota_stops=quota_stops,
     )
 
 
@@ -958,6 +1061,7 @@ SHORT = {
     "daily_quota": "45009", "token_expire": "expiry", "lost_answer": "lost",
     "unauthorized": "72038", "rejected": "72035", "db_drop": "db-drop",
     "refuse": "refused", "void": "voided",
+    "late_auth": "auth-late", "refuses": "refuse", "insert_limit": "72057",
 }  # fmt: skip
 
 
@@ -1002,6 +1106,7 @@ class Summary:
     bad_orders: int = 0
     interrupted: bool = False
     requests_done: Counter = field(default_factory=Counter)
+    quota_waiting: int = 0
 
     def __str__(self) -> str:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.fault_kinds.items()))
@@ -1017,6 +1122,8 @@ class Summary:
             f"requests carried out: "
             f"{', '.join(f'{k} {n}' for k, n in sorted(self.requests_done.items())) or '-'}\n"
             f"orders by final status: {statuses}"
+            f"orders by final status: {statuses} ({self.quota_waiting} of the due ones waiting "
+            "for a daily quota's reset)"
         )
 
 
@@ -1119,6 +1226,7 @@ def run_chaos(
             bad_orders=sum(len(r.plan.bad) for r in results),
             interrupted=_STOP.is_set(),
             requests_done=sum((r.requests_done for r in results), Counter()),
+            quota_waiting=sum(r.quota_waiting for r in results),
         )
         print(summary, file=out)
         if not summary.violations:  # keep the output and the summary; the rest only for a look
@@ -1140,6 +1248,7 @@ def run_chaos(
                     "reruns": summary.reruns,
                     "bad_orders": summary.bad_orders,
                     "requests_done": dict(summary.requests_done),
+                    "waiting_for_quota": summary.quota_waiting,
                 },
                 indent=2,
             )

@@ -126,7 +126,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def serve(endpoint: str, request: Request, handler: Any, *, json_body: bool) -> Response:
         """Count the call, apply fault rules, run the handler, turn any surprise into -1."""
         state.count_call(endpoint)
+        arrived = state.clock()
         order_id: str | None = None
+        payload: Any = None
         try:
             body: Any = None
             if json_body:
@@ -171,13 +173,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         status_code=response.status_code,
                         media_type=response.media_type,
                     )
+            errcode = payload.get("errcode") if isinstance(payload, dict) else None
             if order_id is not None:
-                errcode = payload.get("errcode") if isinstance(payload, dict) else None
                 if endpoint == "insertbill":
                     state.note_insert_answer(order_id, errcode)
                 state.note_answer(endpoint, order_id, errcode)
+            status = payload.get("invoice_status") if isinstance(payload, dict) else None
+            state.log_call(arrived, endpoint, order_id, errcode, status)
             return response
         except ClientDisconnect:
+            state.log_call(arrived, endpoint, order_id, None)
             return Response(status_code=200)
         except Exception:
             log.exception("unexpected error while serving %s", endpoint)
@@ -301,6 +306,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def a_calls(request: Request) -> Any:
         return state.calls_dict()
 
+    async def a_call_log(request: Request) -> Any:
+        since = request.query_params.get("since")
+        try:
+            start = float(since) if since is not None else None
+        except ValueError:
+            raise _AdminError(400, "since must be a Unix time") from None
+        return {"calls": state.call_log_list(start)}
+
     async def a_tokens(request: Request) -> Any:
         return {"tokens": state.tokens_list()}
 
@@ -423,6 +436,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for path, handler, methods in (
         (f"{p}/state", a_state, ["GET"]),
         (f"{p}/calls", a_calls, ["GET"]),
+        (f"{p}/calls/log", a_call_log, ["GET"]),
         (f"{p}/tokens", a_tokens, ["GET"]),
         (f"{p}/tokens/expire", a_expire_tokens, ["POST"]),
         (f"{p}/bills", a_bills, ["GET"]),

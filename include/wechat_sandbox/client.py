@@ -97,6 +97,12 @@ class SandboxAdmin:
         """Calls per endpoint (errors and fault-injected answers included)."""
         return self._call("GET", "calls")
 
+    def call_log(self, since: float | None = None) -> list[dict[str, Any]]:
+        """Every call in arrival order (since a Unix time): `{at, endpoint, order_id, errcode}`
+        (errcode None: no JSON answer), plus `invoice_status` for getauthdata."""
+        query = "" if since is None else f"?since={since!r}"
+        return self._call("GET", f"calls/log{query}")["calls"]
+
     def tokens(self) -> list[dict[str, Any]]:
         """Tokens issued: kind, appid, times, validity and `sha256`, never the token."""
         return self._call("GET", "tokens")["tokens"]

@@ -15,7 +15,7 @@ import secrets
 import string
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +33,9 @@ ENDPOINTS = (
     "rejectinsert",
     "updatestatus",
 )
+
+# How many calls the call log keeps (a chaos run makes a few hundred).
+CALL_LOG_MAX = 100_000
 
 AUTHORIZED = "authorized"
 UNAUTHORIZED = "unauthorized"  # never authorised (yet)
@@ -212,6 +215,11 @@ class SandboxState:
         self.order_answers: dict[str, dict[str, Counter]] = {}
         self.lost_answers = 0
         self.faulted_calls = 0
+        # Every call in arrival order: when it arrived, the endpoint, the order it named, and
+        # its answer (errcode; getauthdata's invoice_status): what a test or the chaos runner
+        # needs to prove that no call came after a point in time (a recorded quota stop, a
+        # "never auth"). Bounded: the oldest go first.
+        self.call_log: deque[dict[str, Any]] = deque(maxlen=CALL_LOG_MAX)
 
     # ----------------------------------------------------------------- admin
     def reset(self) -> None:
@@ -557,6 +565,26 @@ class SandboxState:
     def order_for_code(self, code: str) -> str | None:
         with self._lock:
             return self._code_owner.get(code)
+
+    def log_call(
+        self,
+        at: float,
+        endpoint: str,
+        order_id: str | None,
+        errcode: int | None,
+        invoice_status: str | None = None,
+    ) -> None:
+        entry: dict[str, Any] = {
+            "at": at, "endpoint": endpoint, "order_id": order_id, "errcode": errcode,
+        }  # fmt: skip
+        if invoice_status is not None:
+            entry["invoice_status"] = invoice_status
+        with self._lock:
+            self.call_log.append(entry)
+
+    def call_log_list(self, since: float | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(e) for e in self.call_log if since is None or e["at"] >= since]
 
     def note_answer(self, endpoint: str, order_id: str, errcode: int | None) -> None:
         """One answer to a call naming `order_id` (None: no JSON answer, an HTTP error)."""

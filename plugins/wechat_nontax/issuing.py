@@ -7,6 +7,11 @@ comes from the policy table. Every result is written to the store the moment it 
 Concurrency: the batch's orders run in a thread pool; each thread handles one order from start to
 end, so an order's calls are never concurrent with each other. A daily-quota answer or a broken
 configuration stops the whole batch: no further calls, the remaining orders stay due.
+
+Daily quotas are shared: a quota answer is recorded in the order database (`nontax.api_quota`)
+for the appid and the call, and every batch reads that record before each call, so no batch,
+run or worker calls that API again before Beijing midnight. An order waiting for its payer's
+authorisation asks getauthdata first and is inserted only once it says "auth success".
 """
 
 from __future__ import annotations
@@ -29,11 +34,14 @@ from wechat_nontax.bill import Order, bill_fields
 from wechat_nontax.policy import (
     AUTHORIZATION_DEADLINE_S,
     AUTHORIZATION_RECHECK_S,
+    QUOTA_TIMEZONE,
     Action,
     Status,
+    Step,
+    authorization_status_rule,
     seconds_until_quota_reset,
 )
-from wechat_nontax.store import Hold, OrderStore, OrderStoreError, StoredOrder
+from wechat_nontax.store import Hold, OrderStore, OrderStoreError, QuotaStop, StoredOrder
 from wechat_nontax.validation import (
     Limits,
     check_card_allowed,
@@ -125,6 +133,7 @@ class Settings:
 class WeChatApi(Protocol):
     def upload_pdf(self, pdf: bytes, filename: str = ...) -> str: ...
     def insert_bill(self, order: Order, s_pdf_media_id: str): ...
+    def get_auth_data(self, order_id: str): ...
 
 
 PdfReader = Callable[[str, str | None, int], bytes | None]
@@ -163,6 +172,10 @@ class BatchIssuer:
         self._stop = threading.Event()
         self._stopped = OrderResult("", Outcome.QUOTA)
         self._stop_lock = threading.Lock()
+        # The daily quota that stopped the batch, if one did: the orders not reached wait for it.
+        self._quota_stop: QuotaStop | None = None
+        # Quota records are per appid, the account whose quota WeChat counts.
+        self._appid = str(getattr(api, "appid", "") or "")
         self._random = random.Random()  # noqa: S311 (jitter, not security)
         self._versions: dict[str, int] = {}
         self._active: set[str] = set()  # held and not finished by this try
@@ -362,7 +375,11 @@ class BatchIssuer:
 
     def _one(self, stored: StoredOrder) -> OrderResult:
         order = stored.order
-        self._check_hold(order.order_id)
+        # After a daily quota stop the orders not reached are still validated (no call is
+        # made for that: bad data ends `invalid` now, not after midnight); their first call
+        # then leaves them waiting for the quota (`_before_call`).
+        if self._quota_stop is None:
+            self._check_hold(order.order_id)
         problems, pdf, unreadable = self._problems(stored)
         if unreadable is not None:
             self.store.record_transient(
@@ -380,9 +397,95 @@ class BatchIssuer:
             return OrderResult(order.order_id, Outcome.INVALID, reason) if written else (
                 self._lost_hold(order.order_id)
             )  # fmt: skip
+        if stored.status == Status.AWAITING_AUTH:
+            # WeChat said 72038 before: ask where the authorisation stands instead of spending
+            # an insert to find out.
+            ended = self._ask_authorization(stored)
+            if ended is not None:
+                return ended
         # Upload then insert, one order after the other in the same thread: an order's bill
         # goes in as soon as its PDF is up, never waiting for the rest of the batch.
         return self._insert(stored, self._media_id(stored, pdf), pdf)
+
+    def _media_fresh(self, stored: StoredOrder) -> bool:
+        """Whether the stored media id is young enough to be attached without a new upload."""
+        if not stored.s_pdf_media_id or stored.pdf_uploaded_at is None:
+            return False
+        fresh_until = stored.pdf_uploaded_at + timedelta(
+            seconds=MEDIA_LIFETIME_S - self.settings.media_margin_s
+        )
+        return fresh_until > datetime.fromtimestamp(self._clock(), UTC)
+
+    def _steps_ahead(self, stored: StoredOrder) -> list[str]:
+        """The calls the order still needs, in order (the quota of each is checked up front:
+        no upload for an order whose insert cannot be made today)."""
+        steps = [Step.AUTHORIZATION] if stored.status == Status.AWAITING_AUTH else []
+        if not self._media_fresh(stored):
+            steps.append(Step.UPLOAD)
+        return [*steps, Step.INSERT]
+
+    def _ask_authorization(self, stored: StoredOrder) -> OrderResult | None:
+        """getauthdata for a waiting order: None when authorised (go on to insert), else the
+        order's result (still waiting, failed past the deadline, or refused by the payer)."""
+        order_id = stored.order_id
+        started = self._clock()
+        auth = self._call(
+            stored, Step.AUTHORIZATION, lambda: self.api.get_auth_data(order_id),
+            ahead=self._steps_ahead(stored)[1:],
+        )  # fmt: skip
+        rule = authorization_status_rule(auth.invoice_status)
+        hold = self._hold_of(order_id)
+        if rule.action is Action.SUCCESS:
+            if not self.store.record_authorized(
+                order_id, auth.invoice_status, hold=hold, run_id=self.run_id,
+                duration_ms=self._ms(started),
+            ):  # fmt: skip
+                return self._lost_hold(order_id)
+            return None
+        if rule.action is Action.REJECT:
+            written = self.store.record_end(
+                order_id, Status.REJECTED, rule.reason, hold=hold, run_id=self.run_id,
+                step=Step.AUTHORIZATION, errmsg=auth.invoice_status,
+                duration_ms=self._ms(started),
+            )  # fmt: skip
+            if not written:
+                return self._lost_hold(order_id)
+            return OrderResult(order_id, Outcome.REJECTED, rule.reason)
+        return self._wait_authorization(
+            stored, rule.reason, step=Step.AUTHORIZATION, errcode=None,
+            errmsg=auth.invoice_status, answer=f"getauthdata: {auth.invoice_status}",
+        )  # fmt: skip
+
+    def _wait_authorization(
+        self,
+        stored: StoredOrder,
+        reason: str,
+        *,
+        step: str,
+        errcode: int | None,
+        errmsg: str,
+        answer: str,
+    ) -> OrderResult:
+        """Not authorised yet: asked again later, or failed once the wait outlasted the
+        deadline (counted from the first time WeChat said so)."""
+        order_id = stored.order_id
+        hold = self._hold_of(order_id)
+        since = stored.auth_wait_since.timestamp() if stored.auth_wait_since else self._clock()
+        waited = self._clock() - since
+        if waited < AUTHORIZATION_DEADLINE_S:
+            status, outcome, not_before_s = (
+                Status.AWAITING_AUTH, Outcome.AWAITING_AUTH, AUTHORIZATION_RECHECK_S
+            )  # fmt: skip
+        else:
+            status, outcome, not_before_s = Status.FAILED, Outcome.FAILED, None
+            reason = f"not authorised {waited / 3600:.0f} h after WeChat first said so ({answer})"
+        written = self.store.record_end(
+            order_id, status, reason, hold=hold, run_id=self.run_id, step=step,
+            errcode=errcode, errmsg=errmsg, not_before_s=not_before_s,
+        )  # fmt: skip
+        if not written:
+            return self._lost_hold(order_id)
+        return OrderResult(order_id, outcome, reason)
 
     def _lost_hold(self, order_id: str) -> OrderResult:
         with self._state_lock:
@@ -394,17 +497,14 @@ class BatchIssuer:
 
     def _media_id(self, stored: StoredOrder, pdf: bytes, *, force: bool = False) -> str:
         """The order's media id: the stored one while fresh, else a new upload."""
-        fresh_until = None
-        if stored.pdf_uploaded_at is not None:
-            fresh_until = stored.pdf_uploaded_at + timedelta(
-                seconds=MEDIA_LIFETIME_S - self.settings.media_margin_s
-            )
-        now = datetime.fromtimestamp(self._clock(), UTC)
-        if not force and stored.s_pdf_media_id and fresh_until and fresh_until > now:
+        if not force and self._media_fresh(stored):
             return stored.s_pdf_media_id
         started = self._clock()
         media_id = self._call(
-            stored, "upload", lambda: self.api.upload_pdf(pdf, f"{stored.order_id}.pdf")
+            stored,
+            Step.UPLOAD,
+            lambda: self.api.upload_pdf(pdf, f"{stored.order_id}.pdf"),
+            ahead=[Step.INSERT],
         )
         if not self.store.record_uploaded(
             stored.order_id, media_id, hold=self._hold_of(stored.order_id), run_id=self.run_id,
@@ -463,21 +563,24 @@ class BatchIssuer:
             return result
         return OrderResult(order_id, Outcome.INSERTED)
 
-    def _call(self, stored: StoredOrder, step: str, call: Callable):
+    def _call(self, stored: StoredOrder, step: str, call: Callable, *, ahead: Sequence[str] = ()):
         """One remote call with the policy applied: retried while the time budget lasts, and
-        made only while this try surely holds the order."""
+        made only while this try surely holds the order and no daily quota of this call (or
+        of the calls `ahead` of the order) is recorded as used up."""
         answers: dict[int | str, int] = {}
+        token_answers = 0
         while True:
-            self._check_hold(stored.order_id)
+            self._before_call(stored, step, [step, *ahead])
             started = self._clock()
             try:
                 return call()
             except errors.MediaExpiredError:
                 raise
             except errors.WeChatError as exc:
-                if exc.step == "token":
-                    self._stop_batch(Outcome.BLOCKED, f"not sent: no access token: {exc}")
-                    raise _OrderEnded(self._stopped_result(stored.order_id)) from None
+                if exc.step == Step.TOKEN:
+                    token_answers += 1
+                    self._sleep(self._token_retry_delay(stored, step, exc, token_answers))
+                    continue
                 action = exc.rule.action
                 if action is Action.RETRY or action is Action.REFRESH_TOKEN:
                     answers[exc.signal] = answers.get(exc.signal, 0) + 1
@@ -504,6 +607,81 @@ class BatchIssuer:
                     continue
                 raise self._end(stored, exc, step) from None
 
+    def _token_retry_delay(
+        self, stored: StoredOrder, step: str, exc: errors.WeChatError, answers: int
+    ) -> float:
+        """No access token for the call: how long to wait before trying again when the token
+        endpoint's failure may pass (5xx, timeout, -1...) and the task's time budget allows;
+        else the batch stops (its orders stay due): for a daily quota of the token endpoint,
+        recorded for everyone; for a refused appid or secret, as blocked for a person."""
+        order_id = stored.order_id
+        action = exc.rule.action
+        if action is Action.STOP_QUOTA:
+            raise _OrderEnded(self._quota_answer(stored, exc, step, api=Step.TOKEN))
+        if action is not Action.RETRY:
+            self._stop_batch(Outcome.BLOCKED, f"not sent: no access token: {exc}")
+            raise _OrderEnded(self._stopped_result(order_id))
+        delay = exc.rule.delay_s(answers, now=self._clock(), jitter=self._random.random())
+        if self._clock() + delay > self._deadline:
+            self._stop_batch(
+                Outcome.RETRY_LATER,
+                f"not sent: no access token within the task's time budget ({answers} tries): {exc}",
+            )
+            raise _OrderEnded(self._stopped_result(order_id))
+        log.warning(
+            "no access token for order %s (%s, try %d): trying again in %.1f s",
+            order_id, exc, answers, delay,
+        )  # fmt: skip
+        return delay
+
+    # -- daily quotas -------------------------------------------------------------------------
+
+    def _before_call(self, stored: StoredOrder, step: str, apis: Sequence[str]) -> None:
+        """Raise unless the call may be made now: the try holds the order, and no daily quota
+        of the call (or of the calls after it) is recorded as used up, by this batch or any
+        other. The record is read before every call: a stop another worker recorded a moment
+        ago costs no call to find out."""
+        stop = self._quota_stop
+        if stop is None and not self._stop.is_set():
+            stops = self.store.quota_stops(self._appid, apis)
+            stop = next((stops[api] for api in apis if api in stops), None)
+        if stop is not None:
+            raise _OrderEnded(self._wait_for_quota(stored, step, stop))
+        self._check_hold(stored.order_id)
+
+    def _quota_answer(
+        self, stored: StoredOrder, exc: errors.WeChatError, step: str, *, api: str
+    ) -> OrderResult:
+        """WeChat answered a daily quota for `api`: record it for every batch until the quota
+        resets, then leave this order waiting for it."""
+        stop = self.store.record_quota_stop(
+            self._appid, api, seconds=seconds_until_quota_reset(self._clock()),
+            errcode=exc.errcode, errmsg=exc.errmsg, run_id=self.run_id,
+        )  # fmt: skip
+        return self._wait_for_quota(stored, step, stop)
+
+    def _wait_for_quota(self, stored: StoredOrder, step: str, stop: QuotaStop) -> OrderResult:
+        """Not sent for a used-up daily quota: the batch stops, the order stays due and is
+        not claimed again before the quota resets."""
+        answer = f"errcode {stop.errcode}: {stop.errmsg}" if stop.errcode is not None else "-"
+        until = stop.until.astimezone(QUOTA_TIMEZONE).strftime("%Y-%m-%d %H:%M")
+        reason = (
+            f"daily quota of {stop.api} used up ({answer}): not sent before {until} Beijing "
+            "time, when it resets"
+        )
+        with self._stop_lock:
+            if self._quota_stop is None:
+                self._quota_stop = stop
+        self._stop_batch(Outcome.QUOTA, f"{reason}; left due")
+        order_id = stored.order_id
+        written = self.store.record_quota_wait(
+            order_id, hold=self._hold_of(order_id), run_id=self.run_id, step=step,
+            errcode=stop.errcode, errmsg=reason, not_before_s=max(stop.seconds_left, 1.0),
+        )  # fmt: skip
+        if not written:
+            return self._lost_hold(order_id)
+        return OrderResult(order_id, Outcome.QUOTA, reason)
+
     def _end(
         self,
         stored: StoredOrder,
@@ -519,33 +697,20 @@ class BatchIssuer:
         hold = self._hold_of(order_id)
         reason = reason or f"{exc.rule.reason} ({_answer(exc)})"
         if action is Action.STOP_QUOTA:
-            wait = seconds_until_quota_reset(self._clock())
-            self._stop_batch(
-                Outcome.QUOTA, f"daily quota reached ({_answer(exc)}): left due for tomorrow"
-            )
-            self.store.record_transient(
-                order_id, hold=hold, run_id=self.run_id, step=step, outcome="quota",
-                errcode=exc.errcode, errmsg=exc.errmsg, not_before_s=wait,
-            )  # fmt: skip
-            return _OrderEnded(self._stopped_result(order_id))
+            return _OrderEnded(self._quota_answer(stored, exc, step, api=step))
         outcome = Outcome.FAILED
         if action is Action.ALREADY_INSERTED:
             status, outcome = Status.DUPLICATE, Outcome.ALREADY_INSERTED
         elif action is Action.WAIT_AUTHORIZATION and status is None:
-            since = stored.auth_wait_since.timestamp() if stored.auth_wait_since else self._clock()
-            waited = self._clock() - since
-            if waited < AUTHORIZATION_DEADLINE_S:
-                written = self.store.record_end(
-                    order_id, Status.AWAITING_AUTH, reason, hold=hold, run_id=self.run_id,
-                    step=step, errcode=exc.errcode, errmsg=exc.errmsg,
-                    not_before_s=AUTHORIZATION_RECHECK_S,
-                )  # fmt: skip
-                if not written:
-                    return _OrderEnded(self._lost_hold(order_id))
-                return _OrderEnded(OrderResult(order_id, Outcome.AWAITING_AUTH, reason))
-            status = Status.FAILED
-            reason = (
-                f"not authorised {waited / 3600:.0f} h after WeChat first said so ({_answer(exc)})"
+            return _OrderEnded(
+                self._wait_authorization(
+                    stored,
+                    reason,
+                    step=step,
+                    errcode=exc.errcode,
+                    errmsg=exc.errmsg,
+                    answer=_answer(exc),
+                )
             )
         elif action is Action.REJECT and status is None:
             status, outcome = Status.REJECTED, Outcome.REJECTED

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta, timezone
 from enum import StrEnum, nonmember
 from types import MappingProxyType
 
@@ -455,6 +456,52 @@ def authorization_wait_rule(waited_s: float) -> Rule:
     )
 
 
+# getauthdata's `invoice_status` for an order that waits for its authorisation (72038 before).
+# The facts list the values seen, not all of them: an unknown one is taken as "not authorised
+# yet" (no insert; asked again; failed after the deadline with the value in its reason), the
+# safe reading, since an insert without an authorisation is refused anyway.
+AUTH_SUCCESS = "auth success"
+AUTH_NEVER = "never auth"
+AUTH_REJECTED = "reject insert"
+_AUTH_WAIT_REASON = (
+    "WeChat says the payer has not authorised this order yet (getauthdata: {status}): asked "
+    "again later without an insert call; failed after the deadline"
+)
+AUTH_STATUS_POLICY: Mapping[str, Rule] = MappingProxyType(
+    {
+        AUTH_SUCCESS: Rule(
+            Action.SUCCESS, "authorised", "the payer has authorised the order: it is inserted"
+        ),
+        AUTH_NEVER: Rule(
+            Action.WAIT_AUTHORIZATION,
+            "not authorised yet",
+            _AUTH_WAIT_REASON.format(status=AUTH_NEVER),
+            retry_delay_s=AUTHORIZATION_RECHECK_S,
+        ),
+        AUTH_REJECTED: Rule(
+            Action.REJECT,
+            "the payer refused the bill",
+            "the payer refused the bill for this order (getauthdata: reject insert): it can "
+            "never be inserted",
+        ),
+    }
+)
+
+
+def authorization_status_rule(invoice_status: str) -> Rule:
+    """What to do with a waiting order after getauthdata answered `invoice_status`."""
+    rule = AUTH_STATUS_POLICY.get(invoice_status)
+    if rule is not None:
+        return rule
+    return Rule(
+        Action.WAIT_AUTHORIZATION,
+        f"unknown authorisation status {invoice_status!r}",
+        _AUTH_WAIT_REASON.format(status=f"{invoice_status!r}, a value the pipeline does not know")
+        + "; if it persists, check what WeChat means by it",
+        retry_delay_s=AUTHORIZATION_RECHECK_S,
+    )
+
+
 def signal_for_http_status(status: int) -> Signal | None:
     """The signal for an HTTP status, None when the body is to be read (2xx, 3xx)."""
     if 500 <= status <= 599:
@@ -472,6 +519,7 @@ def delay_until_next_minute(now: float) -> float:
 
 # WeChat's daily quotas are counted per Beijing calendar day (UTC+8, no daylight saving).
 _UTC8_OFFSET_S = 8 * 3600
+QUOTA_TIMEZONE = timezone(timedelta(seconds=_UTC8_OFFSET_S))  # for showing a reset time
 
 
 def seconds_until_quota_reset(now: float) -> float:

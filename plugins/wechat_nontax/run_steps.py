@@ -123,14 +123,42 @@ def _free_ended_runs(store, run_id: str, run_state, sleep) -> None:
         sleep(min(holding + 0.5, max(0.5, wait_until - time.monotonic())))
 
 
-def warm_token(*, wechat_conn_id: str) -> str:
-    """Make sure the shared token is valid for the run; returns how (never the token)."""
+# How long the token step asks again while the token endpoint's failure may pass (5xx, a
+# timeout, -1): within its task's 5-minute timeout, leaving room for the calls themselves.
+WARM_TOKEN_BUDGET_S = 120.0
+
+
+def warm_token(
+    *,
+    wechat_conn_id: str,
+    budget_s: float = WARM_TOKEN_BUDGET_S,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str:
+    """Make sure the shared token is valid for the run; returns how (never the token). A
+    failure of the token endpoint that may pass is asked again with the policy's backoff for
+    `budget_s`; anything else (a wrong secret, a daily quota) fails the task at once."""
+    import random
+
+    from wechat_nontax import errors
     from wechat_nontax.hook import WeChatNonTaxHook
+    from wechat_nontax.policy import Action
 
     hook = WeChatNonTaxHook(wechat_conn_id)
+    deadline = time.monotonic() + budget_s
     try:
-        hook.get_access_token()
-        return f"token ready ({hook.token_mode})"
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                hook.get_access_token()
+                return f"token ready ({hook.token_mode}, {tries} tries)"
+            except errors.WeChatError as exc:
+                if exc.action is not Action.RETRY:
+                    raise
+                delay = exc.rule.delay_s(tries, now=time.time(), jitter=random.random())  # noqa: S311
+                if time.monotonic() + delay > deadline:
+                    raise
+                sleep(delay)
     finally:
         hook.close()
 

@@ -125,6 +125,18 @@ class NotHeld:
 
 
 @dataclass(frozen=True, slots=True)
+class QuotaStop:
+    """A daily quota used up for one call of an appid, as `nontax.api_quota` records it: no
+    such call before `until` (`seconds_left` from now, by the database's clock)."""
+
+    api: str
+    until: datetime
+    seconds_left: float
+    errcode: int | None
+    errmsg: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class RunClaim:
     batches: list[list[str]]
     not_taken: list[dict[str, str]] = field(default_factory=list)
@@ -180,6 +192,24 @@ CLAIM_SQL = f"""
 # What a dry run would claim: the same rows, read only.
 _PEEK_SQL = f"SELECT order_id {_CLAIMABLE}"
 
+_QUOTA_COLUMNS = (
+    "api, stopped_until, extract(epoch FROM stopped_until - now())::float8, errcode, errmsg"
+)
+# Records a daily quota answer for an appid's call (`api`) for `seconds`; a later answer never
+# shortens a live stop. Shared with the token cache, which records its endpoint's quota under
+# its own row lock.
+QUOTA_STOP_SQL = f"""
+    INSERT INTO nontax.api_quota AS q (appid, api, stopped_until, errcode, errmsg, run_id)
+    VALUES (%(appid)s, %(api)s, now() + make_interval(secs => %(seconds)s),
+            %(errcode)s, %(errmsg)s, %(run_id)s)
+    ON CONFLICT (appid, api) DO UPDATE SET
+        stopped_until = greatest(
+            CASE WHEN q.stopped_until > now() THEN q.stopped_until END, excluded.stopped_until),
+        errcode = excluded.errcode, errmsg = excluded.errmsg, run_id = excluded.run_id,
+        stopped_at = now(), stop_count = q.stop_count + 1,
+        stopped_since = CASE WHEN q.stopped_until > now() THEN q.stopped_since ELSE now() END
+    RETURNING {_QUOTA_COLUMNS}
+"""
 _SELECT_ORDER = (
     f"SELECT {_ORDER_COLUMNS}, status, s_pdf_media_id, pdf_uploaded_at, attempts, authorized_at, "
     "row_version, auth_wait_since FROM nontax.bill_order"
@@ -885,6 +915,91 @@ class OrderStore:
             hold=hold, run_id=run_id, step="upload", outcome="media_expired", errmsg=reason,
             counts_attempt=False,
         )  # fmt: skip
+
+    def record_authorized(
+        self,
+        order_id: str,
+        invoice_status: str,
+        *,
+        hold: Hold,
+        run_id: str | None,
+        duration_ms: int | None = None,
+    ) -> bool:
+        """getauthdata says the payer has authorised the waiting order: it is due for its insert
+        now (the wait's start stays, so a later 72038 still counts from it)."""
+        return self._record(
+            order_id,
+            "status = CASE WHEN status <> 'awaiting_auth' THEN status "
+            "              WHEN s_pdf_media_id IS NOT NULL AND pdf_uploaded_at IS NOT NULL "
+            "              THEN 'uploaded' ELSE 'authorized' END, "
+            "reason = NULL, not_before = NULL",
+            {},
+            hold=hold, run_id=run_id, step="authorization", outcome="authorized",
+            errmsg=invoice_status, duration_ms=duration_ms,
+        )  # fmt: skip
+
+    def record_quota_wait(
+        self,
+        order_id: str,
+        *,
+        hold: Hold,
+        run_id: str | None,
+        step: str,
+        errcode: int | None,
+        errmsg: str,
+        not_before_s: float,
+    ) -> bool:
+        """Not sent because the daily quota of its next call is used up: the order stays due,
+        not before the quota resets; no attempt is counted (nothing reached WeChat)."""
+        return self._record(
+            order_id,
+            "last_errcode = coalesce(%(errcode)s, last_errcode), last_errmsg = %(errmsg)s, "
+            "not_before = now() + make_interval(secs => %(not_before_s)s)",
+            {"errcode": errcode, "errmsg": errmsg, "not_before_s": not_before_s},
+            hold=hold, run_id=run_id, step=step, outcome="quota", errcode=errcode,
+            errmsg=errmsg, counts_attempt=False,
+        )  # fmt: skip
+
+    # -- daily quotas (shared by every batch, run and worker) -------------------------------
+
+    def record_quota_stop(
+        self,
+        appid: str,
+        api: str,
+        *,
+        seconds: float,
+        errcode: int | None,
+        errmsg: str | None,
+        run_id: str | None,
+    ) -> QuotaStop:
+        """WeChat said the daily quota of `api` is used up: no batch calls it for `seconds`
+        (until the quota resets). A later stop never shortens an earlier one. Safe to send
+        twice."""
+        rows = self._run(
+            QUOTA_STOP_SQL,
+            {
+                "appid": appid, "api": api, "seconds": seconds, "errcode": errcode,
+                "errmsg": errmsg, "run_id": run_id,
+            },
+        )  # fmt: skip
+        return QuotaStop(*rows[0])
+
+    def live_quota_stops(self) -> list[tuple[str, QuotaStop]]:
+        """Every daily quota stop in force, of any appid: (appid, stop), for the person on duty."""
+        rows = self._run(
+            f"SELECT appid, {_QUOTA_COLUMNS} FROM nontax.api_quota WHERE stopped_until > now() "
+            "ORDER BY appid, api"
+        )
+        return [(row[0], QuotaStop(*row[1:])) for row in rows]
+
+    def quota_stops(self, appid: str, apis: Iterable[str]) -> dict[str, QuotaStop]:
+        """The calls among `apis` whose daily quota is used up now, by api."""
+        rows = self._run(
+            f"SELECT {_QUOTA_COLUMNS} FROM nontax.api_quota "
+            "WHERE appid = %s AND api = ANY(%s) AND stopped_until > now()",
+            (appid, list(apis)),
+        )
+        return {row[0]: QuotaStop(*row) for row in rows}
 
     def reset(self, order_id: str, *, note: str = "reset by operator") -> bool:
         """Make an order due again after a person fixed its data (never a finished one, nor

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,6 +33,8 @@ from typing import Protocol
 import psycopg2.extensions
 
 from wechat_nontax import errors
+from wechat_nontax.policy import Action, Step, seconds_until_quota_reset
+from wechat_nontax.store import QUOTA_STOP_SQL
 
 # Fetches a token: (access_token, expires_in seconds). The argument asks for a forced refresh
 # (stable_token's force_refresh); a source that cannot force ignores it.
@@ -184,13 +187,14 @@ class TokenCache:
             token = self._decrypt(ciphertext, sha256)
             if token and expires_at and expires_at - self._margin > now and token != stale:
                 return CachedToken(token, expires_at)  # the second look: someone refreshed
-            token, expires_in = fetch(False)
+            self._refuse_past_daily_quota(cur)
+            token, expires_in = self._fetch(conn, cur, fetch, False)
             forced = False
             if stale is not None and token == stale:
                 # The source hands back the token WeChat just refused (stable_token does while
                 # it thinks it valid): only a forced refresh gives another, and they are few.
                 self._claim_forced_refresh(cur)
-                token, expires_in = fetch(True)
+                token, expires_in = self._fetch(conn, cur, fetch, True)
                 forced = True
             cur.execute(
                 "UPDATE nontax.access_token SET token_ciphertext = %s, token_sha256 = %s, "
@@ -211,6 +215,47 @@ class TokenCache:
                 40001, "a forced refresh handed back the refused token", step="token"
             )
         return cached
+
+    def _fetch(
+        self,
+        conn: psycopg2.extensions.connection,
+        cur: psycopg2.extensions.cursor,
+        fetch: Fetch,
+        force: bool,
+    ) -> tuple[str, int]:
+        """`fetch`; a daily quota answer is recorded for every worker before the row lock is
+        released, so that the next one in line does not call the endpoint to learn it again."""
+        try:
+            return fetch(force)
+        except errors.WeChatError as exc:
+            if exc.action is Action.STOP_QUOTA:
+                cur.execute(
+                    QUOTA_STOP_SQL,
+                    {
+                        "appid": self._appid, "api": Step.TOKEN, "errcode": exc.errcode,
+                        "errmsg": exc.errmsg, "run_id": None,
+                        "seconds": seconds_until_quota_reset(time.time()),
+                    },
+                )  # fmt: skip
+                conn.commit()
+            raise
+
+    def _refuse_past_daily_quota(self, cur: psycopg2.extensions.cursor) -> None:
+        """Raise a step-"token" 45009 without a fetch while the token endpoint's daily quota is
+        recorded as used up (`nontax.api_quota`, written by the batch that got the answer)."""
+        cur.execute(
+            "SELECT stopped_until, errcode FROM nontax.api_quota "
+            "WHERE appid = %s AND api = %s AND stopped_until > now()",
+            (self._appid, Step.TOKEN),
+        )
+        row = cur.fetchone()
+        if row is not None:
+            raise errors.error_for(
+                45009,
+                f"the token endpoint's daily quota is used up (errcode {row[1]}, recorded): no "
+                f"fetch before {row[0].isoformat(timespec='minutes')}",
+                step="token",
+            )
 
     def _claim_forced_refresh(self, cur: psycopg2.extensions.cursor) -> None:
         """Count a forced refresh on the (locked) row, or raise a step-"token" error when the

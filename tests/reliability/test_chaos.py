@@ -53,11 +53,15 @@ def test_twenty_chaos_runs_keep_every_promise(tmp_path):
     assert summary["secret_occurrences"] == 0
     assert summary["faults_injected"] >= RUNS  # at least one hit a run, on average
     assert len(summary["fault_kinds"]) >= 8, summary["fault_kinds"]
-    assert summary["statuses"].get("inserted", 0) > 0.8 * summary["orders"]
+    # Most orders get through; a daily quota (45009, the insert limit) holds the rest of its run
+    # back until Beijing midnight, as it must; refused and voided orders ended as asked.
+    statuses = summary["statuses"]
+    through = sum(statuses.get(s, 0) for s in ("inserted", "cancelled", "refused"))
+    assert through + summary["waiting_for_quota"] > 0.8 * summary["orders"]
     # Refusals and voids are drawn too, and carried out (their invariants are checked).
     assert summary["requests_done"].get("refuse", 0) >= 1, summary["requests_done"]
     assert summary["requests_done"].get("void", 0) >= 1, summary["requests_done"]
-    assert summary["statuses"].get("refused", 0) == summary["requests_done"]["refuse"]
+    assert statuses.get("refused", 0) == summary["requests_done"]["refuse"]
     # The table: a line per run, and the summary.
     assert "invariant violations: 0" in output
     assert sum(1 for line in output.splitlines() if line[:4].strip().isdigit()) == RUNS

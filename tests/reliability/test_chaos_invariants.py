@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from nontax_tools.chaos import FAULT_KINDS, Snapshot, check_invariants, plan_run
+from nontax_tools.chaos import FAULT_KINDS, IN_FLIGHT_S, Snapshot, check_invariants, plan_run
 from wechat_sandbox.faults import parse_rule
 
 
@@ -187,3 +187,66 @@ def test_a_refusal_and_a_void_carried_out_once_keep_every_promise():
 def test_each_broken_promise_of_a_request_is_a_violation(changes, words):
     violations = check_invariants(_refused_and_cancelled(**changes))
     assert any(words in v for v in violations), violations
+
+
+# ---------------------------------------------------------------- calls after a "no"
+
+
+def _call(at, endpoint, order_id=None, errcode=0, invoice_status=None):
+    call = {"at": at, "endpoint": endpoint, "order_id": order_id, "errcode": errcode}
+    if invoice_status is not None:
+        call["invoice_status"] = invoice_status
+    return call
+
+
+def test_plans_draw_late_payers_and_insert_limits_within_their_orders():
+    plans = [plan_run(1, run) for run in range(200)]
+    answers = {answer for plan in plans for _, answer in plan.payers_later}
+    assert answers == {"authorized", "rejected"}
+    assert any(plan.insert_limit for plan in plans)
+    for plan in plans:
+        firsts = plan.first_authorizations
+        assert set(firsts) <= set(plan.order_ids)
+        assert {oid for oid, _ in plan.payers_later} <= {
+            oid for oid, status in firsts.items() if status == "unauthorized"
+        }
+        assert not {oid for oid, _ in plan.bad} & set(firsts)
+        if plan.insert_limit is not None:
+            assert 1 <= plan.insert_limit < len(plan.order_ids)
+
+
+def test_an_insert_after_never_auth_is_a_violation_until_auth_success():
+    log = [
+        _call(1.0, "insertbill", "C", 72038),
+        _call(2.0, "getauthdata", "C", invoice_status="never auth"),
+        _call(3.0, "insertbill", "C", 72038),
+    ]
+    violations = check_invariants(_snapshot(call_log=log))
+    assert any("C: insertbill after getauthdata said 'never auth'" in v for v in violations)
+    log[2:2] = [_call(2.5, "getauthdata", "C", invoice_status="auth success")]
+    assert check_invariants(_snapshot(call_log=log)) == []
+
+
+def test_an_insert_after_reject_insert_is_a_violation():
+    log = [
+        _call(2.0, "getauthdata", "C", invoice_status="reject insert"),
+        _call(2.1, "getauthdata", "C", errcode=None),  # a 5xx says nothing new
+        _call(3.0, "insertbill", "C", 72035),
+    ]
+    violations = check_invariants(_snapshot(call_log=log))
+    assert any("said 'reject insert'" in v for v in violations)
+
+
+def test_a_call_after_the_recorded_quota_stop_is_a_violation_past_the_in_flight_margin():
+    log = [
+        _call(10.0, "insertbill", "A", 72057),
+        _call(10.5, "insertbill", "C", 0),  # past its check before the stop was recorded
+        _call(11.0, "setpdf"),  # another API: its quota is not stopped
+    ]
+    assert check_invariants(_snapshot(call_log=log, quota_stops=[("insert", 10.1)])) == []
+    log.append(_call(10.1 + IN_FLIGHT_S + 0.1, "insertbill", "C", 0))
+    violations = check_invariants(_snapshot(call_log=log, quota_stops=[("insert", 10.1)]))
+    assert any("1 insertbill calls after the insert quota stop" in v for v in violations)
+    token = [_call(20.0 + IN_FLIGHT_S, "stable_token")]
+    violations = check_invariants(_snapshot(call_log=token, quota_stops=[("token", 15.0)]))
+    assert any("stable_token/token calls after the token quota stop" in v for v in violations)

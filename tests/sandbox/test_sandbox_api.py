@@ -447,3 +447,26 @@ def test_an_unexpected_exception_becomes_errcode_minus_1(monkeypatch) -> None:
             assert (await client.get("/_sandbox/calls")).json()["stable_token"] == 2
 
     asyncio.run(scenario())
+
+
+def test_the_call_log_keeps_each_call_with_its_time_order_and_answer(
+    sandbox: SandboxAdmin, wx: SandboxWeChat, token: str
+) -> None:
+    sandbox.set_authorization("o-late", "unauthorized")
+    before = time.time()
+    wx.getauthdata(token, "o-late")
+    sandbox.add_fault(endpoint="getauthdata", kind="http_5xx", count=1)
+    with pytest.raises(requests.JSONDecodeError):  # an HTML page, not JSON
+        wx.getauthdata(token, "o-late")
+    log = sandbox.call_log(since=before)
+    assert [(c["endpoint"], c["order_id"], c["errcode"]) for c in log] == [
+        ("getauthdata", "o-late", 0),
+        ("getauthdata", "o-late", None),  # no JSON answer
+    ]
+    assert log[0]["invoice_status"] == "never auth"
+    assert before <= log[0]["at"] <= log[1]["at"] <= time.time()
+    assert len(sandbox.call_log()) > len(log)  # the token fetch came before
+    sandbox.reset()
+    assert sandbox.call_log() == []
+    with pytest.raises(SandboxAdminError, match="since"):
+        sandbox._call("GET", "calls/log?since=yesterday")

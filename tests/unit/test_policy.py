@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wechat_nontax.policy import (
+    AUTH_STATUS_POLICY,
     AUTHORIZATION_DEADLINE_S,
     AUTHORIZATION_RECHECK_S,
     BUSY_RETRY_LIMIT,
@@ -19,6 +20,7 @@ from wechat_nontax.policy import (
     Signal,
     Status,
     Step,
+    authorization_status_rule,
     authorization_wait_rule,
     backoff_delay,
     classify,
@@ -387,3 +389,47 @@ def test_classify_attempt_uses_the_steps_row():
 )
 def test_status_after_a_refusal_or_a_void(action, step, status):
     assert status_for(action, step) == status
+
+
+# ---------------------------------------------------------------- getauthdata's invoice_status
+# The values the facts say were seen, and what a waiting order does after each.
+EXPECTED_AUTH = {
+    "auth success": Action.SUCCESS,
+    "never auth": Action.WAIT_AUTHORIZATION,
+    "reject insert": Action.REJECT,
+}
+
+
+def test_the_authorisation_table_has_exactly_the_seen_values():
+    assert set(AUTH_STATUS_POLICY) == set(EXPECTED_AUTH)
+
+
+@pytest.mark.parametrize(("invoice_status", "action"), list(EXPECTED_AUTH.items()))
+def test_every_authorisation_status(invoice_status, action):
+    rule = authorization_status_rule(invoice_status)
+    assert rule is AUTH_STATUS_POLICY[invoice_status]
+    assert rule.action is action and rule.reason and rule.meaning
+
+
+def test_waiting_after_never_auth_rechecks_like_72038():
+    rule = authorization_status_rule("never auth")
+    assert (
+        rule.delay_s(1, now=0, jitter=0.5)
+        == AUTHORIZATION_RECHECK_S
+        == POLICY[72038].delay_s(1, now=0, jitter=0.5)
+    )
+    assert status_for(rule.action) is Status.AWAITING_AUTH
+
+
+def test_the_payers_refusal_is_final():
+    rule = authorization_status_rule("reject insert")
+    assert status_for(rule.action) is Status.REJECTED
+    assert "reject insert" in rule.reason
+
+
+@given(st.text(max_size=30).filter(lambda value: value not in EXPECTED_AUTH))
+def test_an_unknown_authorisation_status_is_waited_for_never_inserted(invoice_status):
+    # The safe reading of a value the facts do not list: no insert; the deadline bounds it.
+    rule = authorization_status_rule(invoice_status)
+    assert rule.action is Action.WAIT_AUTHORIZATION
+    assert repr(invoice_status) in rule.reason and repr(invoice_status) in rule.meaning
