@@ -201,7 +201,7 @@ def mark_of(row: dict[str, Any]) -> str:
     return f"{row['updated_at'].isoformat()}|{row['order_id']}"
 
 
-def _mark(value: str | None) -> PageMark | None:
+def page_mark(value: str | None) -> PageMark | None:
     if not value:
         return None
     at, sep, order_id = value.partition("|")
@@ -312,7 +312,7 @@ def create_app() -> FastAPI:
         if until_at:
             until_at += timedelta(days=1)  # the whole day named
         search = (q or "").strip() or None
-        after_mark, before_mark = _mark(after), None if after else _mark(before)
+        after_mark, before_mark = page_mark(after), None if after else page_mark(before)
         with order_store() as store:
             counts = store.count_by_status()
             fetched = store.bills_page(
