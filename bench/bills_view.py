@@ -199,14 +199,15 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _sample(dsn: str) -> dict:
-    """What the pages ask for, taken from the data: an order that failed, the day of the
-    median order, and a mark 900,000 orders deep in the inserted ones."""
+def _sample(dsn: str, n: int) -> dict:
+    """What the pages ask for, taken from the data: an order that failed halfway through the
+    table, the day of the median order, and a mark 90% deep in the listing of inserted ones."""
     conn = psycopg2.connect(dsn)
     with conn, conn.cursor() as cur:
         cur.execute(
             "SELECT order_id, billing_no FROM nontax.bill_order WHERE status = 'failed' "
-            "ORDER BY order_id OFFSET 2500 LIMIT 1"
+            "AND order_id >= %s ORDER BY order_id LIMIT 1",
+            (f"B{n // 2:09d}",),
         )
         failed, billing_no = cur.fetchone()
         cur.execute("SELECT count(*) FROM nontax.bill_order WHERE status = 'inserted'")
@@ -220,7 +221,7 @@ def _sample(dsn: str) -> dict:
         deep_at, deep_id = cur.fetchone()
         cur.execute(
             "SELECT updated_at FROM nontax.bill_order WHERE order_id = %s",
-            (f"B{500000:09d}",),
+            (f"B{n // 2:09d}",),
         )
         (middle,) = cur.fetchone()
     conn.close()
@@ -318,7 +319,7 @@ def bills_row(stack, server: str, *, n: int = 1_000_000, fresh: bool = False, sa
     """The `bills_view_1m` row of bench/results.json."""
     started = time.perf_counter()
     dsn, build = bills_database(server, n, fresh=fresh, say=say)
-    sample = _sample(dsn)
+    sample = _sample(dsn, n)
     with api_server(stack, dsn, say) as url:
         answer = requests.post(
             f"{url}/auth/token",

@@ -176,6 +176,35 @@ def server_round(dsn: str, way: str, n: int, prefix: str) -> dict:
     }
 
 
+# What each way's triggers do, as EXPLAIN ANALYZE reports them (the second time; rolled back):
+# the claim's update of 10,000 rows, one write-back's status change, a load of 1,000 orders.
+EXPLAINED = {
+    "claim_10k_rows": "UPDATE nontax.bill_order SET claimed_by = 'x' WHERE order_id IN "
+    "(SELECT order_id FROM nontax.bill_order ORDER BY order_id LIMIT 10000)",
+    "status_change": "UPDATE nontax.bill_order SET status = 'awaiting_auth' WHERE order_id = "
+    "(SELECT min(order_id) FROM nontax.bill_order WHERE status = 'authorized')",
+    "load_1000": "INSERT INTO nontax.bill_order (order_id, card_id, appid, fee, title, "
+    "billing_time, billing_no, billing_code) SELECT 'X' || i, 'c', 'w', 1, 't', 1, 'X' || i, "
+    "'c' FROM generate_series(1, 1000) i",
+}
+
+
+def trigger_lines(dsn: str, way: str) -> dict[str, list[str]]:
+    _switch(dsn, way)
+    conn = psycopg2.connect(dsn)
+    out = {}
+    with conn.cursor() as cur:
+        for name, sql in EXPLAINED.items():
+            cur.execute(sql)  # once before: the first call of a trigger function compiles it
+            conn.rollback()
+            cur.execute("EXPLAIN (ANALYZE, TIMING) " + sql)
+            plan = [row[0] for row in cur.fetchall()]
+            out[name] = [line for line in plan if line.startswith(("Trigger", "Execution"))]
+            conn.rollback()
+    conn.close()
+    return out
+
+
 def status_count_cost(server: str, *, repeats: int = 6, n_load: int = 10_000,
                       n_write: int = 2_000) -> dict:  # fmt: skip
     from nontax_tools.pg import run_sql, scratch_database
@@ -197,9 +226,11 @@ def status_count_cost(server: str, *, repeats: int = 6, n_load: int = 10_000,
         result = {}
         for way, rounds in samples.items():
             result[way] = {key: round(min(s[key] for s in rounds), 3) for key in rounds[0]}
+        result["triggers"] = {way: trigger_lines(dsn, way) for way in WAYS}
         base = result["none"]
         for way in ("0008", "statement", "row"):
             result[f"{way}_extra"] = {key: round(result[way][key] - base[key], 3) for key in base}
+        result["triggers"] = result.pop("triggers")  # last: the plans' lines
         return result
 
 

@@ -203,6 +203,8 @@ def test_an_order_page_shows_its_history_and_links_to_its_run(desk: Desk):
     assert "task instance" in html
     for step in ("load",):
         assert f"<td>{step}</td>" in html
+    for action, title in (("reset", "Make due again"), ("issue", "Issue now")):
+        assert f'href="{action}?id={quote(oid(HOSTILE))}">{title}…</a>' in html
     assert "not available yet" in html  # refusing and voiding: not in the view yet
     _no_secret(desk, html)
     missing = desk.admin.get(f"{desk.url}/bills/order", params={"id": "NO_SUCH"}, timeout=30)
