@@ -3,7 +3,9 @@
 Mounted by `plugins/nontax_bills_plugin.py` at `/bills` on the api-server and opened from
 Browse -> Bills. Server-rendered HTML (Jinja2, autoescaped), readable without JavaScript:
 - `/bills/`: counts by status and the orders that need a person (newest change first), with
-  filters by status and date and a search by order_id, billing_no or billing_code;
+  filters by status and date and a search by order_id, billing_no or billing_code; pages go on
+  from the last order shown (`after`) or back from the first (`before`), so a deep page costs
+  what the first does (each query's plan: bench/bills_view.py);
 - `/bills/order?id=...`: one order, its whole history, links to the Airflow run and task
   instance that last touched it, its media id's age;
 - `/bills/reset?id=...` and `/bills/issue?id=...`: a confirmation page (GET), the action (POST).
