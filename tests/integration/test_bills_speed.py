@@ -7,11 +7,13 @@ exact because every write keeps them (migration 0008).
   sequential scan of nontax.bill_order or nontax.bill_attempt; paging through a whole status with
   page marks gives exactly the ordered listing, forwards and back.
 - The kept counts equal `count(*)` after loads, reloads, claims, write-backs, resets, deletes,
-  a rolled-back change, a truncate, and write-backs from several threads while counts are folded.
+  a rolled-back change, a truncate, and write-backs from several threads while counts are folded;
+  migrating a database that already has orders counts them.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -263,3 +265,32 @@ def test_the_counts_stay_exact_with_writers_and_folds_at_once(store: OrderStore,
     folder.join()
     assert not errors, errors
     assert store.count_by_status() == _counted(orders_db) == {"inserted": 160, "failed": 40}
+
+
+def test_the_migration_counts_the_orders_a_database_already_has(orders_db_uri, tmp_path):
+    from nontax_tools.migrate import MIGRATIONS_DIR, migrate
+    from nontax_tools.pg import drop_database, fresh_database
+
+    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        if path.name < "0008":
+            (tmp_path / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    server = with_dbname(orders_db_uri, "postgres")
+    name = f"nontax_test_before_counts_{os.getpid()}"
+    dsn = fresh_database(server, name)
+    try:
+        migrate(dsn, tmp_path)  # a database from before the kept counts, with orders
+        old = OrderStore(connect_dsn(dsn))
+        old.upsert_orders([make_order(n) for n in range(1, 6)])
+        hold = held(old, "T00000001")
+        old.record_end("T00000001", "invalid", "why", hold=hold, run_id="r", step="validate")
+        old.close()
+        migrate(dsn)
+        store = OrderStore(connect_dsn(dsn))
+        try:
+            assert store.count_by_status() == _counted(dsn) == {"authorized": 4, "invalid": 1}
+            store.upsert_orders([make_order(6)])
+            assert store.count_by_status() == {"authorized": 5, "invalid": 1}
+        finally:
+            store.close()
+    finally:
+        drop_database(server, name)
