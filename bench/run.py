@@ -10,11 +10,14 @@ one sandbox with a fixed latency on every call, and then, in this order:
   2. the per-order DAG at 1,000 orders (Airflow's mapping limit is 1,024);
   3. costs: the DAG file's parse time, the claim on 20,000 and 1,000,000 row tables, the peak
      memory of the worker processes during each pipeline run, token fetches per run;
-  4. the Celery row: the same stack on CeleryExecutor (`make up EXECUTOR=celery WORKERS=2`: two
+  4. the Bills view at 1,000,000 orders (bench/bills_view.py): each page's answer time through
+     an api-server of its own, and each of its queries' plans;
+  5. the Celery row: the same stack on CeleryExecutor (`make up EXECUTOR=celery WORKERS=2`: two
      `airflow celery worker` processes on the local Redis, database 3, keys of its own), the same
      10,000 orders `--repeats` times (the best counts), right after the LocalExecutor runs of the
      same `make bench`; `celery_vs_local` is its orders/s over the LocalExecutor row's.
 Results go to bench/results.json and bench/orders_per_s.png. Sizes are settable (--help).
+`--only bills` runs the Bills row alone (on a stack of its own) and updates only its keys there.
 """
 
 from __future__ import annotations
@@ -273,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="ceiling and large run, best of")
     parser.add_argument("--claim-rows", type=int, nargs="*", default=[20_000, 1_000_000])
     parser.add_argument("--celery-workers", type=int, default=2, help="0: skip the Celery row")
+    parser.add_argument("--bills-orders", type=int, default=1_000_000, help="0: skip the row")
+    parser.add_argument("--fresh-bills", action="store_true", help="build the big table anew")
+    parser.add_argument("--only", choices=["bills"], help="run this row alone")
     parser.add_argument("--out", type=Path, default=BENCH / "results.json")
     parser.add_argument("--plot", type=Path, default=BENCH / "orders_per_s.png")
     args = parser.parse_args(argv)
@@ -331,6 +337,24 @@ def main(argv: list[str] | None = None) -> int:
     }
     started = time.monotonic()
     say = lambda text: print(f"[{time.monotonic() - started:6.1f}s] {text}", flush=True)  # noqa: E731
+    server = os.environ.get("NONTAX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+    def bills(stack) -> None:
+        from bills_view import bills_row
+
+        row = bills_row(stack, server, n=args.bills_orders, fresh=args.fresh_bills, say=say)
+        results["bills_view_1m"] = row
+        results["bills_view_ms_1m"] = row["ms"]
+
+    if args.only == "bills":
+        with Stack(config, say=say) as stack:
+            bills(stack)
+        kept = json.loads(args.out.read_text()) if args.out.exists() else {}
+        kept.update({k: results[k] for k in ("bills_view_1m", "bills_view_ms_1m")})
+        args.out.write_text(json.dumps(kept, indent=2, ensure_ascii=False) + "\n")
+        print(f"bills_view_ms_1m             {results['bills_view_ms_1m']}")
+        print(f"written: {args.out}")
+        return 0
     with Stack(config, say=say) as stack:
         say(f"stack up in {stack.started_in_s}s at {stack.url}")
         sandbox = stack.sandbox_admin()
@@ -385,10 +409,11 @@ def main(argv: list[str] | None = None) -> int:
             say(f"per-order DAG: {run}")
             results["per_order_dag"] = run
         results["sandbox_bills"] = len(sandbox.bills())
+        if args.bills_orders:
+            bills(stack)
 
     results["parse"] = parse_ms()
     say(f"parse: {results['parse']}")
-    server = os.environ.get("NONTAX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
     for rows in args.claim_rows:
         cost = claim_cost(server, rows)
         results[f"claim_{rows}"] = cost
@@ -437,9 +462,9 @@ def main(argv: list[str] | None = None) -> int:
             "per_order_dag_orders_per_s", "pipeline_vs_per_order_dag", "parse_ms",
             "claim_ms_1m", "claim_ms_20k", "peak_rss_mb_1k", "peak_rss_mb_10k",
             "token_fetches_per_run", "celery_orders_per_s", "celery_vs_local",
-            "total_s")  # fmt: skip
+            "bills_view_ms_1m", "total_s")  # fmt: skip
     for key in keys:
-        print(f"{key:<28} {results[key]}")
+        print(f"{key:<28} {results.get(key)}")
     print(f"written: {args.out}, {args.plot}")
     return 0
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,8 +28,7 @@ import psycopg2
 import pytest
 
 from nontax_tools.airflow_run import sandbox_connection
-from nontax_tools.migrate import migrate
-from nontax_tools.pg import drop_database, fresh_database
+from nontax_tools.pg import scratch_database
 from wechat_nontax.orders_db import connect_dsn
 from wechat_nontax.store import OrderStore
 from wechat_sandbox.client import SandboxAdmin
@@ -42,13 +40,8 @@ TEST_PG = os.environ.get("NONTAX_TEST_PG", "postgresql://postgres@127.0.0.1:5432
 @pytest.fixture(scope="session")
 def orders_db_uri() -> Iterator[str]:
     """A freshly migrated order database for this test session."""
-    name = f"nontax_test_{uuid.uuid4().hex[:10]}"
-    uri = fresh_database(TEST_PG, name)
-    try:
-        migrate(uri)
+    with scratch_database(TEST_PG, "nontax_test") as uri:
         yield uri
-    finally:
-        drop_database(TEST_PG, name)
 
 
 @pytest.fixture

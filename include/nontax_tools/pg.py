@@ -3,6 +3,9 @@ which server, which database, made fresh or kept."""
 
 from __future__ import annotations
 
+import contextlib
+import uuid
+from collections.abc import Iterator
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg2
@@ -75,3 +78,22 @@ def ensure_database(server_dsn: str, name: str) -> bool:
 
 def drop_database(server_dsn: str, name: str) -> None:
     _admin(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def scratch_database(server_dsn: str, prefix: str) -> Iterator[str]:
+    """A new order database of its own (`<prefix>_<random>`), migrated; dropped afterwards."""
+    from nontax_tools.migrate import migrate
+
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    dsn = fresh_database(server_dsn, name)
+    try:
+        migrate(dsn)
+        yield dsn
+    finally:
+        drop_database(server_dsn, name)
+
+
+def run_sql(dsn: str, *statements: str) -> list[tuple]:
+    """Statements each in its own transaction (VACUUM may be one); the last one's rows."""
+    return _admin(dsn, *statements)

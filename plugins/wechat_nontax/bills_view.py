@@ -3,7 +3,9 @@
 Mounted by `plugins/nontax_bills_plugin.py` at `/bills` on the api-server and opened from
 Browse -> Bills. Server-rendered HTML (Jinja2, autoescaped), readable without JavaScript:
 - `/bills/`: counts by status and the orders that need a person (newest change first), with
-  filters by status and date and a search by order_id, billing_no or billing_code;
+  filters by status and date and a search by order_id, billing_no or billing_code; pages go on
+  from the last order shown (`after`) or back from the first (`before`), so a deep page costs
+  what the first does (each query's plan: bench/bills_view.py);
 - `/bills/order?id=...`: one order, its whole history, links to the Airflow run and task
   instance that last touched it, its media id's age;
 - `/bills/reset?id=...` and `/bills/issue?id=...`: a confirmation page (GET), the action (POST).
@@ -19,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,7 +35,7 @@ from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request, statu
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from wechat_nontax.policy import Status
-from wechat_nontax.store import OrderStore
+from wechat_nontax.store import BillsPage, OrderStore, PageMark
 
 DAG_ID = "nontax_insertbill"
 ISSUE_TASK = "issue_bills"
@@ -192,7 +195,28 @@ def _day(value: str | None, name: str) -> datetime | None:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"{name}: a date as YYYY-MM-DD") from exc
 
 
-def _statuses(choice: str) -> list[str]:
+# A page mark in a link: the ISO time of the change, "|", the order_id (which may hold anything).
+MARK_MAX = 40 + 64
+
+
+def mark_of(row: dict[str, Any]) -> str:
+    return f"{row['updated_at'].isoformat()}|{row['order_id']}"
+
+
+def page_mark(value: str | None) -> PageMark | None:
+    if not value:
+        return None
+    at, sep, order_id = value.partition("|")
+    try:
+        updated_at = datetime.fromisoformat(at)
+    except ValueError:
+        updated_at = None
+    if not sep or not order_id or updated_at is None or updated_at.tzinfo is None:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "a page mark is TIME|ORDER_ID")
+    return PageMark(updated_at, order_id)
+
+
+def statuses_of(choice: str) -> list[str]:
     if choice == ATTENTION:
         return sorted(Status.NEEDS_ATTENTION)
     if choice == "all":
@@ -217,15 +241,26 @@ def _is_finished(row: dict[str, Any]) -> bool:
     return row["status"] in Status.FINISHED
 
 
-# What each action's confirmation page says: its button, and what it does.
+@dataclass(frozen=True)
+class Action:
+    """A person's action on one order: a confirmation page (GET `/<name>?id=`), then a POST to
+    the same path. `asks_reason`: the confirmation asks for a reason (a form field `reason`)."""
+
+    title: str
+    explain: str
+    asks_reason: bool = False
+
+
+# Every action, in the order the order page offers them. An action is this entry, its two
+# routes in `create_app` (the confirmation through `_confirm`) and its write in the store.
 ACTIONS = {
-    "reset": (
+    "reset": Action(
         "Make due again",
         "The order becomes due again (authorized, media id dropped, authorisation wait from "
         "zero): the next run of the DAG issues it. Do this after fixing the cause shown as its "
         "reason.",
     ),
-    "issue": (
+    "issue": Action(
         "Issue now",
         f"Triggers a run of {DAG_ID} for this order alone (param order_ids). An order that needs "
         "a person is not taken by the run: make it due again first.",
@@ -237,14 +272,15 @@ def _confirm(user: str, order_id: str, action: str) -> HTMLResponse:
     """The confirmation page of an action (a GET: it changes nothing)."""
     with order_store() as store:
         row = _order_or_404(store, order_id)
-    title, explain = ACTIONS[action]
+    what = ACTIONS[action]
     return render(
         "bills_confirm.html",
         user=user,
         row=row,
         action=action,
-        title=title,
-        explain=explain,
+        title=what.title,
+        explain=what.explain,
+        asks_reason=what.asks_reason,
         possible=not _is_finished(row),
         back=f"order?{urlencode({'id': order_id})}",
     )
@@ -269,32 +305,50 @@ def create_app() -> FastAPI:
         since: Annotated[str | None, Query(max_length=10)] = None,
         until: Annotated[str | None, Query(max_length=10)] = None,
         q: Annotated[str | None, Query(max_length=64)] = None,
-        page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+        after: Annotated[str | None, Query(max_length=MARK_MAX)] = None,
+        before: Annotated[str | None, Query(max_length=MARK_MAX)] = None,
+        page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
     ) -> HTMLResponse:
-        statuses = _statuses(status_)
+        statuses = statuses_of(status_)
         since_at, until_at = _day(since, "since"), _day(until, "until")
         if until_at:
             until_at += timedelta(days=1)  # the whole day named
         search = (q or "").strip() or None
+        after_mark, before_mark = page_mark(after), None if after else page_mark(before)
         with order_store() as store:
             counts = store.count_by_status()
-            rows = store.bills_page(
-                statuses=statuses, since=since_at, until=until_at, search=search,
-                limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE,
+            fetched = store.bills_page(
+                BillsPage(
+                    statuses, since=since_at, until=until_at, search=search, after=after_mark,
+                    before=before_mark, limit=PAGE_SIZE + 1,
+                )
             )  # fmt: skip
+        # One more than a page tells whether there is more beyond it.
+        more = len(fetched) > PAGE_SIZE
+        if before_mark:
+            rows, newer, older = fetched[-PAGE_SIZE:], more, True
+        else:
+            rows, newer, older = fetched[:PAGE_SIZE], after_mark is not None, more
         filters = {"status": status_, "since": since or "", "until": until or "", "q": q or ""}
         kept = {k: v for k, v in filters.items() if v}
+
+        def link(**mark: str) -> str:
+            return f"?{urlencode({**kept, **mark})}"
+
         return render(
             "bills_overview.html",
             user=user.get_name(),
             counts=[(str(s), counts.get(str(s), 0)) for s in Status],
             total=sum(counts.values()),
-            rows=rows[:PAGE_SIZE],
+            rows=rows,
             filters=filters,
             status_choices=STATUS_CHOICES,
             page=page,
-            prev_url=f"?{urlencode({**kept, 'page': page - 1})}" if page > 1 else None,
-            next_url=f"?{urlencode({**kept, 'page': page + 1})}" if len(rows) > PAGE_SIZE else None,
+            first_url=link() if (after_mark or before_mark) else None,
+            prev_url=link(before=mark_of(rows[0]), page=str(max(1, page - 1)))
+            if rows and newer
+            else None,
+            next_url=link(after=mark_of(rows[-1]), page=str(page + 1)) if rows and older else None,
             order_url=lambda order_id: f"order?{urlencode({'id': order_id})}",
             run_url=run_url,
         )
@@ -333,6 +387,7 @@ def create_app() -> FastAPI:
             media_expired=media_expired,
             needs_person=_needs_person(row),
             finished=_is_finished(row),
+            actions=ACTIONS,
             action_url=lambda action: f"{action}?{urlencode({'id': order_id})}",
             run_url=run_url,
         )

@@ -216,6 +216,104 @@ _SELECT_ORDER = (
 )
 
 
+# -- the Bills view's reads: each answers from indexes at a million orders (bench/bills_view.py
+# measures them and shows their plans; tests/integration/test_bills_speed.py checks them) --------
+
+# Orders by status from the kept counts (migration 0008): a handful of rows, whatever the size.
+COUNTS_SQL = (
+    "SELECT status, sum(orders) FROM nontax.bill_status_count GROUP BY status "
+    "HAVING sum(orders) <> 0"
+)
+# One order and its whole history: the primary key, and (order_id, attempt_id).
+ORDER_ROW_SQL = "SELECT * FROM nontax.bill_order WHERE order_id = %s"
+HISTORY_SQL = (
+    "SELECT attempt_id, at, run_id, step, outcome, errcode, errmsg, duration_ms "
+    "FROM nontax.bill_attempt WHERE order_id = %s ORDER BY attempt_id"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PageMark:
+    """Where a page of the Bills view starts or ends: an order's last change and its id (the
+    listing's order, newest first). Pages go on from it (keyset pagination), so the 1,000th page
+    reads as few index entries as the first."""
+
+    updated_at: datetime
+    order_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class BillsPage:
+    """One page of the Bills view: the orders in `statuses` changed in [since, until), or of
+    those the ones whose order_id, billing_no or billing_code is `search`; newest change first;
+    the `limit` older than `after`, or the `limit` newer than `before`.
+
+    A listing reads, per status, the newest entries of bill_order_status_updated_idx (status,
+    updated_at, order_id) below the mark and within the days (an index-only scan that stops
+    after `limit`), and merges them; a search probes the primary key, the (billing_no,
+    billing_code) key and the billing_code index. Then the page's rows, and the last history
+    row of each through (order_id, attempt_id)."""
+
+    statuses: Sequence[str]
+    since: datetime | None = None
+    until: datetime | None = None
+    search: str | None = None
+    after: PageMark | None = None
+    before: PageMark | None = None
+    limit: int = 50
+
+    def sql(self) -> tuple[str, dict[str, Any]] | None:
+        """The statement and its parameters; None when no status is asked for."""
+        statuses, since, until, search = self.statuses, self.since, self.until, self.search
+        after, before, limit = self.after, self.before, self.limit
+        if not statuses:
+            return None
+        params: dict[str, Any] = {"since": since, "until": until, "search": search, "limit": limit}
+        where = []
+        if since is not None:
+            where.append("updated_at >= %(since)s")
+        if until is not None:
+            where.append("updated_at < %(until)s")
+        newer = before is not None
+        mark = before if newer else after
+        if mark is not None:
+            params.update(mark_at=mark.updated_at, mark_id=mark.order_id)
+            side = ">" if newer else "<"
+            where.append(f"(updated_at, order_id) {side} (%(mark_at)s, %(mark_id)s)")
+        # Newer pages read upwards from their mark, then are turned round.
+        direction = "ASC" if newer else "DESC"
+        order = f"ORDER BY updated_at {direction}, order_id {direction} LIMIT %(limit)s"
+        if search:
+            params["statuses"] = sorted(set(statuses))
+            found = " AND ".join([
+                "(order_id = %(search)s OR billing_no = %(search)s OR billing_code = %(search)s)",
+                "status = ANY(%(statuses)s)", *where,
+            ])  # fmt: skip
+            picked = f"SELECT order_id, updated_at FROM nontax.bill_order WHERE {found} {order}"
+        else:
+            branches = []
+            for i, status in enumerate(sorted(set(statuses))):
+                params[f"s{i}"] = status
+                found = " AND ".join([f"status = %(s{i})s", *where])
+                branches.append(
+                    f"(SELECT order_id, updated_at FROM nontax.bill_order WHERE {found} {order})"
+                )
+            picked = f"SELECT * FROM ({' UNION ALL '.join(branches)}) branch {order}"
+        sql = f"""
+            WITH page AS ({picked})
+            SELECT o.order_id, o.status, o.reason, o.last_errcode, o.last_errmsg, o.attempts,
+                   o.fee, o.title, o.billing_no, o.billing_code, o.updated_at,
+                   last.step AS last_step, last.at AS last_at, last.run_id AS last_run_id
+              FROM page JOIN nontax.bill_order o USING (order_id)
+              LEFT JOIN LATERAL (
+                    SELECT a.step, a.at, a.run_id FROM nontax.bill_attempt a
+                     WHERE a.order_id = o.order_id ORDER BY a.attempt_id DESC LIMIT 1
+                   ) last ON true
+             ORDER BY page.updated_at DESC, page.order_id DESC
+        """
+        return sql, params
+
+
 class OrderStoreError(RuntimeError):
     """The connection to the order database is gone: nothing more can be recorded over it."""
 
@@ -445,6 +543,8 @@ class OrderStore:
         takes back that run's own orders that are not finished, in the same batches, and no
         new ones: new orders belong to the next run, and the report keeps the whole run."""
         with self._connected(), self._lock, self._conn, self._conn.cursor() as cur:
+            # Once a run, the kept counts by status are folded to a row per status.
+            cur.execute("SELECT nontax.compact_status_counts()")
             cur.execute(
                 "SELECT batches, not_taken FROM nontax.run_claim WHERE run_id = %s FOR UPDATE",
                 (run_id,),
@@ -659,7 +759,7 @@ class OrderStore:
             self._conn,
             self._conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur,
         ):
-            cur.execute("SELECT * FROM nontax.bill_order WHERE order_id = %s", (order_id,))
+            cur.execute(ORDER_ROW_SQL, (order_id,))
             row = cur.fetchone()
         return dict(row) if row else None
 
@@ -698,15 +798,18 @@ class OrderStore:
         return dict(rows)
 
     def count_by_status(self, order_ids: Sequence[str] | None = None) -> dict[str, int]:
+        """Orders by status (statuses with none left out): of `order_ids`, or of the whole
+        table from the kept counts (migration 0008), exact and as cheap at a million orders as
+        at ten."""
         if order_ids is None:
-            rows = self._run("SELECT status, count(*) FROM nontax.bill_order GROUP BY status")
+            rows = self._run(COUNTS_SQL)
         else:
             rows = self._run(
                 "SELECT status, count(*) FROM nontax.bill_order "
                 "WHERE order_id = ANY(%s) GROUP BY status",
                 (list(order_ids),),
             )
-        return dict(rows)
+        return {status: int(n) for status, n in rows}
 
     # -- writing results --------------------------------------------------------------------
 
@@ -1029,69 +1132,18 @@ class OrderStore:
 
     # -- the Bills view in the Airflow UI ---------------------------------------------------
 
-    def bills_page(
-        self,
-        *,
-        statuses: Sequence[str],
-        since: datetime | None = None,
-        until: datetime | None = None,
-        search: str | None = None,
-        limit: int = 50,
-        offset: int = 0,
-    ) -> list[dict[str, Any]]:
-        """One page of orders in `statuses` (newest change first), changed in [since, until),
-        or those whose order_id, billing_no or billing_code is `search`; each with its last
-        history row (step and when).
-
-        From indexes at any size: a search probes the three unique-ish columns; a listing reads
-        each status's newest `offset + limit` entries of bill_order_status_updated_idx (an
-        index-only scan, merged in order), then the page's rows and one history probe each."""
-        params: dict[str, Any] = {
-            "since": since, "until": until, "search": search or None,
-            "limit": limit, "offset": offset, "upto": offset + limit,
-        }  # fmt: skip
-        changed = (
-            "(%(since)s::timestamptz IS NULL OR updated_at >= %(since)s) "
-            "AND (%(until)s::timestamptz IS NULL OR updated_at < %(until)s)"
-        )
-        parts = []
-        for i, status in enumerate(sorted(set(statuses))):
-            params[f"s{i}"] = status
-            found = (
-                "(order_id = %(search)s OR billing_no = %(search)s OR billing_code = %(search)s)"
-                if search
-                else "true"
-            )
-            parts.append(
-                f"(SELECT order_id, updated_at FROM nontax.bill_order "
-                f"WHERE status = %(s{i})s AND {changed} AND {found} "
-                "ORDER BY updated_at DESC, order_id DESC LIMIT %(upto)s)"
-            )
-        if not parts:
+    def bills_page(self, page: BillsPage) -> list[dict[str, Any]]:
+        """The orders of one page of the Bills view, each with its last history row (step,
+        when, run)."""
+        query = page.sql()
+        if query is None:
             return []
         with (
             self._lock,
             self._conn,
             self._conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur,
         ):
-            cur.execute(
-                f"""
-                WITH page AS (
-                    SELECT order_id, updated_at FROM ({" UNION ALL ".join(parts)}) picked
-                    ORDER BY updated_at DESC, order_id DESC LIMIT %(limit)s OFFSET %(offset)s
-                )
-                SELECT o.order_id, o.status, o.reason, o.last_errcode, o.last_errmsg,
-                       o.attempts, o.fee, o.title, o.billing_no, o.billing_code, o.updated_at,
-                       last.step AS last_step, last.at AS last_at, last.run_id AS last_run_id
-                  FROM page JOIN nontax.bill_order o USING (order_id)
-                  LEFT JOIN LATERAL (
-                        SELECT a.step, a.at, a.run_id FROM nontax.bill_attempt a
-                         WHERE a.order_id = o.order_id ORDER BY a.attempt_id DESC LIMIT 1
-                       ) last ON true
-                 ORDER BY page.updated_at DESC, page.order_id DESC
-                """,
-                params,
-            )
+            cur.execute(*query)
             return [dict(row) for row in cur.fetchall()]
 
     def history_rows(self, order_id: str) -> list[dict[str, Any]]:
@@ -1101,11 +1153,7 @@ class OrderStore:
             self._conn,
             self._conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur,
         ):
-            cur.execute(
-                "SELECT attempt_id, at, run_id, step, outcome, errcode, errmsg, duration_ms "
-                "FROM nontax.bill_attempt WHERE order_id = %s ORDER BY attempt_id",
-                (order_id,),
-            )
+            cur.execute(HISTORY_SQL, (order_id,))
             return [dict(row) for row in cur.fetchall()]
 
     def record_operator_action(

@@ -178,6 +178,18 @@ def test_the_overview_lists_what_needs_a_person_filters_and_escapes(desk: Desk):
     assert oid(RED_A) not in later.text and "No order here." in later.text
     hostile_q = desk.admin.get(f"{desk.url}/bills/", params={"q": "'; <script>x"}, timeout=30)
     assert hostile_q.status_code == 200 and "<script" not in hostile_q.text
+    # Counts by status, kept by the database: as many as the orders.
+    counts = re.search(r"<td class=\"num\">([\d,]+)</td></tr>\s*</table>", html)
+    assert counts and counts[1] == "4", html[:2000]
+    # Pages go on from a mark (the last order shown); a mark that is not one is refused.
+    with_mark = desk.admin.get(
+        f"{desk.url}/bills/", params={"after": f"2999-01-01T00:00:00+00:00|{oid(RED_A)}"},
+        timeout=30,
+    )  # fmt: skip
+    assert with_mark.status_code == 200 and oid(RED_A) in with_mark.text
+    assert "newest" in with_mark.text and "older" not in with_mark.text
+    bad_mark = desk.admin.get(f"{desk.url}/bills/", params={"after": "<x>"}, timeout=30)
+    assert bad_mark.status_code == 400 and "<x>" not in bad_mark.text
     _no_secret(desk, html)
 
 
@@ -191,7 +203,9 @@ def test_an_order_page_shows_its_history_and_links_to_its_run(desk: Desk):
     assert "task instance" in html
     for step in ("load",):
         assert f"<td>{step}</td>" in html
-    assert "not available yet" in html  # refuse and void wait for issue 12
+    for action, title in (("reset", "Make due again"), ("issue", "Issue now")):
+        assert f'href="{action}?id={quote(oid(HOSTILE))}">{title}…</a>' in html
+    assert "not available yet" in html  # refusing and voiding: not in the view yet
     _no_secret(desk, html)
     missing = desk.admin.get(f"{desk.url}/bills/order", params={"id": "NO_SUCH"}, timeout=30)
     assert missing.status_code == 404

@@ -6,13 +6,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from fastapi import HTTPException
 from starlette.requests import Request
 
-from wechat_nontax.bills_view import beijing, same_origin, task_url, yuan
+from wechat_nontax.bills_view import beijing, mark_of, page_mark, same_origin, task_url, yuan
+from wechat_nontax.store import PageMark
 
 
 @pytest.mark.parametrize(
@@ -33,6 +35,22 @@ def test_the_task_link_names_the_batch_when_the_holder_does():
     assert task_url(run, f"{run}|issue_bills|3|2") == f"{base}/issue_bills/mapped/3"
     assert task_url(run, None) == f"{base}/issue_bills"
     assert task_url(run, "other_run|issue_bills|3|2") == f"{base}/issue_bills"
+
+
+def test_a_page_mark_goes_into_a_link_and_comes_back_exactly():
+    at = datetime(2026, 11, 30, 2, 3, 4, 567891, tzinfo=UTC)
+    mark = mark_of({"updated_at": at, "order_id": "A|B 门诊"})  # any order_id, even with "|"
+    assert page_mark(mark) == PageMark(at, "A|B 门诊")
+    assert page_mark(None) is None and page_mark("") is None
+
+
+@pytest.mark.parametrize(
+    "mark", ["x", "2026-11-30T02:03:04+00:00|", "2026-11-30T02:03:04|T1", "|T1", "soon|T1"]
+)
+def test_a_bad_page_mark_is_a_400(mark):
+    with pytest.raises(HTTPException) as refused:
+        page_mark(mark)
+    assert refused.value.status_code == 400
 
 
 def _request(**headers: str) -> Request:
