@@ -90,6 +90,8 @@ def profile_report(profiles: list[cProfile.Profile], top: int = 40) -> str:
     stats.sort_stats("cumulative").print_stats(top)
     out.write("== by own time ==\n")
     stats.sort_stats("tottime").print_stats(top)
+    out.write("== who calls the top 20 by own time ==\n")
+    stats.print_callers(20)
     return out.getvalue()
 
 
@@ -101,11 +103,11 @@ def batch_cpu(
     from nontax_tools.bill_pdf import render_bill_pdf
     from nontax_tools.migrate import migrate
     from nontax_tools.pg import drop_database, fresh_database
-    from run import load_orders
+    from run import CHECKOUT, load_orders
     from wechat_nontax.operators import IssueBillsOperator
     from wechat_sandbox.process import start_sandbox
 
-    database = "nontax_bench_cpu"
+    database = f"nontax_bench_cpu_{CHECKOUT}"
     dsn = fresh_database(server_dsn, database)
     sandbox = start_sandbox()
     try:

@@ -91,7 +91,7 @@ class Track:
     gone: bool = False
     role: str = ""
     group: str = ""  # what it belongs to: the stack leader's name, or "postgres"
-    is_leader: bool = False  # the process the stack started (its group's root)
+    depth: int = 0  # below its stack leader: 0 the leader, 1 its child...
 
     def observe(self, stat: Stat, title: str | None) -> None:
         self.last_own, self.last_children = stat.own, stat.children
@@ -136,11 +136,11 @@ def used(tracks: Mapping[tuple[int, int], Track]) -> dict[tuple[int, int], float
     return result
 
 
-def role_of(title: str, group: str, is_leader: bool, task_ids: Mapping[str, str],
+def role_of(title: str, group: str, depth: int, task_ids: Mapping[str, str],
             databases: Mapping[str, str]) -> str:  # fmt: skip
-    """A process's role from its title, its stack leader's name (or "postgres") and whether it is
-    that leader; `task_ids` maps task instance ids to task ids, `databases` database names to
-    roles."""
+    """A process's role from its title, its stack leader's name (or "postgres") and how far
+    below that leader it is; `task_ids` maps task instance ids to task ids, `databases` database
+    names to roles."""
     if group == "postgres":
         match = BACKEND_TITLE.match(title)
         return databases.get(match.group(1) or match.group(2), "") if match else ""
@@ -148,7 +148,9 @@ def role_of(title: str, group: str, is_leader: bool, task_ids: Mapping[str, str]
     if task:
         return "batch" if task_ids.get(task.group(1)) == "issue_bills" else "other_tasks"
     is_worker = group.startswith("worker-")
-    if not is_leader and (group == "scheduler" or is_worker):
+    if depth >= 2 and (group == "scheduler" or is_worker):
+        return "other_tasks"  # a task process seen before it named itself: a short task
+    if depth == 1 and (group == "scheduler" or is_worker):
         return "supervisors"  # LocalExecutor's workers, Celery's pool: each supervises a task
     if is_worker:
         return "celery_workers"
@@ -259,18 +261,17 @@ class CpuTracker:
         children: dict[int, list[int]] = {}
         for stat in stats.values():
             children.setdefault(stat.ppid, []).append(stat.pid)
-        seen: dict[tuple[int, int], tuple[Stat, str, bool]] = {}
+        seen: dict[tuple[int, int], tuple[Stat, str, int]] = {}
         for leader, name in self.leaders.items():
-            todo, is_leader = [leader], True
+            todo = [(leader, 0)]
             while todo:
-                pid = todo.pop()
+                pid, depth = todo.pop()
                 if pid in stats:
-                    seen[(pid, stats[pid].start)] = (stats[pid], name, is_leader)
-                    todo += children.get(pid, [])
-                is_leader = False
+                    seen[(pid, stats[pid].start)] = (stats[pid], name, depth)
+                    todo += [(child, depth + 1) for child in children.get(pid, [])]
         for pid in children.get(self.postmaster, []) if self.postmaster else []:
-            seen[(pid, stats[pid].start)] = (stats[pid], "postgres", False)
-        for key, (stat, group, is_leader) in seen.items():
+            seen[(pid, stats[pid].start)] = (stats[pid], "postgres", 1)
+        for key, (stat, group, depth) in seen.items():
             track = self.tracks.get(key)
             # A Postgres backend keeps its database in its title once it has one; Airflow's
             # processes change theirs (setproctitle), so they are read again every time.
@@ -281,7 +282,7 @@ class CpuTracker:
                     pid=stat.pid, ppid=stat.ppid, title=title or "", born_in_window=not self._first,
                     first_own=stat.own, first_children=stat.children,
                     last_own=stat.own, last_children=stat.children, group=group,
-                    is_leader=is_leader,
+                    depth=depth,
                 )  # fmt: skip
             track.observe(stat, title)
         for key, track in self.tracks.items():
@@ -307,7 +308,7 @@ class CpuTracker:
 
     def report(self, task_ids: Mapping[str, str], orders: int) -> dict:
         for track in self.tracks.values():
-            track.role = role_of(track.title, track.group, track.is_leader, task_ids,
+            track.role = role_of(track.title, track.group, track.depth, task_ids,
                                  self.databases)  # fmt: skip
         result = breakdown(self.tracks, orders)
         result["machine_cpu_ms_per_order"] = round(self.machine_s * 1000 / orders, 3)

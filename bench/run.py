@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -45,6 +46,9 @@ from schedule import most_at_once, summary, turns
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
+# The benchmark's databases carry a mark of this checkout: two checkouts benchmarking on one
+# Postgres server at once (each drops its databases at the end) never share one.
+CHECKOUT = hashlib.sha1(str(ROOT).encode()).hexdigest()[:6]  # noqa: S324 (a name, not a secret)
 
 
 def _ts(value: str | None) -> float | None:
@@ -367,8 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     config = StackConfig(
         state_dir=state / "stack",
-        orders_db_name="nontax_bench",
-        meta_db_name="airflow_bench_meta",
+        orders_db_name=f"nontax_bench_{CHECKOUT}",
+        meta_db_name=f"airflow_bench_meta_{CHECKOUT}",
         **settings,
     )
     results: dict = {
@@ -395,8 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     say = lambda text: print(f"[{time.monotonic() - started:6.1f}s] {text}", flush=True)  # noqa: E731
     celery_config = StackConfig(
         state_dir=state / "celery-stack",
-        orders_db_name="nontax_bench_celery",
-        meta_db_name="airflow_bench_celery_meta",
+        orders_db_name=f"nontax_bench_celery_{CHECKOUT}",
+        meta_db_name=f"airflow_bench_celery_meta_{CHECKOUT}",
         executor="celery",
         workers=args.celery_workers,
         # Ports of its own: both stacks run at once.

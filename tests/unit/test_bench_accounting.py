@@ -19,10 +19,10 @@ OTHER_TASK = "0199a1b2-c3d4-7e5f-8a9b-000000000000"
 
 
 def track(pid, ppid, *, first=(0.0, 0.0), last=(0.0, 0.0), born=False, gone=False,
-          role="", group="scheduler", leader=False) -> Track:  # fmt: skip
+          role="", group="scheduler", depth=1) -> Track:  # fmt: skip
     return Track(pid=pid, ppid=ppid, title="", born_in_window=born, first_own=first[0],
                  first_children=first[1], last_own=last[0], last_children=last[1], gone=gone,
-                 role=role, group=group, is_leader=leader)  # fmt: skip
+                 role=role, group=group, depth=depth)  # fmt: skip
 
 
 def test_parse_stat_reads_cpu_after_a_command_name_with_spaces_and_parentheses():
@@ -92,32 +92,34 @@ def test_postgres_backends_get_no_tail_and_reaped_children_of_an_exited_parent_n
 
 
 @pytest.mark.parametrize(
-    ("title", "group", "leader", "role"),
+    ("title", "group", "depth", "role"),
     [
-        (f"airflow worker -- {TASK}", "scheduler", False, "batch"),
-        (f"airflow worker -- {OTHER_TASK}", "worker-1", False, "other_tasks"),
-        ("airflow worker -- LocalExecutor: <idle>", "scheduler", False, "supervisors"),
-        ("airflow supervisor: issue_bills", "worker-2", False, "supervisors"),
-        ("airflow celery worker --celery-hostname worker-1", "worker-1", True, "celery_workers"),
-        ("airflow scheduler", "scheduler", True, "scheduler"),
-        ("airflow api_server -- host:127.0.0.1 port:8080", "api-server", True, "api_server"),
-        ("gunicorn: worker", "api-server", False, "api_server"),
-        ("airflow dag-processor", "dag-processor", True, "dag_processor"),
-        ("python -m wechat_sandbox --port 1", "sandbox", True, "sandbox"),
-        ("postgres: 15/main: postgres nontax_bench 127.0.0.1(5) idle", "postgres", False,
+        (f"airflow worker -- {TASK}", "scheduler", 2, "batch"),
+        (f"airflow worker -- {OTHER_TASK}", "worker-1", 2, "other_tasks"),
+        ("airflow worker -- LocalExecutor: <idle>", "scheduler", 1, "supervisors"),
+        ("airflow worker -- LocalExecutor: claim_orders", "scheduler", 2, "other_tasks"),
+        ("airflow supervisor: issue_bills", "worker-2", 1, "supervisors"),
+        ("airflow supervisor: report", "worker-2", 2, "other_tasks"),
+        ("airflow celery worker --celery-hostname worker-1", "worker-1", 0, "celery_workers"),
+        ("airflow scheduler", "scheduler", 0, "scheduler"),
+        ("airflow api_server -- host:127.0.0.1 port:8080", "api-server", 0, "api_server"),
+        ("gunicorn: worker", "api-server", 1, "api_server"),
+        ("airflow dag-processor", "dag-processor", 0, "dag_processor"),
+        ("python -m wechat_sandbox --port 1", "sandbox", 0, "sandbox"),
+        ("postgres: 15/main: postgres nontax_bench 127.0.0.1(5) idle", "postgres", 1,
          "postgres_orders"),
-        ("postgres: postgres airflow_bench_meta 127.0.0.1(5) idle", "postgres", False,
+        ("postgres: postgres airflow_bench_meta 127.0.0.1(5) idle", "postgres", 1,
          "postgres_meta"),
-        ("postgres: 15/main: autovacuum worker nontax_bench", "postgres", False,
+        ("postgres: 15/main: autovacuum worker nontax_bench", "postgres", 1,
          "postgres_orders"),
-        ("postgres: 15/main: postgres somebody_elses 127.0.0.1(5) idle", "postgres", False, ""),
-        ("postgres: 15/main: walwriter", "postgres", False, ""),
+        ("postgres: 15/main: postgres somebody_elses 127.0.0.1(5) idle", "postgres", 1, ""),
+        ("postgres: 15/main: walwriter", "postgres", 1, ""),
     ],
 )  # fmt: skip
-def test_roles_from_titles_and_the_stack_leader(title, group, leader, role):
+def test_roles_from_titles_and_the_place_below_the_stack_leader(title, group, depth, role):
     databases = {"nontax_bench": "postgres_orders", "airflow_bench_meta": "postgres_meta"}
     task_ids = {TASK: "issue_bills", OTHER_TASK: "claim_orders"}
-    assert role_of(title, group, leader, task_ids, databases) == role
+    assert role_of(title, group, depth, task_ids, databases) == role
 
 
 def test_breakdown_per_order_and_the_pipeline_sum():
