@@ -18,11 +18,12 @@ def turns(rows: Sequence[str], repeats: int) -> list[tuple[int, str]]:
     return [(r, row) for r in range(repeats) for row in (rows if r % 2 == 0 else rows[::-1])]
 
 
-def summary(samples: Sequence[float]) -> dict[str, float | list[float]]:
-    """A row's samples (orders/s): the best, the median, and all of them in measured order."""
+def summary(samples: Sequence[float], digits: int = 1) -> dict[str, float | list[float]]:
+    """A row's samples: the best (the highest), the median rounded to `digits`, and all of them
+    in measured order."""
     return {
         "best": max(samples),
-        "median": round(statistics.median(samples), 1),
+        "median": round(statistics.median(samples), digits),
         "samples": list(samples),
     }
 
