@@ -328,6 +328,49 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def stack_configs(state: Path, pool_slots: int, celery_workers: int) -> tuple:
+    """The benchmark's two stacks (LocalExecutor, and Celery with `celery_workers`), under a
+    fresh state directory whose dags folder holds the pipeline's DAG and the per-order one."""
+    from nontax_tools.stack import StackConfig, free_port
+
+    shutil.rmtree(state, ignore_errors=True)
+    dags = state / "dags"
+    dags.mkdir(parents=True)
+    for dag_file in (ROOT / "dags" / "nontax_insertbill.py", BENCH / "per_order_dag.py"):
+        (dags / dag_file.name).symlink_to(dag_file)
+
+    def ports() -> dict:  # both stacks run at once: each on ports of its own
+        return {"port": free_port(), "worker_log_port": free_port(),
+                "trigger_log_port": free_port(), "scheduler_health_port": free_port()}  # fmt: skip
+
+    settings = dict(
+        sandbox_port=None,
+        pool_slots=pool_slots,
+        parallelism=max(8, pool_slots + 4),
+        drop_databases_on_down=True,
+        # A schedule whose latest tick is before the DAG's start date: unpausing the DAG starts
+        # no scheduled run, which would claim the first measured run's orders as they load.
+        extra_env={"AIRFLOW__CORE__DAGS_FOLDER": str(dags), "NONTAX_SCHEDULE": "0 0 29 2 *"},
+    )
+    local = StackConfig(
+        state_dir=state / "stack",
+        orders_db_name=f"nontax_bench_{CHECKOUT}",
+        meta_db_name=f"airflow_bench_meta_{CHECKOUT}",
+        **settings,
+        **ports(),
+    )
+    celery = StackConfig(
+        state_dir=state / "celery-stack",
+        orders_db_name=f"nontax_bench_celery_{CHECKOUT}",
+        meta_db_name=f"airflow_bench_celery_meta_{CHECKOUT}",
+        executor="celery",
+        workers=celery_workers,
+        **settings,
+        **ports(),
+    )
+    return local, celery
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--small", type=int, default=1000)
@@ -349,35 +392,12 @@ def main(argv: list[str] | None = None) -> int:
     from ceiling import ceiling, demo_orders
     from claim_cost import claim_cost
     from nontax_tools.bill_pdf import render_bill_pdf
-    from nontax_tools.stack import Stack, StackConfig, free_port
+    from nontax_tools.stack import Stack
     from parse_time import parse_ms
 
     state = ROOT / ".run" / "bench"
-    shutil.rmtree(state, ignore_errors=True)
-    dags = state / "dags"
-    dags.mkdir(parents=True)
-    for dag_file in (ROOT / "dags" / "nontax_insertbill.py", BENCH / "per_order_dag.py"):
-        (dags / dag_file.name).symlink_to(dag_file)
+    config, celery_config = stack_configs(state, args.pool_slots, args.celery_workers)
     in_flight = args.pool_slots * args.workers
-    settings = dict(
-        port=free_port(),
-        sandbox_port=None,
-        pool_slots=args.pool_slots,
-        parallelism=max(8, args.pool_slots + 4),
-        worker_log_port=free_port(),
-        trigger_log_port=free_port(),
-        scheduler_health_port=free_port(),
-        drop_databases_on_down=True,
-        # A schedule whose latest tick is before the DAG's start date: unpausing the DAG starts
-        # no scheduled run, which would claim the first measured run's orders as they load.
-        extra_env={"AIRFLOW__CORE__DAGS_FOLDER": str(dags), "NONTAX_SCHEDULE": "0 0 29 2 *"},
-    )
-    config = StackConfig(
-        state_dir=state / "stack",
-        orders_db_name=f"nontax_bench_{CHECKOUT}",
-        meta_db_name=f"airflow_bench_meta_{CHECKOUT}",
-        **settings,
-    )
     results: dict = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -400,16 +420,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     started = time.monotonic()
     say = lambda text: print(f"[{time.monotonic() - started:6.1f}s] {text}", flush=True)  # noqa: E731
-    celery_config = StackConfig(
-        state_dir=state / "celery-stack",
-        orders_db_name=f"nontax_bench_celery_{CHECKOUT}",
-        meta_db_name=f"airflow_bench_celery_meta_{CHECKOUT}",
-        executor="celery",
-        workers=args.celery_workers,
-        # Ports of its own: both stacks run at once.
-        **{**settings, "port": free_port(), "worker_log_port": free_port(),
-           "trigger_log_port": free_port(), "scheduler_health_port": free_port()},
-    )  # fmt: skip
     conf = {"batch_size": args.batch_size, "min_batches": args.pool_slots,
             "workers": args.workers}  # fmt: skip
     with Stack(config, say=say) as stack:
