@@ -1,9 +1,11 @@
-"""The benchmark's pure parts: the CPU accounting arithmetic (bench/cpu_account.py) and the order
-in which the rows take turns (bench/schedule.py)."""
+"""The benchmark's pure parts: the CPU accounting arithmetic (bench/cpu_account.py), the order
+in which the rows take turns (bench/schedule.py) and the counting of py-spy's samples
+(bench/batch_spy.py)."""
 
 from __future__ import annotations
 
 import pytest
+from bench.batch_spy import collapsed_shares, function_of
 from bench.cpu_account import (
     Track,
     breakdown,
@@ -166,3 +168,20 @@ def test_most_at_once_per_host():
     spans = [("worker-1", 0.0, 10.0), ("worker-1", 1.0, 5.0), ("worker-1", 5.0, 8.0),
              ("worker-2", 2.0, 3.0)]  # fmt: skip
     assert most_at_once(spans) == {"worker-1": 2, "worker-2": 1}
+
+
+def test_py_spy_stacks_counted_per_function_inclusive_once_and_own_innermost():
+    assert function_of("_write (plugins/wechat_nontax/store.py:668)") == (
+        "_write (plugins/wechat_nontax/store.py)"
+    )
+    lines = [
+        "process 12:airflow;run (t.py:1);_one (issuing.py:2);_write (store.py:3) 5",
+        "run (t.py:1);_one (issuing.py:2);_one (issuing.py:9) 3",  # recursion: counted once
+        "run (t.py:1);_send (hook.py:4) 2",
+        "a line without a count",
+    ]
+    inclusive, own, total = collapsed_shares(lines)
+    assert total == 10
+    assert inclusive["run (t.py)"] == 10
+    assert inclusive["_one (issuing.py)"] == 8
+    assert own == {"_write (store.py)": 5, "_one (issuing.py)": 3, "_send (hook.py)": 2}
