@@ -9,7 +9,8 @@ share of the batches' CPU spent in a function and what it calls (inclusive) and 
 itself (own), each also as ms per order from the run's measured `batch` CPU. Written to
 bench/batch_spy.txt.
 
-    PYTHONPATH=plugins:include:dags .venv/bin/python bench/batch_spy.py [--orders 10000]
+    PYTHONPATH=plugins:include:dags AIRFLOW_HOME=.airflow .venv/bin/python bench/batch_spy.py \
+        [--orders 10000]
 """
 
 from __future__ import annotations
