@@ -232,13 +232,21 @@ def ceiling_run(stack, label: str, args, in_flight: int, say) -> dict:
 
 
 def row_result(runs: list[dict]) -> dict:
-    """A row's runs: the best one in full, the summary of all (orders/s and CPU per order)."""
+    """A row's runs: the best one in full, the summary of all (orders/s and CPU per order), and
+    each run in brief, in measured order (how noisy each was beside what it measured)."""
     best = max(runs, key=lambda r: r["orders_per_s"])
     return {
         "best": best,
         "orders_per_s": summary([r["orders_per_s"] for r in runs]),
         "cpu_ms_per_order": summary([r["cpu"]["cpu_ms_per_order_pipeline"] for r in runs], 3),
-    }
+        "runs": [
+            {"orders_per_s": r["orders_per_s"], "seconds": r["seconds"],
+             "cpu_ms_per_order_pipeline": r["cpu"]["cpu_ms_per_order_pipeline"],
+             "machine_cpu_ms_per_order": r["cpu"]["machine_cpu_ms_per_order"],
+             "load_avg_1m": r["load_avg_1m"], "batches_at_once": r["batches_at_once"]}
+            for r in runs
+        ],
+    }  # fmt: skip
 
 
 def _wait_for_dag(api, dag_id: str, timeout: float = 120) -> None:
@@ -461,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
                     "pipeline_10k_samples": celery["orders_per_s"]["samples"],
                     "orders_per_s": celery["orders_per_s"],
                     "cpu_ms_per_order": celery["cpu_ms_per_order"],
+                    "runs": celery["runs"],
                     "batches_ran_on": sorted(h for h in hosts if h),
                     "stack_up_s": celery_up.started_in_s,
                 }
@@ -480,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
         results["pipeline_10k_samples"] = local["orders_per_s"]["samples"]
         results["pipeline_10k_orders_per_s"] = local["orders_per_s"]
         results["pipeline_10k_cpu_ms_per_order"] = local["cpu_ms_per_order"]
+        results["pipeline_10k_runs"] = local["runs"]
         results["token_fetches_per_run"] = max(
             r["token_fetches"] for r in (results["pipeline_1k"], *runs["local"])
         )
