@@ -5,9 +5,12 @@ calls in flight: the plain client of `ceiling.py`, then `IssueBillsOperator.exec
 of due orders in a fresh order database (outside the scheduler: what a task process spends on
 its orders, without Airflow's start-up). What the batch spends beyond the client is ours:
 validation, reading the PDF, the token cache, the write-back of every result. Run it under
-py-spy to see where (`--gil`: only what holds the interpreter, i.e. CPU):
+py-spy to see where (`--gil`: only what holds the interpreter, i.e. CPU), or with `--profile`:
+the batch under cProfile in every thread (each order runs in a thread of the batch's pool, which
+cProfile alone would not see), the functions ranked by cumulative and by own time written to
+bench/batch_profile.txt (cProfile slows the batch down; the ranking is what counts):
 
-    PYTHONPATH=plugins:include .venv/bin/python bench/batch_cpu.py [--orders 2500]
+    PYTHONPATH=plugins:include .venv/bin/python bench/batch_cpu.py [--orders 2500] [--profile]
     PYTHONPATH=plugins:include .venv/bin/py-spy record --gil -o batch.svg -- \
         .venv/bin/python bench/batch_cpu.py
 """
@@ -16,11 +19,17 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
+import cProfile
+import io
 import json
 import os
+import pstats
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -38,17 +47,73 @@ def _timed(work) -> dict:
     return {"seconds": round(wall, 2), "cpu_s": round(cpu, 2)}
 
 
-def batch_cpu(orders: int, workers: int, latency_ms: int, server_dsn: str) -> dict:
+# The pipeline's modules, as pstats names them (file:line(function)).
+OWN_CODE = r"^(issuing|hook|store|token_cache|validation|bill|operators)\.py"
+
+
+@contextlib.contextmanager
+def profiled_threads() -> Iterator[list[cProfile.Profile]]:
+    """cProfile in this thread and in every thread started meanwhile (each gets a profile of
+    its own, enabled in the thread: cProfile only sees the thread that enables it), each timed
+    by its thread's CPU clock: the waits for WeChat's answers count nothing, as they cost no CPU."""
+    profiles: list[cProfile.Profile] = []
+    lock = threading.Lock()
+    original = threading.Thread.run
+
+    def run(thread: threading.Thread) -> None:
+        profile = cProfile.Profile(time.thread_time)
+        with lock:
+            profiles.append(profile)
+        profile.enable()
+        try:
+            original(thread)
+        finally:
+            profile.disable()
+
+    main = cProfile.Profile(time.thread_time)
+    profiles.append(main)
+    threading.Thread.run = run  # type: ignore[method-assign]
+    main.enable()
+    try:
+        yield profiles
+    finally:
+        main.disable()
+        threading.Thread.run = original  # type: ignore[method-assign]
+
+
+def profile_report(profiles: list[cProfile.Profile], top: int = 40) -> str:
+    """The threads' profiles merged: the top functions by cumulative CPU time (a function and
+    what it calls), then by own CPU time."""
+    out = io.StringIO()
+    stats = pstats.Stats(profiles[0], stream=out)
+    for profile in profiles[1:]:
+        with contextlib.suppress(TypeError):  # a thread that never ran anything
+            stats.add(profile)
+    stats.strip_dirs()
+    out.write("== by cumulative time ==\n")
+    stats.sort_stats("cumulative").print_stats(top)
+    out.write("== by own time ==\n")
+    stats.sort_stats("tottime").print_stats(top)
+    # The pipeline's own functions (not the HTTP client's, which the plain client runs too):
+    # where each spends its CPU, in what it calls.
+    out.write("== the pipeline's functions, by cumulative time: what each calls ==\n")
+    stats.sort_stats("cumulative").print_callees(OWN_CODE, 25)
+    return out.getvalue()
+
+
+def batch_cpu(
+    orders: int, workers: int, latency_ms: int, server_dsn: str, profile_to: Path | None = None
+) -> dict:
     from ceiling import ceiling, demo_orders
     from nontax_tools.airflow_run import orders_connection, sandbox_connection
     from nontax_tools.bill_pdf import render_bill_pdf
     from nontax_tools.migrate import migrate
     from nontax_tools.pg import drop_database, fresh_database
-    from run import load_orders
+    from run import CHECKOUT, load_orders
     from wechat_nontax.operators import IssueBillsOperator
     from wechat_sandbox.process import start_sandbox
 
-    database = "nontax_bench_cpu"
+    database = f"nontax_bench_cpu_{CHECKOUT}"
     dsn = fresh_database(server_dsn, database)
     sandbox = start_sandbox()
     try:
@@ -70,7 +135,12 @@ def batch_cpu(orders: int, workers: int, latency_ms: int, server_dsn: str) -> di
             # The first try of batch 0, as a task sees itself (its holder is made from this).
             ti = SimpleNamespace(map_index=0, try_number=1, max_tries=2)
             context = {"run_id": "bench-cpu", "ti": ti}
-            batch = _timed(lambda: operator.execute(context))
+            if profile_to is None:
+                batch = _timed(lambda: operator.execute(context))
+            else:
+                with profiled_threads() as profiles:
+                    batch = _timed(lambda: operator.execute(context))
+                profile_to.write_text(profile_report(profiles), encoding="utf-8")
     finally:
         sandbox.stop()
         drop_database(server_dsn, database)
@@ -84,6 +154,7 @@ def batch_cpu(orders: int, workers: int, latency_ms: int, server_dsn: str) -> di
         "batch": {**batch, "orders_per_s": round(orders / batch["seconds"], 1)},
         "cpu_ms_per_order": per_order,
         "batch_vs_client_cpu": round(per_order["batch"] / per_order["client"], 2),
+        "profiled": profile_to is not None,
     }
 
 
@@ -92,9 +163,16 @@ def main() -> int:
     parser.add_argument("--orders", type=int, default=2500)
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--latency-ms", type=int, default=50)
+    parser.add_argument(
+        "--profile", nargs="?", type=Path, const=BENCH / "batch_profile.txt", default=None,
+        help="the batch under cProfile, its report to this file (bench/batch_profile.txt)",
+    )  # fmt: skip
     args = parser.parse_args()
     server = os.environ.get("NONTAX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-    print(json.dumps(batch_cpu(args.orders, args.workers, args.latency_ms, server), indent=2))
+    result = batch_cpu(args.orders, args.workers, args.latency_ms, server, args.profile)
+    print(json.dumps(result, indent=2))
+    if args.profile:
+        print(f"profile: {args.profile}")
     return 0
 
 

@@ -5,7 +5,9 @@ own body), with `in_flight` orders at once (one thread and keep-alive session ea
 number of calls in flight as the pipeline uses (pool slots x workers per batch), spread over as
 many processes as the pipeline runs batches at once (the pool's slots): one Python process is
 bound by its interpreter lock to about one core, and the pipeline's batches are processes too.
-Timed from the moment every process is ready to the last answer.
+Timed from the moment every process is ready to the last answer. Each client process also
+counts its own CPU over that time (all its threads: `time.process_time`), which is the raw
+client's CPU per order that `make bench` sets the pipeline's against.
 """
 
 from __future__ import annotations
@@ -62,12 +64,14 @@ def _issue_all(url: str, token: str, orders: list[Order], pdf: bytes, threads: i
 
 
 def _process(url, token, orders, pdf, threads, ready, results) -> None:
+    cpu = 0.0
     try:
         ready.wait(timeout=60)  # every process started: the clock runs from here
+        cpu = time.process_time()
         failures = _issue_all(url, token, orders, pdf, threads)
     except Exception as exc:  # noqa: BLE001 (reported to the parent, which fails the benchmark)
         failures = [f"client process failed: {exc!r}"]
-    results.put((time.time(), failures))
+    results.put((time.time(), failures, time.process_time() - cpu))
 
 
 def ceiling(
@@ -75,9 +79,9 @@ def ceiling(
 ) -> dict:
     token = SandboxWeChat(url).access_token()
     if processes == 1:
-        started = time.time()
+        started, cpu = time.time(), time.process_time()
         failures = _issue_all(url, token, orders, pdf, in_flight)
-        ended = time.time()
+        ended, cpu_s = time.time(), time.process_time() - cpu
     else:
         context = multiprocessing.get_context("fork")
         ready = context.Barrier(processes + 1)
@@ -95,8 +99,9 @@ def ceiling(
         answers = [results.get(timeout=1800) for _ in workers]
         for worker in workers:
             worker.join()
-        ended = max(end for end, _ in answers)
-        failures = [f for _, fs in answers for f in fs]
+        ended = max(end for end, _, _ in answers)
+        failures = [f for _, fs, _ in answers for f in fs]
+        cpu_s = sum(cpu for _, _, cpu in answers)
     seconds = ended - started
     return {
         "orders": len(orders),
@@ -105,5 +110,7 @@ def ceiling(
         "failed": len(failures),
         "seconds": round(seconds, 2),
         "orders_per_s": round(len(orders) / seconds, 1),
+        "cpu_s": round(cpu_s, 2),
+        "cpu_ms_per_order": round(cpu_s * 1000 / len(orders), 3),
         "failures": failures[:10],
     }

@@ -1,21 +1,29 @@
 """`make bench`: the pipeline against the raw-client ceiling and a per-order DAG, in one go.
 
-One local Airflow (the `make up` stack: api-server, scheduler with LocalExecutor, dag-processor,
-triggerer, Postgres metadata) whose dags folder holds the pipeline's DAG and `per_order_dag.py`,
-one sandbox with a fixed latency on every call, and then, in this order:
-  1. the ceiling: a plain client, the same calls in flight as the pipeline (pool slots x workers),
-     taking turns with the pipeline at 10,000 orders (`--repeats` times, the best of each counts);
-     the pipeline at 1,000 orders once; each run timed from the trigger to the run's end, with
-     where its time went (each task's first start and last end);
-  2. the per-order DAG at 1,000 orders (Airflow's mapping limit is 1,024);
-  3. costs: the DAG file's parse time, the claim on 20,000 and 1,000,000 row tables, the peak
-     memory of the worker processes during each pipeline run, token fetches per run;
-  4. the Bills view at 1,000,000 orders (bench/bills_view.py): each page's answer time through
-     an api-server of its own, and each of its queries' plans;
-  5. the Celery row: the same stack on CeleryExecutor (`make up EXECUTOR=celery WORKERS=2`: two
-     `airflow celery worker` processes on the local Redis, database 3, keys of its own), the same
-     10,000 orders `--repeats` times (the best counts), right after the LocalExecutor runs of the
-     same `make bench`; `celery_vs_local` is its orders/s over the LocalExecutor row's.
+Two stacks up at once, both warm: the local Airflow of `make up` (api-server, scheduler with
+LocalExecutor, dag-processor, triggerer, Postgres metadata) whose dags folder holds the pipeline's
+DAG and `per_order_dag.py`, and the same on CeleryExecutor (`make up EXECUTOR=celery WORKERS=2`:
+two `airflow celery worker` processes on the local Redis, database 3, keys of its own), each
+with its sandbox at a fixed latency on every call. Then, in this order:
+  1. warm-up: the pipeline at 1,000 orders on each stack (the LocalExecutor one is the 1,000
+     row; each fetches its stack's one token);
+  2. three rows taking turns (`bench/schedule.py`: ceiling, LocalExecutor, Celery, then the
+     reverse, `--repeats` rounds; the best of each counts, the median beside it), so that the
+     machine's noise hits them alike: the ceiling (a plain client, the same calls in flight as
+     the pipeline, pool slots x workers), and the pipeline at 10,000 orders on each stack, each
+     run timed from the trigger to the run's end, with where its time went (each task's first
+     start and last end, each batch's host and span); `celery_vs_local` is the Celery row's
+     best orders/s over the LocalExecutor row's best;
+  3. CPU per order, by whom (`bench/cpu_account.py`), of every pipeline run and every ceiling:
+     the processes' own CPU accounting over the run. `cpu_ms_per_order_pipeline` (the batch
+     processes plus the order database's Postgres) against `cpu_ms_per_order_ceiling` (the
+     client's processes), the rest broken down by role (sandbox, Airflow's processes);
+  4. the per-order DAG at 500 orders (`--per-order`; Airflow's mapping limit is 1,024), the
+     Celery stack down;
+  5. costs: the DAG file's parse time, the claim on 20,000 and 1,000,000 row tables, the peak
+     memory of the worker processes during each pipeline run, token fetches per run.
+  6. the Bills view at 1,000,000 orders (bench/bills_view.py): each page's answer time through
+     an api-server of its own, and each of its queries' plans.
 Results go to bench/results.json and bench/orders_per_s.png. Sizes are settable (--help).
 `--only bills` runs the Bills row alone (on a stack of its own) and updates only its keys there.
 """
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -36,8 +45,14 @@ from pathlib import Path
 import psutil
 import psycopg2
 
+from cpu_account import CpuTracker, mean_roles, own_cpu_s
+from schedule import most_at_once, summary, turns
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
+# The benchmark's databases carry a mark of this checkout: two checkouts benchmarking on one
+# Postgres server at once (each drops its databases at the end) never share one.
+CHECKOUT = hashlib.sha1(str(ROOT).encode()).hexdigest()[:6]  # noqa: S324 (a name, not a secret)
 
 
 def _ts(value: str | None) -> float | None:
@@ -136,13 +151,50 @@ def count_inserted(dsn: str, prefix: str) -> int:
     return int(count)
 
 
+def postmaster_pid(dsn: str) -> int | None:
+    """The Postgres server's main process (the parent of every backend), when it runs here."""
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            (backend,) = cur.fetchone()
+        return psutil.Process(backend).ppid()
+    except psutil.Error:
+        return None  # a server on another machine: its processes are not counted
+    finally:
+        conn.close()
+
+
+def cpu_tracker(stack) -> CpuTracker:
+    """CPU accounting of a stack's processes and its two databases' Postgres backends."""
+    leaders = {p.pid: p.name for p in stack.state.procs if p.process() is not None}
+    databases = {stack.config.orders_db_name: "postgres_orders",
+                 stack.config.meta_db_name: "postgres_meta"}  # fmt: skip
+    return CpuTracker(leaders, postmaster_pid(stack.orders_dsn), databases)
+
+
+def batches(instances: list[dict], triggered: float) -> list[dict]:
+    """The run's issue_bills instances: where each ran and when (seconds from the trigger)."""
+    spans = []
+    for ti in instances:
+        start, end = _ts(ti.get("start_date")), _ts(ti.get("end_date"))
+        if ti["task_id"] != "issue_bills" or start is None or end is None:
+            continue
+        spans.append({"map_index": ti.get("map_index"), "hostname": ti.get("hostname"),
+                      "start_s": round(start - triggered, 2),
+                      "end_s": round(end - triggered, 2)})  # fmt: skip
+    return sorted(spans, key=lambda b: b["map_index"] or 0)
+
+
 def pipeline_run(stack, conf: dict, label: str, n: int, say) -> dict:
-    """N orders loaded, one run of the pipeline timed, with its memory and token fetches."""
+    """N orders loaded, one run of the pipeline timed, with its memory, token fetches and the
+    CPU each role spent on it."""
     dsn = stack.orders_dsn
     load_orders(dsn, stack.pdf_root, label, n)
     fetched = token_fetches(dsn)
-    with WorkerMemory(stack) as memory:
-        run = timed_run(stack, "nontax_insertbill", conf, timeout=1800)
+    with WorkerMemory(stack) as memory, cpu_tracker(stack) as cpu:
+        run, instances = timed_run(stack, "nontax_insertbill", conf, timeout=1800)
+    spans = batches(instances, run.pop("triggered"))
     run.update(
         orders=n,
         inserted=count_inserted(dsn, label),
@@ -151,33 +203,53 @@ def pipeline_run(stack, conf: dict, label: str, n: int, say) -> dict:
         peak_rss_one_worker_mb=round(memory.peak_one_mb, 1),
         token_fetches=token_fetches(dsn) - fetched,
         load_avg_1m=round(os.getloadavg()[0], 2),  # how busy the shared machine was
+        batches=spans,
+        batches_at_once=most_at_once([(b["hostname"], b["start_s"], b["end_s"]) for b in spans]),
+        cpu=cpu.report({ti["id"]: ti["task_id"] for ti in instances if ti.get("id")}, n),
     )
-    say(f"pipeline {label}: {run}")
+    cpu_ms = run["cpu"]
+    say(f"pipeline {label}: {run['orders_per_s']} orders/s, {run['seconds']} s, CPU ms per order "
+        f"{cpu_ms['cpu_ms_per_order_pipeline']} (batch + order DB), "
+        f"{cpu_ms['cpu_ms_per_order_all']} (all), at once {run['batches_at_once']}")  # fmt: skip
     return run
 
 
-def celery_row(config, conf: dict, args, say) -> dict:
-    """The same 10,000-order runs on a Celery stack (its workers on the local Redis)."""
-    from nontax_tools.stack import Stack
+def ceiling_run(stack, label: str, args, in_flight: int, say) -> dict:
+    """The plain client once, with its own CPU and the sandbox's."""
+    from ceiling import ceiling, demo_orders
+    from nontax_tools.bill_pdf import render_bill_pdf
 
-    with Stack(config, say=say) as stack:
-        workers = ", ".join(p.name for p in stack.workers())
-        say(f"Celery stack up in {stack.started_in_s}s: {workers}")
-        sandbox = stack.sandbox_admin()
-        sandbox.add_fault(endpoint="*", kind="latency", latency_ms=args.latency_ms)
-        runs = [pipeline_run(stack, conf, f"C10K{r}", args.large, say) for r in range(args.repeats)]
-        best = max(runs, key=lambda r: r["orders_per_s"])
-        hosts = {t["hostname"] for t in stack.api.task_instances(best["run_id"])
-                 if t["task_id"] == "issue_bills"}  # fmt: skip
-        sandbox.close()
+    orders = demo_orders(args.large, label)
+    sandbox = next(p.pid for p in stack.state.procs if p.name == "sandbox")
+    before = own_cpu_s(sandbox) or 0.0
+    out = ceiling(stack.sandbox_url, orders, render_bill_pdf(orders[0]),
+                  in_flight=in_flight, processes=args.pool_slots)  # fmt: skip
+    out["sandbox_cpu_ms_per_order"] = round(
+        ((own_cpu_s(sandbox) or before) - before) * 1000 / len(orders), 3
+    )
+    out["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    say(f"ceiling {label}: {out}")
+    if out["failed"]:
+        raise SystemExit(f"the ceiling's client failed: {out['failures']}")
+    return out
+
+
+def row_result(runs: list[dict]) -> dict:
+    """A row's runs: the best one in full, the summary of all (orders/s and CPU per order), and
+    each run in brief, in measured order (how noisy each was beside what it measured)."""
+    best = max(runs, key=lambda r: r["orders_per_s"])
     return {
-        "workers": config.workers,
-        "worker_concurrency": config.worker_concurrency,
-        "pipeline_10k": best,
-        "pipeline_10k_samples": [r["orders_per_s"] for r in runs],
-        "batches_ran_on": sorted(hosts),
-        "stack_up_s": stack.started_in_s,
-    }
+        "best": best,
+        "orders_per_s": summary([r["orders_per_s"] for r in runs]),
+        "cpu_ms_per_order": summary([r["cpu"]["cpu_ms_per_order_pipeline"] for r in runs], 3),
+        "runs": [
+            {"orders_per_s": r["orders_per_s"], "seconds": r["seconds"],
+             "cpu_ms_per_order_pipeline": r["cpu"]["cpu_ms_per_order_pipeline"],
+             "machine_cpu_ms_per_order": r["cpu"]["machine_cpu_ms_per_order"],
+             "load_avg_1m": r["load_avg_1m"], "batches_at_once": r["batches_at_once"]}
+            for r in runs
+        ],
+    }  # fmt: skip
 
 
 def _wait_for_dag(api, dag_id: str, timeout: float = 120) -> None:
@@ -194,8 +266,9 @@ def _wait_for_dag(api, dag_id: str, timeout: float = 120) -> None:
             time.sleep(1)
 
 
-def timed_run(stack, dag_id: str, conf: dict, *, timeout: float) -> dict:
-    """Trigger, wait, and time from the trigger to the end of the run (its last task)."""
+def timed_run(stack, dag_id: str, conf: dict, *, timeout: float) -> tuple[dict, list[dict]]:
+    """Trigger, wait, and time from the trigger to the end of the run (its last task); also
+    returns the run's task instances."""
     api = stack.api
     triggered = time.time()
     run_id = api.trigger(conf, dag_id=dag_id)
@@ -203,12 +276,14 @@ def timed_run(stack, dag_id: str, conf: dict, *, timeout: float) -> dict:
     # The run's own end (its last task done), not a listing of its task instances: a per-order
     # run has more instances than the API returns in one page.
     finished = _ts(run.get("end_date")) or time.time()
+    instances = api.task_instances(run_id, dag_id=dag_id)
     return {
         "run_id": run_id,
         "state": run["state"],
+        "triggered": triggered,
         "seconds": round(finished - triggered, 2),
-        "timeline_s": timeline(api.task_instances(run_id, dag_id=dag_id), triggered),
-    }
+        "timeline_s": timeline(instances, triggered),
+    }, instances
 
 
 def timeline(instances: list[dict], triggered: float) -> dict[str, list[float]]:
@@ -239,7 +314,7 @@ def plot(results: dict, path: Path) -> None:
         "pipeline\n1,000",
         "pipeline\n10,000",
         f"pipeline 10,000\nCelery, {results['settings']['celery_workers']} workers",
-        "per-order DAG\n1,000",
+        f"per-order DAG\n{results['settings']['sizes']['per_order']:,}",
     ]
     values = [
         results["ceiling_orders_per_s"],
@@ -264,11 +339,56 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def stack_configs(state: Path, pool_slots: int, celery_workers: int) -> tuple:
+    """The benchmark's two stacks (LocalExecutor, and Celery with `celery_workers`), under a
+    fresh state directory whose dags folder holds the pipeline's DAG and the per-order one."""
+    from nontax_tools.stack import StackConfig, free_port
+
+    shutil.rmtree(state, ignore_errors=True)
+    dags = state / "dags"
+    dags.mkdir(parents=True)
+    for dag_file in (ROOT / "dags" / "nontax_insertbill.py", BENCH / "per_order_dag.py"):
+        (dags / dag_file.name).symlink_to(dag_file)
+
+    def ports() -> dict:  # both stacks run at once: each on ports of its own
+        return {"port": free_port(), "worker_log_port": free_port(),
+                "trigger_log_port": free_port(), "scheduler_health_port": free_port()}  # fmt: skip
+
+    settings = dict(
+        sandbox_port=None,
+        pool_slots=pool_slots,
+        parallelism=max(8, pool_slots + 4),
+        drop_databases_on_down=True,
+        # A schedule whose latest tick is before the DAG's start date: unpausing the DAG starts
+        # no scheduled run, which would claim the first measured run's orders as they load.
+        extra_env={"AIRFLOW__CORE__DAGS_FOLDER": str(dags), "NONTAX_SCHEDULE": "0 0 29 2 *"},
+    )
+    local = StackConfig(
+        state_dir=state / "stack",
+        orders_db_name=f"nontax_bench_{CHECKOUT}",
+        meta_db_name=f"airflow_bench_meta_{CHECKOUT}",
+        **settings,
+        **ports(),
+    )
+    celery = StackConfig(
+        state_dir=state / "celery-stack",
+        orders_db_name=f"nontax_bench_celery_{CHECKOUT}",
+        meta_db_name=f"airflow_bench_celery_meta_{CHECKOUT}",
+        executor="celery",
+        workers=celery_workers,
+        **settings,
+        **ports(),
+    )
+    return local, celery
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--small", type=int, default=1000)
     parser.add_argument("--large", type=int, default=10_000)
-    parser.add_argument("--per-order", type=int, default=1000, help="0: skip the per-order DAG")
+    # 500: its orders/s do not depend on the number (one mapped task per order, `parallelism`
+    # at a time), and at 1,000 it took 8-11 minutes of the 15 `make bench` may take.
+    parser.add_argument("--per-order", type=int, default=500, help="0: skip the per-order DAG")
     parser.add_argument("--batch-size", type=int, default=2500)
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--pool-slots", type=int, default=4)
@@ -286,35 +406,12 @@ def main(argv: list[str] | None = None) -> int:
     from ceiling import ceiling, demo_orders
     from claim_cost import claim_cost
     from nontax_tools.bill_pdf import render_bill_pdf
-    from nontax_tools.stack import Stack, StackConfig, free_port
+    from nontax_tools.stack import Stack
     from parse_time import parse_ms
 
     state = ROOT / ".run" / "bench"
-    shutil.rmtree(state, ignore_errors=True)
-    dags = state / "dags"
-    dags.mkdir(parents=True)
-    for dag_file in (ROOT / "dags" / "nontax_insertbill.py", BENCH / "per_order_dag.py"):
-        (dags / dag_file.name).symlink_to(dag_file)
+    config, celery_config = stack_configs(state, args.pool_slots, args.celery_workers)
     in_flight = args.pool_slots * args.workers
-    settings = dict(
-        port=free_port(),
-        sandbox_port=None,
-        pool_slots=args.pool_slots,
-        parallelism=max(8, args.pool_slots + 4),
-        worker_log_port=free_port(),
-        trigger_log_port=free_port(),
-        scheduler_health_port=free_port(),
-        drop_databases_on_down=True,
-        # A schedule whose latest tick is before the DAG's start date: unpausing the DAG starts
-        # no scheduled run, which would claim the first measured run's orders as they load.
-        extra_env={"AIRFLOW__CORE__DAGS_FOLDER": str(dags), "NONTAX_SCHEDULE": "0 0 29 2 *"},
-    )
-    config = StackConfig(
-        state_dir=state / "stack",
-        orders_db_name="nontax_bench",
-        meta_db_name="airflow_bench_meta",
-        **settings,
-    )
     results: dict = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -355,52 +452,78 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bills_view_ms_1m             {results['bills_view_ms_1m']}")
         print(f"written: {args.out}")
         return 0
+    conf = {"batch_size": args.batch_size, "min_batches": args.pool_slots,
+            "workers": args.workers}  # fmt: skip
     with Stack(config, say=say) as stack:
         say(f"stack up in {stack.started_in_s}s at {stack.url}")
         sandbox = stack.sandbox_admin()
         sandbox.add_fault(endpoint="*", kind="latency", latency_ms=args.latency_ms)
         dsn = stack.orders_dsn
-
-        conf = {"batch_size": args.batch_size, "min_batches": args.pool_slots,
-                "workers": args.workers}  # fmt: skip
-
-        def pipeline(label: str, n: int) -> dict:
-            return pipeline_run(stack, conf, label, n, say)
-
-        # The ceiling and the large run take turns, `repeats` times, and the best of each
-        # counts: on a shared machine noise only ever slows a run down.
-        ceilings, larges = [], []
-        for round_ in range(args.repeats):
-            orders = demo_orders(args.large, f"CEIL{round_}")
-            out = ceiling(stack.sandbox_url, orders, render_bill_pdf(orders[0]),
-                          in_flight=in_flight, processes=args.pool_slots)  # fmt: skip
-            say(f"ceiling: {out}")
-            if out["failed"]:
-                raise SystemExit(f"the ceiling's client failed: {out['failures']}")
-            ceilings.append(out)
-            if round_ == 0:
-                results["pipeline_1k"] = pipeline("P1K", args.small)
-            larges.append(pipeline(f"P10K{round_}", args.large))
+        # Both stacks up and warm while the rows take turns: the one not measured idles, and
+        # the machine's noise (other work on it, the load the benchmark itself leaves) hits
+        # each row alike.
+        celery_up = Stack(celery_config, say=say) if args.celery_workers else None
+        with celery_up or contextlib.nullcontext():
+            if celery_up is not None:
+                workers = ", ".join(p.name for p in celery_up.workers())
+                say(f"Celery stack up in {celery_up.started_in_s}s: {workers}")
+                celery_sandbox = celery_up.sandbox_admin()
+                celery_sandbox.add_fault(endpoint="*", kind="latency", latency_ms=args.latency_ms)
+                celery_sandbox.close()
+            results["pipeline_1k"] = pipeline_run(stack, conf, "P1K", args.small, say)
+            celery_warm = (
+                pipeline_run(celery_up, conf, "C1K", args.small, say) if celery_up else None
+            )
+            rows = ["ceiling", "local", *(["celery"] if celery_up else [])]
+            runs: dict[str, list[dict]] = {row: [] for row in rows}
+            for round_, row in turns(rows, args.repeats):
+                if row == "ceiling":
+                    runs[row].append(ceiling_run(stack, f"CEIL{round_}", args, in_flight, say))
+                else:
+                    on, prefix = (stack, "P10K") if row == "local" else (celery_up, "C10K")
+                    runs[row].append(pipeline_run(on, conf, f"{prefix}{round_}", args.large, say))
+            if celery_up is not None:
+                celery = row_result(runs["celery"])
+                hosts = {b["hostname"] for b in celery["best"]["batches"]}
+                results["celery"] = {
+                    "workers": celery_config.workers,
+                    "worker_concurrency": celery_config.worker_concurrency,
+                    "pipeline_1k": celery_warm,
+                    "pipeline_10k": celery["best"],
+                    "pipeline_10k_samples": celery["orders_per_s"]["samples"],
+                    "orders_per_s": celery["orders_per_s"],
+                    "cpu_ms_per_order": celery["cpu_ms_per_order"],
+                    "runs": celery["runs"],
+                    "batches_ran_on": sorted(h for h in hosts if h),
+                    "stack_up_s": celery_up.started_in_s,
+                }
         # For scale: the same client in one process (bound to about one core by its interpreter
         # lock), once.
         orders = demo_orders(args.large, "ONE")
         one = ceiling(stack.sandbox_url, orders, render_bill_pdf(orders[0]), in_flight=in_flight)
         say(f"plain client, one process: {one}")
         results["plain_client_one_process"] = one
+        ceilings = runs["ceiling"]
         results["ceiling"] = max(ceilings, key=lambda r: r["orders_per_s"])
         results["ceiling_samples"] = [r["orders_per_s"] for r in ceilings]
         results["ceiling_orders_per_s"] = results["ceiling"]["orders_per_s"]
-        results["pipeline_10k"] = max(larges, key=lambda r: r["orders_per_s"])
-        results["pipeline_10k_samples"] = [r["orders_per_s"] for r in larges]
+        results["ceiling_cpu_ms_per_order"] = summary([r["cpu_ms_per_order"] for r in ceilings], 3)
+        local = row_result(runs["local"])
+        results["pipeline_10k"] = local["best"]
+        results["pipeline_10k_samples"] = local["orders_per_s"]["samples"]
+        results["pipeline_10k_orders_per_s"] = local["orders_per_s"]
+        results["pipeline_10k_cpu_ms_per_order"] = local["cpu_ms_per_order"]
+        results["pipeline_10k_runs"] = local["runs"]
         results["token_fetches_per_run"] = max(
-            r["token_fetches"] for r in (results["pipeline_1k"], *larges)
+            r["token_fetches"] for r in (results["pipeline_1k"], *runs["local"])
         )
 
         if args.per_order:
             load_orders(dsn, stack.pdf_root, "PER", args.per_order)
             _wait_for_dag(stack.api, "bench_per_order")
             stack.api.set_paused(False, dag_id="bench_per_order")
-            run = timed_run(stack, "bench_per_order", {}, timeout=3600)
+            run, _ = timed_run(stack, "bench_per_order", {}, timeout=3600)
+            del run["triggered"]
             run.update(
                 orders=args.per_order,
                 inserted=count_inserted(dsn, "PER"),
@@ -419,19 +542,23 @@ def main(argv: list[str] | None = None) -> int:
         results[f"claim_{rows}"] = cost
         say(f"claim at {rows} rows: {cost['claim_ms']} ms")
 
-    if args.celery_workers:
-        celery_config = StackConfig(
-            state_dir=state / "celery-stack",
-            orders_db_name="nontax_bench_celery",
-            meta_db_name="airflow_bench_celery_meta",
-            executor="celery",
-            workers=args.celery_workers,
-            **{**settings, "port": free_port()},
-        )
-        results["celery"] = celery_row(celery_config, conf, args, say)
-
     small, large = results["pipeline_1k"], results["pipeline_10k"]
     celery = results.get("celery", {}).get("pipeline_10k")
+    # CPU per order: the median over the row's runs (it moves little with the load, unlike
+    # orders/s), the pipeline's batches and order database against the raw client's processes.
+    pipeline_cpu = results["pipeline_10k_cpu_ms_per_order"]["median"]
+    ceiling_cpu = results["ceiling_cpu_ms_per_order"]["median"]
+    results["cpu_breakdown"] = {
+        "pipeline_ms_per_order": mean_roles([r["cpu"] for r in runs["local"]]),
+        "ceiling_ms_per_order": {
+            "client": ceiling_cpu,
+            "sandbox": summary([r["sandbox_cpu_ms_per_order"] for r in ceilings], 3)["median"],
+        },
+    }
+    if celery:
+        results["cpu_breakdown"]["celery_ms_per_order"] = mean_roles(
+            [r["cpu"] for r in runs["celery"]]
+        )
     per_order = results.get("per_order_dag")  # None with --per-order 0 (a quicker look)
     results.update(
         pipeline_orders_per_s=large["orders_per_s"],
@@ -449,6 +576,10 @@ def main(argv: list[str] | None = None) -> int:
         claim_ms_20k=results.get("claim_20000", {}).get("claim_ms"),
         peak_rss_mb_1k=small["peak_rss_mb"],
         peak_rss_mb_10k=large["peak_rss_mb"],
+        cpu_ms_per_order_pipeline=pipeline_cpu,
+        cpu_ms_per_order_ceiling=ceiling_cpu,
+        cpu_pipeline_vs_ceiling=round(pipeline_cpu / ceiling_cpu, 2),
+        cpu_ms_per_order_celery=results.get("celery", {}).get("cpu_ms_per_order", {}).get("median"),
         celery_orders_per_s=celery["orders_per_s"] if celery else None,
         celery_vs_local=round(celery["orders_per_s"] / large["orders_per_s"], 3)
         if celery
@@ -462,7 +593,8 @@ def main(argv: list[str] | None = None) -> int:
             "per_order_dag_orders_per_s", "pipeline_vs_per_order_dag", "parse_ms",
             "claim_ms_1m", "claim_ms_20k", "peak_rss_mb_1k", "peak_rss_mb_10k",
             "token_fetches_per_run", "celery_orders_per_s", "celery_vs_local",
-            "bills_view_ms_1m", "total_s")  # fmt: skip
+            "cpu_ms_per_order_pipeline", "cpu_ms_per_order_ceiling", "cpu_pipeline_vs_ceiling",
+            "cpu_ms_per_order_celery", "bills_view_ms_1m", "total_s")  # fmt: skip
     for key in keys:
         print(f"{key:<28} {results.get(key)}")
     print(f"written: {args.out}, {args.plot}")
