@@ -261,14 +261,15 @@ def _not_finished(row: dict[str, Any]) -> str | None:
 @dataclass(frozen=True)
 class Action:
     """A person's action on one order: a confirmation page (GET `/<name>?id=`), then a POST to
-    the same path. `asks_reason`: the confirmation asks for a reason (a form field `reason`).
+    the same path, with a form field `reason` when the action asks for one (`reason_for`).
     `why_not(row)`: why the action does not fit the order as it stands (None: it fits); the
     POST checks again, in the store, against the row as it is then."""
 
     title: str
     explain: str
     why_not: Callable[[dict[str, Any]], str | None]
-    asks_reason: bool = False
+    # Asked for a reason: who reads it (empty: no reason asked).
+    reason_for: str = ""
 
 
 # Every action, in the order the order page offers them. An action is this entry, its two
@@ -294,7 +295,7 @@ ACTIONS = {
         f"It cannot be undone: WeChat refuses this order_id for good. {REQUESTS_DAG_ID} carries "
         "it out; a run of it is started now.",
         lambda row: why_not_carried_out(RequestKind.REFUSE, row["status"]),
-        asks_reason=True,
+        reason_for="WeChat shows it to the payer; kept with the request",
     ),
     RequestKind.VOID: Action(
         "Void the bill",
@@ -302,7 +303,7 @@ ACTIONS = {
         "in the payer's card package (platform/updatestatus). It cannot be undone. "
         f"{REQUESTS_DAG_ID} carries it out; a run of it is started now.",
         lambda row: why_not_carried_out(RequestKind.VOID, row["status"]),
-        asks_reason=True,
+        reason_for="kept with the request and in the order's history; WeChat is not told it",
     ),
 }
 
@@ -319,7 +320,7 @@ def _confirm(user: str, order_id: str, action: str) -> HTMLResponse:
         action=action,
         title=what.title,
         explain=what.explain,
-        asks_reason=what.asks_reason,
+        reason_for=what.reason_for,
         reason_max=MAX_REFUSAL_REASON_CHARS,
         why_not=what.why_not(row),
         back=f"order?{urlencode({'id': order_id})}",

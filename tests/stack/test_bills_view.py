@@ -97,7 +97,7 @@ def desk(stack: Stack) -> Iterator[Desk]:
         assert store.get_row(oid(n))["status"] == "invalid"
     with psycopg2.connect(stack.orders_dsn) as conn, conn.cursor() as cur:  # the test's own
         cur.execute(
-            "UPDATE nontax.bill_order SET reason = %s WHERE order_id = %s",
+            "UPDATE nontax.bill_order SET reason = %s, updated_at = now() WHERE order_id = %s",
             (HOSTILE_REASON, oid(HOSTILE)),
         )
     passwords = json.loads((stack.config.home / "simple_auth_manager_passwords.json").read_text())
@@ -369,6 +369,30 @@ def test_refuse_and_void_from_the_order_page_are_carried_out_once_by_nontax_requ
     assert _escaped(hostile_reason) in page.text
     assert "None: the order is refused." in page.text  # nothing more to do on it
     _no_secret(desk, page.text)
+
+
+def test_a_browser_voids_a_bill_from_its_order_page(desk: Desk):
+    """RED_A, inserted by the issue-now test above, is voided by a person in the browser: its
+    page, "Void the bill…", a reason, the button; the run of nontax_requests it starts cancels
+    the bill, and the page then shows the request done."""
+    order_id = oid(RED_A)
+    assert desk.store.get_row(order_id)["status"] == "inserted"
+    api: AirflowApi = desk.stack.api
+    with logged_in_page(desk.stack) as page:
+        page.wait_for_url(re.compile(r".*/(home)?$"))
+        page.goto(f"{desk.url}/bills/order?id={quote(order_id)}")
+        page.get_by_role("link", name="Void the bill…").click()
+        page.get_by_label(re.compile("Reason")).fill("财政平台已冲红 (退费)")
+        page.screenshot(path=str(ARTIFACTS / "bills-confirm-void.png"))
+        page.get_by_role("button", name="Void the bill").click()
+        page.get_by_text("Void asked for").wait_for()
+        (run_id,) = parse_qs(urlsplit(page.url).query)["run"]
+        assert api.wait_run(run_id, timeout=300, dag_id=REQUESTS_DAG)["state"] == "success"
+        page.reload()
+        page.get_by_text("cancelled").first.wait_for()
+        page.screenshot(path=str(ARTIFACTS / "bills-after-void.png"), full_page=True)
+    assert desk.store.get_row(order_id)["status"] == "cancelled"
+    assert (order_id, "void", "done") in [r[:3] for r in _requests(desk)]
 
 
 def _requests(desk: Desk) -> list[tuple]:
