@@ -8,7 +8,9 @@ Browse -> Bills. Server-rendered HTML (Jinja2, autoescaped), readable without Ja
   what the first does (each query's plan: bench/bills_view.py);
 - `/bills/order?id=...`: one order, its whole history, links to the Airflow run and task
   instance that last touched it, its media id's age;
-- `/bills/reset?id=...` and `/bills/issue?id=...`: a confirmation page (GET), the action (POST).
+- `/bills/reset`, `/bills/issue`, `/bills/refuse`, `/bills/void` (`?id=...`): a confirmation page
+  (GET), the action (POST). Refuse and void only record a request (`bill_requests`); the DAG
+  `nontax_requests` carries it out, and the POST asks Airflow for a run of it at once.
 
 Airflow does not protect a plugin's routes: every route here checks the caller with Airflow's
 own auth manager (the UI's JWT cookie or a Bearer token). Reading needs read access to the DAG,
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
@@ -34,10 +36,14 @@ from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_da
 from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse
 
+from wechat_nontax.bill_requests import RequestKind, request_action, why_not_carried_out
 from wechat_nontax.policy import Status
+from wechat_nontax.request_store import RequestStore
 from wechat_nontax.store import BillsPage, OrderStore, PageMark
+from wechat_nontax.validation import MAX_REFUSAL_REASON_CHARS
 
 DAG_ID = "nontax_insertbill"
+REQUESTS_DAG_ID = "nontax_requests"  # carries out refusals and voids
 ISSUE_TASK = "issue_bills"
 PAGE_SIZE = 50
 # The WeChat media id of an uploaded PDF is good for three days.
@@ -93,8 +99,8 @@ def beijing(unix_time: int | None) -> str:
     return at.strftime("%Y-%m-%d %H:%M:%S") + " Beijing"
 
 
-def run_url(run_id: str) -> str:
-    return f"/dags/{DAG_ID}/runs/{quote(run_id, safe='')}"
+def run_url(run_id: str, dag_id: str = DAG_ID) -> str:
+    return f"/dags/{dag_id}/runs/{quote(run_id, safe='')}"
 
 
 def task_url(run_id: str, holder: str | None) -> str:
@@ -176,14 +182,22 @@ def api_url() -> str:
 
 
 @contextlib.contextmanager
-def order_store() -> Iterator[OrderStore]:
+def order_db() -> Iterator[tuple[OrderStore, Any]]:
+    """The order store and its connection (for the requests' statements), one per request."""
     from wechat_nontax.orders_db import connect
 
-    store = OrderStore(connect(application_name="nontax_bills_view"), write_retry_s=0)
+    conn = connect(application_name="nontax_bills_view")
+    store = OrderStore(conn, write_retry_s=0)
     try:
-        yield store
+        yield store, conn
     finally:
         store.close()
+
+
+@contextlib.contextmanager
+def order_store() -> Iterator[OrderStore]:
+    with order_db() as (store, _):
+        yield store
 
 
 def _day(value: str | None, name: str) -> datetime | None:
@@ -237,18 +251,25 @@ def _needs_person(row: dict[str, Any]) -> bool:
     return row["status"] in Status.NEEDS_ATTENTION
 
 
-def _is_finished(row: dict[str, Any]) -> bool:
-    return row["status"] in Status.FINISHED
+def _not_finished(row: dict[str, Any]) -> str | None:
+    """Why reset and issue-now do not fit the order: a finished one is never sent again."""
+    if row["status"] in Status.FINISHED:
+        return f"The order is finished ({row['status']}): it is never sent again."
+    return None
 
 
 @dataclass(frozen=True)
 class Action:
     """A person's action on one order: a confirmation page (GET `/<name>?id=`), then a POST to
-    the same path. `asks_reason`: the confirmation asks for a reason (a form field `reason`)."""
+    the same path, with a form field `reason` when the action asks for one (`reason_for`).
+    `why_not(row)`: why the action does not fit the order as it stands (None: it fits); the
+    POST checks again, in the store, against the row as it is then."""
 
     title: str
     explain: str
-    asks_reason: bool = False
+    why_not: Callable[[dict[str, Any]], str | None]
+    # Asked for a reason: who reads it (empty: no reason asked).
+    reason_for: str = ""
 
 
 # Every action, in the order the order page offers them. An action is this entry, its two
@@ -259,11 +280,30 @@ ACTIONS = {
         "The order becomes due again (authorized, media id dropped, authorisation wait from "
         "zero): the next run of the DAG issues it. Do this after fixing the cause shown as its "
         "reason.",
+        _not_finished,
     ),
     "issue": Action(
         "Issue now",
         f"Triggers a run of {DAG_ID} for this order alone (param order_ids). An order that needs "
         "a person is not taken by the run: make it due again first.",
+        _not_finished,
+    ),
+    RequestKind.REFUSE: Action(
+        "Refuse",
+        "The order will never get a bill (refunded before issue, data that cannot be fixed): "
+        "WeChat is told (rejectinsert) and shows the payer the reason instead of a pending bill. "
+        f"It cannot be undone: WeChat refuses this order_id for good. {REQUESTS_DAG_ID} carries "
+        "it out; a run of it is started now.",
+        lambda row: why_not_carried_out(RequestKind.REFUSE, row["status"]),
+        reason_for="WeChat shows it to the payer; kept with the request",
+    ),
+    RequestKind.VOID: Action(
+        "Void the bill",
+        "The fiscal platform red-reversed this bill (冲红): it is set to INVOICE_REIMBURSE_CANCEL "
+        "in the payer's card package (platform/updatestatus). It cannot be undone. "
+        f"{REQUESTS_DAG_ID} carries it out; a run of it is started now.",
+        lambda row: why_not_carried_out(RequestKind.VOID, row["status"]),
+        reason_for="kept with the request and in the order's history; WeChat is not told it",
     ),
 }
 
@@ -280,8 +320,9 @@ def _confirm(user: str, order_id: str, action: str) -> HTMLResponse:
         action=action,
         title=what.title,
         explain=what.explain,
-        asks_reason=what.asks_reason,
-        possible=not _is_finished(row),
+        reason_for=what.reason_for,
+        reason_max=MAX_REFUSAL_REASON_CHARS,
+        why_not=what.why_not(row),
         back=f"order?{urlencode({'id': order_id})}",
     )
 
@@ -360,9 +401,10 @@ def create_app() -> FastAPI:
         done: Annotated[str | None, Query(max_length=16)] = None,
         run: Annotated[str | None, Query(max_length=250)] = None,
     ) -> HTMLResponse:
-        with order_store() as store:
+        with order_db() as (store, conn):
             row = _order_or_404(store, order_id)
             history = store.history_rows(order_id)
+            requests_ = RequestStore(conn).of_order(order_id)
         now = datetime.now(UTC)
         last_run = next((h["run_id"] for h in reversed(history) if h["run_id"]), None)
         holder = row.get("held_by")  # names the batch while a try holds the order
@@ -386,10 +428,11 @@ def create_app() -> FastAPI:
             media_age=media_age,
             media_expired=media_expired,
             needs_person=_needs_person(row),
-            finished=_is_finished(row),
-            actions=ACTIONS,
+            requests=requests_,
+            offered={name: a for name, a in ACTIONS.items() if a.why_not(row) is None},
             action_url=lambda action: f"{action}?{urlencode({'id': order_id})}",
             run_url=run_url,
+            requests_run_url=lambda run_id: run_url(run_id, REQUESTS_DAG_ID),
         )
 
     # -- actions: GET shows the confirmation, POST acts -----------------------------------------
@@ -476,4 +519,80 @@ def create_app() -> FastAPI:
             status_code=status.HTTP_303_SEE_OTHER,
         )
 
+    # -- refuse and void: a request recorded, then a run of nontax_requests asked for ------------
+
+    def request_confirm(user: GetUserDep, order_id: str, kind: RequestKind) -> HTMLResponse:
+        return _confirm(user.get_name(), order_id, kind)
+
+    def request_post(
+        request: Request, user: GetUserDep, order_id: str, reason: str, kind: RequestKind
+    ) -> Any:
+        name = user.get_name()
+        back = f"order?{urlencode({'id': order_id})}"
+        with order_db() as (store, conn):
+            _order_or_404(store, order_id)
+            answer = request_action(
+                conn, order_id, kind, reason, f"{name} (Airflow user, Bills view)"
+            )
+        if not answer.accepted:
+            return render(
+                "bills_message.html",
+                code=status.HTTP_409_CONFLICT,
+                user=name,
+                title="Not asked",
+                message=f"Nothing recorded: {answer.reason}",
+                back=back,
+            )
+        done = {"id": order_id, "done": kind}
+        # Carried out now rather than at the next scheduled run, if the caller may trigger it
+        # (and the DAG is unpaused); otherwise the schedule takes it.
+        run_id = _trigger(
+            request, REQUESTS_DAG_ID, {}, f"{kind} {order_id}, by {name} in the Bills view"
+        )
+        if run_id:
+            done["run"] = run_id
+        return RedirectResponse(f"order?{urlencode(done)}", status_code=status.HTTP_303_SEE_OTHER)
+
+    for kind in RequestKind:
+
+        def confirm(
+            user: GetUserDep,
+            order_id: Annotated[str, Query(alias="id", max_length=64)],
+            kind: RequestKind = kind,
+        ) -> HTMLResponse:
+            return request_confirm(user, order_id, kind)
+
+        def post(
+            request: Request,
+            user: GetUserDep,
+            order_id: Annotated[str, Form(max_length=64)],
+            reason: Annotated[str, Form(max_length=4 * MAX_REFUSAL_REASON_CHARS)],
+            kind: RequestKind = kind,
+        ) -> Any:
+            return request_post(request, user, order_id, reason, kind)
+
+        app.add_api_route(
+            f"/{kind}", confirm, methods=["GET"], response_class=HTMLResponse,
+            dependencies=[CanEdit],
+        )  # fmt: skip
+        app.add_api_route(
+            f"/{kind}", post, methods=["POST"], response_class=HTMLResponse,
+            dependencies=[Depends(same_origin), CanEdit],
+        )  # fmt: skip
+
     return app
+
+
+def _trigger(request: Request, dag_id: str, conf: dict[str, Any], note: str) -> str | None:
+    """A manual run of `dag_id` through Airflow's REST API with the caller's own token (so the
+    caller's permissions decide); its run id, or None when Airflow did not create one."""
+    try:
+        response = requests.post(
+            f"{api_url()}/api/v2/dags/{dag_id}/dagRuns",
+            json={"logical_date": None, "conf": conf, "note": note},
+            headers={"Authorization": f"Bearer {caller_token(request)}"},
+            timeout=30,
+        )
+    except requests.RequestException:
+        return None
+    return response.json()["dag_run_id"] if response.status_code in (200, 201) else None

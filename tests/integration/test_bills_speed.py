@@ -217,7 +217,7 @@ def test_the_kept_counts_stay_exact_through_every_kind_of_write(store: OrderStor
     conn.close()
     _sql(orders_db, "ALTER TABLE nontax.bill_attempt DISABLE TRIGGER USER")
     try:
-        _sql(orders_db, "TRUNCATE nontax.bill_attempt, nontax.bill_order")
+        _sql(orders_db, "TRUNCATE nontax.bill_request, nontax.bill_attempt, nontax.bill_order")
     finally:
         _sql(orders_db, "ALTER TABLE nontax.bill_attempt ENABLE TRIGGER USER")
     assert exact() == {}

@@ -35,9 +35,14 @@ CHROMIUM_ARGS = [
 def own_stack_config(state: Path, name: str, **overrides: Any) -> StackConfig:
     """A StackConfig for a test module; `overrides` are StackConfig fields (`extra_env` adds)."""
     suffix = uuid.uuid4().hex[:8]
-    # A schedule whose latest tick is before the DAG's start date: unpausing the DAG does not
-    # start a scheduled run that would claim the test's orders.
-    extra_env = {"NONTAX_SCHEDULE": "0 0 29 2 *", **overrides.pop("extra_env", {})}
+    # Schedules whose latest tick is before the DAGs' start date: unpausing a DAG does not
+    # start a scheduled run that would claim the test's orders or requests.
+    never = "0 0 29 2 *"
+    extra_env = {
+        "NONTAX_SCHEDULE": never,
+        "NONTAX_REQUESTS_SCHEDULE": never,
+        **overrides.pop("extra_env", {}),
+    }
     settings: dict[str, Any] = {
         "state_dir": state,
         "port": free_port(),

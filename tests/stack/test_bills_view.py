@@ -37,6 +37,7 @@ ARTIFACTS = ROOT / "artifacts"
 HOSTILE_TITLE = '<script>alert("title")</script>门诊<b>收费</b>'
 HOSTILE_REASON = '<script>alert("reason")</script> & <img src=x onerror=alert(1)>'
 GOOD, RED_A, RED_B, HOSTILE = 1, 2, 3, 4  # order numbers (make_order)
+REQUESTS_DAG = "nontax_requests"
 
 
 def oid(n: int) -> str:
@@ -96,7 +97,7 @@ def desk(stack: Stack) -> Iterator[Desk]:
         assert store.get_row(oid(n))["status"] == "invalid"
     with psycopg2.connect(stack.orders_dsn) as conn, conn.cursor() as cur:  # the test's own
         cur.execute(
-            "UPDATE nontax.bill_order SET reason = %s WHERE order_id = %s",
+            "UPDATE nontax.bill_order SET reason = %s, updated_at = now() WHERE order_id = %s",
             (HOSTILE_REASON, oid(HOSTILE)),
         )
     passwords = json.loads((stack.config.home / "simple_auth_manager_passwords.json").read_text())
@@ -116,15 +117,19 @@ def _routes(order_id: str) -> list[tuple[str, str]]:
         ("GET", f"/bills/order?id={order_id}"),
         ("GET", f"/bills/reset?id={order_id}"),
         ("GET", f"/bills/issue?id={order_id}"),
+        ("GET", f"/bills/refuse?id={order_id}"),
+        ("GET", f"/bills/void?id={order_id}"),
         ("POST", "/bills/reset"),
         ("POST", "/bills/issue"),
+        ("POST", "/bills/refuse"),
+        ("POST", "/bills/void"),
     ]
 
 
 def test_without_login_every_route_answers_401(desk: Desk):
     for method, path in _routes(oid(RED_A)):
         answer = requests.request(
-            method, f"{desk.url}{path}", data={"order_id": oid(RED_A)},
+            method, f"{desk.url}{path}", data={"order_id": oid(RED_A), "reason": "x"},
             headers=desk.same_origin(), timeout=30, allow_redirects=False,
         )  # fmt: skip
         assert answer.status_code == 401, (method, path, answer.status_code, answer.text)
@@ -137,7 +142,7 @@ def test_without_login_every_route_answers_401(desk: Desk):
 def test_a_viewer_reads_and_gets_403_on_every_action(desk: Desk):
     for method, path in _routes(oid(RED_A)):
         answer = desk.viewer.request(
-            method, f"{desk.url}{path}", data={"order_id": oid(RED_A)},
+            method, f"{desk.url}{path}", data={"order_id": oid(RED_A), "reason": "x"},
             headers=desk.same_origin(), timeout=30, allow_redirects=False,
         )  # fmt: skip
         expected = (
@@ -146,6 +151,7 @@ def test_a_viewer_reads_and_gets_403_on_every_action(desk: Desk):
         assert answer.status_code == expected, (method, path, answer.status_code, answer.text)
     assert desk.store.get_row(oid(RED_A))["status"] == "invalid"
     assert len(desk.stack.api.runs()) == 1
+    assert _requests(desk) == []
 
 
 def test_the_overview_lists_what_needs_a_person_filters_and_escapes(desk: Desk):
@@ -203,9 +209,15 @@ def test_an_order_page_shows_its_history_and_links_to_its_run(desk: Desk):
     assert "task instance" in html
     for step in ("load",):
         assert f"<td>{step}</td>" in html
-    for action, title in (("reset", "Make due again"), ("issue", "Issue now")):
+    # An order that needs a person may be made due again, issued now or refused; it has no bill
+    # to void. An inserted one offers only the void of its bill.
+    offered = ("reset", "Make due again"), ("issue", "Issue now"), ("refuse", "Refuse")
+    for action, title in offered:
         assert f'href="{action}?id={quote(oid(HOSTILE))}">{title}…</a>' in html
-    assert "not available yet" in html  # refusing and voiding: not in the view yet
+    assert "void?id=" not in html
+    good = desk.admin.get(f"{desk.url}/bills/order", params={"id": oid(GOOD)}, timeout=30).text
+    assert f'href="void?id={quote(oid(GOOD))}">Void the bill…</a>' in good
+    assert "reset?id=" not in good and "refuse?id=" not in good
     _no_secret(desk, html)
     missing = desk.admin.get(f"{desk.url}/bills/order", params={"id": "NO_SUCH"}, timeout=30)
     assert missing.status_code == 404
@@ -218,15 +230,16 @@ def test_a_post_from_another_origin_is_refused_and_changes_nothing(desk: Desk):
         {"Origin": "null"},
         {},  # neither Origin nor Referer
     ):
-        for action in ("reset", "issue"):
+        for action in ("reset", "issue", "refuse", "void"):
             answer = requests.post(
-                f"{desk.url}/bills/{action}", data={"order_id": oid(RED_B)},
+                f"{desk.url}/bills/{action}", data={"order_id": oid(RED_B), "reason": "x"},
                 cookies={"_token": desk.admin_token}, headers=headers, timeout=30,
                 allow_redirects=False,
             )  # fmt: skip
             assert answer.status_code == 403, (headers, action, answer.text)
     assert desk.store.get_row(oid(RED_B))["status"] == "invalid"
     assert len(desk.stack.api.runs()) == 1
+    assert _requests(desk) == []
     # A GET never acts: the confirmation page only.
     answer = desk.admin.get(f"{desk.url}/bills/reset", params={"id": oid(RED_B)}, timeout=30)
     assert answer.status_code == 200 and 'method="post"' in answer.text
@@ -296,6 +309,103 @@ def test_a_browser_opens_browse_bills_finds_a_red_order_and_makes_it_due_again(d
     assert (row["status"], row["reason"]) == ("authorized", None)
     last = desk.store.history(order_id)[-1]
     assert last.step == "reset" and "admin" in last.errmsg
+
+
+def test_refuse_and_void_from_the_order_page_are_carried_out_once_by_nontax_requests(desk: Desk):
+    """HOSTILE (invalid, no bill) is refused and GOOD's bill voided through the view: each POST
+    records a request in the admin's name and starts a run of nontax_requests, which carries it
+    out on WeChat; the order page shows the request's outcome, its reason escaped. Requests that
+    do not fit the order, or whose reason WeChat would not take, are refused with nothing
+    recorded."""
+    api: AirflowApi = desk.stack.api
+    api.set_paused(False, dag_id=REQUESTS_DAG)  # a deployment unpauses it once (README)
+    sandbox = desk.stack.sandbox_admin()
+    # Refused, with the reason and nothing recorded: a void of an order without a bill, a
+    # refusal of an inserted one, a blank reason, a reason longer than WeChat shows.
+    for action, order_id, reason, words in (
+        ("void", oid(RED_B), "冲红", "has no bill in the card package to void"),
+        ("refuse", oid(GOOD), "退费", "void the bill instead"),
+        ("refuse", oid(RED_B), "   ", "reason"),
+        ("refuse", oid(RED_B), "退" * 101, "at most 100 characters"),
+    ):
+        answer = desk.admin.post(
+            f"{desk.url}/bills/{action}", data={"order_id": order_id, "reason": reason},
+            headers=desk.same_origin(), timeout=30, allow_redirects=False,
+        )  # fmt: skip
+        assert answer.status_code == 409 and words in answer.text, (action, answer.text)
+    assert _requests(desk) == []
+    confirm = desk.admin.get(f"{desk.url}/bills/void", params={"id": oid(RED_B)}, timeout=30)
+    assert confirm.status_code == 200 and 'method="post"' not in confirm.text
+    assert "has no bill in the card package to void" in confirm.text
+
+    hostile_reason = '<b>退费</b> "<script>x</script>"'
+    done = {}
+    for action, order_id, reason in (
+        ("refuse", oid(HOSTILE), hostile_reason),
+        ("void", oid(GOOD), "财政平台已冲红"),
+    ):
+        answer = desk.admin.post(
+            f"{desk.url}/bills/{action}", data={"order_id": order_id, "reason": reason},
+            headers=desk.same_origin(), timeout=30, allow_redirects=False,
+        )  # fmt: skip
+        assert answer.status_code == 303, answer.text
+        (run_id,) = parse_qs(urlsplit(answer.headers["location"]).query)["run"]
+        done[order_id] = api.wait_run(run_id, timeout=300, dag_id=REQUESTS_DAG)
+    assert all(run["state"] == "success" for run in done.values()), done
+    assert desk.store.get_row(oid(HOSTILE))["status"] == "refused"
+    assert desk.store.get_row(oid(GOOD))["status"] == "cancelled"
+    assert [(r[0], r[1], r[2]) for r in _requests(desk)] == [
+        (oid(HOSTILE), "refuse", "done"),
+        (oid(GOOD), "void", "done"),
+    ]
+    assert all("admin" in r[3] for r in _requests(desk))
+    # WeChat saw each once.
+    assert set(sandbox.rejections()) == {oid(HOSTILE)}
+    voided = sandbox.statuses()[oid(GOOD)]
+    assert voided["reimburse_status"] == "INVOICE_REIMBURSE_CANCEL"
+    assert sum(h["to"] == "INVOICE_REIMBURSE_CANCEL" for h in voided["history"]) == 1
+    page = desk.admin.get(f"{desk.url}/bills/order", params={"id": oid(HOSTILE)}, timeout=30)
+    assert "<h2>Requests</h2>" in page.text and "<script>x" not in page.text
+    assert _escaped(hostile_reason) in page.text
+    assert "None: the order is refused." in page.text  # nothing more to do on it
+    _no_secret(desk, page.text)
+
+
+def test_a_browser_voids_a_bill_from_its_order_page(desk: Desk):
+    """RED_A, inserted by the issue-now test above, is voided by a person in the browser: its
+    page, "Void the bill…", a reason, the button; the run of nontax_requests it starts cancels
+    the bill, and the page then shows the request done."""
+    order_id = oid(RED_A)
+    assert desk.store.get_row(order_id)["status"] == "inserted"
+    api: AirflowApi = desk.stack.api
+    with logged_in_page(desk.stack) as page:
+        page.wait_for_url(re.compile(r".*/(home)?$"))
+        page.goto(f"{desk.url}/bills/order?id={quote(order_id)}")
+        page.get_by_role("link", name="Void the bill…").click()
+        page.get_by_label(re.compile("Reason")).fill("财政平台已冲红 (退费)")
+        page.screenshot(path=str(ARTIFACTS / "bills-confirm-void.png"))
+        page.get_by_role("button", name="Void the bill").click()
+        page.get_by_text("Void asked for").wait_for()
+        (run_id,) = parse_qs(urlsplit(page.url).query)["run"]
+        assert api.wait_run(run_id, timeout=300, dag_id=REQUESTS_DAG)["state"] == "success"
+        page.reload()
+        page.get_by_text("cancelled").first.wait_for()
+        page.screenshot(path=str(ARTIFACTS / "bills-after-void.png"), full_page=True)
+    assert desk.store.get_row(order_id)["status"] == "cancelled"
+    assert (order_id, "void", "done") in [r[:3] for r in _requests(desk)]
+
+
+def _requests(desk: Desk) -> list[tuple]:
+    conn = connect_dsn(desk.stack.orders_dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT order_id, kind, status, requested_by FROM nontax.bill_request "
+                "ORDER BY request_id"
+            )
+            return cur.fetchall()
+    finally:
+        conn.close()
 
 
 def _escaped(text: str) -> str:

@@ -108,3 +108,26 @@ def test_behind_a_proxy_the_public_host_of_base_url_passes_too(monkeypatch):
     same_origin(_request(Host="10.0.0.5:8080", Origin="https://airflow.example.org"))
     with pytest.raises(HTTPException):
         same_origin(_request(Host="10.0.0.5:8080", Origin="https://evil.example"))
+
+
+@pytest.mark.parametrize(
+    ("status", "offered"),
+    [
+        ("authorized", {"reset", "issue", "refuse"}),
+        ("awaiting_auth", {"reset", "issue", "refuse"}),
+        ("invalid", {"reset", "issue", "refuse"}),
+        ("failed", {"reset", "issue", "refuse"}),
+        ("inserted", {"void"}),
+        ("duplicate", set()),
+        ("rejected", set()),
+        ("refused", set()),
+        ("cancelled", set()),
+    ],
+)
+def test_each_status_offers_the_actions_that_fit_it(status, offered):
+    from wechat_nontax.bills_view import ACTIONS
+
+    row = {"status": status}
+    assert {name for name, a in ACTIONS.items() if a.why_not(row) is None} == offered
+    # Every action that does not fit says why, for the confirmation page.
+    assert all(a.why_not(row) for name, a in ACTIONS.items() if name not in offered)
