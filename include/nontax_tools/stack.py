@@ -66,6 +66,7 @@ from nontax_tools import celery_workers
 from nontax_tools.airflow_api import DAG_ID, AirflowApi, AirflowApiError
 from nontax_tools.airflow_run import (
     AIRFLOW,
+    REQUESTS_DAG_ID,
     ROOT,
     airflow_env,
     orders_connection,
@@ -959,12 +960,14 @@ def describe(stack: Stack) -> str:
     assert state is not None
     passwords = cfg.home / "simple_auth_manager_passwords.json"
     unpaused = " (unpaused: the latest scheduled run starts at once if it never ran)"
+    on = ", unpaused"
     embedded = f" (embedded Postgres, data in {_rel(state.embedded_pgdata or '')})"
     wechat = f"{state.sandbox_url} (the sandbox)" if state.sandbox_url else "your Connection"
     lines = [
         f"  UI and API   {cfg.url}",
         f"  login        {ADMIN_USER} / {stack.password}   (also in {_rel(passwords)})",
         f"  DAG          {DAG_ID}{unpaused if cfg.unpause else ''}",
+        f"               {REQUESTS_DAG_ID} (refusals and voids){on if cfg.unpause else ''}",
         f"  order DB     {state.orders_db}   (the tools: source {_rel(cfg.state_dir / 'env.sh')})",
         f"  metadata DB  {state.meta_db}{embedded if state.embedded_pgdata else ''}",
         f"  WeChat       {wechat}",
@@ -1020,9 +1023,27 @@ def cmd_up(cfg: StackConfig) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: everything started is stopped", file=sys.stderr)
         return 130
+    if cfg.unpause:
+        _unpause_requests_dag(stack)
     print(f"\nAirflow is up after {stack.started_in_s:.1f}s:")
     print(describe(stack))
     return 0
+
+
+def _unpause_requests_dag(stack: Stack, timeout_s: float = 60.0) -> None:
+    """`make up` is for a person at the UI: refusals and voids asked there (or by `make refuse`)
+    are carried out by `nontax_requests`, so it runs too. The library's `Stack` (tests, bench)
+    leaves it paused: their runs are their own."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            stack.api.set_paused(False, dag_id=REQUESTS_DAG_ID)
+            return
+        except AirflowApiError as exc:
+            if exc.status != 404 or time.monotonic() > deadline:
+                print(f"{REQUESTS_DAG_ID} left paused ({exc}): unpause it in the UI")
+                return
+        time.sleep(1)
 
 
 def cmd_down(cfg: StackConfig) -> int:
