@@ -4,7 +4,9 @@ Both in this process, one after the other, against one sandbox (fixed latency), 
 calls in flight: the plain client of `ceiling.py`, then `IssueBillsOperator.execute` on a batch
 of due orders in a fresh order database (outside the scheduler: what a task process spends on
 its orders, without Airflow's start-up). What the batch spends beyond the client is ours:
-validation, reading the PDF, the token cache, the write-back of every result. Run it under
+validation, reading the PDF, the token cache, the write-back of every result; and the order
+database's server processes that answer the batch are counted too (`postgres_orders`, from
+/proc: `cpu_account.CpuTracker`), beside the client as `pipeline_vs_client_cpu`. Run it under
 py-spy to see where (`--gil`: only what holds the interpreter, i.e. CPU), or with `--profile`:
 the batch under cProfile in every thread (each order runs in a thread of the batch's pool, which
 cProfile alone would not see), the functions ranked by cumulative and by own time written to

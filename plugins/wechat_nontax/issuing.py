@@ -2,15 +2,17 @@
 
 This is the "how" behind the operators, free of Airflow so that it can be read and tested on its
 own. It composes the hook (HTTP), the store (SQL) and the PDF reader; what to do after each answer
-comes from the policy table. Every result is written to the store the moment it is known.
+comes from the policy table. Every result is written to the store the moment it is known, but
+an upload's media id: it goes in with the insert's result (see UPLOAD_WRITE_AFTER_S).
 
 Concurrency: the batch's orders run in a thread pool; each thread handles one order from start to
 end, so an order's calls are never concurrent with each other. A daily-quota answer or a broken
 configuration stops the whole batch: no further calls, the remaining orders stay due.
 
 Daily quotas are shared: a quota answer is recorded in the order database (`nontax.api_quota`)
-for the appid and the call, and every batch reads that record before each call, so no batch,
-run or worker calls that API again before Beijing midnight. An order waiting for its payer's
+for the appid and the call, and every batch reads that record before its calls (again at
+most every QUOTA_RECHECK_S), so no batch, run or worker calls that API again before Beijing
+midnight. An order waiting for its payer's
 authorisation asks getauthdata first and is inserted only once it says "auth success".
 """
 
