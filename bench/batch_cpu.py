@@ -4,7 +4,9 @@ Both in this process, one after the other, against one sandbox (fixed latency), 
 calls in flight: the plain client of `ceiling.py`, then `IssueBillsOperator.execute` on a batch
 of due orders in a fresh order database (outside the scheduler: what a task process spends on
 its orders, without Airflow's start-up). What the batch spends beyond the client is ours:
-validation, reading the PDF, the token cache, the write-back of every result. Run it under
+validation, reading the PDF, the token cache, the write-back of every result; and the order
+database's server processes that answer the batch are counted too (`postgres_orders`, from
+/proc: `cpu_account.CpuTracker`), beside the client as `pipeline_vs_client_cpu`. Run it under
 py-spy to see where (`--gil`: only what holds the interpreter, i.e. CPU), or with `--profile`:
 the batch under cProfile in every thread (each order runs in a thread of the batch's pool, which
 cProfile alone would not see), the functions ranked by cumulative and by own time written to
@@ -105,11 +107,12 @@ def batch_cpu(
     orders: int, workers: int, latency_ms: int, server_dsn: str, profile_to: Path | None = None
 ) -> dict:
     from ceiling import ceiling, demo_orders
+    from cpu_account import CpuTracker
     from nontax_tools.airflow_run import orders_connection, sandbox_connection
     from nontax_tools.bill_pdf import render_bill_pdf
     from nontax_tools.migrate import migrate
     from nontax_tools.pg import drop_database, fresh_database
-    from run import CHECKOUT, load_orders
+    from run import CHECKOUT, load_orders, postmaster_pid
     from wechat_nontax.operators import IssueBillsOperator
     from wechat_sandbox.process import start_sandbox
 
@@ -135,17 +138,26 @@ def batch_cpu(
             # The first try of batch 0, as a task sees itself (its holder is made from this).
             ti = SimpleNamespace(map_index=0, try_number=1, max_tries=2)
             context = {"run_id": "bench-cpu", "ti": ti}
-            if profile_to is None:
-                batch = _timed(lambda: operator.execute(context))
-            else:
-                with profiled_threads() as profiles:
+            # The order database's server processes that answer the batch (its write-backs).
+            server = CpuTracker({}, postmaster_pid(dsn), {database: "postgres_orders"})
+            with server:
+                if profile_to is None:
                     batch = _timed(lambda: operator.execute(context))
+                else:
+                    with profiled_threads() as profiles:
+                        batch = _timed(lambda: operator.execute(context))
+            batch["postgres_cpu_s"] = (
+                server.report({}, orders)["roles"].get("postgres_orders", {}).get("cpu_s", 0.0)
+            )
+            if profile_to is not None:
                 profile_to.write_text(profile_report(profiles), encoding="utf-8")
     finally:
         sandbox.stop()
         drop_database(server_dsn, database)
     per_order = {name: round(r["cpu_s"] / orders * 1000, 2) for name, r in
                  (("client", client), ("batch", batch))}  # fmt: skip
+    per_order["postgres_orders"] = round(batch["postgres_cpu_s"] / orders * 1000, 2)
+    per_order["batch_and_postgres"] = round(per_order["batch"] + per_order["postgres_orders"], 2)
     return {
         "orders": orders,
         "workers": workers,
@@ -154,6 +166,8 @@ def batch_cpu(
         "batch": {**batch, "orders_per_s": round(orders / batch["seconds"], 1)},
         "cpu_ms_per_order": per_order,
         "batch_vs_client_cpu": round(per_order["batch"] / per_order["client"], 2),
+        # Issue 14's measure: the batch and its order database against the client alone.
+        "pipeline_vs_client_cpu": round(per_order["batch_and_postgres"] / per_order["client"], 2),
         "profiled": profile_to is not None,
     }
 

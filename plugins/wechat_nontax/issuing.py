@@ -2,15 +2,17 @@
 
 This is the "how" behind the operators, free of Airflow so that it can be read and tested on its
 own. It composes the hook (HTTP), the store (SQL) and the PDF reader; what to do after each answer
-comes from the policy table. Every result is written to the store the moment it is known.
+comes from the policy table. Every result is written to the store the moment it is known, but
+an upload's media id: it goes in with the insert's result (see UPLOAD_WRITE_AFTER_S).
 
 Concurrency: the batch's orders run in a thread pool; each thread handles one order from start to
 end, so an order's calls are never concurrent with each other. A daily-quota answer or a broken
 configuration stops the whole batch: no further calls, the remaining orders stay due.
 
 Daily quotas are shared: a quota answer is recorded in the order database (`nontax.api_quota`)
-for the appid and the call, and every batch reads that record before each call, so no batch,
-run or worker calls that API again before Beijing midnight. An order waiting for its payer's
+for the appid and the call, and every batch reads that record before its calls (again at
+most every QUOTA_RECHECK_S), so no batch, run or worker calls that API again before Beijing
+midnight. An order waiting for its payer's
 authorisation asks getauthdata first and is inserted only once it says "auth success".
 """
 
@@ -41,7 +43,14 @@ from wechat_nontax.policy import (
     authorization_status_rule,
     seconds_until_quota_reset,
 )
-from wechat_nontax.store import Hold, OrderStore, OrderStoreError, QuotaStop, StoredOrder
+from wechat_nontax.store import (
+    Hold,
+    OrderStore,
+    OrderStoreError,
+    QuotaStop,
+    StoredOrder,
+    Upload,
+)
 from wechat_nontax.validation import (
     Limits,
     check_card_allowed,
@@ -60,6 +69,18 @@ DEFAULT_MEDIA_MARGIN_S = 6 * 3600
 DEFAULT_LEASE_S = 3600
 # How long a task try's hold on an order lasts unless renewed (every quarter of it).
 DEFAULT_HOLD_S = 120.0
+# An upload's media id is written with the insert's result (one write-back per order instead of
+# two); when the insert has not answered this long after the upload (a slow or timed-out call,
+# when a crash is likeliest to fall between the two), it is written on its own, so that the
+# order's row shows its PDF is up. Checked every UPLOAD_WRITE_CHECK_S.
+UPLOAD_WRITE_AFTER_S = 1.0
+UPLOAD_WRITE_CHECK_S = 0.25
+# The daily quota record is read at most this often by a batch (and at once when this batch
+# meets a quota): well inside the 2 s a call may follow a stop recorded elsewhere (chaos.py's
+# IN_FLIGHT_S), at one read per batch and half-second instead of one per call.
+QUOTA_RECHECK_S = 0.5
+# The calls whose quota a batch checks before each call.
+ISSUING_APIS = (Step.AUTHORIZATION, Step.UPLOAD, Step.INSERT)
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +203,15 @@ class BatchIssuer:
         self._lost: set[str] = set()  # no longer held: another holder may have it
         self._hold_valid_until = 0.0  # monotonic time until which the hold surely holds
         self._state_lock = threading.Lock()
+        # Uploads whose media id is not written yet, with when they were made (monotonic): see
+        # UPLOAD_WRITE_AFTER_S. The lock is held while one is written, so that the order's
+        # insert result is written after its upload's row, never before.
+        self._uploads: dict[str, tuple[Upload, float]] = {}
+        self._upload_lock = threading.Lock()
+        # The quota stops in force for the appid, as last read (monotonic time of the read).
+        self._quota_lock = threading.Lock()
+        self._quota_read_at = float("-inf")
+        self._quota_stops: dict[str, QuotaStop] = {}
         # Bills WeChat issued that the order database could not record (for the journal).
         self.unrecorded: list[OrderResult] = []
 
@@ -241,6 +271,9 @@ class BatchIssuer:
                 self._active.update(hold.held)
             if first:
                 threading.Thread(target=self._renew_loop, name="hold-renewal", daemon=True).start()
+                threading.Thread(
+                    target=self._upload_loop, name="upload-writer", daemon=True
+                ).start()
             earlier = [
                 order_id for order_id, why in hold.not_held.items()
                 if why.kind == "held" and (why.holder or "").startswith(instance)
@@ -271,6 +304,40 @@ class BatchIssuer:
             with self._state_lock:
                 self._hold_valid_until = started + self._hold_s
                 self._lost.update(set(active) - still)
+
+    # -- media ids not written yet ------------------------------------------------------------
+
+    def _upload_loop(self) -> None:
+        while not self._stop.wait(UPLOAD_WRITE_CHECK_S):
+            due = time.monotonic() - UPLOAD_WRITE_AFTER_S
+            with self._upload_lock:
+                overdue = [o for o, (_, at) in self._uploads.items() if at <= due]
+            for order_id in overdue:
+                try:
+                    self._write_upload(order_id)
+                except Exception as exc:  # noqa: BLE001 (it is written with the insert's result)
+                    log.warning("could not record the upload of order %s: %s", order_id, exc)
+
+    def _write_upload(self, order_id: str) -> None:
+        """Write the order's media id on its own if it is still waiting: before any write-back
+        of the order but the insert's result, so that the history keeps the upload first."""
+        with self._upload_lock:
+            pending = self._uploads.pop(order_id, None)
+            if pending is None:
+                return
+            upload = pending[0]
+            if not self.store.record_uploaded(
+                order_id, upload.media_id, hold=upload.hold, run_id=self.run_id,
+                duration_ms=upload.duration_ms,
+            ):  # fmt: skip
+                with self._state_lock:
+                    self._lost.add(order_id)  # no further call for it
+
+    def _take_upload(self, order_id: str) -> Upload | None:
+        """The order's media id not written yet, to write with the insert's result."""
+        with self._upload_lock:
+            pending = self._uploads.pop(order_id, None)
+        return pending[0] if pending is not None else None
 
     def _check_hold(self, order_id: str) -> None:
         """Raise unless this try surely holds the order for as long as a call may take."""
@@ -343,6 +410,10 @@ class BatchIssuer:
             self._stop_batch(Outcome.BLOCKED, "not sent: the batch stopped after an error")
             raise
         finally:
+            try:
+                self._write_upload(stored.order_id)  # the order ended without its insert's write
+            except Exception as exc:  # noqa: BLE001 (a lost media id only costs an upload)
+                log.warning("could not record the upload of order %s: %s", stored.order_id, exc)
             self._finished(stored.order_id)
 
     # -- one order ----------------------------------------------------------------------------
@@ -506,11 +577,10 @@ class BatchIssuer:
             lambda: self.api.upload_pdf(pdf, f"{stored.order_id}.pdf"),
             ahead=[Step.INSERT],
         )
-        if not self.store.record_uploaded(
-            stored.order_id, media_id, hold=self._hold_of(stored.order_id), run_id=self.run_id,
-            duration_ms=self._ms(started),
-        ):  # fmt: skip
-            raise _OrderEnded(self._lost_hold(stored.order_id))
+        # Written with the insert's result, or on its own if that does not come at once.
+        upload = Upload(media_id, self._hold_of(stored.order_id), self._ms(started))
+        with self._upload_lock:
+            self._uploads[stored.order_id] = (upload, time.monotonic())
         return media_id
 
     def _insert(self, stored: StoredOrder, media_id: str, pdf: bytes) -> OrderResult:
@@ -523,6 +593,7 @@ class BatchIssuer:
                     stored, "insert", lambda m=media_id: self.api.insert_bill(order, m)
                 )
             except errors.MediaExpiredError as exc:
+                self._write_upload(order.order_id)
                 if reuploaded:
                     reason = (exc.rule.exhausted_reason or exc.rule.reason).format(answers=2)
                     raise self._end(
@@ -545,7 +616,7 @@ class BatchIssuer:
         try:
             self.store.record_inserted(
                 order_id, bill.code, bill.openid, version=self._versions[order_id],
-                run_id=self.run_id, duration_ms=duration_ms,
+                run_id=self.run_id, duration_ms=duration_ms, upload=self._take_upload(order_id),
             )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 (whatever the database says, the code is kept)
             log.error(
@@ -577,6 +648,7 @@ class BatchIssuer:
             except errors.MediaExpiredError:
                 raise
             except errors.WeChatError as exc:
+                self._write_upload(stored.order_id)  # the media id's row before the answer's
                 if exc.step == Step.TOKEN:
                     token_answers += 1
                     self._sleep(self._token_retry_delay(stored, step, exc, token_answers))
@@ -639,15 +711,25 @@ class BatchIssuer:
     def _before_call(self, stored: StoredOrder, step: str, apis: Sequence[str]) -> None:
         """Raise unless the call may be made now: the try holds the order, and no daily quota
         of the call (or of the calls after it) is recorded as used up, by this batch or any
-        other. The record is read before every call: a stop another worker recorded a moment
-        ago costs no call to find out."""
+        other. The record is read at most every QUOTA_RECHECK_S by the batch: a stop another
+        worker recorded costs at most that long, and no call, to find out."""
         stop = self._quota_stop
         if stop is None and not self._stop.is_set():
-            stops = self.store.quota_stops(self._appid, apis)
+            stops = self._recorded_quota_stops()
             stop = next((stops[api] for api in apis if api in stops), None)
         if stop is not None:
             raise _OrderEnded(self._wait_for_quota(stored, step, stop))
         self._check_hold(stored.order_id)
+
+    def _recorded_quota_stops(self) -> dict[str, QuotaStop]:
+        """The appid's quota stops in force, read again when the last read is QUOTA_RECHECK_S
+        old (one thread reads, the others wait for its answer)."""
+        with self._quota_lock:
+            now = time.monotonic()
+            if now - self._quota_read_at >= QUOTA_RECHECK_S:
+                self._quota_stops = self.store.quota_stops(self._appid, ISSUING_APIS)
+                self._quota_read_at = now
+            return self._quota_stops
 
     def _quota_answer(
         self, stored: StoredOrder, exc: errors.WeChatError, step: str, *, api: str
@@ -674,6 +756,7 @@ class BatchIssuer:
                 self._quota_stop = stop
         self._stop_batch(Outcome.QUOTA, f"{reason}; left due")
         order_id = stored.order_id
+        self._write_upload(order_id)
         written = self.store.record_quota_wait(
             order_id, hold=self._hold_of(order_id), run_id=self.run_id, step=step,
             errcode=stop.errcode, errmsg=reason, not_before_s=max(stop.seconds_left, 1.0),
@@ -694,6 +777,7 @@ class BatchIssuer:
         """Write the order's end for this task and return the exception that carries it."""
         action = exc.rule.action
         order_id = stored.order_id
+        self._write_upload(order_id)
         hold = self._hold_of(order_id)
         reason = reason or f"{exc.rule.reason} ({_answer(exc)})"
         if action is Action.STOP_QUOTA:

@@ -17,8 +17,10 @@ Who may write what:
   issuing run. The requests' own statements are in `bill_requests` (asking) and
   `request_store` (carrying out).
 Each write is one short autocommitted statement (with its history row), made the moment a
-result is known; a write that loses its connection reconnects and is retried (each carries an
-id, so a retry of a write that had in fact committed is recognised).
+result is known, but for the media id of an upload: it goes in with the insert's result (one
+statement instead of two), on its own only when the insert does not answer at once (`Upload`);
+a write that loses its connection reconnects and is retried (each carries an id, so a retry of
+a write that had in fact committed is recognised).
 """
 
 from __future__ import annotations
@@ -59,6 +61,13 @@ _UNHOLD = "held_by = NULL, claimed_by = NULL, claim_expires_at = NULL"
 # or inserted and then voided (cancelled).
 _BILL_KNOWN_GUARD = "status NOT IN ('inserted', 'cancelled')"
 _LIVE_OWN_HOLD = "claimed_by = %(run_id)s AND held_by IS NOT NULL AND claim_expires_at > now()"
+_HISTORY_COLUMNS = "order_id, run_id, step, outcome, errcode, errmsg, duration_ms"
+
+
+def _held_guard(holder: str, version: str) -> str:
+    """A guarded write's condition: the try named by the parameter `holder` holds the order, at
+    the row version `version`, and it is not finished."""
+    return f"held_by = %({holder})s AND row_version = %({version})s AND status NOT IN {_FINISHED}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +94,17 @@ class Hold:
 
     holder: str
     version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """A PDF uploaded for an order whose media id is not written yet: it is written in the same
+    statement as the insert's result (`record_inserted`), guarded by the hold of the try that
+    uploaded it. A media id lost in a crash only costs a new upload."""
+
+    media_id: str
+    hold: Hold
+    duration_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -877,32 +897,56 @@ class OrderStore:
         errmsg: str | None = None,
         duration_ms: int | None = None,
         counts_attempt: bool = True,
+        upload: Upload | None = None,
     ) -> bool:
         """Update one order and append its history row in one statement, only while `hold` is
         true (this try holds the order, at the row version it read, and it is not finished);
-        `hold=None` is for the inserted code alone (see `record_inserted`). True if written."""
+        `hold=None` is for the inserted code alone (see `record_inserted`). True if written.
+
+        With `upload`, the same statement writes the upload's media id (and its history row,
+        first) where `record_uploaded` would have: while the upload's hold is true."""
         attempt = ", attempts = attempts + 1" if counts_attempt else ""
-        guard = (
-            f"held_by = %(holder)s AND row_version = %(version)s AND status NOT IN {_FINISHED}"
-            if hold is not None
-            else _BILL_KNOWN_GUARD
-        )
+        guard = _held_guard("holder", "version") if hold is not None else _BILL_KNOWN_GUARD
         history = {
             "order_id": order_id, "run_id": run_id, "step": step, "outcome": outcome,
             "errcode": errcode, "errmsg": errmsg, "duration_ms": duration_ms,
             "holder": hold.holder if hold else None, "version": hold.version if hold else None,
         }  # fmt: skip
+        row = "%(step)s, %(outcome)s, %(errcode)s::integer, %(errmsg)s, %(duration_ms)s::integer"
+        if upload is None:
+            return self._write(
+                order_id,
+                f"WITH changed AS (UPDATE nontax.bill_order SET {assignments}{attempt}, "
+                "updated_at = now(), last_write_id = %(write_id)s "
+                f"WHERE order_id = %(order_id)s AND {guard} RETURNING order_id) "
+                f"INSERT INTO nontax.bill_attempt ({_HISTORY_COLUMNS}) "
+                f"SELECT order_id, %(run_id)s, {row} FROM changed",
+                {**params, **history},
+            )
+        # The upload's part is evaluated against the row as it was (SET sees the old row); the
+        # media id is unique to its upload, so finding it in the new row says it was written.
+        uploaded = _held_guard("up_holder", "up_version")
         return self._write(
             order_id,
-            f"WITH changed AS (UPDATE nontax.bill_order SET {assignments}{attempt}, "
+            f"WITH changed AS (UPDATE nontax.bill_order SET {assignments}, "
+            f"attempts = attempts + {int(counts_attempt)} "
+            f"+ CASE WHEN {uploaded} THEN 1 ELSE 0 END, "
+            f"s_pdf_media_id = CASE WHEN {uploaded} THEN %(media_id)s ELSE s_pdf_media_id END, "
+            f"pdf_uploaded_at = CASE WHEN {uploaded} THEN now() ELSE pdf_uploaded_at END, "
             "updated_at = now(), last_write_id = %(write_id)s "
-            f"WHERE order_id = %(order_id)s AND {guard} RETURNING order_id) "
-            "INSERT INTO nontax.bill_attempt "
-            "(order_id, run_id, step, outcome, errcode, errmsg, duration_ms) "
-            "SELECT order_id, %(run_id)s, %(step)s, %(outcome)s, %(errcode)s::integer, "
-            "%(errmsg)s, %(duration_ms)s::integer FROM changed",
-            {**params, **history},
-        )
+            f"WHERE order_id = %(order_id)s AND {guard} "
+            "RETURNING order_id, s_pdf_media_id IS NOT DISTINCT FROM %(media_id)s AS uploaded) "
+            f"INSERT INTO nontax.bill_attempt ({_HISTORY_COLUMNS}) "
+            "SELECT order_id, %(run_id)s, h.step, h.outcome, h.errcode, h.errmsg, h.duration_ms "
+            "FROM changed, (VALUES "
+            "(1, 'upload', 'uploaded', NULL::integer, NULL::text, %(up_ms)s::integer), "
+            f"(2, {row})) h (n, step, outcome, errcode, errmsg, duration_ms) "
+            "WHERE h.n = 2 OR changed.uploaded ORDER BY h.n",
+            {
+                **params, **history, "media_id": upload.media_id, "up_ms": upload.duration_ms,
+                "up_holder": upload.hold.holder, "up_version": upload.hold.version,
+            },
+        )  # fmt: skip
 
     def record_uploaded(
         self,
@@ -931,11 +975,13 @@ class OrderStore:
         run_id: str | None,
         duration_ms: int | None = None,
         step: str = "insert",
+        upload: Upload | None = None,
     ) -> bool:
         """The bill is in the payer's card package: its code and openid are written whoever
         holds the order now, over any state but `inserted` (a `duplicate` recorded by another
         try learns its code), since they cannot be had again. When the row changed after the
-        version that was sent, the reason says so: WeChat holds the old data."""
+        version that was sent, the reason says so: WeChat holds the old data. `upload`: the
+        media id the bill was inserted with, not written yet (written in the same statement)."""
         return self._record(
             order_id,
             "status = 'inserted', code = %(code)s, openid = %(openid)s, inserted_at = now(), "
@@ -946,6 +992,7 @@ class OrderStore:
             f"not_before = NULL, last_errcode = 0, last_errmsg = 'ok', {_UNHOLD}",
             {"code": code, "openid": openid, "sent": version},
             hold=None, run_id=run_id, step=step, outcome="inserted", duration_ms=duration_ms,
+            upload=upload,
         )  # fmt: skip
 
     def record_end(

@@ -348,3 +348,32 @@ def test_the_token_step_gives_up_past_its_budget_and_at_once_on_a_wrong_secret(e
     with pytest.raises(errors.PermanentError):
         warm_token(wechat_conn_id="wechat_nontax_default", sleep=pytest.fail)
     assert env.sandbox.calls()["stable_token"] == 2
+
+
+def test_a_stop_another_batch_records_is_seen_within_the_recheck(env):
+    """The quota record is read once per batch and QUOTA_RECHECK_S, not before every call: a
+    stop recorded elsewhere mid-batch stops this batch's inserts within that half-second."""
+    from wechat_nontax.issuing import QUOTA_RECHECK_S
+
+    orders = env.orders(12)
+    env.sandbox.add_fault(endpoint="insertbill", kind="latency", latency_ms=200)
+    results = {}
+    batch = threading.Thread(target=lambda: results.update(env.issue(orders, max_workers=1)))
+    batch.start()
+    try:
+        deadline = time.monotonic() + 20
+        while env.sandbox.calls().get("insertbill", 0) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        env.store.record_quota_stop(
+            DEFAULT_APPID, "insert", seconds=600, errcode=45009, errmsg="elsewhere", run_id="r0"
+        )
+        inserts_at_stop = env.sandbox.calls()["insertbill"]
+    finally:
+        batch.join()
+    # One order's insert may be past its check, and one more before the next read (each
+    # order takes at least the 200 ms insert).
+    late = env.sandbox.calls()["insertbill"] - inserts_at_stop
+    assert late <= 1 + int(QUOTA_RECHECK_S / 0.2)
+    outcomes = [results[o.order_id].outcome for o in orders]
+    assert outcomes.count(Outcome.QUOTA) >= 12 - inserts_at_stop - late
+    assert set(outcomes) == {Outcome.INSERTED, Outcome.QUOTA}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from factories import MINIMAL_PDF, make_order, write_pdf
@@ -166,3 +169,27 @@ def test_dry_run_sends_nothing(env):
     assert {r.outcome for r in results.values()} == {Outcome.VALIDATED}
     assert env.sandbox.calls().get("setpdf", 0) == 0
     assert env.token_fetches() == 0
+
+
+def test_a_slow_insert_finds_its_media_id_already_written(env):
+    """The media id waits for the insert's result, but not longer than a second: a crash while
+    a slow insert is in flight still finds the order's PDF up."""
+    [order] = env.orders(1)
+    env.sandbox.add_fault(endpoint="insertbill", kind="latency", latency_ms=2500)
+    results = {}
+    batch = threading.Thread(target=lambda: results.update(env.issue([order])))
+    batch.start()
+    try:
+        deadline = time.monotonic() + 10
+        while env.sandbox.calls().get("insertbill", 0) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.6)  # UPLOAD_WRITE_AFTER_S and one check, with room to spare
+        row = env.store.get_row(order.order_id)
+        assert row["status"] == "uploaded" and row["s_pdf_media_id"] and row["code"] is None
+    finally:
+        batch.join()
+    assert results[order.order_id].outcome is Outcome.INSERTED
+    row = env.store.get_row(order.order_id)
+    assert row["status"] == "inserted" and row["attempts"] == 2
+    steps = [(a.step, a.outcome) for a in env.store.history(order.order_id)]
+    assert steps[1:] == [("upload", "uploaded"), ("insert", "inserted")]

@@ -153,3 +153,27 @@ def test_loader_reports_bad_lines_and_loads_the_good_ones(store):
     assert "already used" in rejected[5]
     assert "unknown fields" in rejected[6]
     assert store.count_by_status() == {"authorized": 3}
+
+
+def test_the_media_id_goes_in_with_the_insert_under_the_uploads_hold(store):
+    from wechat_nontax.store import Hold, Upload
+
+    orders = [make_order(i) for i in range(2)]
+    store.upsert_orders(orders)
+    kept, lost = (o.order_id for o in orders)
+    upload = Upload("media-1", held(store, kept), duration_ms=12)
+    assert store.record_inserted(kept, "code-1", "o-1", version=1, run_id="r1", upload=upload)
+    row = store.get_row(kept)
+    assert (row["status"], row["code"], row["s_pdf_media_id"]) == ("inserted", "code-1", "media-1")
+    assert row["pdf_uploaded_at"] is not None and row["attempts"] == 2
+    history = [(a.step, a.outcome, a.duration_ms) for a in store.history(kept)]
+    assert history[1:] == [("upload", "uploaded", 12), ("insert", "inserted", None)]
+    # Another try holds the order now: the code is written all the same (it cannot be had
+    # again), the stale try's media id is not, nor its upload row.
+    held(store, lost)
+    stale = Upload("media-2", Hold("run-old|issue_bills|-1|1", 1))
+    assert store.record_inserted(lost, "code-2", "o-2", version=1, run_id="r1", upload=stale)
+    row = store.get_row(lost)
+    assert (row["status"], row["code"], row["s_pdf_media_id"]) == ("inserted", "code-2", None)
+    assert row["attempts"] == 1
+    assert [a.step for a in store.history(lost)] == ["load", "insert"]
