@@ -1121,7 +1121,6 @@ class Summary:
             f"faults by kind (hits): {kinds}\n"
             f"requests carried out: "
             f"{', '.join(f'{k} {n}' for k, n in sorted(self.requests_done.items())) or '-'}\n"
-            f"orders by final status: {statuses}"
             f"orders by final status: {statuses} ({self.quota_waiting} of the due ones waiting "
             "for a daily quota's reset)"
         )

@@ -250,3 +250,25 @@ def test_a_call_after_the_recorded_quota_stop_is_a_violation_past_the_in_flight_
     token = [_call(20.0 + IN_FLIGHT_S, "stable_token")]
     violations = check_invariants(_snapshot(call_log=token, quota_stops=[("token", 15.0)]))
     assert any("stable_token/token calls after the token quota stop" in v for v in violations)
+
+
+def test_the_summary_says_each_thing_once_on_a_line_of_its_own():
+    from collections import Counter
+
+    from nontax_tools.chaos import Summary
+
+    text = str(
+        Summary(
+            runs=2, orders=40, faults_injected=3, fault_kinds=Counter({"http_5xx": 3}),
+            violations=0, secret_occurrences=0, seconds=9.0,
+            statuses=Counter({"inserted": 30, "authorized": 10}),
+            requests_done=Counter({"refuse": 1, "void": 2}), quota_waiting=10,
+        )
+    )  # fmt: skip
+    lines = text.splitlines()
+    assert "requests carried out: refuse 1, void 2" in lines
+    assert lines[-1] == (
+        "orders by final status: authorized 10, inserted 30 (10 of the due ones waiting for a "
+        "daily quota's reset)"
+    )
+    assert text.count("orders by final status") == 1
