@@ -480,17 +480,10 @@ def create_app() -> FastAPI:
         name = user.get_name()
         with order_store() as store:
             _order_or_404(store, order_id)
-            body = {
-                "logical_date": None,
-                "conf": {"order_ids": [order_id]},
-                "note": f"issue now: {order_id}, by {name} in the Bills view",
-            }
-            response = requests.post(
-                f"{api_url()}/api/v2/dags/{DAG_ID}/dagRuns",
-                json=body,
-                headers={"Authorization": f"Bearer {caller_token(request)}"},
-                timeout=30,
-            )
+            response = _post_run(
+                request, DAG_ID, {"order_ids": [order_id]},
+                f"issue now: {order_id}, by {name} in the Bills view",
+            )  # fmt: skip
             if response.status_code not in (200, 201):
                 detail = (
                     response.json().get("detail")
@@ -521,9 +514,6 @@ def create_app() -> FastAPI:
 
     # -- refuse and void: a request recorded, then a run of nontax_requests asked for ------------
 
-    def request_confirm(user: GetUserDep, order_id: str, kind: RequestKind) -> HTMLResponse:
-        return _confirm(user.get_name(), order_id, kind)
-
     def request_post(
         request: Request, user: GetUserDep, order_id: str, reason: str, kind: RequestKind
     ) -> Any:
@@ -553,21 +543,18 @@ def create_app() -> FastAPI:
             done["run"] = run_id
         return RedirectResponse(f"order?{urlencode(done)}", status_code=status.HTTP_303_SEE_OTHER)
 
-    for kind in RequestKind:
-
+    def add_request_routes(kind: RequestKind) -> None:
+        # The kind is the route's, closed over: never a parameter a caller could set.
         def confirm(
-            user: GetUserDep,
-            order_id: Annotated[str, Query(alias="id", max_length=64)],
-            kind: RequestKind = kind,
+            user: GetUserDep, order_id: Annotated[str, Query(alias="id", max_length=64)]
         ) -> HTMLResponse:
-            return request_confirm(user, order_id, kind)
+            return _confirm(user.get_name(), order_id, kind)
 
         def post(
             request: Request,
             user: GetUserDep,
             order_id: Annotated[str, Form(max_length=64)],
             reason: Annotated[str, Form(max_length=4 * MAX_REFUSAL_REASON_CHARS)],
-            kind: RequestKind = kind,
         ) -> Any:
             return request_post(request, user, order_id, reason, kind)
 
@@ -580,19 +567,27 @@ def create_app() -> FastAPI:
             dependencies=[Depends(same_origin), CanEdit],
         )  # fmt: skip
 
+    for kind in RequestKind:
+        add_request_routes(kind)
+
     return app
 
 
+def _post_run(request: Request, dag_id: str, conf: dict[str, Any], note: str) -> requests.Response:
+    """Ask Airflow's REST API for a manual run of `dag_id` with the caller's own token (so the
+    caller's permissions decide); Airflow's answer."""
+    return requests.post(
+        f"{api_url()}/api/v2/dags/{dag_id}/dagRuns",
+        json={"logical_date": None, "conf": conf, "note": note},
+        headers={"Authorization": f"Bearer {caller_token(request)}"},
+        timeout=30,
+    )
+
+
 def _trigger(request: Request, dag_id: str, conf: dict[str, Any], note: str) -> str | None:
-    """A manual run of `dag_id` through Airflow's REST API with the caller's own token (so the
-    caller's permissions decide); its run id, or None when Airflow did not create one."""
+    """`_post_run`'s run id, or None when Airflow did not create one."""
     try:
-        response = requests.post(
-            f"{api_url()}/api/v2/dags/{dag_id}/dagRuns",
-            json={"logical_date": None, "conf": conf, "note": note},
-            headers={"Authorization": f"Bearer {caller_token(request)}"},
-            timeout=30,
-        )
+        response = _post_run(request, dag_id, conf, note)
     except requests.RequestException:
         return None
     return response.json()["dag_run_id"] if response.status_code in (200, 201) else None

@@ -325,6 +325,8 @@ def test_refuse_and_void_from_the_order_page_are_carried_out_once_by_nontax_requ
     for action, order_id, reason, words in (
         ("void", oid(RED_B), "冲红", "has no bill in the card package to void"),
         ("refuse", oid(GOOD), "退费", "void the bill instead"),
+        # The kind is the route's: a query string cannot turn a refusal into a void.
+        ("refuse?kind=void", oid(GOOD), "退费", "void the bill instead"),
         ("refuse", oid(RED_B), "   ", "reason"),
         ("refuse", oid(RED_B), "退" * 101, "at most 100 characters"),
     ):
