@@ -570,16 +570,18 @@ class Chaos:
         from airflow.dag_processing.dagbag import DagBag
         from airflow.sdk.definitions import dag as sdk_dag
 
+        from nontax_tools.airflow_run import REQUESTS_DAG_ID
+
         if not hasattr(sdk_dag, "_run_task"):  # the re-run loop mirrors dag.test()'s own
             raise RuntimeError("this Airflow has no airflow.sdk.definitions.dag._run_task")
         bag = DagBag(dag_folder=str(ROOT / "dags" / "nontax_insertbill.py"))
         if bag.import_errors:
             raise RuntimeError(f"the DAG does not import: {bag.import_errors}")
         self.dag = bag.dags[DAG_ID]
-        requests = DagBag(dag_folder=str(ROOT / "dags" / "nontax_requests.py"))
+        requests = DagBag(dag_folder=str(ROOT / "dags" / f"{REQUESTS_DAG_ID}.py"))
         if requests.import_errors:
             raise RuntimeError(f"the requests DAG does not import: {requests.import_errors}")
-        self.requests_dag = requests.dags["nontax_requests"]
+        self.requests_dag = requests.dags[REQUESTS_DAG_ID]
         for task in self.requests_dag.tasks:
             task.retry_delay = timedelta(seconds=RETRY_DELAY_S)
             task.max_retry_delay = timedelta(seconds=MAX_RETRY_DELAY_S)
