@@ -67,6 +67,16 @@ def report(inclusive: Counter, own: Counter, total: int, ms_per_order: float, to
     return "\n".join(out)
 
 
+def ancestors(stats: dict, pid: int) -> list[int]:
+    """The pids above a process, its parent first (a task process: its LocalExecutor worker,
+    with `mp_start_method = forkserver` the forkserver, then the scheduler)."""
+    found: list[int] = []
+    while (stat := stats.get(pid)) is not None and stat.ppid not in found and len(found) < 8:
+        found.append(stat.ppid)
+        pid = stat.ppid
+    return found
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--orders", type=int, default=10_000)
@@ -93,10 +103,9 @@ def main() -> int:
                 run_id = stack.api.trigger(conf)
                 while stack.api.run(run_id)["state"] not in ("success", "failed"):
                     stats = read_stats()
-                    for pid, stat in stats.items():
+                    for pid in stats:
                         title = read_title(pid) or ""
-                        parent = stats.get(stat.ppid)
-                        below = parent is not None and parent.ppid == scheduler
+                        below = scheduler in ancestors(stats, pid)
                         if pid in spies or not below or not TASK_TITLE.search(title):
                             continue
                         path = raw / f"{pid}.txt"

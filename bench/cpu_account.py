@@ -36,6 +36,7 @@ from dataclasses import dataclass
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 # A task process after Airflow's setproctitle: "airflow worker -- <task instance id>".
 TASK_TITLE = re.compile(r"airflow worker -- ([0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12})")
+FORKSERVER = "from multiprocessing.forkserver import main"
 # "postgres: [<cluster>: ]<user> <database> <client> <state>", the title Postgres gives each
 # backend, and "postgres: [<cluster>: ]autovacuum worker <database>" (the vacuum after a run's
 # updates is the database's work too).
@@ -134,6 +135,10 @@ def used(tracks: Mapping[tuple[int, int], Track]) -> dict[tuple[int, int], float
         for child, weight in zip(children, weights, strict=True):
             result[child] += tail * (weight / total if total > 0 else 1 / len(children))
     return result
+
+
+def _is_forkserver(pid: int) -> bool:
+    return FORKSERVER in (read_title(pid) or "")
 
 
 def role_of(title: str, group: str, depth: int, task_ids: Mapping[str, str],
@@ -268,7 +273,11 @@ class CpuTracker:
                 pid, depth = todo.pop()
                 if pid in stats:
                     seen[(pid, stats[pid].start)] = (stats[pid], name, depth)
-                    todo += [(child, depth + 1) for child in children.get(pid, [])]
+                    # A forkserver (`[scheduler] mp_start_method = forkserver`) stands
+                    # between the scheduler and its LocalExecutor workers: counted as one of
+                    # them, its children keep the place workers have under a forking scheduler.
+                    below = depth + (0 if depth == 1 and _is_forkserver(pid) else 1)
+                    todo += [(child, below) for child in children.get(pid, [])]
         for pid in children.get(self.postmaster, []) if self.postmaster else []:
             seen[(pid, stats[pid].start)] = (stats[pid], "postgres", 1)
         for key, (stat, group, depth) in seen.items():

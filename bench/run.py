@@ -209,7 +209,9 @@ def pipeline_run(stack, conf: dict, label: str, n: int, say) -> dict:
     )
     cpu_ms = run["cpu"]
     say(f"pipeline {label}: {run['orders_per_s']} orders/s, {run['seconds']} s, CPU ms per order "
-        f"{cpu_ms['cpu_ms_per_order_pipeline']} (batch + order DB), "
+        f"{cpu_ms['cpu_ms_per_order_pipeline']} (batch + order DB: "
+        f"{cpu_ms['roles'].get('batch', {}).get('ms_per_order')} + "
+        f"{cpu_ms['roles'].get('postgres_orders', {}).get('ms_per_order')}), "
         f"{cpu_ms['cpu_ms_per_order_all']} (all), at once {run['batches_at_once']}")  # fmt: skip
     return run
 
@@ -246,7 +248,10 @@ def row_result(runs: list[dict]) -> dict:
             {"orders_per_s": r["orders_per_s"], "seconds": r["seconds"],
              "cpu_ms_per_order_pipeline": r["cpu"]["cpu_ms_per_order_pipeline"],
              "machine_cpu_ms_per_order": r["cpu"]["machine_cpu_ms_per_order"],
-             "load_avg_1m": r["load_avg_1m"], "batches_at_once": r["batches_at_once"]}
+             "load_avg_1m": r["load_avg_1m"], "batches_at_once": r["batches_at_once"],
+             "batch_ms_per_order": r["cpu"]["roles"].get("batch", {}).get("ms_per_order"),
+             "postgres_orders_ms_per_order":
+                 r["cpu"]["roles"].get("postgres_orders", {}).get("ms_per_order")}
             for r in runs
         ],
     }  # fmt: skip

@@ -92,6 +92,13 @@ AIRFLOW_PROCESSES = ("api-server", "scheduler", "dag-processor", "triggerer")
 SIMPLE_AUTH_MANAGER = (
     "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 )
+# The LocalExecutor's workers forked from a forkserver that imported what the tasks import, so
+# that no task process imports it again (wechat_nontax/preload.py; Celery's workers have the
+# same from docker/airflow-celery.env).
+LOCAL_EXECUTOR_PRELOAD = {
+    "AIRFLOW__SCHEDULER__MP_START_METHOD": "forkserver",
+    "AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD": "wechat_nontax.preload",
+}
 HEALTH_COMPONENTS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
 # Airflow 3.3's own log servers (scheduler, triggerer) listen on every interface, with no
 # setting for the host: they are skipped, and this one, the same app, serves the task and
@@ -705,6 +712,8 @@ class Stack:
                 "NONTAX_POOL_SLOTS": str(cfg.pool_slots),  # the DAG spreads a run over them
             }
         )
+        if cfg.executor != "celery":
+            env.update(LOCAL_EXECUTOR_PRELOAD)
         if cfg.executor == "celery":
             assert self.state.broker and self.state.broker_prefix
             env.update(
