@@ -20,12 +20,16 @@ from __future__ import annotations
 import airflow.dag_processing.dagbag
 import airflow.sdk.execution_time.task_runner  # noqa: F401
 
-# What the operators import when they run (lazily, to keep the DAG files quick to parse).
+# What the DAG files import (the task runner parses the task's DAG file again), and what the
+# operators import when they run (lazily, to keep the DAG files quick to parse).
+import wechat_nontax.dag_settings
 import wechat_nontax.hook
 import wechat_nontax.issuing
 import wechat_nontax.journal
+import wechat_nontax.operators
 import wechat_nontax.orders_db
 import wechat_nontax.pdfs
+import wechat_nontax.request_operators
 import wechat_nontax.request_runner
 import wechat_nontax.request_store
 import wechat_nontax.run_steps
