@@ -26,7 +26,10 @@ a write that had in fact committed is recognised).
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import logging
+import re
 import threading
 import time
 import uuid
@@ -398,6 +401,40 @@ def _why_not(rows: Sequence[tuple], order_ids: Sequence[str]) -> dict[str, NotHe
     return reasons
 
 
+@dataclass(frozen=True)
+class PreparedStatement:
+    """A statement with `%(name)s` parameters as PREPARE and EXECUTE: `$n` in the order the
+    names first appear (`params`)."""
+
+    name: str
+    prepare: str
+    execute: str
+    params: tuple[str, ...]
+
+
+_NAMED_PARAM = re.compile(r"%\((\w+)\)s")
+
+
+@functools.lru_cache(maxsize=64)
+def _prepared_statement(sql: str) -> PreparedStatement:
+    names: list[str] = []
+
+    def positional(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    body = _NAMED_PARAM.sub(positional, sql)
+    name = "nontax_write_" + hashlib.sha256(sql.encode()).hexdigest()[:16]
+    arguments = f" ({', '.join(['%s'] * len(names))})" if names else ""
+    return PreparedStatement(
+        name=name,
+        prepare=f"PREPARE {name} AS {body}",
+        execute=f"EXECUTE {name}{arguments}",
+        params=tuple(names),
+    )
+
+
 class OrderStore:
     """The order table and its history over one connection, shared safely by a task's threads.
 
@@ -422,6 +459,8 @@ class OrderStore:
         # psycopg2 connections serialise statements anyway; the lock keeps a statement and the
         # reading of its results together when several threads of a batch report at once.
         self._lock = threading.Lock()
+        self._prepared: set[str] = set()  # the write-backs prepared on this connection
+        self._prepare = True
 
     def close(self) -> None:
         self._conn.close()
@@ -848,7 +887,7 @@ class OrderStore:
             with self._lock:
                 try:
                     with self._conn.cursor() as cur:
-                        cur.execute(sql, params)
+                        self._execute_prepared(cur, sql, params)
                         if cur.rowcount > 0 or not retried:
                             return cur.rowcount > 0
                         cur.execute(
@@ -872,6 +911,27 @@ class OrderStore:
                         self._sleep(delay)
                         delay = min(delay * 2, 5.0)
 
+    def _execute_prepared(self, cur: Any, sql: str, params: dict[str, Any]) -> None:
+        """A write-back as a prepared statement of this connection: Postgres parses and plans
+        each kind once per connection instead of once per order (a third of the order
+        database's CPU per write-back, `bench/batch_cpu.py`)."""
+        if not self._prepare:
+            cur.execute(sql, params)
+            return
+        statement = _prepared_statement(sql)
+        try:
+            if statement.name not in self._prepared:
+                with contextlib.suppress(psycopg2.errors.DuplicatePreparedStatement):
+                    cur.execute(statement.prepare)
+                self._prepared.add(statement.name)
+            cur.execute(statement.execute, [params[name] for name in statement.params])
+        except psycopg2.errors.InvalidSqlStatementName:
+            # Prepared on one server connection, executed on another: a pooler between (PgBouncer
+            # in transaction mode). Nothing was written; plain statements from now on.
+            log.warning("the order database forgets prepared statements: sending them in full")
+            self._prepare = False
+            cur.execute(sql, params)
+
     def _try_reconnect(self) -> bool:
         try:
             conn = self._reconnect()
@@ -881,6 +941,7 @@ class OrderStore:
         with contextlib.suppress(psycopg2.Error):
             self._conn.close()
         self._conn = conn
+        self._prepared = set()
         return True
 
     def _record(

@@ -177,3 +177,40 @@ def test_the_media_id_goes_in_with_the_insert_under_the_uploads_hold(store):
     assert (row["status"], row["code"], row["s_pdf_media_id"]) == ("inserted", "code-2", None)
     assert row["attempts"] == 1
     assert [a.step for a in store.history(lost)] == ["load", "insert"]
+
+
+def _prepared_on(store):
+    with store._conn.cursor() as cur:
+        cur.execute("SELECT name FROM pg_prepared_statements")
+        return {name for (name,) in cur.fetchall()}
+
+
+def test_write_backs_are_prepared_once_per_connection(store):
+    orders = [make_order(i) for i in range(3)]
+    store.upsert_orders(orders)
+    for order in orders:
+        store.record_uploaded(order.order_id, f"m{order.order_id}",
+                              hold=held(store, order.order_id), run_id="r1")  # fmt: skip
+    # Three orders, one kind of write: one statement prepared, the same one executed three times.
+    assert len([n for n in _prepared_on(store) if n.startswith("nontax_write_")]) == 1
+    for order in orders:
+        row = store.get_row(order.order_id)
+        assert (row["status"], row["s_pdf_media_id"]) == ("uploaded", f"m{order.order_id}")
+        assert [a.outcome for a in store.history(order.order_id)] == ["new", "uploaded"]
+
+
+def test_a_connection_that_forgets_prepared_statements_gets_them_in_full(store):
+    """A pooler in transaction mode (PgBouncer) sends each statement to any server connection:
+    one that never saw the PREPARE. The write still lands, once, and later ones are plain."""
+    orders = [make_order(i) for i in range(2)]
+    store.upsert_orders(orders)
+    first, second = (o.order_id for o in orders)
+    store.record_uploaded(first, "m1", hold=held(store, first), run_id="r1")
+    with store._conn.cursor() as cur:
+        cur.execute("DEALLOCATE ALL")  # what another server connection knows: nothing
+    assert store.record_uploaded(second, "m2", hold=held(store, second), run_id="r1")
+    assert store.record_inserted(second, "C2", "o2", version=1, run_id="r1")
+    assert _prepared_on(store) == set()
+    row = store.get_row(second)
+    assert (row["status"], row["s_pdf_media_id"], row["code"]) == ("inserted", "m2", "C2")
+    assert [a.outcome for a in store.history(second)] == ["new", "uploaded", "inserted"]
