@@ -424,7 +424,8 @@ def _prepared_statement(sql: str) -> PreparedStatement:
             names.append(match.group(1))
         return f"${names.index(match.group(1)) + 1}"
 
-    body = _NAMED_PARAM.sub(positional, sql)
+    # psycopg2 reads `%%` as a literal `%` only when it formats; PREPARE is sent as it is.
+    body = _NAMED_PARAM.sub(positional, sql).replace("%%", "%")
     name = "nontax_write_" + hashlib.sha256(sql.encode()).hexdigest()[:16]
     arguments = f" ({', '.join(['%s'] * len(names))})" if names else ""
     return PreparedStatement(
@@ -460,6 +461,7 @@ class OrderStore:
         # reading of its results together when several threads of a batch report at once.
         self._lock = threading.Lock()
         self._prepared: set[str] = set()  # the write-backs prepared on this connection
+        self._unpreparable: set[str] = set()  # statements Postgres cannot prepare untyped
         self._prepare = True
 
     def close(self) -> None:
@@ -915,14 +917,23 @@ class OrderStore:
         """A write-back as a prepared statement of this connection: Postgres parses and plans
         each kind once per connection instead of once per order (a third of the order
         database's CPU per write-back, `bench/batch_cpu.py`)."""
-        if not self._prepare:
+        statement = _prepared_statement(sql)
+        if not self._prepare or statement.name in self._unpreparable:
             cur.execute(sql, params)
             return
-        statement = _prepared_statement(sql)
         try:
             if statement.name not in self._prepared:
-                with contextlib.suppress(psycopg2.errors.DuplicatePreparedStatement):
+                try:
                     cur.execute(statement.prepare)
+                except psycopg2.errors.DuplicatePreparedStatement:
+                    pass  # a pooled server connection that has it already
+                except (psycopg2.errors.IndeterminateDatatype, psycopg2.errors.DatatypeMismatch):
+                    # A parameter whose type only its value tells (`%(x)s IS NULL`): sent in
+                    # full, where psycopg2 writes the value in.
+                    log.warning("a write-back cannot be prepared, sent in full: %s", sql[:80])
+                    self._unpreparable.add(statement.name)
+                    cur.execute(sql, params)
+                    return
                 self._prepared.add(statement.name)
             cur.execute(statement.execute, [params[name] for name in statement.params])
         except psycopg2.errors.InvalidSqlStatementName:

@@ -214,3 +214,19 @@ def test_a_connection_that_forgets_prepared_statements_gets_them_in_full(store):
     row = store.get_row(second)
     assert (row["status"], row["s_pdf_media_id"], row["code"]) == ("inserted", "m2", "C2")
     assert [a.outcome for a in store.history(second)] == ["new", "uploaded", "inserted"]
+
+
+def test_a_write_back_postgres_cannot_prepare_is_sent_in_full(store):
+    """A parameter whose type only its value tells cannot be prepared untyped: the write is
+    still made, once, as a plain statement, and so are the later ones of its kind."""
+    order = make_order(1)
+    store.upsert_orders([order])
+    sql = (
+        "UPDATE nontax.bill_order SET reason = %(reason)s, last_write_id = %(write_id)s "
+        "WHERE order_id = %(order_id)s AND %(anything)s IS NULL"
+    )
+    for reason in ("first", "second"):
+        params = {"reason": reason, "order_id": order.order_id, "anything": None}
+        assert store._write(order.order_id, sql, params)
+        assert store.get_row(order.order_id)["reason"] == reason
+    assert _prepared_on(store) == set()
