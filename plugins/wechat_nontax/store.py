@@ -65,6 +65,9 @@ _UNHOLD = "held_by = NULL, claimed_by = NULL, claim_expires_at = NULL"
 _BILL_KNOWN_GUARD = "status NOT IN ('inserted', 'cancelled')"
 _LIVE_OWN_HOLD = "claimed_by = %(run_id)s AND held_by IS NOT NULL AND claim_expires_at > now()"
 _HISTORY_COLUMNS = "order_id, run_id, step, outcome, errcode, errmsg, duration_ms"
+# A write sent again after its connection was lost changes nothing if the first one committed
+# (the row carries its id): many write-backs leave their guard true, and would count twice.
+_NOT_THIS_WRITE = "last_write_id IS DISTINCT FROM %(write_id)s"
 
 
 def _held_guard(holder: str, version: str) -> str:
@@ -990,7 +993,8 @@ class OrderStore:
                 order_id,
                 f"WITH changed AS (UPDATE nontax.bill_order SET {assignments}{attempt}, "
                 "updated_at = now(), last_write_id = %(write_id)s "
-                f"WHERE order_id = %(order_id)s AND {guard} RETURNING order_id) "
+                f"WHERE order_id = %(order_id)s AND {guard} AND {_NOT_THIS_WRITE} "
+                "RETURNING order_id) "
                 f"INSERT INTO nontax.bill_attempt ({_HISTORY_COLUMNS}) "
                 f"SELECT order_id, %(run_id)s, {row} FROM changed",
                 {**params, **history},
@@ -1006,7 +1010,7 @@ class OrderStore:
             f"s_pdf_media_id = CASE WHEN {uploaded} THEN %(media_id)s ELSE s_pdf_media_id END, "
             f"pdf_uploaded_at = CASE WHEN {uploaded} THEN now() ELSE pdf_uploaded_at END, "
             "updated_at = now(), last_write_id = %(write_id)s "
-            f"WHERE order_id = %(order_id)s AND {guard} "
+            f"WHERE order_id = %(order_id)s AND {guard} AND {_NOT_THIS_WRITE} "
             "RETURNING order_id, s_pdf_media_id IS NOT DISTINCT FROM %(media_id)s AS uploaded) "
             f"INSERT INTO nontax.bill_attempt ({_HISTORY_COLUMNS}) "
             "SELECT order_id, %(run_id)s, h.step, h.outcome, h.errcode, h.errmsg, h.duration_ms "

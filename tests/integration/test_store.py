@@ -230,3 +230,31 @@ def test_a_write_back_postgres_cannot_prepare_is_sent_in_full(store):
         assert store._write(order.order_id, sql, params)
         assert store.get_row(order.order_id)["reason"] == reason
     assert _prepared_on(store) == set()
+
+
+class _LosesTheAnswer(OrderStore):
+    """The first write commits, then the connection drops before its answer is read."""
+
+    lost = False
+
+    def _execute_prepared(self, cur, sql, params):
+        super()._execute_prepared(cur, sql, params)
+        if not self.lost:
+            self.lost = True
+            self._conn.close()
+            raise psycopg2.OperationalError("server closed the connection unexpectedly")
+
+
+def test_a_write_sent_again_after_a_lost_answer_counts_once(orders_db):
+    """The write is sent again over a new connection; the first one had committed, so the
+    second changes nothing and the store answers from the row's last write id."""
+    store = _LosesTheAnswer(connect_dsn(orders_db), reconnect=lambda: connect_dsn(orders_db))
+    order = make_order(1)
+    store.upsert_orders([order])
+    hold = held(store, order.order_id)
+    assert store.record_uploaded(order.order_id, "m1", hold=hold, run_id="r1")
+    assert store.lost
+    row = store.get_row(order.order_id)
+    assert (row["status"], row["s_pdf_media_id"], row["attempts"]) == ("uploaded", "m1", 1)
+    assert [a.outcome for a in store.history(order.order_id)] == ["new", "uploaded"]
+    store.close()

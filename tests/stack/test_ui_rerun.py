@@ -22,6 +22,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import quote
 
 import psycopg2.extensions
@@ -64,6 +65,16 @@ def test_the_compose_files_health_checks_pass_against_the_stack(stack: Stack):
     assert requests.get(f"{stack.sandbox_url}/_sandbox/health", timeout=10).ok
     for job in ("TriggererJob", "DagProcessorJob"):
         run_in(stack, [AIRFLOW, "jobs", "check", "--job-type", job, "--hostname", get_hostname()])
+
+
+def _forkserver_maps(stack: Stack) -> str:
+    scheduler = next(p for p in stack.processes() if "scheduler" in " ".join(p.cmdline()))
+    forkservers = [
+        child for child in scheduler.children(recursive=True)
+        if "multiprocessing.forkserver" in " ".join(child.cmdline())
+    ]  # fmt: skip
+    assert forkservers, "the scheduler runs no forkserver: LOCAL_EXECUTOR_PRELOAD not applied"
+    return Path(f"/proc/{forkservers[0].pid}/maps").read_text(encoding="utf-8")
 
 
 @dataclass
@@ -345,3 +356,12 @@ def test_a_browser_logs_in_and_sees_the_rerun_batches_green(scenario: Scenario):
             assert text in listed
         dialog.get_by_role("button", name="Close").click()  # nothing is cleared
     assert scenario.stack.api.run(scenario.run_id)["state"] == "success"
+
+
+def test_the_task_processes_fork_from_a_parent_that_preloaded_the_package(scenario: Scenario):
+    """The LocalExecutor's workers (and so every task process) fork from the scheduler's
+    forkserver, which imported wechat_nontax.preload: its memory holds aiohttp's compiled
+    parser, which only the HTTP provider under the hook pulls in. A forkserver that cannot
+    import the preload (the plugins folder not on its path) skips it without a word."""
+    scenario.need("first run")
+    assert "aiohttp/_http_parser" in _forkserver_maps(scenario.stack)
