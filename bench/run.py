@@ -210,8 +210,7 @@ def pipeline_run(stack, conf: dict, label: str, n: int, say) -> dict:
     cpu_ms = run["cpu"]
     say(f"pipeline {label}: {run['orders_per_s']} orders/s, {run['seconds']} s, CPU ms per order "
         f"{cpu_ms['cpu_ms_per_order_pipeline']} (batch + order DB: "
-        f"{cpu_ms['roles'].get('batch', {}).get('ms_per_order')} + "
-        f"{cpu_ms['roles'].get('postgres_orders', {}).get('ms_per_order')}), "
+        f"{role_ms(cpu_ms, 'batch')} + {role_ms(cpu_ms, 'postgres_orders')}), "
         f"{cpu_ms['cpu_ms_per_order_all']} (all), at once {run['batches_at_once']}")  # fmt: skip
     return run
 
@@ -236,6 +235,11 @@ def ceiling_run(stack, label: str, args, in_flight: int, say) -> dict:
     return out
 
 
+def role_ms(cpu: dict, role: str) -> float | None:
+    """One role's ms per order in a run's CPU breakdown (None: no process of it ran)."""
+    return cpu["roles"].get(role, {}).get("ms_per_order")
+
+
 def row_result(runs: list[dict]) -> dict:
     """A row's runs: the best one in full, the summary of all (orders/s and CPU per order), and
     each run in brief, in measured order (how noisy each was beside what it measured)."""
@@ -249,9 +253,8 @@ def row_result(runs: list[dict]) -> dict:
              "cpu_ms_per_order_pipeline": r["cpu"]["cpu_ms_per_order_pipeline"],
              "machine_cpu_ms_per_order": r["cpu"]["machine_cpu_ms_per_order"],
              "load_avg_1m": r["load_avg_1m"], "batches_at_once": r["batches_at_once"],
-             "batch_ms_per_order": r["cpu"]["roles"].get("batch", {}).get("ms_per_order"),
-             "postgres_orders_ms_per_order":
-                 r["cpu"]["roles"].get("postgres_orders", {}).get("ms_per_order")}
+             "batch_ms_per_order": role_ms(r["cpu"], "batch"),
+             "postgres_orders_ms_per_order": role_ms(r["cpu"], "postgres_orders")}
             for r in runs
         ],
     }  # fmt: skip

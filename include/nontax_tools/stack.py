@@ -712,8 +712,6 @@ class Stack:
                 "NONTAX_POOL_SLOTS": str(cfg.pool_slots),  # the DAG spreads a run over them
             }
         )
-        if cfg.executor != "celery":
-            env.update(LOCAL_EXECUTOR_PRELOAD)
         if cfg.executor == "celery":
             assert self.state.broker and self.state.broker_prefix
             env.update(
@@ -724,6 +722,8 @@ class Stack:
                     concurrency=cfg.worker_concurrency,
                 )
             )
+        else:
+            env.update(LOCAL_EXECUTOR_PRELOAD)
         env.update(cfg.extra_env)
         return env
 
