@@ -6,8 +6,10 @@ comes from the policy table. Every result is written to the store the moment it 
 an upload's media id: it goes in with the insert's result (see UPLOAD_WRITE_AFTER_S).
 
 Concurrency: the batch's orders run in a thread pool; each thread handles one order from start to
-end, so an order's calls are never concurrent with each other. A daily-quota answer or a broken
-configuration stops the whole batch: no further calls, the remaining orders stay due.
+end, so an order's calls are never concurrent with each other. A broken configuration stops the
+whole batch: no further calls, the remaining orders stay due. A daily-quota answer stops only
+the call (API) that got it: the orders that need that call stay due, the others go on (but
+for the token endpoint's quota, which every call needs: it stops the batch).
 
 Daily quotas are shared: a quota answer is recorded in the order database (`nontax.api_quota`)
 for the appid and the call, and every batch reads that record before its calls (again at
@@ -193,8 +195,8 @@ class BatchIssuer:
         self._stop = threading.Event()
         self._stopped = OrderResult("", Outcome.QUOTA)
         self._stop_lock = threading.Lock()
-        # The daily quota that stopped the batch, if one did: the orders not reached wait for it.
-        self._quota_stop: QuotaStop | None = None
+        # The daily quotas this batch met, by api: the orders whose calls need one wait for it.
+        self._met_quotas: dict[str, QuotaStop] = {}
         # Quota records are per appid, the account whose quota WeChat counts.
         self._appid = str(getattr(api, "appid", "") or "")
         self._random = random.Random()  # noqa: S311 (jitter, not security)
@@ -446,10 +448,10 @@ class BatchIssuer:
 
     def _one(self, stored: StoredOrder) -> OrderResult:
         order = stored.order
-        # After a daily quota stop the orders not reached are still validated (no call is
-        # made for that: bad data ends `invalid` now, not after midnight); their first call
-        # then leaves them waiting for the quota (`_before_call`).
-        if self._quota_stop is None:
+        # After the token endpoint's daily quota stopped the batch, the orders not reached are
+        # still validated (no call is made for that: bad data ends `invalid` now, not after
+        # midnight); their first call then leaves them waiting for the quota (`_before_call`).
+        if Step.TOKEN not in self._met_quotas:
             self._check_hold(order.order_id)
         problems, pdf, unreadable = self._problems(stored)
         if unreadable is not None:
@@ -713,7 +715,9 @@ class BatchIssuer:
         of the call (or of the calls after it) is recorded as used up, by this batch or any
         other. The record is read at most every QUOTA_RECHECK_S by the batch: a stop another
         worker recorded costs at most that long, and no call, to find out."""
-        stop = self._quota_stop
+        with self._stop_lock:
+            met = dict(self._met_quotas)
+        stop = met.get(Step.TOKEN) or next((met[api] for api in apis if api in met), None)
         if stop is None and not self._stop.is_set():
             stops = self._recorded_quota_stops()
             stop = next((stops[api] for api in apis if api in stops), None)
@@ -743,8 +747,9 @@ class BatchIssuer:
         return self._wait_for_quota(stored, step, stop)
 
     def _wait_for_quota(self, stored: StoredOrder, step: str, stop: QuotaStop) -> OrderResult:
-        """Not sent for a used-up daily quota: the batch stops, the order stays due and is
-        not claimed again before the quota resets."""
+        """Not sent for a used-up daily quota: the order stays due and is not claimed again
+        before the quota resets; the batch's other orders that need that call wait for it too
+        (for the token endpoint's, every call: the batch stops)."""
         answer = f"errcode {stop.errcode}: {stop.errmsg}" if stop.errcode is not None else "-"
         until = stop.until.astimezone(QUOTA_TIMEZONE).strftime("%Y-%m-%d %H:%M")
         reason = (
@@ -752,9 +757,9 @@ class BatchIssuer:
             "time, when it resets"
         )
         with self._stop_lock:
-            if self._quota_stop is None:
-                self._quota_stop = stop
-        self._stop_batch(Outcome.QUOTA, f"{reason}; left due")
+            self._met_quotas.setdefault(stop.api, stop)
+        if stop.api == Step.TOKEN:
+            self._stop_batch(Outcome.QUOTA, f"{reason}; left due")
         order_id = stored.order_id
         self._write_upload(order_id)
         written = self.store.record_quota_wait(

@@ -377,3 +377,28 @@ def test_a_stop_another_batch_records_is_seen_within_the_recheck(env):
     outcomes = [results[o.order_id].outcome for o in orders]
     assert outcomes.count(Outcome.QUOTA) >= 12 - inserts_at_stop - late
     assert set(outcomes) == {Outcome.INSERTED, Outcome.QUOTA}
+
+
+def test_a_getauthdata_quota_answer_stops_only_getauthdata(env):
+    """A batch with a waiting order (asked getauthdata first) and authorised ones: a daily
+    quota answer to getauthdata leaves that order waiting for the quota; every authorised
+    order of the batch is still inserted, and the next batch too (only getauthdata is off)."""
+    waiting = waiting_order(env, n=100)
+    env.sandbox.add_fault(endpoint="getauthdata", kind="errcode", errcode=45009, count=1)
+    authorised = env.orders(30)
+    results = env.issue([waiting, *authorised], max_workers=1)
+    assert results[waiting.order_id].outcome is Outcome.QUOTA
+    assert "daily quota of authorization used up" in results[waiting.order_id].reason
+    assert {results[o.order_id].outcome for o in authorised} == {Outcome.INSERTED}
+    assert [(api, errcode) for _, api, errcode, _ in quota_rows(env)] == [("authorization", 45009)]
+    row = env.store.get_row(waiting.order_id)
+    assert row["status"] == "awaiting_auth" and row["last_errcode"] == 45009
+    calls = env.sandbox.calls()
+    assert (calls["getauthdata"], calls["insertbill"]) == (1, 31)  # 72038 once, then 30
+    # Another waiting order is not asked before midnight; an authorised one goes in.
+    later = waiting_order(env, n=200)
+    more = env.orders(2, start=50)
+    again = env.issue([later, *more], run_id="run-2", max_workers=1)
+    assert again[later.order_id].outcome is Outcome.QUOTA
+    assert {again[o.order_id].outcome for o in more} == {Outcome.INSERTED}
+    assert env.sandbox.calls()["getauthdata"] == 1
