@@ -6,11 +6,11 @@ transport `Signal`s when no usable answer came back. `POLICY` maps each signal t
 `Action` to take and a reason written for the person on duty. A few answers mean something
 else after one kind of call (72035 after a refusal: it was refused already; 72060 after a void:
 it was voided already): `STEP_POLICY` holds those, per `Step`, and `classify(signal, step)`
-looks there first. The steps of the insert path (token, upload, insert, authorization) have
-no entries there, so what they do is the table's. The table follows `spec/wechat-api-facts.md`;
-codes outside it are looked up in WeChat's global error codes. Anything not in the table is a
-permanent failure with a reason that says so, so an unknown code is seen by a person instead of
-being retried forever.
+looks there first. Of the steps of the insert path only getauthdata has an entry there (what
+a repeated -1 hints at), so what the others do is the table's. The table follows
+`spec/wechat-api-facts.md`; codes outside it are looked up in WeChat's global error codes.
+Anything not in the table is a permanent failure with a reason that says so, so an unknown code
+is seen by a person instead of being retried forever.
 
 `Status` names the states an order's row can be in; `status_for` says which state an action
 leaves the order in. The module is pure: the caller supplies the clock and the random numbers.
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta, timezone
 from enum import StrEnum, nonmember
 from types import MappingProxyType
@@ -381,6 +381,19 @@ STEP_POLICY: Mapping[str, Mapping[int | str, Rule]] = MappingProxyType(
                     "order_id repeated: the order has a bill",
                     "the order's bill is already in the payer's card package: it cannot be "
                     "refused any more; void the bill instead",
+                ),
+            }
+        ),
+        # getauthdata names only the order (and the platform's s_pappid): a -1 that persists
+        # cannot be the insert's bad billing_no.
+        Step.AUTHORIZATION: MappingProxyType(
+            {
+                -1: replace(
+                    POLICY[-1],
+                    exhausted_reason="WeChat answered -1 (system busy) {answers} times in a row "
+                    "to getauthdata for this order: if it persists, check the WeChat "
+                    "Connection's s_pappid and that this order_id is the one the payer "
+                    "authorised, then reset the order",
                 ),
             }
         ),

@@ -402,3 +402,19 @@ def test_a_getauthdata_quota_answer_stops_only_getauthdata(env):
     assert again[later.order_id].outcome is Outcome.QUOTA
     assert {again[o.order_id].outcome for o in more} == {Outcome.INSERTED}
     assert env.sandbox.calls()["getauthdata"] == 1
+
+
+def test_a_getauthdata_busy_past_its_retries_fails_with_its_own_hint(env):
+    """-1 is a busy answer; after the insert a repeated one may be a bad billing_no, after
+    getauthdata it cannot be (getauthdata names only the order): the reason says what to check
+    for that call."""
+    order = waiting_order(env)
+    env.sandbox.add_fault(endpoint="getauthdata", kind="errcode", errcode=-1, count=4)
+    results = env.issue([order], run_id="run-1")
+    oid = order.order_id
+    assert results[oid].outcome is Outcome.FAILED
+    row = env.store.get_row(oid)
+    assert row["status"] == "failed" and row["last_errcode"] == -1
+    assert "getauthdata" in row["reason"] and "billing_no" not in row["reason"]
+    assert env.sandbox.order_answers(oid)["getauthdata"] == {"-1": 4}
+    assert insert_calls(env, oid) == 1  # the first insert's 72038 only

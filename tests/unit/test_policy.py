@@ -129,6 +129,16 @@ def test_busy_is_retried_then_fails_with_the_billing_hint():
     )
 
 
+def test_busy_after_getauthdata_is_retried_alike_then_fails_with_its_own_hint():
+    for answers in range(1, BUSY_RETRY_LIMIT + 1):
+        rule = classify_attempt(-1, answers, Step.AUTHORIZATION)
+        assert rule.action is Action.RETRY and rule.max_retries == BUSY_RETRY_LIMIT
+    rule = classify_attempt(-1, BUSY_RETRY_LIMIT + 1, Step.AUTHORIZATION)
+    assert rule.action is Action.FAIL
+    assert "to getauthdata" in rule.reason and "s_pappid" in rule.reason
+    assert "billing_no" not in rule.reason
+
+
 @pytest.mark.parametrize("signal", [40001, 40014, 41001, 42001, 40007])
 def test_refresh_and_reupload_are_tried_once(signal):
     assert classify_attempt(signal, 1).action is not Action.FAIL
@@ -303,6 +313,7 @@ EXPECTED_BY_STEP = {
     ("refuse", 72035): Action.ALREADY_DONE,  # refused already (an earlier try's call)
     ("refuse", 72056): Action.ALREADY_INSERTED,  # the order has a bill: cannot be refused
     ("void", 72060): Action.ALREADY_DONE,  # red-reversed already (an earlier try's call)
+    ("authorization", -1): Action.RETRY,  # busy, with getauthdata's own hint once it persists
 }
 
 
@@ -317,7 +328,7 @@ def test_every_step_row(key, action):
     rule = classify(signal, step)
     assert rule is STEP_POLICY[step][signal]
     assert rule.action is action and rule.reason and rule.meaning
-    assert not rule.waits
+    assert rule.waits is (action is Action.RETRY)
     assert rule is not POLICY[signal]  # the same answer after another call is the table's
 
 
@@ -329,9 +340,9 @@ def test_steps_without_a_row_get_the_tables_rule(step, signal):
 
 
 @pytest.mark.parametrize("step", ["token", "upload", "insert", "authorization"])
-def test_the_insert_path_has_no_step_rows(step):
+def test_the_insert_path_has_no_step_rows_but_getauthdatas_busy_hint(step):
     # What issuing does after every answer is the table's, as before the steps after the insert.
-    assert step not in STEP_POLICY
+    assert set(STEP_POLICY.get(step, {})) <= ({-1} if step == "authorization" else set())
     assert classify(72035, step).action is Action.REJECT
     assert classify(72060, step).action is Action.FAIL
 
