@@ -38,7 +38,6 @@ from wechat_nontax.bill import Order, bill_fields
 from wechat_nontax.policy import (
     AUTHORIZATION_DEADLINE_S,
     AUTHORIZATION_RECHECK_S,
-    QUOTA_TIMEZONE,
     Action,
     Status,
     Step,
@@ -750,12 +749,7 @@ class BatchIssuer:
         """Not sent for a used-up daily quota: the order stays due and is not claimed again
         before the quota resets; the batch's other orders that need that call wait for it too
         (for the token endpoint's, every call: the batch stops)."""
-        answer = f"errcode {stop.errcode}: {stop.errmsg}" if stop.errcode is not None else "-"
-        until = stop.until.astimezone(QUOTA_TIMEZONE).strftime("%Y-%m-%d %H:%M")
-        reason = (
-            f"daily quota of {stop.api} used up ({answer}): not sent before {until} Beijing "
-            "time, when it resets"
-        )
+        reason = stop.reason()
         with self._stop_lock:
             self._met_quotas.setdefault(stop.api, stop)
         if stop.api == Step.TOKEN:

@@ -51,9 +51,11 @@ class CarryOutRequestsOperator(BaseOperator):
         from wechat_nontax.orders_db import connect
         from wechat_nontax.request_runner import RequestRunner, result_table
         from wechat_nontax.request_store import RequestStore
+        from wechat_nontax.store import OrderStore
 
         ti, run_id = context["ti"], context["run_id"]
-        store = RequestStore(connect(self.orders_conn_id, application_name="nontax-requests"))
+        conn = connect(self.orders_conn_id, application_name="nontax-requests")
+        store = RequestStore(conn)
         hook = WeChatNonTaxHook(self.wechat_conn_id, pool_size=1)
         try:
             # A call may take a token fetch, the call and a retry after a refreshed token, each
@@ -61,7 +63,7 @@ class CarryOutRequestsOperator(BaseOperator):
             hold_s = max(default_hold_s(), 2 * (3 * hook.call_timeout_s + 2.0))
             budget = {} if self.time_budget_s is None else {"time_budget_s": self.time_budget_s}
             runner = RequestRunner(
-                hook, store, run_id=run_id, hold_s=hold_s,
+                hook, store, quotas=OrderStore(conn), run_id=run_id, hold_s=hold_s,
                 holder=f"{run_id}|{self.task_id}|{ti.map_index}|{ti.try_number}", **budget,
             )  # fmt: skip
             limit = int(self.max_requests) if self.max_requests not in (None, "", "None") else None

@@ -9,6 +9,10 @@ At most once on WeChat's side: a request is called for only while its order is h
 try; after a crash between the call and the write-back, the request is still pending and its
 order's hold runs out, and the next try's call is answered 72035 (refused already) or 72060
 (voided already), which the policy's `STEP_POLICY` classifies as `ALREADY_DONE`: recorded done.
+
+Daily quotas as the issuing batches keep them: a quota answer to rejectinsert or updatestatus
+is recorded in `nontax.api_quota` for the appid and the call (`refuse`, `void`), and no such
+call is made before the quota resets: its requests wait, pending, until then.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from wechat_nontax import errors
 from wechat_nontax.bill_requests import RequestKind, RequestStatus
 from wechat_nontax.policy import Action, seconds_until_quota_reset
 from wechat_nontax.request_store import Request, RequestRow, RequestStore, Taken, call_problems
+from wechat_nontax.store import OrderStore, QuotaStop
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +73,7 @@ class RequestRunner:
         api: WeChatRequests,
         store: RequestStore,
         *,
+        quotas: OrderStore,
         run_id: str,
         holder: str,
         hold_s: float,
@@ -77,6 +83,11 @@ class RequestRunner:
     ):
         self.api = api
         self.store = store
+        # The daily quota record the issuing batches use (`nontax.api_quota`), per appid and
+        # call: a quota answer to a refusal or a void stops that call for every run until
+        # the reset, as one to an insert stops inserts.
+        self.quotas = quotas
+        self._appid = str(getattr(api, "appid", "") or "")
         self.run_id = run_id
         self.holder = holder
         self.hold_s = hold_s
@@ -126,6 +137,9 @@ class RequestRunner:
                 )  # fmt: skip
             if not self.store.renew(taken, hold_s=self.hold_s):
                 return self._result(request, RequestOutcome.NOT_HELD, "lost the order's hold")
+            stop = self.quotas.quota_stops(self._appid, [request.kind]).get(request.kind)
+            if stop is not None:
+                return self._waiting_for_quota(taken, stop)
             self.store.note_call(taken)
             calls += 1
             try:
@@ -147,8 +161,11 @@ class RequestRunner:
                 ).rule  # fmt: skip
                 answers[exc.signal] += 1
                 if rule.action is Action.STOP_QUOTA:
-                    wait = seconds_until_quota_reset(self._clock())
-                    return self._waiting(taken, f"{rule.reason} ({exc})", exc, wait_s=wait)
+                    stop = self.quotas.record_quota_stop(
+                        self._appid, request.kind, errcode=exc.errcode, errmsg=exc.errmsg,
+                        seconds=seconds_until_quota_reset(self._clock()), run_id=self.run_id,
+                    )  # fmt: skip
+                    return self._waiting_for_quota(taken, stop)
                 if rule.action is Action.ALREADY_INSERTED:
                     # A refusal answered 72056: the bill is in the card package after all.
                     return self._end(
@@ -192,13 +209,25 @@ class RequestRunner:
         return self._result(taken.request, RequestOutcome(str(status)), outcome)
 
     def _waiting(
-        self, taken: Taken, outcome: str, exc: errors.WeChatError | None, *, wait_s: float | None
+        self,
+        taken: Taken,
+        outcome: str,
+        exc: errors.WeChatError | None,
+        *,
+        wait_s: float | None,
+        errcode: int | None = None,
     ) -> RequestResult:
-        errcode = exc.errcode if exc is not None else None
+        errcode = exc.errcode if exc is not None else errcode
         self.store.record_waiting(
             taken, outcome, run_id=self.run_id, errcode=errcode, not_before_s=wait_s
         )
         return self._result(taken.request, RequestOutcome.WAITING, outcome)
+
+    def _waiting_for_quota(self, taken: Taken, stop: QuotaStop) -> RequestResult:
+        """Not sent (again) before the call's daily quota resets; the request stays pending."""
+        return self._waiting(
+            taken, stop.reason(), None, errcode=stop.errcode, wait_s=max(stop.seconds_left, 1.0)
+        )
 
     def _lost(self, taken: Taken) -> RequestResult:
         reason = "another holder took the order or the request ended: this result not recorded"

@@ -43,7 +43,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from wechat_nontax.bill import BILL_FIELDS, Order
-from wechat_nontax.policy import Status
+from wechat_nontax.policy import QUOTA_TIMEZONE, Status
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,16 @@ class QuotaStop:
     seconds_left: float
     errcode: int | None
     errmsg: str | None
+
+    def reason(self) -> str:
+        """Why a call waits for it, for a person: the call, the answer, the reset (Beijing
+        time, as WeChat counts the day)."""
+        answer = f"errcode {self.errcode}: {self.errmsg}" if self.errcode is not None else "-"
+        until = self.until.astimezone(QUOTA_TIMEZONE).strftime("%Y-%m-%d %H:%M")
+        return (
+            f"daily quota of {self.api} used up ({answer}): not sent before {until} Beijing "
+            "time, when it resets"
+        )
 
 
 @dataclass(frozen=True, slots=True)

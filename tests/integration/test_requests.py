@@ -35,7 +35,7 @@ def ask(env, order_id, kind, reason="refunded before issue", by="duty@unit"):
 
 def runner(env, requests_store, *, run_id=RUN, try_number=1, **kwargs):
     return RequestRunner(
-        env.hook, requests_store, run_id=run_id,
+        env.hook, requests_store, quotas=env.store, run_id=run_id,
         holder=f"{run_id}|carry_out_requests|-1|{try_number}", hold_s=120,
         sleep=lambda s: None, **kwargs,
     )  # fmt: skip
@@ -311,3 +311,43 @@ def test_a_request_the_units_system_inserted_for_an_order_that_moved_on_is_refus
     assert result.outcome is RequestOutcome.REFUSED
     assert result.reason == why_not_carried_out("refuse", "inserted")
     assert env.sandbox.calls().get("rejectinsert", 0) == 0
+
+
+def test_a_daily_quota_answer_is_recorded_and_no_such_call_is_made_before_it_resets(
+    env, requests_store
+):
+    """A quota answer to a refusal or a void goes in the daily quota record the issuing batches
+    use: the run's other requests of that kind, and those asked later that day, wait for the
+    reset without a call; the other kind's calls go on until they get their own answer."""
+    orders = env.orders(6)
+    env.issue(orders[3:])  # three bills to void
+    for order in orders[:3]:
+        assert ask(env, order.order_id, "refuse").accepted
+    for order in orders[3:5]:
+        assert ask(env, order.order_id, "void").accepted
+    env.sandbox.add_fault(endpoint="rejectinsert", kind="errcode", errcode=45009)
+    env.sandbox.add_fault(endpoint="updatestatus", kind="errcode", errcode=45009)
+    results = runner(env, requests_store).run()
+    assert {r.outcome for r in results} == {RequestOutcome.WAITING}
+    calls = env.sandbox.calls()
+    assert (calls["rejectinsert"], calls["updatestatus"]) == (1, 1)
+    stops = env.sql("SELECT api, errcode, stopped_until FROM nontax.api_quota ORDER BY api")
+    assert [(api, errcode) for api, errcode, _ in stops] == [("refuse", 45009), ("void", 45009)]
+    until = stops[0][2]
+    rows = env.sql(
+        "SELECT status, errcode, not_before, attempts, outcome FROM nontax.bill_request "
+        "ORDER BY request_id"
+    )
+    assert [(status, errcode) for status, errcode, *_ in rows] == [("pending", 45009)] * 5
+    assert [attempts for *_, attempts, _ in rows] == [1, 0, 0, 1, 0]
+    for _, _, not_before, _, outcome in rows:
+        assert abs((not_before - until).total_seconds()) < 5
+        assert "daily quota of" in outcome and "Beijing time" in outcome
+    for order in orders[:5]:
+        row = env.store.get_row(order.order_id)
+        assert row["held_by"] is None and row["claimed_by"] is None
+    # A refusal asked later that day: waits for the reset without a call.
+    assert ask(env, orders[5].order_id, "void").accepted
+    [later] = runner(env, requests_store, run_id="scheduled__requests-2").run()
+    assert later.outcome is RequestOutcome.WAITING and "daily quota of void" in later.reason
+    assert env.sandbox.calls() == calls
