@@ -30,3 +30,16 @@ def parse_dag_file(name: str) -> ParsedDagFile:
     return ParsedDagFile(
         dict(bag.dags), dict(bag.import_errors), ours, stats.duration.total_seconds()
     )
+
+
+def parse_frequent_dag(name: str, dag_id: str, cron: str) -> Any:
+    """`dags/<name>` parsed quickly, cleanly, into the DAG `dag_id`: scheduled at `cron`, one run
+    at a time, no catch-up, its `report` task last (the run takes its state)."""
+    parsed = parse_dag_file(name)
+    assert parsed.import_errors == {} and parsed.our_warnings == []
+    assert parsed.seconds < 1.0
+    dag = parsed.dags[dag_id]
+    assert dag.max_active_runs == 1 and dag.catchup is False
+    assert dag.timetable.expression == cron
+    assert [t.task_id for t in dag.leaves] == ["report"]
+    return dag

@@ -21,6 +21,7 @@ import psycopg2.extensions
 ROOT = Path(__file__).resolve().parent.parent.parent
 DAG_ID = "nontax_insertbill"
 REQUESTS_DAG_ID = "nontax_requests"
+WAITING_DAG_ID = "nontax_waiting"
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 
 

@@ -1,4 +1,5 @@
-"""What the project's DAGs share: the calendar they run in and how their tasks are retried.
+"""What the project's DAGs share: the calendar they run in, how their tasks are retried, the
+pool's size and the Asset the issuing DAGs update.
 
 Each DAG names its own schedule (a cron expression from the environment, in Beijing time); the
 rest is the same for all of them, kept here once.
@@ -11,11 +12,16 @@ from datetime import timedelta
 from typing import Any
 
 import pendulum
-from airflow.sdk import CronTriggerTimetable
+from airflow.sdk import Asset, CronTriggerTimetable
 
 from wechat_nontax.notify import notify_failure
 
 TIMEZONE = "Asia/Shanghai"
+# The pool's slots, as the deployment sets them: an issuing run is spread over at least this
+# many batches.
+POOL_SLOTS = int(os.environ.get("NONTAX_POOL_SLOTS", "4"))
+# Updated by every issuing run that inserted bills.
+BILLS_ISSUED = Asset(name="nontax_bills_issued", uri="nontax://bills/issued")
 
 
 def dag_settings(schedule_env: str, default_cron: str) -> dict[str, Any]:

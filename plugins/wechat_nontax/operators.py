@@ -208,7 +208,8 @@ def _first_try_since_a_clear(ti: Any, retries: int | None) -> bool:
 
 class ClaimOrdersOperator(BaseOperator):
     """Claim the run's due orders (row locks that skip locked rows, a lease) and split them into
-    batches; returns the batches of order ids (XCom), which the issuing step maps over."""
+    batches; returns the batches of order ids (XCom), which the issuing step maps over.
+    `scope` (a `store.ClaimScope` value) says which due orders: all of them by default."""
 
     template_fields: Sequence[str] = ("batch_size", "min_batches", "max_orders", "order_ids")
     ui_color = "#f6ecc9"
@@ -221,9 +222,11 @@ class ClaimOrdersOperator(BaseOperator):
         max_orders: int | str | None = None,
         order_ids: Sequence[str] | str = (),
         orders_conn_id: str = DEFAULT_ORDERS_CONN_ID,
+        scope: str = "due",
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        self.scope = scope
         self.batch_size = batch_size
         self.min_batches = min_batches
         self.max_orders = max_orders
@@ -232,6 +235,7 @@ class ClaimOrdersOperator(BaseOperator):
 
     def execute(self, context: Any) -> list[list[str]]:
         from wechat_nontax.run_steps import claim_orders
+        from wechat_nontax.store import ClaimScope
 
         _refuse_unknown_params(context)
         dry_run = _as_bool(context["params"].get("dry_run", False))
@@ -244,6 +248,7 @@ class ClaimOrdersOperator(BaseOperator):
             min_batches=int(self.min_batches),
             max_orders=int(self.max_orders) if self.max_orders else None,
             order_ids=[str(order_id) for order_id in self.order_ids] or None,
+            scope=ClaimScope(self.scope),
             dry_run=dry_run,
             run_state=lambda run_id: _run_state(context["dag"].dag_id, run_id),
         )
@@ -382,13 +387,16 @@ class RunReportOperator(_RunOrdersOperator):
     """The run's report: counts by status, who needs a person and why, what was asked for and
     not taken; records kept bills and releases the run's claims. Fails (after publishing the
     report) while any order needs a person or was left unfinished, so that a crashed batch or a
-    run marked by hand cannot leave a green run."""
+    run marked by hand cannot leave a green run. With `earlier_runs` (the daily run) the orders
+    of earlier runs that still need a person are listed and keep it red too; a frequent run
+    judges its own orders only (else it would be red, and alert, every few minutes for one)."""
 
     template_fields: Sequence[str] = ("batches", "dry_run")
 
-    def __init__(self, *, dry_run: bool | str = False, **kwargs: Any):
+    def __init__(self, *, dry_run: bool | str = False, earlier_runs: bool = True, **kwargs: Any):
         super().__init__(**kwargs)
         self.dry_run = dry_run
+        self.earlier_runs = earlier_runs
 
     def execute(self, context: Any) -> dict:
         from wechat_nontax.run_steps import build_report, finish_report, run_order_ids
@@ -408,6 +416,7 @@ class RunReportOperator(_RunOrdersOperator):
             not_taken=ti.xcom_pull(task_ids="claim_orders", key="not_taken") or (),
             findings=[f for out in _as_list(outputs) for f in (out or {}).get("findings", ())],
             recovered=recovered,
+            earlier_runs=self.earlier_runs,
         )
         if self.batches is None:
             raise AirflowFailException(
@@ -415,6 +424,79 @@ class RunReportOperator(_RunOrdersOperator):
                 "clear claim_orders with its downstream tasks"
             )
         return finish_report(summary, ti)
+
+
+def issuing_dag_args(**params: Any) -> dict[str, Any]:
+    """The DAG arguments the issuing DAGs share: the params `max_orders` and `workers`, then
+    `params`; templates rendered as values; the mapped batches labelled by `batch_label`."""
+    from airflow.sdk import Param
+
+    return {
+        "params": {
+            "max_orders": Param(None, type=["null", "integer"], minimum=1, description="At most"),
+            "workers": Param(
+                16, type="integer", minimum=1, maximum=64, description="Calls per batch"
+            ),
+            **params,
+        },
+        "render_template_as_native_obj": True,
+        "user_defined_filters": {"batch_label": batch_label},
+        "tags": ["wechat", "fiscal-bills"],
+    }
+
+
+def issue_claimed_batches(
+    claim: ClaimOrdersOperator,
+    *,
+    max_workers: int | str,
+    dry_run: bool | str = False,
+    earlier_runs: bool = True,
+    wechat_conn_id: str = DEFAULT_WECHAT_CONN_ID,
+    orders_conn_id: str = DEFAULT_ORDERS_CONN_ID,
+) -> BaseOperator:
+    """The issuing DAGs' steps after their claim, in the DAG being defined: `issue_bills` (one
+    instance per batch), `announce_bills`, `report`. Returns `issue_bills`, for what else it
+    waits for."""
+    from datetime import timedelta
+
+    from wechat_nontax.dag_settings import BILLS_ISSUED
+
+    # One task instance per batch, labelled in the UI by its first and last order.
+    issue = IssueBillsOperator.partial(
+        task_id="issue_bills",
+        wechat_conn_id=wechat_conn_id,
+        orders_conn_id=orders_conn_id,
+        max_workers=max_workers,
+        dry_run=dry_run,
+        pool=WECHAT_POOL,
+        map_index_template="{{ task.order_ids | batch_label }}",
+        # A batch at its bounds (2,500 orders, one worker, slow answers) takes about an hour;
+        # past this Airflow stops it and it is retried on its unfinished orders.
+        execution_timeout=timedelta(hours=3),
+    ).expand(order_ids=claim.output)
+    # After every batch, failed ones too: bills issued beside orders that failed still count.
+    announce = AnnounceBillsOperator(
+        task_id="announce_bills",
+        batches=claim.output,
+        orders_conn_id=orders_conn_id,
+        outlets=[BILLS_ISSUED],
+        trigger_rule="all_done",
+        execution_timeout=timedelta(minutes=5),
+    )
+    # The last task, so the run takes its state: red while any order of the run needs a person
+    # or was left unfinished, or the claim failed.
+    report = RunReportOperator(
+        task_id="report",
+        batches=claim.output,
+        orders_conn_id=orders_conn_id,
+        dry_run=dry_run,
+        earlier_runs=earlier_runs,
+        trigger_rule="all_done",
+        execution_timeout=timedelta(minutes=10),
+    )
+    claim >> issue >> announce >> report
+    issue >> report  # the report waits for every batch itself, whatever is cleared
+    return issue
 
 
 def _as_list(value: Any) -> list:

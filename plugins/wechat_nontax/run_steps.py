@@ -13,7 +13,7 @@ from typing import Any
 
 from wechat_nontax.issuing import DEFAULT_LEASE_S, default_hold_s
 from wechat_nontax.policy import Status
-from wechat_nontax.store import RunClaim
+from wechat_nontax.store import ClaimScope, RunClaim
 
 # Airflow refuses to map past max_map_length (1024 by default); batches stay far below it.
 MAX_BATCHES = 1000
@@ -64,12 +64,14 @@ def claim_orders(
     min_batches: int = 1,
     max_orders: int | None = None,
     order_ids: Sequence[str] | None = None,
+    scope: ClaimScope = ClaimScope.DUE,
     lease_s: int = DEFAULT_LEASE_S,
     dry_run: bool = False,
     run_state: Callable[[str], str | None] = lambda run_id: None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> RunClaim:
-    """Claim this run's due orders (all of them, at most `max_orders`, or just `order_ids`).
+    """Claim this run's due orders of `scope` (all of them, at most `max_orders`, or just
+    `order_ids`).
 
     First, orders claimed by runs that have ended (marked failed or success by a person, or
     killed with the stack) are freed: `run_state` asks Airflow for a run's state (None: not
@@ -82,7 +84,7 @@ def claim_orders(
     store = OrderStore(connect(orders_conn_id, application_name="nontax-claim"))
     try:
         if dry_run:
-            return store.peek_due(limit=max_orders or None, order_ids=order_ids)
+            return store.peek_due(limit=max_orders or None, order_ids=order_ids, scope=scope)
         _free_ended_runs(store, run_id, run_state, sleep)
         return store.claim_run(
             run_id,
@@ -90,6 +92,7 @@ def claim_orders(
             split=lambda claimed: split_batches(claimed, batch_size, min_batches=min_batches),
             limit=max_orders or None,
             order_ids=order_ids,
+            scope=scope,
         )
     finally:
         store.close()
@@ -206,9 +209,11 @@ def build_report(
     not_taken: Sequence[dict] = (),
     findings: Sequence[dict] = (),
     recovered: int = 0,
+    earlier_runs: bool = True,
 ) -> dict[str, Any]:
-    """Counts by status of the run's orders, who needs a person and why (in this run and in
-    the whole order table), the orders asked for but not taken, duration and pace.
+    """Counts by status of the run's orders, who needs a person and why (in this run, and with
+    `earlier_runs` in the whole order table), the orders asked for but not taken, duration and
+    pace.
 
     Also ends the run's claims: what is still due is free for the next run."""
     from wechat_nontax.orders_db import connect
@@ -220,7 +225,9 @@ def build_report(
         refusing = store.refusal_pending(order_ids) if order_ids else {}
         attention = store.attention_of(order_ids) if order_ids else []
         mine = set(order_ids)
-        elsewhere = [row for row in store.needs_attention() if row[0] not in mine]
+        elsewhere = (
+            [row for row in store.needs_attention() if row[0] not in mine] if earlier_runs else []
+        )
         if not dry_run:
             store.release(run_id)
     finally:

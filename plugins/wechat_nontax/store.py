@@ -36,6 +36,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import psycopg2.errors
@@ -190,17 +191,42 @@ _REFUSAL_PENDING = (
     "EXISTS (SELECT 1 FROM nontax.bill_request r WHERE r.order_id = {table}.order_id "
     "AND r.kind = 'refuse' AND r.status = 'pending')"
 )
-_DUE_NOW = f"status IN {_DUE} AND (not_before IS NULL OR not_before <= now())"
+_TIME_HAS_COME = "(not_before IS NULL OR not_before <= now())"
+
+
+class ClaimScope(StrEnum):
+    """Which of the due orders a run claims."""
+
+    DUE = "due"  # every due order (the daily issuing run)
+    # Orders waiting for their payer's authorisation whose next look is due (`not_before`,
+    # set AUTHORIZATION_RECHECK_S after each look): the frequent run of `nontax_waiting`.
+    AUTHORIZATION_LOOK_DUE = "authorization_look_due"
+
+
+# Each scope's rows, due now. The waiting rows are found through bill_order_status_updated_idx
+# (status first): a run that finds none reads no row of the others.
+_SCOPE_ROWS = {
+    ClaimScope.DUE: f"status IN {_DUE} AND {_TIME_HAS_COME}",
+    ClaimScope.AUTHORIZATION_LOOK_DUE: f"status = '{Status.AWAITING_AUTH}' AND {_TIME_HAS_COME}",
+}
 # The rows a claim takes, in claim order: due now, no live lease of anyone.
-_CLAIMABLE = f"""
+_CLAIMABLE = """
     FROM nontax.bill_order
-    WHERE {_DUE_NOW}
+    WHERE {scope}
       AND (claim_expires_at IS NULL OR claim_expires_at < now())
-      AND NOT {_REFUSAL_PENDING.format(table="bill_order")}
+      AND NOT {refusal_pending}
       AND (NOT %(targeted)s OR order_id = ANY(%(order_ids)s))
     ORDER BY authorized_at, order_id
     LIMIT %(limit)s
 """
+
+
+def _claimable(scope: ClaimScope) -> str:
+    return _CLAIMABLE.format(
+        scope=_SCOPE_ROWS[scope], refusal_pending=_REFUSAL_PENDING.format(table="bill_order")
+    )
+
+
 # Where an order's journey and lease stand, for why a claim or a hold did not take it.
 _WHY_SQL = (
     "SELECT order_id, status, extract(epoch FROM not_before - now()), claimed_by, held_by, "
@@ -212,11 +238,10 @@ _WHY_SQL = (
 # skipped), stamped with the run and its lease in the same statement. Only rows nobody holds
 # are taken: no live lease of another run, no live hold of a task try. The partial index
 # bill_order_due_idx serves the scan; the rows are joined back by their physical address (ctid:
-# the rows are locked, so it cannot move) instead of a second index lookup per row. Public so
-# that the benchmark can EXPLAIN it.
-CLAIM_SQL = f"""
+# the rows are locked, so it cannot move) instead of a second index lookup per row.
+_CLAIM_SQL = """
     WITH due AS (
-        SELECT ctid {_CLAIMABLE}
+        SELECT ctid {claimable}
         FOR UPDATE SKIP LOCKED
     )
     UPDATE nontax.bill_order o
@@ -225,8 +250,11 @@ CLAIM_SQL = f"""
       FROM due WHERE o.ctid = due.ctid
     RETURNING o.order_id, o.authorized_at
 """
+CLAIM_SQLS = {scope: _CLAIM_SQL.format(claimable=_claimable(scope)) for scope in ClaimScope}
+# The daily run's claim, public so that the benchmark can EXPLAIN it.
+CLAIM_SQL = CLAIM_SQLS[ClaimScope.DUE]
 # What a dry run would claim: the same rows, read only.
-_PEEK_SQL = f"SELECT order_id {_CLAIMABLE}"
+_PEEK_SQLS = {scope: f"SELECT order_id {_claimable(scope)}" for scope in ClaimScope}
 
 _QUOTA_COLUMNS = (
     "api, stopped_until, extract(epoch FROM stopped_until - now())::float8, errcode, errmsg"
@@ -611,11 +639,13 @@ class OrderStore:
         split: Callable[[list[str]], list[list[str]]],
         limit: int | None = None,
         order_ids: Sequence[str] | None = None,
+        scope: ClaimScope = ClaimScope.DUE,
     ) -> RunClaim:
-        """Claim the run's due orders, split them into batches and record the run's claim, in
-        one transaction. A second claim in the same run (its claim step cleared and run again)
-        takes back that run's own orders that are not finished, in the same batches, and no
-        new ones: new orders belong to the next run, and the report keeps the whole run."""
+        """Claim the run's due orders (those of `scope`), split them into batches and record
+        the run's claim, in one transaction. A second claim in the same run (its claim step
+        cleared and run again) takes back that run's own orders that are not finished, in the
+        same batches, and no new ones: new orders belong to the next run, and the report keeps
+        the whole run."""
         with self._connected(), self._lock, self._conn, self._conn.cursor() as cur:
             # Once a run, the kept counts by status are folded to a row per status.
             cur.execute("SELECT nontax.compact_status_counts()")
@@ -627,7 +657,7 @@ class OrderStore:
             if earlier is not None:
                 return self._reclaim(cur, run_id, earlier[0], earlier[1], lease_s=lease_s)
             cur.execute(
-                CLAIM_SQL,
+                CLAIM_SQLS[scope],
                 {
                     "run_id": run_id,
                     "lease_s": lease_s,
@@ -653,11 +683,12 @@ class OrderStore:
         lease_s: int,
         limit: int | None = None,
         order_ids: Sequence[str] | None = None,
+        scope: ClaimScope = ClaimScope.DUE,
     ) -> list[str]:
         """`claim_run` in one batch: the claimed order ids in claim order."""
         split = lambda claimed: [claimed] if claimed else []  # noqa: E731
         claim = self.claim_run(
-            run_id, lease_s=lease_s, split=split, limit=limit, order_ids=order_ids
+            run_id, lease_s=lease_s, split=split, limit=limit, order_ids=order_ids, scope=scope
         )
         return claim.order_ids
 
@@ -698,12 +729,16 @@ class OrderStore:
         ]
 
     def peek_due(
-        self, *, limit: int | None = None, order_ids: Sequence[str] | None = None
+        self,
+        *,
+        limit: int | None = None,
+        order_ids: Sequence[str] | None = None,
+        scope: ClaimScope = ClaimScope.DUE,
     ) -> RunClaim:
         """What a claim would take, without taking it (a dry run changes nothing)."""
         with self._connected(), self._lock, self._conn, self._conn.cursor() as cur:
             cur.execute(
-                _PEEK_SQL,
+                _PEEK_SQLS[scope],
                 {"limit": limit, "targeted": order_ids is not None,
                  "order_ids": list(order_ids or [])},
             )  # fmt: skip

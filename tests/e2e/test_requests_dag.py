@@ -8,31 +8,17 @@ import json
 import psycopg2
 import pytest
 
-from dag_files import parse_dag_file
+from airflow_desk import AirflowDesk
+from dag_files import parse_frequent_dag
 from factories import make_order, write_pdf
-from nontax_tools.airflow_run import (
-    REQUESTS_DAG_ID,
-    airflow_env,
-    dags_test,
-    sandbox_connection,
-)
+from nontax_tools.airflow_run import REQUESTS_DAG_ID, dags_test
 from wechat_nontax.bill_requests import request_action
-from wechat_nontax.orders_db import connect_dsn
-from wechat_nontax.store import OrderStore
 
 pytestmark = pytest.mark.e2e
 
 
-class Desk:
+class Desk(AirflowDesk):
     """The order database, the sandbox and one Airflow home for both DAGs."""
-
-    def __init__(self, dsn, sandbox, home, pdf_root):
-        self.dsn, self.sandbox, self.pdf_root = dsn, sandbox, pdf_root
-        self.env = airflow_env(
-            home, orders_db=dsn, wechat_conn=sandbox_connection(sandbox.url),
-            pdf_root=str(pdf_root),
-        )  # fmt: skip
-        self.store = OrderStore(connect_dsn(dsn))
 
     def load(self, n):
         orders = [make_order(i) for i in range(n)]
@@ -54,19 +40,7 @@ class Desk:
         assert answer.accepted, answer.reason
 
     def carry_out(self):
-        result = dags_test(self.env, dag_id=REQUESTS_DAG_ID)
-        assert result.run_id, result.output[-3000:]
-        return result
-
-    def sql(self, statement, params=()):
-        conn = psycopg2.connect(self.dsn)
-        conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                cur.execute(statement, params)
-                return cur.fetchall() if cur.description else []
-        finally:
-            conn.close()
+        return self.run(REQUESTS_DAG_ID)
 
 
 @pytest.fixture
@@ -77,13 +51,7 @@ def desk(orders_db, sandbox, tmp_path_factory, tmp_path):
 
 
 def test_the_requests_dag_imports_cleanly_and_runs_alone_every_few_minutes():
-    parsed = parse_dag_file("nontax_requests.py")
-    assert parsed.import_errors == {} and parsed.our_warnings == []
-    assert parsed.seconds < 1.0
-    dag = parsed.dags[REQUESTS_DAG_ID]
-    assert dag.max_active_runs == 1 and dag.catchup is False
-    assert dag.timetable.expression == "*/5 * * * *"
-    assert [t.task_id for t in dag.leaves] == ["report"]
+    dag = parse_frequent_dag("nontax_requests.py", REQUESTS_DAG_ID, "*/5 * * * *")
     assert dag.get_task("carry_out_requests").pool == "wechat_nontax"
 
 

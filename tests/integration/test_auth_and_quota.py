@@ -418,3 +418,22 @@ def test_a_getauthdata_busy_past_its_retries_fails_with_its_own_hint(env):
     assert "getauthdata" in row["reason"] and "billing_no" not in row["reason"]
     assert env.sandbox.order_answers(oid)["getauthdata"] == {"-1": 4}
     assert insert_calls(env, oid) == 1  # the first insert's 72038 only
+
+
+def test_the_authorization_look_scope_claims_only_waiting_orders_whose_look_is_due(env):
+    from wechat_nontax.store import ClaimScope
+
+    due_look = waiting_order(env, n=100)
+    not_yet = waiting_order(env, n=101)
+    env.sql(
+        "UPDATE nontax.bill_order SET not_before = now() + interval '10 minutes' "
+        "WHERE order_id = %s",
+        (not_yet.order_id,),
+    )
+    authorised = env.orders(3)  # the daily run's
+    scope = ClaimScope.AUTHORIZATION_LOOK_DUE
+    assert env.store.peek_due(scope=scope).order_ids == [due_look.order_id]
+    assert env.store.claim_due("run-w", lease_s=60, scope=scope) == [due_look.order_id]
+    # The daily run's claim takes the authorised ones, not the one claimed above.
+    daily = env.store.claim_due("run-d", lease_s=60)
+    assert sorted(daily) == [o.order_id for o in authorised]
