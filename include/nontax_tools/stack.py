@@ -22,7 +22,8 @@ the AIRFLOW_HOME `airflow/`, `secrets.json`):
   password generated once (printed; also in `<state>/airflow/simple_auth_manager_passwords.json`).
 - The pool `wechat_nontax` (`airflow pools set`, NONTAX_STACK_POOL_SLOTS slots, default 4).
 `up` returns when the API answers, the scheduler, triggerer and dag-processor report healthy
-and the DAG is parsed; then it unpauses the DAG. With catchup=False the scheduler then starts
+and the DAG is parsed; then it unpauses the DAG (and `make up` the frequent DAGs
+`nontax_requests` and `nontax_waiting`). With catchup=False the scheduler then starts
 the latest scheduled run at once if the DAG never ran in this metadata database.
 
 `down` sends SIGTERM to each process group, waits (NONTAX_STACK_GRACE_S, default 20 s), then
@@ -68,6 +69,7 @@ from nontax_tools.airflow_run import (
     AIRFLOW,
     REQUESTS_DAG_ID,
     ROOT,
+    WAITING_DAG_ID,
     airflow_env,
     orders_connection,
     sandbox_connection,
@@ -969,14 +971,15 @@ def describe(stack: Stack) -> str:
     assert state is not None
     passwords = cfg.home / "simple_auth_manager_passwords.json"
     unpaused = " (unpaused: the latest scheduled run starts at once if it never ran)"
-    on = ", unpaused"
+    on = ", unpaused" if cfg.unpause else ""
     embedded = f" (embedded Postgres, data in {_rel(state.embedded_pgdata or '')})"
     wechat = f"{state.sandbox_url} (the sandbox)" if state.sandbox_url else "your Connection"
     lines = [
         f"  UI and API   {cfg.url}",
         f"  login        {ADMIN_USER} / {stack.password}   (also in {_rel(passwords)})",
         f"  DAG          {DAG_ID}{unpaused if cfg.unpause else ''}",
-        f"               {REQUESTS_DAG_ID} (refusals and voids){on if cfg.unpause else ''}",
+        f"               {REQUESTS_DAG_ID} (refusals and voids){on}",
+        f"               {WAITING_DAG_ID} (waiting orders, once authorised){on}",
         f"  order DB     {state.orders_db}   (the tools: source {_rel(cfg.state_dir / 'env.sh')})",
         f"  metadata DB  {state.meta_db}{embedded if state.embedded_pgdata else ''}",
         f"  WeChat       {wechat}",
@@ -1033,26 +1036,32 @@ def cmd_up(cfg: StackConfig) -> int:
         print("\ninterrupted: everything started is stopped", file=sys.stderr)
         return 130
     if cfg.unpause:
-        _unpause_requests_dag(stack)
+        _unpause_frequent_dags(stack)
     print(f"\nAirflow is up after {stack.started_in_s:.1f}s:")
     print(describe(stack))
     return 0
 
 
-def _unpause_requests_dag(stack: Stack, timeout_s: float = 60.0) -> None:
+# The DAGs that keep the daily one's promises between its runs.
+FREQUENT_DAG_IDS = (REQUESTS_DAG_ID, WAITING_DAG_ID)
+
+
+def _unpause_frequent_dags(stack: Stack, timeout_s: float = 60.0) -> None:
     """`make up` is for a person at the UI: refusals and voids asked there (or by `make refuse`)
-    are carried out by `nontax_requests`, so it runs too. The library's `Stack` (tests, bench)
-    leaves it paused: their runs are their own."""
+    are carried out by `nontax_requests`, and waiting orders whose payers authorise are issued
+    by `nontax_waiting`, so they run too. The library's `Stack` (tests, bench) leaves them
+    paused: their runs are their own."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            stack.api.set_paused(False, dag_id=REQUESTS_DAG_ID)
-            return
-        except AirflowApiError as exc:
-            if exc.status != 404 or time.monotonic() > deadline:
-                print(f"{REQUESTS_DAG_ID} left paused ({exc}): unpause it in the UI")
-                return
-        time.sleep(1)
+    for dag_id in FREQUENT_DAG_IDS:
+        while True:
+            try:
+                stack.api.set_paused(False, dag_id=dag_id)
+                break
+            except AirflowApiError as exc:
+                if exc.status != 404 or time.monotonic() > deadline:
+                    print(f"{dag_id} left paused ({exc}): unpause it in the UI")
+                    break
+            time.sleep(1)
 
 
 def cmd_down(cfg: StackConfig) -> int:

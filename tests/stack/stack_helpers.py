@@ -41,6 +41,7 @@ def own_stack_config(state: Path, name: str, **overrides: Any) -> StackConfig:
     extra_env = {
         "NONTAX_SCHEDULE": never,
         "NONTAX_REQUESTS_SCHEDULE": never,
+        "NONTAX_WAITING_SCHEDULE": never,
         **overrides.pop("extra_env", {}),
     }
     settings: dict[str, Any] = {

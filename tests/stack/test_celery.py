@@ -59,6 +59,7 @@ TEST_OVERRIDES = {
     # No scheduled run: the tests trigger theirs (own_stack_config sets it).
     "NONTAX_SCHEDULE": "0 0 29 2 *",
     "NONTAX_REQUESTS_SCHEDULE": "0 0 29 2 *",
+    "NONTAX_WAITING_SCHEDULE": "0 0 29 2 *",
 }
 # Settings the compose file leaves at Airflow's and the pipeline's defaults, changed here only.
 TEST_ONLY = {

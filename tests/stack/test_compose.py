@@ -236,6 +236,22 @@ def test_the_compose_file_and_the_local_celery_stack_share_their_celery_settings
     )
 
 
+def test_every_dag_is_scheduled_by_the_compose_file_and_unpaused_by_make_up(compose):
+    """Each DAG file reads its schedule from a variable (`dag_settings`) that the compose file
+    sets, with the DAG's own default; `make up` unpauses the daily DAG and the frequent ones."""
+    from nontax_tools.airflow_api import DAG_ID
+    from nontax_tools.stack import FREQUENT_DAG_IDS
+
+    dag_files = sorted((ROOT / "dags").glob("*.py"))
+    assert sorted({DAG_ID, *FREQUENT_DAG_IDS}) == [path.stem for path in dag_files]
+    env = environment(compose["services"]["airflow-scheduler"])
+    for path in dag_files:
+        [(variable, default)] = re.findall(
+            r'dag_settings\("(\w+)", "([^"]+)"\)', path.read_text(encoding="utf-8")
+        )
+        assert env[variable] == default, path.name
+
+
 def test_every_airflow_container_shares_one_jwt_secret_and_the_project_path(compose):
     airflow = {n: s for n, s in compose["services"].items() if n.startswith("airflow-")}
     example = example_env()
