@@ -12,7 +12,8 @@ never a second bill; never a secret in the open. Each run of `make chaos RUNS=n 
    held past the client's timeout), -1 (also four in a row for one order, which fails it),
    72036, 45011, 45009, token expiry mid-run, and an answer lost after a successful insert;
    every rule has its own seed, so the sandbox's draws repeat; some runs also ask for a good
-   order's refusal before the run and another's void after it (`make refuse` / `make void`);
+   order's refusal before the run and another's void after it (`make refuse` / `make void`),
+   and some of those answer 45009 to every refusal (or void) of the day (a request's quota);
 3. runs the DAG (`dag.test()`, the real DAG file: claim, token, mapped issue, announce,
    report, with Airflow's own task retries);
 4. acts as the person on duty: an `issue_bills` instance that is red while one of its orders
@@ -22,8 +23,11 @@ never a second bill; never a secret in the open. Each run of `make chaos RUNS=n 
    orders if some are still due now; orders with invalid data are not re-run (a person fixes
    the data first); the requests DAG `nontax_requests` runs after the issuing run with the
    faults on, and again after the fix while a request is pending; before that last round the
-   late payers answer (getauthdata then says "auth success" or "reject insert") and the
-   15-minute wait of every order waiting for its authorisation is shortened (time, not logic);
+   late payers answer (getauthdata then says "auth success" or "reject insert"), in some runs
+   getauthdata's daily quota runs out at the first look (45009 once; a few good orders were
+   then left out of the first run, so that the last one's batch mixes them with the looks),
+   and the 15-minute wait of every order waiting for its authorisation is shortened (time,
+   not logic);
 5. checks the invariants against the sandbox's own state (`SandboxAdmin.bills()`, `.orders()`
    with per-order successes, `.media()`, `.tokens()`, `.faults()` with their hits) and the
    order database, once with the faults still on and once at the end:
@@ -45,8 +49,9 @@ never a second bill; never a secret in the open. Each run of `make chaos RUNS=n 
    - no insertbill for an order after getauthdata said "never auth" or "reject insert" (until
      it said "auth success"), from the sandbox's call log;
    - no call of an API after its daily quota stop was recorded in `nontax.api_quota` (calls
-     that arrive within `IN_FLIGHT_S` of the record were past their check already), from the
-     sandbox's call log;
+     that arrive within `IN_FLIGHT_S` of the record were past their check already), and every
+     daily quota answer recorded there, from the sandbox's call log; no order waits for the
+     quota of a call it does not need (getauthdata's, when it is not waiting for its payer);
    - no access token issued by the sandbox, nor the app secret, in the order database's texts
      (reasons, errmsgs, history), in Airflow's XCom or rendered fields, in the run's output, or
      (at the end) in the task log files.
@@ -149,7 +154,11 @@ QUOTA_ENDPOINTS = {
     "upload": ("setpdf",),
     "authorization": ("getauthdata",),
     "token": ("stable_token", "token"),
+    "refuse": ("rejectinsert",),
+    "void": ("updatestatus",),
 }
+# What a daily quota answer is, per endpoint (45009 everywhere; 72057, the insert limit).
+QUOTA_ANSWERS = {"insertbill": (45009, 72057)}
 NOT_AUTHORISED = frozenset({"never auth", "reject insert"})
 FINISHED = frozenset({"inserted", "duplicate", "rejected", "refused", "cancelled"})
 NEEDS_PERSON = frozenset({"invalid", "failed"})
@@ -185,6 +194,11 @@ class RunPlan:
     payers_later: tuple[tuple[str, str], ...] = ()
     # The sandbox's daily insert limit for the run (72057 past it), None for none.
     insert_limit: int | None = None
+    # getauthdata answers 45009 to the first look of the last round (its daily quota), and
+    # these good orders are left out of the first run: the last round's batch sends them beside
+    # the looks, which must not hold them back.
+    auth_quota: bool = False
+    held_back: tuple[str, ...] = ()
 
     @property
     def first_authorizations(self) -> dict[str, str]:
@@ -199,6 +213,11 @@ class RunPlan:
             "batch_size": self.batch_size,
             "workers": self.workers,
         }
+
+    @property
+    def first_conf(self) -> dict[str, Any]:
+        """The first run's: without the orders held back."""
+        return {**self.conf, "order_ids": [o for o in self.order_ids if o not in self.held_back]}
 
 
 def plan_run(seed: int, run: int, *, min_orders: int = 16, max_orders: int = 32) -> RunPlan:
@@ -226,6 +245,19 @@ def plan_run(seed: int, run: int, *, min_orders: int = 16, max_orders: int = 32)
     if rng.random() < 0.2:
         later.append((ids[positions.pop()], "rejected"))
     limit = rng.randint(len(ids) // 3, len(ids) - 2) if rng.random() < 0.15 else None
+    # Drawn after everything else: the draws before stay as they were.
+    requests = tuple(
+        (ids[positions.pop()], kind)
+        for kind in ("refuse", "void")
+        if positions and rng.random() < 0.3
+    )
+    if requests and rng.random() < 0.4:
+        faults += (("request_quota", _request_quota_rule(rng, requests)),)
+    waiting = any(status == "unauthorized" for _, status in authorizations) or bool(later)
+    auth_quota = waiting and rng.random() < 0.4
+    held_back = (
+        tuple(ids[positions.pop()] for _ in range(min(4, len(positions)))) if auth_quota else ()
+    )
     return RunPlan(
         run=run,
         order_ids=ids,
@@ -237,13 +269,17 @@ def plan_run(seed: int, run: int, *, min_orders: int = 16, max_orders: int = 32)
         db_drop=db_drop,
         payers_later=tuple(later),
         insert_limit=limit,
-        # Drawn after everything else: the draws before stay as they were.
-        requests=tuple(
-            (ids[positions.pop()], kind)
-            for kind in ("refuse", "void")
-            if positions and rng.random() < 0.3
-        ),
+        requests=requests,
+        auth_quota=auth_quota,
+        held_back=held_back,
     )
+
+
+def _request_quota_rule(rng: random.Random, requests: Sequence[tuple[str, str]]) -> dict:
+    """The day's quota of a requested call used up: every refusal (or void) answered 45009."""
+    kind = rng.choice(sorted({kind for _, kind in requests}))
+    return {"endpoint": QUOTA_ENDPOINTS[kind][0], "kind": "errcode", "errcode": 45009,
+            "seed": rng.randrange(2**31)}  # fmt: skip
 
 
 def _fault_rule(kind: str, rng: random.Random, ids: Sequence[str]) -> dict[str, Any]:
@@ -428,6 +464,8 @@ def check_invariants(s: Snapshot) -> list[str]:
                 problems.append(f"{oid}: invalid, yet insertbill was called for it")
             if f"{oid}.pdf" in s.uploaded_names:
                 problems.append(f"{oid}: invalid, yet its PDF was uploaded")
+        if row.get("quota_api") == "authorization" and status != "awaiting_auth":
+            problems.append(f"{oid}: {status}, yet waits for getauthdata's daily quota")
         if s.final and status in DUE and not row.get("waiting"):
             problems.append(f"{oid}: still {status} with nothing to wait for (stuck)")
         if s.final and row.get("held"):
@@ -462,6 +500,14 @@ def _calls_after_a_no(s: Snapshot) -> list[str]:
                 not_authorised.pop(oid, None)
         elif endpoint == "insertbill" and oid in not_authorised:
             problems.append(f"{oid}: insertbill after getauthdata said {not_authorised[oid]!r}")
+    recorded = {api for api, _ in s.quota_stops}
+    for api, endpoints in QUOTA_ENDPOINTS.items():
+        answers = {c for e in endpoints for c in QUOTA_ANSWERS.get(e, (45009,))}
+        answered = [
+            c for c in s.call_log if c["endpoint"] in endpoints and c.get("errcode") in answers
+        ]
+        if answered and api not in recorded:
+            problems.append(f"{len(answered)} daily quota answers of {api}, none recorded")
     for api, since in s.quota_stops:
         endpoints = QUOTA_ENDPOINTS.get(api, (api,))
         late = [
@@ -614,7 +660,7 @@ class Chaos:
         self._ask(plan, "refuse")
         dropper = _DbDropper(self.dsn, self.admin) if plan.db_drop else None
         try:
-            dr = self._dag_test(plan)
+            dr = self._dag_test(plan, first=True)
         finally:
             drops = dropper.stop() if dropper else 0
         dag_runs, reruns = 1, 0
@@ -646,6 +692,8 @@ class Chaos:
         self.admin.clear_faults()
         if plan.payers_later:
             self.admin.set_authorizations(dict(plan.payers_later))
+        if plan.auth_quota:
+            self.admin.add_fault(endpoint="getauthdata", kind="errcode", errcode=45009, count=1)
         self._sql(
             "UPDATE nontax.bill_order SET not_before = now() "
             "WHERE order_id = ANY(%s) AND status = 'awaiting_auth'",
@@ -681,6 +729,8 @@ class Chaos:
                     hits["refuses"] += 1
             elif call["endpoint"] == "insertbill" and call.get("errcode") == 72057:
                 hits["insert_limit"] += 1
+            if call["endpoint"] == "getauthdata" and call.get("errcode") == 45009:
+                hits["auth_quota"] += 1
         if drops:
             hits["db_drop"] += drops
         requests_done = Counter(
@@ -765,8 +815,8 @@ class Chaos:
         )
         return rows[0][0] > 0
 
-    def _dag_test(self, plan: RunPlan) -> Any:
-        return self.dag.test(run_conf=plan.conf)
+    def _dag_test(self, plan: RunPlan, *, first: bool = False) -> Any:
+        return self.dag.test(run_conf=plan.first_conf if first else plan.conf)
 
     def _batches(self, dr: Any) -> list[list[str]]:
         from airflow import settings
@@ -933,19 +983,34 @@ def take_snapshot(
         cur.execute(
             """
             SELECT o.order_id, o.status, o.reason, o.code, o.openid,
-                   coalesce(o.not_before > now(), false),
+                   coalesce(o.not_before > now(), false) OR EXISTS (
+                       SELECT 1 FROM nontax.bill_request r WHERE r.order_id = o.order_id
+                          AND r.status = 'pending' AND r.not_before > now()),
                    coalesce(o.claimed_by IS NOT NULL AND o.claim_expires_at > now(), false),
                    coalesce(o.not_before > now() AND o.last_errcode IN (45009, 72057), false),
+                   CASE WHEN o.not_before > now() AND o.last_errcode IN (45009, 72057)
+                        THEN substring(o.last_errmsg from 'daily quota of ([a-z]+) used up') END,
                    (SELECT count(*) FROM nontax.bill_attempt a
                      WHERE a.order_id = o.order_id AND a.outcome = 'inserted')
               FROM nontax.bill_order o WHERE o.order_id = ANY(%s)
             """,
             (ids,),
         )
-        for oid, status, reason, code, openid, waiting, held, quota, records in cur.fetchall():
+        for (
+            oid,
+            status,
+            reason,
+            code,
+            openid,
+            waiting,
+            held,
+            quota,
+            quota_api,
+            records,
+        ) in cur.fetchall():
             rows[oid] = {"status": status, "reason": reason, "code": code, "openid": openid,
                          "waiting": waiting, "held": held, "quota": quota,
-                         "inserted_records": records}  # fmt: skip
+                         "quota_api": quota_api, "inserted_records": records}  # fmt: skip
         cur.execute("SELECT coalesce(sum(fetch_count), 0) FROM nontax.access_token")
         fetches = int(cur.fetchone()[0])
         cur.execute(
@@ -1064,6 +1129,7 @@ SHORT = {
     "unauthorized": "72038", "rejected": "72035", "db_drop": "db-drop",
     "refuse": "refused", "void": "voided",
     "late_auth": "auth-late", "refuses": "refuse", "insert_limit": "72057",
+    "request_quota": "req-45009", "auth_quota": "auth-45009",
 }  # fmt: skip
 
 

@@ -20,7 +20,7 @@ def test_plans_use_fresh_ids_every_fault_kind_and_rules_the_sandbox_accepts():
     ids = [oid for plan in plans for oid in plan.order_ids]
     assert len(ids) == len(set(ids))
     kinds = {kind for plan in plans for kind, _ in plan.faults}
-    assert kinds == set(FAULT_KINDS)
+    assert kinds == {*FAULT_KINDS, "request_quota"}
     for plan in plans:
         assert 16 <= len(plan.order_ids) <= 32
         assert {oid for oid, _ in plan.bad} <= set(plan.order_ids)
@@ -272,3 +272,39 @@ def test_the_summary_says_each_thing_once_on_a_line_of_its_own():
         "daily quota's reset)"
     )
     assert text.count("orders by final status") == 1
+
+
+def test_plans_draw_quota_answers_to_requests_and_to_getauthdata_where_they_can_hit():
+    plans = [plan_run(1, run) for run in range(200)]
+    asked = [plan for plan in plans if any(k == "request_quota" for k, _ in plan.faults)]
+    assert asked
+    for plan in asked:
+        [rule] = [rule for kind, rule in plan.faults if kind == "request_quota"]
+        kind = {"rejectinsert": "refuse", "updatestatus": "void"}[rule["endpoint"]]
+        assert kind in {k for _, k in plan.requests} and rule["errcode"] == 45009
+    looked = [plan for plan in plans if plan.auth_quota]
+    assert looked
+    for plan in plans:
+        assert bool(plan.held_back) is plan.auth_quota
+        others = {o for o, _ in (*plan.bad, *plan.requests)} | set(plan.first_authorizations)
+        assert set(plan.held_back) <= set(plan.order_ids) and not set(plan.held_back) & others
+        assert set(plan.first_conf["order_ids"]) == set(plan.order_ids) - set(plan.held_back)
+    assert all("unauthorized" in plan.first_authorizations.values() for plan in looked)
+
+
+def test_a_quota_answer_to_a_request_not_recorded_is_a_violation():
+    log = [_call(1.0, "rejectinsert", "C", 45009), _call(2.0, "rejectinsert", "C", 45009)]
+    violations = check_invariants(_snapshot(call_log=log))
+    assert "2 daily quota answers of refuse, none recorded" in violations
+    assert check_invariants(_snapshot(call_log=log[:1], quota_stops=[("refuse", 1.1)])) == []
+    later = [*log[:1], _call(1.1 + IN_FLIGHT_S + 1, "rejectinsert", "B", 0)]
+    violations = check_invariants(_snapshot(call_log=later, quota_stops=[("refuse", 1.1)]))
+    assert any("rejectinsert calls after the refuse quota stop" in v for v in violations)
+
+
+def test_an_authorised_order_waiting_for_getauthdatas_quota_is_a_violation():
+    snapshot = _snapshot()
+    snapshot.rows["C"]["quota_api"] = "authorization"
+    assert check_invariants(snapshot) == []  # waiting for its payer: it needs getauthdata
+    snapshot.rows["C"]["status"] = "authorized"
+    assert check_invariants(snapshot) == ["C: authorized, yet waits for getauthdata's daily quota"]
