@@ -36,11 +36,11 @@ from wechat_nontax.bill import Order, bill_fields
 from wechat_nontax.policy import (
     AUTHORIZATION_DEADLINE_S,
     AUTHORIZATION_RECHECK_S,
-    QUOTA_TIMEZONE,
     Action,
     Status,
     Step,
     authorization_status_rule,
+    beijing_time,
     seconds_until_quota_reset,
 )
 from wechat_nontax.store import (
@@ -468,6 +468,13 @@ class BatchIssuer:
             return OrderResult(order.order_id, Outcome.INVALID, reason) if written else (
                 self._lost_hold(order.order_id)
             )  # fmt: skip
+        # The batch took its orders when it started; a refusal asked since is seen here, before
+        # the order's first call, and the order is left to it (the requests run refuses it).
+        if self.store.leave_to_refusal(
+            order.order_id, _LEFT_TO_REFUSAL, hold=self._hold_of(order.order_id),
+            run_id=self.run_id,
+        ):  # fmt: skip
+            return OrderResult(order.order_id, Outcome.NOT_DUE, _LEFT_TO_REFUSAL)
         if stored.status == Status.AWAITING_AUTH:
             # WeChat said 72038 before: ask where the authorisation stands instead of spending
             # an insert to find out.
@@ -746,10 +753,9 @@ class BatchIssuer:
         """Not sent for a used-up daily quota: the batch stops, the order stays due and is
         not claimed again before the quota resets."""
         answer = f"errcode {stop.errcode}: {stop.errmsg}" if stop.errcode is not None else "-"
-        until = stop.until.astimezone(QUOTA_TIMEZONE).strftime("%Y-%m-%d %H:%M")
         reason = (
-            f"daily quota of {stop.api} used up ({answer}): not sent before {until} Beijing "
-            "time, when it resets"
+            f"daily quota of {stop.api} used up ({answer}): not sent before "
+            f"{beijing_time(stop.until)}, when it resets"
         )
         with self._stop_lock:
             if self._quota_stop is None:
@@ -829,6 +835,10 @@ _NOT_HELD_OUTCOME = {
     "held": Outcome.NOT_HELD,
     "claimed": Outcome.NOT_HELD,
 }
+_LEFT_TO_REFUSAL = (
+    "not sent: a refusal of it was asked while its batch ran; the DAG nontax_requests carries "
+    "it out"
+)
 # An unreadable PDF whose error may pass (an I/O or object-storage error) is tried again after
 # this, not at once by every retry of the task.
 PDF_RETRY_S = 10 * 60.0
