@@ -5,6 +5,8 @@ the command line."""
 from __future__ import annotations
 
 import sys
+import threading
+import time
 import uuid
 from datetime import timedelta
 
@@ -16,6 +18,8 @@ from nontax_tools.__main__ import main as tools_main
 from nontax_tools.migrate import known_migrations, migrate
 from nontax_tools.pg import drop_database, fresh_database, run_sql
 from wechat_nontax.bill_requests import check_request
+from wechat_nontax.issuing import NEEDS_PERSON as ISSUING_NEEDS_PERSON
+from wechat_nontax.issuing import Outcome
 from wechat_nontax.orders_db import connect_dsn
 from wechat_nontax.policy import QUOTA_TIMEZONE
 from wechat_nontax.request_runner import MAX_REQUEST_CALLS, RequestOutcome
@@ -299,3 +303,48 @@ def test_attention_lists_a_request_whose_call_went_out_and_was_never_written_bac
     line = next(x for x in out.splitlines() if x.startswith(f"#{request.request_id} "))
     assert "[pending]" in line and "in flight" in line and "1 call(s) made" in line
     assert "1 requests to refuse or void need a look" in out
+
+
+# -- a refusal asked while a batch runs -------------------------------------------------------
+
+
+def test_a_refusal_asked_while_a_batch_runs_is_not_overtaken_by_its_insert(env, requests_store):
+    """The batch holds its six orders from its start and sends them one after the other (each
+    insert slowed down); a refusal of its last order is asked once the batch is under way: the
+    order is left to the refusal before its first call, and the requests run refuses it."""
+    env.orders(6)
+    env.sandbox.add_fault(endpoint="insertbill", kind="latency", latency_ms=300)
+    ids = [f"T{n:08d}" for n in range(6)]
+    results = {}
+    batch = threading.Thread(
+        target=lambda: results.update(env.issue(ids, run_id="run-issue", max_workers=1))
+    )
+    batch.start()
+    try:
+        deadline = time.monotonic() + 30
+        while env.sandbox.calls().get("insertbill", 0) < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert env.store.get_row("T00000005")["held_by"] is not None  # the batch holds it
+        assert ask(env, "T00000005", "refuse").accepted
+    finally:
+        batch.join(60)
+    assert not batch.is_alive()
+    assert {i: r.outcome for i, r in results.items()} == {
+        **{i: Outcome.INSERTED for i in ids[:5]}, "T00000005": Outcome.NOT_DUE,
+    }  # fmt: skip
+    assert results["T00000005"].outcome not in ISSUING_NEEDS_PERSON  # the batch stays green
+    assert "refusal of it was asked while its batch ran" in results["T00000005"].reason
+    # Nothing was sent for it: no upload, no insert; its hold and claim ended.
+    assert [b["order_id"] for b in env.sandbox.bills()] == ids[:5]
+    assert env.sandbox.calls()["setpdf"] == 5
+    assert "insertbill" not in env.sandbox.order_answers("T00000005")
+    row = env.store.get_row("T00000005")
+    assert (row["status"], row["held_by"], row["claimed_by"]) == ("authorized", None, None)
+    steps = [(a.step, a.outcome) for a in env.store.history("T00000005")]
+    assert steps[-2:] == [("request", "pending"), ("request", "left_to_refusal")]
+    # The requests run carries the refusal out at once: nothing holds the order any more.
+    [result] = carry_out(env, requests_store)
+    assert result.outcome is RequestOutcome.DONE, result
+    assert env.store.get_row("T00000005")["status"] == "refused"
+    assert set(env.sandbox.rejections()) == {"T00000005"}
+    assert "insertbill" not in env.sandbox.order_answers("T00000005")
