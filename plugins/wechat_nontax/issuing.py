@@ -468,13 +468,6 @@ class BatchIssuer:
             return OrderResult(order.order_id, Outcome.INVALID, reason) if written else (
                 self._lost_hold(order.order_id)
             )  # fmt: skip
-        # The batch took its orders when it started; a refusal asked since is seen here, before
-        # the order's first call, and the order is left to it (the requests run refuses it).
-        if self.store.leave_to_refusal(
-            order.order_id, _LEFT_TO_REFUSAL, hold=self._hold_of(order.order_id),
-            run_id=self.run_id,
-        ):  # fmt: skip
-            return OrderResult(order.order_id, Outcome.NOT_DUE, _LEFT_TO_REFUSAL)
         if stored.status == Status.AWAITING_AUTH:
             # WeChat said 72038 before: ask where the authorisation stands instead of spending
             # an insert to find out.
@@ -716,10 +709,19 @@ class BatchIssuer:
     # -- daily quotas -------------------------------------------------------------------------
 
     def _before_call(self, stored: StoredOrder, step: str, apis: Sequence[str]) -> None:
-        """Raise unless the call may be made now: the try holds the order, and no daily quota
-        of the call (or of the calls after it) is recorded as used up, by this batch or any
-        other. The record is read at most every QUOTA_RECHECK_S by the batch: a stop another
-        worker recorded costs at most that long, and no call, to find out."""
+        """Raise unless the call may be made now: no refusal of the order was asked since the
+        batch took it, the try holds the order, and no daily quota of the call (or of the calls
+        after it) is recorded as used up, by this batch or any other. The quota record is read
+        at most every QUOTA_RECHECK_S by the batch: a stop another worker recorded costs at
+        most that long, and no call, to find out."""
+        # The batch took its orders when it started: a refusal asked since is looked for before
+        # each upload and insert (also a retry, which may come long after the order's first
+        # call), and the order is left to it (the requests run refuses it).
+        if step in _REFUSABLE_CALLS and not self._stop.is_set() and self.store.leave_to_refusal(
+            stored.order_id, LEFT_TO_REFUSAL, hold=self._hold_of(stored.order_id),
+            run_id=self.run_id,
+        ):  # fmt: skip
+            raise _OrderEnded(OrderResult(stored.order_id, Outcome.NOT_DUE, LEFT_TO_REFUSAL))
         stop = self._quota_stop
         if stop is None and not self._stop.is_set():
             stops = self._recorded_quota_stops()
@@ -835,7 +837,9 @@ _NOT_HELD_OUTCOME = {
     "held": Outcome.NOT_HELD,
     "claimed": Outcome.NOT_HELD,
 }
-_LEFT_TO_REFUSAL = (
+# The calls a refusal asked meanwhile keeps an order from: its upload and its insert.
+_REFUSABLE_CALLS = frozenset({Step.UPLOAD, Step.INSERT})
+LEFT_TO_REFUSAL = (
     "not sent: a refusal of it was asked while its batch ran; the DAG nontax_requests carries "
     "it out"
 )

@@ -18,8 +18,8 @@ from nontax_tools.__main__ import main as tools_main
 from nontax_tools.migrate import known_migrations, migrate
 from nontax_tools.pg import drop_database, fresh_database, run_sql
 from wechat_nontax.bill_requests import check_request
+from wechat_nontax.issuing import LEFT_TO_REFUSAL, Outcome
 from wechat_nontax.issuing import NEEDS_PERSON as ISSUING_NEEDS_PERSON
-from wechat_nontax.issuing import Outcome
 from wechat_nontax.orders_db import connect_dsn
 from wechat_nontax.policy import QUOTA_TIMEZONE
 from wechat_nontax.request_runner import MAX_REQUEST_CALLS, RequestOutcome
@@ -348,3 +348,28 @@ def test_a_refusal_asked_while_a_batch_runs_is_not_overtaken_by_its_insert(env, 
     assert env.store.get_row("T00000005")["status"] == "refused"
     assert set(env.sandbox.rejections()) == {"T00000005"}
     assert "insertbill" not in env.sandbox.order_answers("T00000005")
+
+
+def test_a_refusal_asked_while_an_insert_waits_to_be_retried_keeps_the_retry_from_going_out(
+    env, requests_store
+):
+    """The order's first insert is answered -1 (not inserted, retried after a backoff); its
+    refusal is asked during the backoff: the retry is not sent, the refusal is carried out."""
+    env.orders(1)
+    env.sandbox.add_fault(
+        endpoint="insertbill", kind="errcode", errcode=-1, count=1, order_ids=["T00000000"]
+    )
+    asked = []
+
+    def backoff(seconds):
+        if not asked:
+            asked.append(ask(env, "T00000000", "refuse"))
+
+    result = env.issue(["T00000000"], sleep=backoff)["T00000000"]
+    assert asked[0].accepted
+    assert (result.outcome, result.reason) == (Outcome.NOT_DUE, LEFT_TO_REFUSAL)
+    assert env.sandbox.order_answers("T00000000")["insertbill"] == {"-1": 1}
+    [done] = carry_out(env, requests_store)
+    assert done.outcome is RequestOutcome.DONE, done
+    assert env.store.get_row("T00000000")["status"] == "refused"
+    assert env.sandbox.bills() == []
