@@ -670,6 +670,7 @@ class OrderStore:
                    claim_expires_at = CASE WHEN {_LIVE_OWN_HOLD} THEN claim_expires_at
                                       ELSE now() + make_interval(secs => %(lease_s)s) END
              WHERE order_id = ANY(%(ids)s) AND status IN {_WORKABLE}
+               AND NOT {_REFUSAL_BLOCKS.format(table="bill_order")}
                AND (claim_expires_at IS NULL OR claim_expires_at < now()
                     OR claimed_by = %(run_id)s)
             RETURNING order_id

@@ -18,12 +18,12 @@ from nontax_tools.__main__ import main as tools_main
 from nontax_tools.migrate import known_migrations, migrate
 from nontax_tools.pg import drop_database, fresh_database, run_sql
 from wechat_nontax.bill_requests import check_request
-from wechat_nontax.issuing import LEFT_TO_REFUSAL, Outcome
+from wechat_nontax.issuing import LEFT_TO_REFUSAL, REFUSAL_RECHECK_S, Outcome
 from wechat_nontax.issuing import NEEDS_PERSON as ISSUING_NEEDS_PERSON
 from wechat_nontax.orders_db import connect_dsn
 from wechat_nontax.policy import QUOTA_TIMEZONE
 from wechat_nontax.request_runner import MAX_REQUEST_CALLS, RequestOutcome
-from wechat_nontax.store import OrderStore
+from wechat_nontax.store import Hold, OrderStore
 
 RUN = "scheduled__requests-1"
 CONTRACT_VERSION = 10  # include/migrations/0010_request_contract.sql
@@ -372,4 +372,52 @@ def test_a_refusal_asked_while_an_insert_waits_to_be_retried_keeps_the_retry_fro
     [done] = carry_out(env, requests_store)
     assert done.outcome is RequestOutcome.DONE, done
     assert env.store.get_row("T00000000")["status"] == "refused"
+    assert env.sandbox.bills() == []
+
+
+def test_a_second_claim_of_the_run_does_not_take_back_an_order_left_to_its_refusal(env):
+    """The run's claim step is cleared and run again after a batch left an order to its
+    refusal: the order stays free for the requests run, not claimed again for an hour."""
+    env.orders(2)
+    ids = ["T00000000", "T00000001"]
+    claim = env.store.claim_run("run-issue", lease_s=3600, split=lambda claimed: [claimed])
+    assert claim.order_ids == ids
+    hold = env.store.hold_batch("run-issue", "run-issue|issue_bills|0|1", ids, hold_s=60)
+    assert ask(env, "T00000001", "refuse").accepted
+    assert env.store.leave_to_refusal(
+        "T00000001", LEFT_TO_REFUSAL, run_id="run-issue",
+        hold=Hold("run-issue|issue_bills|0|1", hold.held["T00000001"]),
+    )  # fmt: skip
+    again = env.store.claim_run("run-issue", lease_s=3600, split=lambda claimed: [claimed])
+    assert again.order_ids == ["T00000000"]
+    assert env.store.get_row("T00000001")["claimed_by"] is None
+
+
+class _SlowUpload:
+    """WeChat's client, its uploads taking longer than REFUSAL_RECHECK_S; `during` runs while
+    an upload is on its way."""
+
+    def __init__(self, hook, during):
+        self.hook, self.during = hook, during
+
+    def __getattr__(self, name):
+        return getattr(self.hook, name)
+
+    def upload_pdf(self, pdf, filename="bill.pdf"):
+        self.during()
+        time.sleep(REFUSAL_RECHECK_S)
+        return self.hook.upload_pdf(pdf, filename)
+
+
+def test_a_refusal_asked_during_a_slow_upload_keeps_the_insert_from_going_out(env, requests_store):
+    env.orders(1)
+    asked = []
+    api = _SlowUpload(env.hook, lambda: asked.append(ask(env, "T00000000", "refuse")))
+    result = env.issue(["T00000000"], api=api)["T00000000"]
+    assert asked[0].accepted
+    assert (result.outcome, result.reason) == (Outcome.NOT_DUE, LEFT_TO_REFUSAL)
+    assert env.sandbox.calls()["setpdf"] == 1
+    assert "insertbill" not in env.sandbox.order_answers("T00000000")
+    [done] = carry_out(env, requests_store)
+    assert done.outcome is RequestOutcome.DONE, done
     assert env.sandbox.bills() == []
