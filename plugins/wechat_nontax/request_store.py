@@ -26,7 +26,7 @@ from wechat_nontax.bill_requests import (
     what_next,
     why_not_carried_out,
 )
-from wechat_nontax.policy import Status
+from wechat_nontax.policy import Status, beijing_time
 from wechat_nontax.store import Hold
 from wechat_nontax.validation import check_refusal, check_status_change, format_problems
 
@@ -377,7 +377,7 @@ def format_request(row: RequestRow) -> str:
     outcome = row.outcome
     if outcome is None and row.status == RequestStatus.PENDING and row.held_by:
         outcome = (
-            f"in flight since {row.updated_at:%Y-%m-%d %H:%M}: taken by {row.held_by}, "
+            f"in flight since {beijing_time(row.updated_at)}: taken by {row.held_by}, "
             f"{row.attempts} call(s) made, no answer recorded yet (if that try stopped, the "
             "next run asks WeChat again and records what it finds)"
         )
@@ -386,6 +386,6 @@ def format_request(row: RequestRow) -> str:
     step = f" -> {step}" if step else ""
     return (
         f"#{row.request_id} {row.kind} {row.order_id} [{row.status}]{code} asked "
-        f"{row.requested_at:%Y-%m-%d %H:%M} by {row.requested_by} ({row.reason!r}){outcome}"
+        f"{beijing_time(row.requested_at)} by {row.requested_by} ({row.reason!r}){outcome}"
         f"{step}"
     )
