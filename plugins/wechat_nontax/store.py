@@ -15,7 +15,7 @@ Who may write what:
   changed by a later answer;
 - an order whose refusal is pending (`nontax.bill_request`), or was not carried out and not
   withdrawn, is neither claimed nor held by an issuing run, and a batch that holds it already
-  leaves it to the refusal before its first call. The requests' own statements are in
+  leaves it to the refusal before its upload and insert. The requests' own statements are in
   `bill_requests` (asking) and `request_store` (carrying out).
 Each write is one short autocommitted statement (with its history row), made the moment a
 result is known, but for the media id of an upload: it goes in with the insert's result (one
