@@ -64,6 +64,11 @@ status: $(STAMP)  ## orders by status
 attention: $(STAMP)  ## the orders that need a person, with their reasons
 	$(PY) -m nontax_tools attention
 
+.PHONY: withdraw
+withdraw: $(STAMP)  ## withdraw a refusal or void that ended refused/failed: make withdraw REQUEST=..
+	@test -n "$$REQUEST" || { echo "usage: make withdraw REQUEST=request_id [NOTE=...]"; exit 2; }
+	$(PY) -m nontax_tools withdraw "$$REQUEST" --note "$$NOTE"  # from the environment, as typed
+
 history: $(STAMP)  ## an order's row, history and requests: make history ORDER=T00000001
 	@test -n "$(ORDER)" || { echo "usage: make history ORDER=order_id"; exit 2; }
 	$(PY) -m nontax_tools history "$(ORDER)"

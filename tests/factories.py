@@ -53,3 +53,27 @@ def held(store, order_id: str, run_id: str = "run-test"):
     holder = f"{run_id}|issue_bills|-1|1"
     got = store.hold_batch(run_id, holder, [order_id], hold_s=600, include_needs_person=True)
     return Hold(holder, got.held[order_id])
+
+
+def ask(env, order_id, kind, reason="refunded before issue", by="duty@unit"):
+    """A request to refuse or void an order, as the command line asks it."""
+    import psycopg2
+
+    from wechat_nontax.bill_requests import request_action
+
+    conn = psycopg2.connect(env.dsn)
+    try:
+        return request_action(conn, order_id, kind, reason, by)
+    finally:
+        conn.close()
+
+
+def request_runner(env, requests_store, *, run_id, try_number=1, **kwargs):
+    """The requests DAG's runner as one task try, on the sandbox; waits asserted, not slept."""
+    from wechat_nontax.request_runner import RequestRunner
+
+    return RequestRunner(
+        env.hook, requests_store, quotas=env.store, run_id=run_id,
+        holder=f"{run_id}|carry_out_requests|-1|{try_number}", hold_s=120,
+        sleep=lambda s: None, **kwargs,
+    )  # fmt: skip

@@ -11,6 +11,9 @@
                             TEXT, at most 100 characters; it never gets a bill)
     void ORDER_ID --reason TEXT [--by NAME]
                             ask for the order's issued bill to be voided (red-reversed)
+    withdraw REQUEST_ID [--note TEXT] [--by NAME]
+                            withdraw a request that ended refused or failed: a refusal then no
+                            longer keeps its order off issuing
 
 refuse and void only record the request (checked first: a bad one is refused with its reason
 and exit code 1); the DAG `nontax_requests` carries it out within minutes. `attention` and
@@ -46,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         request.add_argument("order_id")
         request.add_argument("--reason", required=True)
         request.add_argument("--by", default=None, help="who asks (default: the login name)")
+    withdraw = sub.add_parser("withdraw")
+    withdraw.add_argument("request_id", type=int)
+    withdraw.add_argument("--note", default="")
+    withdraw.add_argument("--by", default=None, help="who decides (default: the login name)")
     args = parser.parse_args(argv)
     dsn = args.dsn or dsn_from_env()
 
@@ -60,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"schema version {current_version(dsn)}; applied now: {applied or 'nothing'}")
         return 0
 
-    if args.command in ("refuse", "void"):
+    if args.command in ("refuse", "void", "withdraw"):
         return _request(dsn, args)
 
+    from wechat_nontax.policy import beijing_time
     from wechat_nontax.request_store import RequestStore, format_request
     from wechat_nontax.store import OrderStore
 
@@ -87,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             for appid, stop in store.live_quota_stops():
                 print(
                     f"daily quota of {stop.api} used up for {appid} (errcode {stop.errcode}): "
-                    f"no call before {stop.until:%Y-%m-%d %H:%M %Z}"
+                    f"no call before {beijing_time(stop.until)}"
                 )
             return 0
         if args.command == "attention":
@@ -138,19 +146,23 @@ def main(argv: list[str] | None = None) -> int:
 def _request(dsn: str, args: argparse.Namespace) -> int:
     import getpass
 
-    from wechat_nontax.bill_requests import request_action
+    from wechat_nontax.bill_requests import request_action, withdraw_request
 
     conn = connect_dsn(dsn, application_name="nontax-tools")
+    by = args.by or getpass.getuser()
     try:
-        answer = request_action(
-            conn, args.order_id, args.command, args.reason, args.by or getpass.getuser()
-        )
+        if args.command == "withdraw":
+            answer = withdraw_request(conn, args.request_id, by, args.note)
+            what, done = f"#{args.request_id}", ""
+        else:
+            answer = request_action(conn, args.order_id, args.command, args.reason, by)
+            what, done = args.order_id, "; the DAG nontax_requests carries it out"
     finally:
         conn.close()
     if not answer.accepted:
-        print(f"{args.command} {args.order_id}: refused: {answer.reason}", file=sys.stderr)
+        print(f"{args.command} {what}: refused: {answer.reason}", file=sys.stderr)
         return 1
-    print(f"{args.order_id}: {answer.reason}; the DAG nontax_requests carries it out")
+    print(f"{what}: {answer.reason}{done}")
     return 0
 
 

@@ -14,6 +14,8 @@ never a second bill; never a secret in the open. Each run of `make chaos RUNS=n 
    every rule has its own seed, so the sandbox's draws repeat; some runs also ask for a good
    order's refusal before the run and another's void after it (`make refuse` / `make void`),
    and some of those answer 45009 to every refusal (or void) of the day (a request's quota);
+   and some ask for refusals of orders late in the batches once the first bills arrive (while
+   the batches run);
 3. runs the DAG (`dag.test()`, the real DAG file: claim, token, mapped issue, announce,
    report, with Airflow's own task retries);
 4. acts as the person on duty: an `issue_bills` instance that is red while one of its orders
@@ -42,6 +44,8 @@ never a second bill; never a secret in the open. Each run of `make chaos RUNS=n 
      one had its bill inserted and is INVOICE_REIMBURSE_CANCEL on WeChat; no order both refused
      and inserted on WeChat; each request done at most once (one done request per order and
      kind, at most one change to CANCEL), and a done request's order is refused / cancelled;
+     no insertbill for an order arrives later than `IN_FLIGHT_S` after its refusal was asked
+     (from the sandbox's call log);
    - orders with bad data end `invalid` and WeChat never hears of them (no insertbill naming
      them, no PDF uploaded under their name);
    - token fetches (`nontax.access_token.fetch_count`, and the tokens the sandbox issued) are no
@@ -95,7 +99,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -199,6 +203,8 @@ class RunPlan:
     # the looks, which must not hold them back.
     auth_quota: bool = False
     held_back: tuple[str, ...] = ()
+    # Orders late in the batches whose refusal is asked once the first bills arrive.
+    refused_mid_batch: tuple[str, ...] = ()
 
     @property
     def first_authorizations(self) -> dict[str, str]:
@@ -258,6 +264,8 @@ def plan_run(seed: int, run: int, *, min_orders: int = 16, max_orders: int = 32)
     held_back = (
         tuple(ids[positions.pop()] for _ in range(min(4, len(positions)))) if auth_quota else ()
     )
+    # Drawn last: the draws before stay as they were.
+    refused_mid_batch = _late_in_batches(rng, ids, positions) if rng.random() < 0.3 else ()
     return RunPlan(
         run=run,
         order_ids=ids,
@@ -272,6 +280,7 @@ def plan_run(seed: int, run: int, *, min_orders: int = 16, max_orders: int = 32)
         requests=requests,
         auth_quota=auth_quota,
         held_back=held_back,
+        refused_mid_batch=refused_mid_batch,
     )
 
 
@@ -280,6 +289,13 @@ def _request_quota_rule(rng: random.Random, requests: Sequence[tuple[str, str]])
     kind = rng.choice(sorted({kind for _, kind in requests}))
     return {"endpoint": QUOTA_ENDPOINTS[kind][0], "kind": "errcode", "errcode": 45009,
             "seed": rng.randrange(2**31)}  # fmt: skip
+
+
+def _late_in_batches(rng: random.Random, ids: Sequence[str], free: list[int]) -> tuple[str, ...]:
+    """One or two of the orders not drawn for anything else, among the last the batches reach
+    (claimed in order_id order): still unsent when the first bills arrive."""
+    late = sorted(free)[-rng.randint(1, 2) :]
+    return tuple(ids[n] for n in late)
 
 
 def _fault_rule(kind: str, rng: random.Random, ids: Sequence[str]) -> dict[str, Any]:
@@ -326,37 +342,60 @@ def _fault_rule(kind: str, rng: random.Random, ids: Sequence[str]) -> dict[str, 
     raise ValueError(f"unknown fault kind {kind!r}")
 
 
-class _DbDropper:
-    """Terminates the batches' order-database connections once, after the second bill."""
+class _OnInserts:
+    """Does `act` once, in a thread of its own, when the sandbox has had `calls` insertbill
+    calls (the batches are under way); `act` returns what it did (a count)."""
 
-    def __init__(self, dsn: str, admin: Any):
-        self.dsn, self.admin, self.done = dsn, admin, 0
+    def __init__(self, admin: Any, calls: int, act: Callable[[], int], name: str):
+        self.admin, self.calls, self.act, self.done = admin, calls, act, 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="db-drop", daemon=True)
+        self._thread = threading.Thread(target=self._watch, name=name, daemon=True)
         self._thread.start()
 
     def _watch(self) -> None:
-        import psycopg2
-
         while not self._stop.wait(0.05):
-            if self.admin.calls().get("insertbill", 0) < 2:
-                continue
-            conn = psycopg2.connect(self.dsn, application_name="chaos-db-drop")
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE datname = current_database() "
-                    "AND application_name LIKE 'nontax-issue_bills%'"
-                )
-                self.done = cur.fetchone()[0]
-            conn.close()
-            return
+            if self.admin.calls().get("insertbill", 0) >= self.calls:
+                self.done = self.act()
+                return
 
     def stop(self) -> int:
         self._stop.set()
         self._thread.join(timeout=10)
-        return 1 if self.done else 0
+        return self.done
+
+
+def _drop_batch_connections(dsn: str) -> int:
+    """Terminates the batches' order-database connections: 1 when there were any."""
+    import psycopg2
+
+    conn = psycopg2.connect(dsn, application_name="chaos-db-drop")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() "
+            "AND application_name LIKE 'nontax-issue_bills%'"
+        )
+        dropped = cur.fetchone()[0]
+    conn.close()
+    return 1 if dropped else 0
+
+
+def _refuse(dsn: str, plan: RunPlan) -> int:
+    """What `make refuse` does for the plan's orders refused while the batches run: how many
+    were taken (one the batches inserted already is refused at the door)."""
+    import psycopg2
+
+    from wechat_nontax.bill_requests import request_action
+
+    conn = psycopg2.connect(dsn, application_name="chaos-refuse")
+    try:
+        return sum(
+            request_action(conn, oid, "refuse", f"chaos run {plan.run}: refused", "chaos").accepted
+            for oid in plan.refused_mid_batch
+        )
+    finally:
+        conn.close()
 
 
 # -- the invariants (pure) ----------------------------------------------------------------------
@@ -389,6 +428,8 @@ class Snapshot:
     call_log: list[dict[str, Any]] = field(default_factory=list)
     # The recorded daily quota stops: (api, since when, Unix time).
     quota_stops: list[tuple[str, float]] = field(default_factory=list)
+    # When each order's refusal was asked (Unix time), of those not withdrawn.
+    refusals_asked: dict[str, float] = field(default_factory=dict)
 
 
 def _request_problems(s: Snapshot, oid: str, status: str, has_bill: bool) -> list[str]:
@@ -508,6 +549,14 @@ def _calls_after_a_no(s: Snapshot) -> list[str]:
         ]
         if answered and api not in recorded:
             problems.append(f"{len(answered)} daily quota answers of {api}, none recorded")
+    for oid, asked in s.refusals_asked.items():
+        late = [
+            c for c in s.call_log
+            if c["endpoint"] == "insertbill" and c.get("order_id") == oid
+            and c["at"] > asked + IN_FLIGHT_S
+        ]  # fmt: skip
+        if late:
+            problems.append(f"{oid}: {len(late)} insertbill calls after its refusal was asked")
     for api, since in s.quota_stops:
         endpoints = QUOTA_ENDPOINTS.get(api, (api,))
         late = [
@@ -658,11 +707,21 @@ class Chaos:
             self.admin.configure(daily_insert_limit=plan.insert_limit)
 
         self._ask(plan, "refuse")
-        dropper = _DbDropper(self.dsn, self.admin) if plan.db_drop else None
+        dropper = (
+            _OnInserts(self.admin, 2, lambda: _drop_batch_connections(self.dsn), "db-drop")
+            if plan.db_drop
+            else None
+        )
+        refuser = (
+            _OnInserts(self.admin, 1, lambda: _refuse(self.dsn, plan), "refuse-mid-batch")
+            if plan.refused_mid_batch
+            else None
+        )
         try:
             dr = self._dag_test(plan, first=True)
         finally:
             drops = dropper.stop() if dropper else 0
+            refused_mid_batch = refuser.stop() if refuser else 0
         dag_runs, reruns = 1, 0
         for _ in range(rerun_rounds):
             todo = self._instances_to_rerun(dr, plan)
@@ -733,6 +792,8 @@ class Chaos:
                 hits["auth_quota"] += 1
         if drops:
             hits["db_drop"] += drops
+        if refused_mid_batch:
+            hits["refuse_mid_batch"] += refused_mid_batch
         requests_done = Counter(
             kind for asked in snapshot.requests.values() for kind, state in asked if state == "done"
         )
@@ -1023,6 +1084,13 @@ def take_snapshot(
             requests.setdefault(oid, []).append((kind, state))
         cur.execute("SELECT api, extract(epoch FROM stopped_since)::float8 FROM nontax.api_quota")
         quota_stops = [(api, since) for api, since in cur.fetchall()]
+        cur.execute(
+            "SELECT order_id, extract(epoch FROM min(requested_at))::float8 "
+            "FROM nontax.bill_request WHERE order_id = ANY(%s) AND kind = 'refuse' "
+            "AND status <> 'withdrawn' GROUP BY order_id",
+            (ids,),
+        )
+        refusals_asked = dict(cur.fetchall())
     db.commit()
     return Snapshot(
         order_ids=ids,
@@ -1047,6 +1115,7 @@ def take_snapshot(
         },
         call_log=admin.call_log(),
         quota_stops=quota_stops,
+        refusals_asked=refusals_asked,
     )
 
 
@@ -1129,7 +1198,7 @@ SHORT = {
     "unauthorized": "72038", "rejected": "72035", "db_drop": "db-drop",
     "refuse": "refused", "void": "voided",
     "late_auth": "auth-late", "refuses": "refuse", "insert_limit": "72057",
-    "request_quota": "req-45009", "auth_quota": "auth-45009",
+    "request_quota": "req-45009", "auth_quota": "auth-45009", "refuse_mid_batch": "refuse-mid",
 }  # fmt: skip
 
 

@@ -82,6 +82,11 @@ UPLOAD_WRITE_CHECK_S = 0.25
 QUOTA_RECHECK_S = 0.5
 # The calls whose quota a batch checks before each call.
 ISSUING_APIS = (Step.AUTHORIZATION, Step.UPLOAD, Step.INSERT)
+# A refusal asked this long before an order's upload or insert always keeps it from being sent
+# (a batch looks before the order's first such call and each retry, and before its next call
+# once this has passed: once per order when its calls go through at once). Within chaos.py's
+# IN_FLIGHT_S with a call's time.
+REFUSAL_RECHECK_S = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +218,8 @@ class BatchIssuer:
         self._quota_lock = threading.Lock()
         self._quota_read_at = float("-inf")
         self._quota_stops: dict[str, QuotaStop] = {}
+        # When each order was last looked at for a refusal asked since (monotonic time).
+        self._refusal_looked: dict[str, float] = {}
         # Bills WeChat issued that the order database could not record (for the journal).
         self.unrecorded: list[OrderResult] = []
 
@@ -642,7 +649,7 @@ class BatchIssuer:
         answers: dict[int | str, int] = {}
         token_answers = 0
         while True:
-            self._before_call(stored, step, [step, *ahead])
+            self._before_call(stored, step, [step, *ahead], again=bool(answers or token_answers))
             started = self._clock()
             try:
                 return call()
@@ -709,11 +716,16 @@ class BatchIssuer:
 
     # -- daily quotas -------------------------------------------------------------------------
 
-    def _before_call(self, stored: StoredOrder, step: str, apis: Sequence[str]) -> None:
-        """Raise unless the call may be made now: the try holds the order, and no daily quota
-        of the call (or of the calls after it) is recorded as used up, by this batch or any
-        other. The record is read at most every QUOTA_RECHECK_S by the batch: a stop another
-        worker recorded costs at most that long, and no call, to find out."""
+    def _before_call(
+        self, stored: StoredOrder, step: str, apis: Sequence[str], *, again: bool = False
+    ) -> None:
+        """Raise unless the call may be made now: no refusal of the order was asked since the
+        batch took it, the try holds the order, and no daily quota of the call (or of the calls
+        after it) is recorded as used up, by this batch or any other. The quota record is read
+        at most every QUOTA_RECHECK_S by the batch: a stop another worker recorded costs at
+        most that long, and no call, to find out."""
+        if step in _REFUSABLE_CALLS and not self._stop.is_set():
+            self._look_for_refusal(stored.order_id, again=again)
         with self._stop_lock:
             met = dict(self._met_quotas)
         stop = met.get(Step.TOKEN) or next((met[api] for api in apis if api in met), None)
@@ -723,6 +735,21 @@ class BatchIssuer:
         if stop is not None:
             raise _OrderEnded(self._wait_for_quota(stored, step, stop))
         self._check_hold(stored.order_id)
+
+    def _look_for_refusal(self, order_id: str, *, again: bool) -> None:
+        """The batch took its orders when it started: a refusal asked since is looked for before
+        the order's first upload or insert, before each retry (`again`: it follows a wait),
+        and before a later call once REFUSAL_RECHECK_S have passed (a slow upload); the order
+        is then left to the refusal (the requests run refuses it) and this raises."""
+        now = time.monotonic()
+        last = self._refusal_looked.get(order_id, float("-inf"))
+        if not again and now - last < REFUSAL_RECHECK_S:
+            return
+        self._refusal_looked[order_id] = now  # the order's own thread only
+        if self.store.leave_to_refusal(
+            order_id, LEFT_TO_REFUSAL, hold=self._hold_of(order_id), run_id=self.run_id
+        ):
+            raise _OrderEnded(OrderResult(order_id, Outcome.NOT_DUE, LEFT_TO_REFUSAL))
 
     def _recorded_quota_stops(self) -> dict[str, QuotaStop]:
         """The appid's quota stops in force, read again when the last read is QUOTA_RECHECK_S
@@ -828,6 +855,12 @@ _NOT_HELD_OUTCOME = {
     "held": Outcome.NOT_HELD,
     "claimed": Outcome.NOT_HELD,
 }
+# The calls a refusal asked meanwhile keeps an order from: its upload and its insert.
+_REFUSABLE_CALLS = frozenset({Step.UPLOAD, Step.INSERT})
+LEFT_TO_REFUSAL = (
+    "not sent: a refusal of it was asked while its batch ran; the DAG nontax_requests carries "
+    "it out"
+)
 # An unreadable PDF whose error may pass (an I/O or object-storage error) is tried again after
 # this, not at once by every retry of the task.
 PDF_RETRY_S = 10 * 60.0

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from enum import StrEnum, nonmember
 from types import MappingProxyType
 
@@ -379,8 +379,9 @@ STEP_POLICY: Mapping[str, Mapping[int | str, Rule]] = MappingProxyType(
                 72056: Rule(
                     Action.ALREADY_INSERTED,
                     "order_id repeated: the order has a bill",
-                    "the order's bill is already in the payer's card package: it cannot be "
-                    "refused any more; void the bill instead",
+                    "the order's bill is already in the payer's card package, its code "
+                    "unknown (WeChat has no call to look it up): it can be neither refused nor "
+                    "voided from here; void it in WeChat's back office",
                 ),
             }
         ),
@@ -533,6 +534,11 @@ def delay_until_next_minute(now: float) -> float:
 # WeChat's daily quotas are counted per Beijing calendar day (UTC+8, no daylight saving).
 _UTC8_OFFSET_S = 8 * 3600
 QUOTA_TIMEZONE = timezone(timedelta(seconds=_UTC8_OFFSET_S))  # for showing a reset time
+
+
+def beijing_time(at: datetime) -> str:
+    """A moment as the logs, the runbook and WeChat's quotas speak of it: Beijing time."""
+    return f"{at.astimezone(QUOTA_TIMEZONE):%Y-%m-%d %H:%M} Beijing time"
 
 
 def seconds_until_quota_reset(now: float) -> float:

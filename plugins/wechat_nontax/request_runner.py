@@ -133,7 +133,7 @@ class RequestRunner:
                 return self._end(
                     taken, RequestStatus.FAILED,
                     f"{calls} calls went unanswered or failed transiently: see the order's "
-                    "history, then ask again", None,
+                    "history", None,
                 )  # fmt: skip
             if not self.store.renew(taken, hold_s=self.hold_s):
                 return self._result(request, RequestOutcome.NOT_HELD, "lost the order's hold")

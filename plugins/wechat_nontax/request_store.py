@@ -18,12 +18,15 @@ import psycopg2.extensions
 
 from wechat_nontax.bill_requests import (
     ACTS_ON,
+    ORDER_FACTS_COLUMNS,
     RequestKind,
     RequestStatus,
     note_request,
+    order_facts,
+    what_next,
     why_not_carried_out,
 )
-from wechat_nontax.policy import Status
+from wechat_nontax.policy import Status, beijing_time
 from wechat_nontax.store import Hold
 from wechat_nontax.validation import check_refusal, check_status_change, format_problems
 
@@ -63,11 +66,15 @@ class RequestRow:
     errcode: int | None
     attempts: int
     updated_at: datetime
+    held_by: str | None = None  # the task try that last took it
+    order_status: str | None = None  # its order's status now
 
 
-_ROW_COLUMNS = (
-    "request_id, order_id, kind, status, reason, requested_by, requested_at, outcome, errcode, "
-    "attempts, updated_at"
+# A request with its order's status (what a person can do next depends on it).
+_ROW_SELECT = (
+    "SELECT r.request_id, r.order_id, r.kind, r.status, r.reason, r.requested_by, "
+    "r.requested_at, r.outcome, r.errcode, r.attempts, r.updated_at, r.held_by, o.status "
+    "FROM nontax.bill_request r JOIN nontax.bill_order o USING (order_id)"
 )
 # Ends the order's hold together with the request's step (a due order was taken from no one's
 # claim: it is free again for the issuing runs).
@@ -210,7 +217,9 @@ class RequestStore:
     ) -> bool:
         """The request ends `refused` or `failed` with `outcome`; the order's hold ends and the
         order stays as it is, except `order_duplicate` (a refusal WeChat answered 72056: the
-        bill is in the card package), which records the order `duplicate` as an insert would."""
+        bill is in the card package), which records the order `duplicate` as an insert would,
+        its facts in the reason for WeChat's back office (the one place the bill can be voided:
+        its code is unknown)."""
         order_set = (
             "status = 'duplicate', reason = %(outcome)s, last_errcode = %(errcode)s, "
             "last_errmsg = %(outcome)s, "
@@ -218,6 +227,12 @@ class RequestStore:
             else ""
         )
         with self._conn, self._conn.cursor() as cur:
+            if order_duplicate:
+                cur.execute(
+                    f"SELECT {ORDER_FACTS_COLUMNS} FROM nontax.bill_order WHERE order_id = %s",
+                    (taken.request.order_id,),
+                )
+                outcome = f"{outcome} ({order_facts(cur.fetchone())})"
             cur.execute(
                 f"UPDATE nontax.bill_order SET {order_set}{_UNHOLD}, updated_at = now() "
                 "WHERE order_id = %(order_id)s AND held_by = %(holder)s "
@@ -299,9 +314,7 @@ class RequestStore:
         return True
 
     def _row(self, cur: Any, request_id: int) -> RequestRow:
-        cur.execute(
-            f"SELECT {_ROW_COLUMNS} FROM nontax.bill_request WHERE request_id = %s", (request_id,)
-        )
+        cur.execute(f"{_ROW_SELECT} WHERE r.request_id = %s", (request_id,))
         return RequestRow(*cur.fetchone())
 
     def release(self, run_id: str, holder: str | None = None) -> int:
@@ -319,28 +332,23 @@ class RequestStore:
     # -- reading --------------------------------------------------------------------------
 
     def of_run(self, run_id: str) -> list[RequestRow]:
-        rows = self._rows(
-            f"SELECT {_ROW_COLUMNS} FROM nontax.bill_request WHERE run_id = %s ORDER BY request_id",
-            (run_id,),
-        )
+        rows = self._rows(f"{_ROW_SELECT} WHERE r.run_id = %s ORDER BY r.request_id", (run_id,))
         return [RequestRow(*row) for row in rows]
 
     def of_order(self, order_id: str) -> list[RequestRow]:
-        rows = self._rows(
-            f"SELECT {_ROW_COLUMNS} FROM nontax.bill_request WHERE order_id = %s "
-            "ORDER BY request_id",
-            (order_id,),
-        )
+        rows = self._rows(f"{_ROW_SELECT} WHERE r.order_id = %s ORDER BY r.request_id", (order_id,))
         return [RequestRow(*row) for row in rows]
 
     def needs_attention(self, limit: int = 1000) -> list[RequestRow]:
-        """Requests that ended refused or failed (a person decides what next), and pending ones
-        that have waited with a reason (a transient failure, a quota, an order held long)."""
+        """Requests that ended refused or failed (a person decides what next: withdraw or ask
+        again), pending ones that have waited with a reason (a transient failure, a quota, an
+        order held long), and pending ones a try took and has not written back (in flight, or
+        the try stopped between its call and the write-back: the next run finds out)."""
         rows = self._rows(
-            f"SELECT {_ROW_COLUMNS} FROM nontax.bill_request "
-            "WHERE status IN ('refused', 'failed') "
-            "   OR (status = 'pending' AND outcome IS NOT NULL) "
-            "ORDER BY updated_at LIMIT %s",
+            f"{_ROW_SELECT} "
+            "WHERE r.status IN ('refused', 'failed') "
+            "   OR (r.status = 'pending' AND (r.outcome IS NOT NULL OR r.held_by IS NOT NULL)) "
+            "ORDER BY r.updated_at LIMIT %s",
             (limit,),
         )
         return [RequestRow(*row) for row in rows]
@@ -364,10 +372,20 @@ def call_problems(taken: Taken) -> str | None:
 
 
 def format_request(row: RequestRow) -> str:
-    """One line for `make attention`, `history` and the report."""
+    """One line for `make attention`, `history` and the report, with what a person can do."""
     code = "" if row.errcode is None else f" errcode {row.errcode}"
-    outcome = f": {row.outcome}" if row.outcome else ""
+    outcome = row.outcome
+    if outcome is None and row.status == RequestStatus.PENDING and row.held_by:
+        outcome = (
+            f"in flight since {beijing_time(row.updated_at)}: taken by {row.held_by}, "
+            f"{row.attempts} call(s) made, no answer recorded yet (if that try stopped, the "
+            "next run asks WeChat again and records what it finds)"
+        )
+    outcome = f": {outcome}" if outcome else ""
+    step = what_next(row.request_id, row.order_id, row.kind, row.status, row.order_status)
+    step = f" -> {step}" if step else ""
     return (
         f"#{row.request_id} {row.kind} {row.order_id} [{row.status}]{code} asked "
-        f"{row.requested_at:%Y-%m-%d %H:%M} by {row.requested_by} ({row.reason!r}){outcome}"
+        f"{beijing_time(row.requested_at)} by {row.requested_by} ({row.reason!r}){outcome}"
+        f"{step}"
     )

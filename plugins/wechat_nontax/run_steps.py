@@ -279,7 +279,8 @@ def format_report(report: dict[str, Any]) -> str:
     if report.get("refusal_pending"):
         lines.append(
             f"not issued, their refusal is asked for: {report['refusal_pending']} (the DAG "
-            "nontax_requests refuses them)"
+            "nontax_requests refuses them; one it could not carry out waits for a person: make "
+            "attention)"
         )
     for title, key in (
         ("asked for but not taken", "not_taken"),

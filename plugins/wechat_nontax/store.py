@@ -13,9 +13,10 @@ Who may write what:
   bill's code, which is written whoever holds the order (WeChat has no call to look it up);
 - a finished order (`inserted`, `duplicate`, `rejected`, `refused`, `cancelled`) is never
   changed by a later answer;
-- an order whose refusal is pending (`nontax.bill_request`) is neither claimed nor held by an
-  issuing run. The requests' own statements are in `bill_requests` (asking) and
-  `request_store` (carrying out).
+- an order whose refusal is pending (`nontax.bill_request`), or was not carried out and not
+  withdrawn, is neither claimed nor held by an issuing run, and a batch that holds it already
+  leaves it to the refusal before its upload and insert. The requests' own statements are in
+  `bill_requests` (asking) and `request_store` (carrying out).
 Each write is one short autocommitted statement (with its history row), made the moment a
 result is known, but for the media id of an upload: it goes in with the insert's result (one
 statement instead of two), on its own only when the insert does not answer at once (`Upload`);
@@ -44,7 +45,8 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from wechat_nontax.bill import BILL_FIELDS, Order
-from wechat_nontax.policy import QUOTA_TIMEZONE, Status
+from wechat_nontax.bill_requests import BLOCKS_ISSUING
+from wechat_nontax.policy import Status, beijing_time
 
 log = logging.getLogger(__name__)
 
@@ -166,10 +168,9 @@ class QuotaStop:
         """Why a call waits for it, for a person: the call, the answer, the reset (Beijing
         time, as WeChat counts the day)."""
         answer = f"errcode {self.errcode}: {self.errmsg}" if self.errcode is not None else "-"
-        until = self.until.astimezone(QUOTA_TIMEZONE).strftime("%Y-%m-%d %H:%M")
         return (
-            f"daily quota of {self.api} used up ({answer}): not sent before {until} Beijing "
-            "time, when it resets"
+            f"daily quota of {self.api} used up ({answer}): not sent before "
+            f"{beijing_time(self.until)}, when it resets"
         )
 
 
@@ -185,11 +186,12 @@ class RunClaim:
 
 
 _ORDER_COLUMNS = ", ".join(BILL_FIELDS) + ", pdf_path"
-# An order whose refusal is asked for (a pending request, `bill_requests`) is not issued: the
-# refusal was asked for to prevent exactly that. A probe of a small partial index per row.
-_REFUSAL_PENDING = (
+# An order whose refusal is asked for (`bill_requests.BLOCKS_ISSUING`: pending, or ended
+# without being carried out and not withdrawn) is not issued: the refusal was asked for to
+# prevent exactly that. A probe of a small partial index per row (migration 0010).
+_REFUSAL_BLOCKS = (
     "EXISTS (SELECT 1 FROM nontax.bill_request r WHERE r.order_id = {table}.order_id "
-    "AND r.kind = 'refuse' AND r.status = 'pending')"
+    f"AND r.kind = 'refuse' AND r.status IN {_sql_list(BLOCKS_ISSUING)})"
 )
 _TIME_HAS_COME = "(not_before IS NULL OR not_before <= now())"
 
@@ -214,7 +216,7 @@ _CLAIMABLE = """
     FROM nontax.bill_order
     WHERE {scope}
       AND (claim_expires_at IS NULL OR claim_expires_at < now())
-      AND NOT {refusal_pending}
+      AND NOT {refusal_blocks}
       AND (NOT %(targeted)s OR order_id = ANY(%(order_ids)s))
     ORDER BY authorized_at, order_id
     LIMIT %(limit)s
@@ -223,7 +225,7 @@ _CLAIMABLE = """
 
 def _claimable(scope: ClaimScope) -> str:
     return _CLAIMABLE.format(
-        scope=_SCOPE_ROWS[scope], refusal_pending=_REFUSAL_PENDING.format(table="bill_order")
+        scope=_SCOPE_ROWS[scope], refusal_blocks=_REFUSAL_BLOCKS.format(table="bill_order")
     )
 
 
@@ -231,7 +233,7 @@ def _claimable(scope: ClaimScope) -> str:
 _WHY_SQL = (
     "SELECT order_id, status, extract(epoch FROM not_before - now()), claimed_by, held_by, "
     "extract(epoch FROM claim_expires_at - now()), "
-    f"{_REFUSAL_PENDING.format(table='bill_order')} FROM nontax.bill_order "
+    f"{_REFUSAL_BLOCKS.format(table='bill_order')} FROM nontax.bill_order "
     "WHERE order_id = ANY(%s)"
 )
 # Claiming: the due rows in claim order, locked without waiting (rows another claim holds are
@@ -413,7 +415,11 @@ def why_not_taken(
     if status in Status.FINISHED:
         return NotHeld("finished", f"already {status}: never sent again")
     if refusal_pending:
-        return NotHeld("refusing", "its refusal is asked for (a pending request): it is not issued")
+        return NotHeld(
+            "refusing",
+            "a refusal of it is pending, or was not carried out and waits for a person to "
+            "withdraw it or ask again: it is not issued",
+        )
     if status in Status.NEEDS_ATTENTION:
         return NotHeld(
             "needs_person",
@@ -704,6 +710,7 @@ class OrderStore:
                    claim_expires_at = CASE WHEN {_LIVE_OWN_HOLD} THEN claim_expires_at
                                       ELSE now() + make_interval(secs => %(lease_s)s) END
              WHERE order_id = ANY(%(ids)s) AND status IN {_WORKABLE}
+               AND NOT {_REFUSAL_BLOCKS.format(table="bill_order")}
                AND (claim_expires_at IS NULL OR claim_expires_at < now()
                     OR claimed_by = %(run_id)s)
             RETURNING order_id
@@ -816,7 +823,7 @@ class OrderStore:
              WHERE order_id = ANY(%(order_ids)s)
                AND status IN {workable}
                AND (status NOT IN {_DUE} OR not_before IS NULL OR not_before <= now())
-               AND NOT {_REFUSAL_PENDING.format(table="bill_order")}
+               AND NOT {_REFUSAL_BLOCKS.format(table="bill_order")}
                AND (claim_expires_at IS NULL OR claim_expires_at < now()
                     OR held_by = %(holder)s
                     OR (claimed_by = %(run_id)s AND held_by IS NULL))
@@ -897,11 +904,12 @@ class OrderStore:
         )
 
     def refusal_pending(self, order_ids: Sequence[str]) -> dict[str, str]:
-        """Those of `order_ids` that are due and whose refusal is asked for, with their status:
-        not issued, and not left unfinished either (the requests DAG ends them)."""
+        """Those of `order_ids` that are due and whose refusal keeps them off issuing, with
+        their status: not issued, and not left unfinished either (the requests DAG ends them,
+        or a person decides)."""
         rows = self._run(
             f"SELECT order_id, status FROM nontax.bill_order WHERE order_id = ANY(%s) "
-            f"AND status IN {_DUE} AND {_REFUSAL_PENDING.format(table='bill_order')}",
+            f"AND status IN {_DUE} AND {_REFUSAL_BLOCKS.format(table='bill_order')}",
             (list(order_ids),),
         )
         return dict(rows)
@@ -1018,15 +1026,18 @@ class OrderStore:
         duration_ms: int | None = None,
         counts_attempt: bool = True,
         upload: Upload | None = None,
+        also: str | None = None,
     ) -> bool:
         """Update one order and append its history row in one statement, only while `hold` is
-        true (this try holds the order, at the row version it read, and it is not finished);
-        `hold=None` is for the inserted code alone (see `record_inserted`). True if written.
+        true (this try holds the order, at the row version it read, and it is not finished)
+        and the condition `also` too; `hold=None` is for the inserted code alone (see
+        `record_inserted`). True if written.
 
         With `upload`, the same statement writes the upload's media id (and its history row,
         first) where `record_uploaded` would have: while the upload's hold is true."""
         attempt = ", attempts = attempts + 1" if counts_attempt else ""
         guard = _held_guard("holder", "version") if hold is not None else _BILL_KNOWN_GUARD
+        guard = guard if also is None else f"{guard} AND {also}"
         history = {
             "order_id": order_id, "run_id": run_id, "step": step, "outcome": outcome,
             "errcode": errcode, "errmsg": errmsg, "duration_ms": duration_ms,
@@ -1229,6 +1240,21 @@ class OrderStore:
             {"errcode": errcode, "errmsg": errmsg, "not_before_s": not_before_s},
             hold=hold, run_id=run_id, step=step, outcome="quota", errcode=errcode,
             errmsg=errmsg, counts_attempt=False,
+        )  # fmt: skip
+
+    def leave_to_refusal(
+        self, order_id: str, reason: str, *, hold: Hold, run_id: str | None
+    ) -> bool:
+        """Before an order's first call: when a refusal of it was asked since its batch took
+        it, the batch leaves it to the refusal: its claim and hold end (the requests run takes
+        it next), nothing is sent. True if so. One statement: the refusal's probe (a partial
+        index) and the order's primary key; it writes only when a refusal is there."""
+        return self._record(
+            order_id,
+            _UNHOLD,
+            {},
+            hold=hold, run_id=run_id, step="request", outcome="left_to_refusal",
+            errmsg=reason, counts_attempt=False, also=_REFUSAL_BLOCKS.format(table="bill_order"),
         )  # fmt: skip
 
     # -- daily quotas (shared by every batch, run and worker) -------------------------------

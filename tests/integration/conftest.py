@@ -10,6 +10,7 @@ from wechat_nontax.hook import WeChatNonTaxHook
 from wechat_nontax.issuing import BatchIssuer, Settings
 from wechat_nontax.orders_db import connect_dsn
 from wechat_nontax.pdfs import read_pdf
+from wechat_nontax.request_store import RequestStore
 from wechat_nontax.store import OrderStore
 from wechat_nontax.validation import Limits
 
@@ -20,6 +21,14 @@ def env(orders_db, wechat_conn, tmp_path):
     hook = WeChatNonTaxHook()
     yield Env(orders_db, wechat_conn, store, hook, tmp_path)
     hook.close()
+    store.close()
+
+
+@pytest.fixture
+def requests_store(env):
+    """The requests' store (`nontax_requests`'s statements) on the test's order database."""
+    store = RequestStore(psycopg2.connect(env.dsn))
+    yield store
     store.close()
 
 

@@ -7,38 +7,16 @@ from __future__ import annotations
 import psycopg2
 import pytest
 
-from factories import held
+from factories import ask, held, request_runner
 from nontax_tools.__main__ import main as tools_main
-from wechat_nontax.bill_requests import request_action, why_not_carried_out
+from wechat_nontax.bill_requests import why_not_carried_out
 from wechat_nontax.pdfs import read_pdf
-from wechat_nontax.request_runner import MAX_REQUEST_CALLS, RequestOutcome, RequestRunner
-from wechat_nontax.request_store import RequestStore
+from wechat_nontax.request_runner import MAX_REQUEST_CALLS, RequestOutcome
 from wechat_nontax.validation import Limits
 
-RUN = "scheduled__requests-1"
 
-
-@pytest.fixture
-def requests_store(env):
-    store = RequestStore(psycopg2.connect(env.dsn))
-    yield store
-    store.close()
-
-
-def ask(env, order_id, kind, reason="refunded before issue", by="duty@unit"):
-    conn = psycopg2.connect(env.dsn)
-    try:
-        return request_action(conn, order_id, kind, reason, by)
-    finally:
-        conn.close()
-
-
-def runner(env, requests_store, *, run_id=RUN, try_number=1, **kwargs):
-    return RequestRunner(
-        env.hook, requests_store, quotas=env.store, run_id=run_id,
-        holder=f"{run_id}|carry_out_requests|-1|{try_number}", hold_s=120,
-        sleep=lambda s: None, **kwargs,
-    )  # fmt: skip
+def runner(env, requests_store, *, run_id="scheduled__requests-1", try_number=1, **kwargs):
+    return request_runner(env, requests_store, run_id=run_id, try_number=try_number, **kwargs)
 
 
 def request_rows(env):
@@ -237,21 +215,6 @@ def test_a_refusal_waits_while_a_batch_holds_the_order_then_ends_refused_once_in
     assert env.store.get_row("T00000000")["status"] == "inserted"
     assert env.sandbox.calls().get("rejectinsert", 0) == 0
     assert [r[3] for r in request_rows(env)] == ["refused"]
-
-
-def test_a_refusal_answered_72056_records_the_order_duplicate(env, requests_store):
-    orders = env.orders(1)
-    # WeChat has the bill (an insert whose answer was lost), the order row does not know it.
-    env.issue(orders)
-    env.sql(
-        "UPDATE nontax.bill_order SET status = 'authorized', code = NULL, openid = NULL, "
-        "inserted_at = NULL WHERE order_id = 'T00000000'"
-    )
-    assert ask(env, "T00000000", "refuse").accepted
-    [result] = runner(env, requests_store).run()
-    assert result.outcome is RequestOutcome.REFUSED
-    assert "cannot be refused any more" in result.reason
-    assert env.store.get_row("T00000000")["status"] == "duplicate"
 
 
 def test_a_void_of_a_bill_written_off_fails_for_a_person(env, requests_store):

@@ -138,6 +138,27 @@ def test_plans_draw_refusals_and_voids_of_good_orders_only():
         assert len(asked) == len(set(asked)) and not set(asked) & taken
 
 
+def test_plans_draw_refusals_during_the_batches_of_the_orders_the_batches_reach_last():
+    plans = [plan_run(1, run) for run in range(200)]
+    drawn = [plan for plan in plans if plan.refused_mid_batch]
+    assert 40 < len(drawn) < 80
+    for plan in drawn:
+        others = (
+            {oid for oid, _ in plan.bad} | {oid for oid, _ in plan.authorizations}
+            | {oid for oid, _ in plan.payers_later} | {oid for oid, _ in plan.requests}
+        )  # fmt: skip
+        assert not set(plan.refused_mid_batch) & others
+        assert set(plan.refused_mid_batch) <= set(plan.order_ids[len(plan.order_ids) // 3 :])
+
+
+def test_an_insert_arriving_after_the_orders_refusal_was_asked_is_a_violation():
+    log = [_call(10.0, "insertbill", "C", 0), _call(10.0 + IN_FLIGHT_S, "insertbill", "C", 0)]
+    assert check_invariants(_snapshot(call_log=log, refusals_asked={"C": 10.0})) == []
+    log.append(_call(10.1 + IN_FLIGHT_S, "insertbill", "C", 0))
+    violations = check_invariants(_snapshot(call_log=log, refusals_asked={"C": 10.0}))
+    assert violations == ["C: 1 insertbill calls after its refusal was asked"]
+
+
 def _refused_and_cancelled(**changes) -> Snapshot:
     """C refused on request, A's bill voided: both carried out once."""
     rows = _with_row("C", status="refused", reason="refuse #1: refunded", waiting=False)
