@@ -92,7 +92,7 @@ class IssueBillsOperator(BaseOperator):
         ti = context["ti"]
         self._issuer = None
         self._supervisor_gone: str | None = None
-        watching = watch_supervisor(self._on_supervisor_gone)
+        supervisor = os.getppid()
         order_ids = [str(order_id) for order_id in self.order_ids]
         limits = (
             Limits() if self.max_pdf_bytes is None else Limits(max_pdf_bytes=self.max_pdf_bytes)
@@ -116,6 +116,7 @@ class IssueBillsOperator(BaseOperator):
         )
         hook = WeChatNonTaxHook(self.wechat_conn_id, pool_size=settings.max_workers)
         run_id = context["run_id"]
+        watching = watch_supervisor(self._on_supervisor_gone, parent=supervisor)
         try:
             if not settings.dry_run:
                 # Bills an earlier try of this batch issued but could not record: first. (If
@@ -222,14 +223,18 @@ class IssueBillsOperator(BaseOperator):
 
 
 def watch_supervisor(
-    on_gone: Callable[[str], None], *, every_s: float = SUPERVISOR_CHECK_S
+    on_gone: Callable[[str], None],
+    *,
+    parent: int | None = None,
+    every_s: float = SUPERVISOR_CHECK_S,
 ) -> threading.Event:
     """Call `on_gone(reason)` once if this process's parent, the task's supervisor (a Celery
     pool process, the LocalExecutor's worker), exits before the returned event is set. Without
     it nothing reports this try to Airflow, which fails it and starts the next one: an orphan
     that went on would hold its orders from that try and send unseen. Its parent's death shows
-    as a new parent id (the orphan is adopted by an init or a subreaper)."""
-    parent = os.getppid()
+    as a new parent id (the orphan is adopted by an init or a subreaper); `parent` is the one
+    this process had when the task started (default: now)."""
+    parent = os.getppid() if parent is None else parent
     done = threading.Event()
 
     def watch() -> None:
