@@ -51,9 +51,16 @@ test: lint  ## the whole suite: unit, integration (Postgres, sandbox), end to en
 migrate: $(STAMP)  ## apply the order schema migrations to AIRFLOW_CONN_NONTAX_ORDERS_DB
 	$(PY) -m nontax_tools migrate
 
+# What a person types after ORDER=, REASON= and FILE= reaches the program as it is: make's
+# $(value ...) leaves `$` alone and the environment keeps it from the shell (no `...` or $(...)
+# run, no quote ends it); the program checks it and refuses what it cannot take, with the reason.
+load-orders history refuse void: export NONTAX_FILE := $(value FILE)
+load-orders history refuse void: export NONTAX_ORDER := $(value ORDER)
+load-orders history refuse void: export NONTAX_REASON := $(value REASON)
+
 load-orders: $(STAMP)  ## load orders from JSON Lines: make load-orders FILE=orders.jsonl
-	@test -n "$(FILE)" || { echo "usage: make load-orders FILE=orders.jsonl"; exit 2; }
-	$(PY) -m nontax_tools load "$(FILE)"
+	@test -n "$$NONTAX_FILE" || { echo "usage: make load-orders FILE=orders.jsonl"; exit 2; }
+	$(PY) -m nontax_tools load -- "$$NONTAX_FILE"
 
 run-once: $(STAMP)  ## run the DAG once (airflow dags test) with the AIRFLOW_CONN_... Connections
 	$(PY) -m nontax_tools.run_once
@@ -70,16 +77,16 @@ withdraw: $(STAMP)  ## withdraw a refusal or void that ended refused/failed: mak
 	$(PY) -m nontax_tools withdraw "$$REQUEST" --note "$$NOTE"  # from the environment, as typed
 
 history: $(STAMP)  ## an order's row, history and requests: make history ORDER=T00000001
-	@test -n "$(ORDER)" || { echo "usage: make history ORDER=order_id"; exit 2; }
-	$(PY) -m nontax_tools history "$(ORDER)"
+	@test -n "$$NONTAX_ORDER" || { echo "usage: make history ORDER=order_id"; exit 2; }
+	$(PY) -m nontax_tools history -- "$$NONTAX_ORDER"
 
 refuse: $(STAMP)  ## ask for an order to be refused: make refuse ORDER=.. REASON="shown to the payer"
-	@test -n "$(ORDER)" || { echo 'usage: make refuse ORDER=order_id REASON="..."'; exit 2; }
-	$(PY) -m nontax_tools refuse "$(ORDER)" --reason "$(REASON)"
+	@test -n "$$NONTAX_ORDER" || { echo 'usage: make refuse ORDER=order_id REASON="..."'; exit 2; }
+	$(PY) -m nontax_tools refuse --reason="$$NONTAX_REASON" -- "$$NONTAX_ORDER"
 
 void: $(STAMP)  ## ask for an order's issued bill to be voided: make void ORDER=.. REASON=".."
-	@test -n "$(ORDER)" || { echo 'usage: make void ORDER=order_id REASON="..."'; exit 2; }
-	$(PY) -m nontax_tools void "$(ORDER)" --reason "$(REASON)"
+	@test -n "$$NONTAX_ORDER" || { echo 'usage: make void ORDER=order_id REASON="..."'; exit 2; }
+	$(PY) -m nontax_tools void --reason="$$NONTAX_REASON" -- "$$NONTAX_ORDER"
 
 demo: $(STAMP)  ## the whole pipeline on 200 demo orders against the sandbox, in one go
 	$(PY) -m nontax_tools.demo

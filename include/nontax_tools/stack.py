@@ -630,14 +630,30 @@ class Stack:
         cfg = self.config
         if cfg.executor != "celery":
             return []
-        return [
-            self._spawn(
-                name,
-                celery_workers.worker_command(AIRFLOW, name),
-                env=celery_workers.worker_env(self.env, name),
-            )
-            for name in celery_workers.worker_names(cfg.workers)
-        ]
+        return [self._spawn_worker(name) for name in celery_workers.worker_names(cfg.workers)]
+
+    def _spawn_worker(self, name: str) -> Proc:
+        return self._spawn(
+            name,
+            celery_workers.worker_command(AIRFLOW, name),
+            env=celery_workers.worker_env(self.env, name),
+        )
+
+    def restart_worker(self, name: str) -> Proc:
+        """Start a stopped or killed Celery worker again under its name (a container started
+        again); returns once Celery says it consumes."""
+        assert self.state is not None
+        # The dead workers' records go: `_wait` stops at any recorded process that has exited.
+        self.state.procs = [p for p in self.state.procs if p not in self.workers() or p.process()]
+        if any(p.name == name for p in self.state.procs):
+            raise StackError(f"{name} is still running")
+        proc = self._spawn_worker(name)
+        self._wait(
+            f"{name} ready",
+            time.monotonic() + self.config.timeout_s,
+            lambda: celery_workers.worker_ready(Path(proc.log), name),
+        )
+        return proc
 
     def workers(self) -> list[Proc]:
         """The Celery workers started (none on LocalExecutor), alive or not."""

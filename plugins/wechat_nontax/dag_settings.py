@@ -26,7 +26,7 @@ BILLS_ISSUED = Asset(name="nontax_bills_issued", uri="nontax://bills/issued")
 
 def dag_settings(schedule_env: str, default_cron: str) -> dict[str, Any]:
     """DAG arguments: the schedule from `schedule_env` (else `default_cron`), no catch-up, one
-    run at a time, and the task defaults (two retries with backoff, the failure webhook)."""
+    run at a time, and the task defaults (four retries with backoff, the failure webhook)."""
     return {
         "schedule": CronTriggerTimetable(
             os.environ.get(schedule_env, default_cron), timezone=TIMEZONE
@@ -35,7 +35,10 @@ def dag_settings(schedule_env: str, default_cron: str) -> dict[str, Any]:
         "catchup": False,
         "max_active_runs": 1,
         "default_args": {
-            "retries": 2,
+            # A try the Celery executor could not send (the broker away) counts as a failed try
+            # though it never ran: four, 30 s doubling (each up to twice that, Airflow's spread),
+            # outlast a broker away for 7.5 minutes before a batch is left to the next run.
+            "retries": 4,
             "retry_delay": timedelta(seconds=30),
             "retry_exponential_backoff": 2.0,
             "max_retry_delay": timedelta(minutes=10),

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator
@@ -27,6 +28,8 @@ DEFAULT_WECHAT_CONN_ID = "wechat_nontax_default"
 DEFAULT_ORDERS_CONN_ID = "nontax_orders_db"
 # The pool that bounds the calls to WeChat of both DAGs (issuing, requests) across all runs.
 WECHAT_POOL = os.environ.get("NONTAX_WECHAT_POOL", "wechat_nontax")
+# How often a task process looks whether its supervisor is still there.
+SUPERVISOR_CHECK_S = 1.0
 
 
 def batch_label(order_ids: Sequence[str]) -> str:
@@ -87,6 +90,9 @@ class IssueBillsOperator(BaseOperator):
         from wechat_nontax.validation import Limits
 
         ti = context["ti"]
+        self._issuer = None
+        self._supervisor_gone: str | None = None
+        supervisor = os.getppid()
         order_ids = [str(order_id) for order_id in self.order_ids]
         limits = (
             Limits() if self.max_pdf_bytes is None else Limits(max_pdf_bytes=self.max_pdf_bytes)
@@ -110,7 +116,7 @@ class IssueBillsOperator(BaseOperator):
         )
         hook = WeChatNonTaxHook(self.wechat_conn_id, pool_size=settings.max_workers)
         run_id = context["run_id"]
-        self._issuer = None
+        watching = watch_supervisor(self._on_supervisor_gone, parent=supervisor)
         try:
             if not settings.dry_run:
                 # Bills an earlier try of this batch issued but could not record: first. (If
@@ -134,8 +140,11 @@ class IssueBillsOperator(BaseOperator):
                 holder=f"{run_id}|{self.task_id}|{ti.map_index}|{ti.try_number}",
                 read_pdf=lambda root, rel, limit: read_pdf(root, rel, max_bytes=limit),
             )
+            if self._supervisor_gone is not None:  # gone before the issuer was there to stop
+                self._issuer.stop(self._supervisor_gone)
             results = self._issuer.run(order_ids)
         finally:
+            watching.set()
             hook.close()
             store.close()
             # Also when the try ends in an exception (a timeout, the database away): the bills
@@ -151,7 +160,9 @@ class IssueBillsOperator(BaseOperator):
                 except Exception:
                     # Each bill is in the log already (UNRECORDED BILL): a person's last resort.
                     self.log.exception("could not keep %d unrecorded bills in Airflow", len(bills))
-        return self._judge(results, dry_run=settings.dry_run)
+        return self._judge(
+            results, dry_run=settings.dry_run, retry_left=_retry_left(ti, self.retries)
+        )
 
     def on_kill(self) -> None:
         # Airflow stops the task (marked in the UI, a timeout, a worker shutting down): send
@@ -160,7 +171,15 @@ class IssueBillsOperator(BaseOperator):
         if issuer is not None:
             issuer.stop("not sent: the task was stopped")
 
-    def _judge(self, results: list, *, dry_run: bool) -> dict[str, Any]:
+    def _on_supervisor_gone(self, reason: str) -> None:
+        # Airflow no longer sees this try (it fails it and runs the next one): send nothing
+        # more, record the calls in flight and end the hold, so that the next try takes over.
+        self._supervisor_gone = reason
+        issuer = getattr(self, "_issuer", None)
+        if issuer is not None:
+            issuer.stop(reason)
+
+    def _judge(self, results: list, *, dry_run: bool, retry_left: bool = True) -> dict[str, Any]:
         """The task's state from its orders: a person's problem first (no retry can fix it),
         then a spent quota (retrying today cannot help), then what passes by waiting."""
         from wechat_nontax.issuing import NEEDS_PERSON, PASSES_BY_WAITING, Outcome, outcome_table
@@ -188,12 +207,51 @@ class IssueBillsOperator(BaseOperator):
             raise AirflowFailException(
                 f"{len(quota)} orders not sent: {quota[0].reason}. They stay due for the next run."
             )
+        if waiting and not retry_left:
+            # The last try: say what happens next, not a retry that will not come.
+            raise AirflowException(
+                f"{len(waiting)} orders are not done yet and this was the last try: they stay "
+                f"due for the next run (or clear this task to try them now): "
+                f"{waiting[0].order_id}: {waiting[0].reason}"
+            )
         if waiting:
             raise AirflowException(
                 f"{len(waiting)} orders are not done yet and may be by waiting (retried by "
                 f"Airflow, only the unfinished orders): {waiting[0].order_id}: {waiting[0].reason}"
             )
         return summary
+
+
+def watch_supervisor(
+    on_gone: Callable[[str], None],
+    *,
+    parent: int | None = None,
+    every_s: float = SUPERVISOR_CHECK_S,
+) -> threading.Event:
+    """Call `on_gone(reason)` once if this process's parent, the task's supervisor (a Celery
+    pool process, the LocalExecutor's worker), exits before the returned event is set. Without
+    it nothing reports this try to Airflow, which fails it and starts the next one: an orphan
+    that went on would hold its orders from that try and send unseen. Its parent's death shows
+    as a new parent id (the orphan is adopted by an init or a subreaper); `parent` is the one
+    this process had when the task started (default: now)."""
+    parent = os.getppid() if parent is None else parent
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(every_s):
+            if os.getppid() != parent:
+                on_gone(f"not sent: the task's supervisor (pid {parent}) is gone")
+                return
+
+    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
+    return done
+
+
+def _retry_left(ti: Any, retries: int | None) -> bool:
+    """Whether Airflow retries this try if it fails (as its server decides: a task with
+    retries, whose try number has not passed max_tries)."""
+    max_tries = getattr(ti, "max_tries", None)
+    return bool(retries) and (max_tries is None or getattr(ti, "try_number", 1) <= max_tries)
 
 
 def _first_try_since_a_clear(ti: Any, retries: int | None) -> bool:

@@ -114,6 +114,27 @@ def test_the_dag_imports_without_error_or_warning_and_parses_quickly():
     assert [task.task_id for task in dag.leaves] == ["report"]
 
 
+# How long the Celery broker may be away while a run's tasks are sent before one of them has
+# spent its last try (docs/runbook.md, "When Redis restarts").
+BROKER_AWAY_S = 450
+
+
+def test_every_task_has_tries_left_after_the_broker_was_away_for_minutes():
+    """Each try the executor could not send counts as failed though it never ran: a task's
+    retry delays (Airflow's least: retry_delay, multiplied by the backoff each try, up to
+    max_retry_delay) add up to more than BROKER_AWAY_S before its last try."""
+    dag = parse_dag_file("nontax_insertbill.py").dags[DAG_ID]
+    for task in dag.tasks:
+        delays = [
+            min(
+                task.retry_delay.total_seconds() * task.retry_exponential_backoff**n,
+                task.max_retry_delay.total_seconds(),
+            )
+            for n in range(task.retries)
+        ]
+        assert sum(delays) >= BROKER_AWAY_S, (task.task_id, delays)
+
+
 def test_happy_path_500_orders_spread_over_the_pool_slots(pipeline):
     orders = pipeline.load(500)
     result = pipeline.run()  # default params: at least 4 batches (the pool's slots)

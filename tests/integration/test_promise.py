@@ -14,7 +14,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from factories import held, make_order
 from wechat_nontax.errors import PdfUnavailableError
 from wechat_nontax.issuing import OrderResult, Outcome
-from wechat_nontax.operators import IssueBillsOperator, _first_try_since_a_clear
+from wechat_nontax.operators import IssueBillsOperator, _first_try_since_a_clear, _retry_left
 from wechat_nontax.orders_db import connect_dsn
 from wechat_nontax.store import OrderStore
 
@@ -224,6 +224,24 @@ def test_needs_a_person_and_quota_decide_the_task_before_retry_later():
                    OrderResult("b", Outcome.QUOTA, "daily quota")], dry_run=False)  # fmt: skip
     with pytest.raises(AirflowException, match="may be by waiting"):
         op._judge([OrderResult("a", Outcome.RETRY_LATER, "5xx")], dry_run=False)
+
+
+@pytest.mark.parametrize(
+    ("try_number", "max_tries", "retries", "left"),
+    [(1, 2, 2, True), (2, 2, 2, True), (3, 2, 2, False), (5, 5, 2, True), (6, 5, 2, False),
+     (1, 0, 0, False)],
+)  # fmt: skip
+def test_the_last_try_does_not_promise_a_retry(try_number, max_tries, retries, left):
+    """Airflow retries a failed try while its number has not passed max_tries: the last one's
+    error says the orders stay due for the next run instead of a retry that will not come."""
+    ti = type("TI", (), {"try_number": try_number, "max_tries": max_tries})()
+    assert _retry_left(ti, retries) is left
+    op = IssueBillsOperator(task_id="issue_bills", order_ids=[])
+    waiting = [OrderResult("a", Outcome.EARLIER_TRY, "an earlier try of this batch holds it")]
+    with pytest.raises(AirflowException) as raised:
+        op._judge(waiting, dry_run=False, retry_left=_retry_left(ti, retries))
+    assert ("retried by Airflow" in str(raised.value)) is left
+    assert ("the last try: they stay due for the next run" in str(raised.value)) is not left
 
 
 def test_a_reset_starts_the_authorisation_wait_afresh(env):

@@ -16,10 +16,17 @@ always stopped again, the Redis last.
    other worker after its orders' hold ends, every bill is in WeChat exactly once, the only
    orders sent twice are those whose answer was in flight (`duplicate`, with WeChat's reason),
    and the run's report counts them.
+6. A deploy stops a worker as the compose file has it (SIGTERM as its DUMB_INIT_SETSID says,
+   SIGKILL after its stop_grace_period) mid-batch: the batches stop before the SIGKILL and end
+   on the other worker, nothing sent twice, no code lost.
+7. A batch's supervisor (its Celery pool process) killed, or the worker's main process: the
+   orphaned task process stops itself within seconds and the next try takes over without
+   waiting for its hold, every bill once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -35,7 +42,7 @@ import pytest
 import redis
 import yaml
 from stack_helpers import PrivateRedis, own_stack_config, run_in, running
-from test_compose import COMPOSE, example_env, interpolate
+from test_compose import COMPOSE, example_env, interpolate, worker_stop
 
 from factories import make_order, write_pdf
 from nontax_tools import celery_workers
@@ -437,3 +444,136 @@ def test_a_worker_killed_mid_batch_has_its_batches_finished_by_the_other_one(
     # The killed worker is gone for good; the other one still runs.
     alive = {p.name for p in stack.workers() if p.process() is not None}
     assert alive == {survivor}
+
+
+# -- 6, 7: a deploy stops a worker; a task's supervisor dies -------------------------------------
+
+# Batches of 40 orders, one call in flight each, 400 ms a call: a batch takes about 30 s, much
+# longer than Docker's default 10 s grace, and its task process is seen at work for long.
+LONG_ORDERS = 160
+LONG_CONF = {"batch_size": 40, "workers": 1}
+
+
+def _all_workers_up(stack: Stack) -> None:
+    """Start again any worker an earlier test killed (as a container is started again)."""
+    for name in WORKERS:
+        if not any(p.name == name and p.process() is not None for p in stack.workers()):
+            stack.restart_worker(name)
+
+
+def _tree(worker: Proc) -> list[psutil.Process]:
+    leader = psutil.Process(worker.pid)
+    return [leader, *leader.children(recursive=True)]
+
+
+def _start_long_run(
+    stack: Stack, sandbox: SandboxAdmin, store: OrderStore, first: int
+) -> tuple[list[str], str, str, int, dict[int, list[str]]]:
+    _all_workers_up(stack)
+    sandbox.clear_faults()
+    sandbox.add_fault(endpoint="*", kind="latency", latency_ms=400)
+    order_ids = load(stack, store, first, LONG_ORDERS)
+    run_id = stack.api.trigger(LONG_CONF)
+    victim, half_done, batches = _half_done_batch(stack, sandbox, run_id)
+    return order_ids, run_id, victim, half_done, batches
+
+
+def _assert_every_bill_once_and_none_sent_twice(
+    sandbox: SandboxAdmin, store: OrderStore, order_ids: list[str]
+) -> None:
+    assert_each_bill_once(sandbox, order_ids)
+    sent_twice = {o for o, s in sandbox.orders().items() if o in order_ids and s["attempts"] > 1}
+    assert sent_twice == set(), "orders sent twice"
+    rows = [store.get_row(o) for o in order_ids]
+    assert {r["status"] for r in rows} == {"inserted"}
+    assert all(r["code"] and r["openid"] for r in rows), "a bill's code was lost"
+
+
+def test_a_deploy_stops_a_workers_batches_cleanly_and_they_finish_on_the_other(
+    stack: Stack, sandbox: SandboxAdmin, store: OrderStore
+):
+    """`docker compose stop airflow-worker` (or `up -d` with a new image), as the compose file
+    has it: SIGTERM to the container's processes (to the whole process group, or to Celery's
+    main process only, as its DUMB_INIT_SETSID says), SIGKILL to all after its
+    stop_grace_period. The worker's batches stop before the SIGKILL, their calls in flight
+    recorded, and are retried on the other worker: nothing sent twice, no code lost."""
+    compose = interpolate(yaml.safe_load(COMPOSE.read_text(encoding="utf-8")), example_env())
+    whole_group, grace_s = worker_stop(compose)
+    order_ids, run_id, victim, _, batches = _start_long_run(stack, sandbox, store, 20_000)
+    survivor = next(w for w in WORKERS if w != victim)
+    lost = [t["map_index"] for t in running_batches(tis(stack, run_id)) if t["hostname"] == victim]
+    worker = next(p for p in stack.workers() if p.name == victim and p.process() is not None)
+    tree = _tree(worker)
+    stopped_at = time.monotonic()
+    if whole_group:  # the stack's worker leads its session and group, as under dumb-init
+        os.killpg(worker.pid, signal.SIGTERM)
+    else:
+        os.kill(worker.pid, signal.SIGTERM)
+    _, alive = psutil.wait_procs(tree, timeout=grace_s)
+    for process in alive:  # Docker's SIGKILL to everything left in the container
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    print(f"{victim} stopped in {time.monotonic() - stopped_at:.1f} s; {len(alive)} SIGKILLed")
+    assert alive == [], f"the stop's SIGKILL came after {grace_s} s and cut the batches"
+
+    run = stack.api.wait_run(run_id, timeout=400)
+    instances = tis(stack, run_id)
+    assert run["state"] == "success", {k: t["state"] for k, t in instances.items()}
+    for m in lost:
+        ti = instances[(ISSUE, m)]
+        assert (ti["state"], ti["hostname"]) == ("success", survivor), m
+    _assert_every_bill_once_and_none_sent_twice(sandbox, store, order_ids)
+    assert set(batches) == {m for (task, m) in instances if task == ISSUE}
+
+
+@pytest.mark.parametrize("killed", ["pool process", "main process"])
+def test_a_task_whose_supervisor_died_stops_itself_and_the_next_try_takes_over(
+    stack: Stack, sandbox: SandboxAdmin, store: OrderStore, killed: str
+):
+    """SIGKILL mid-batch to the Celery pool process that supervises a batch's task process,
+    or to the worker's main process (Celery has its pool processes killed with it): Airflow
+    fails that try (at once, or after the heartbeat timeout); the task process, orphaned, sends
+    nothing more within seconds, records its call in flight and ends its hold, so that the next
+    try works on the rest without waiting. Every bill in WeChat once, none sent twice, the run
+    green."""
+    first = 30_000 if killed == "pool process" else 40_000
+    order_ids, run_id, victim, half_done, batches = _start_long_run(stack, sandbox, store, first)
+    batch = set(batches[half_done])
+    ti_id = tis(stack, run_id)[(ISSUE, half_done)]["id"]
+    worker = next(p for p in stack.workers() if p.name == victim and p.process() is not None)
+    # The task process's title (Airflow's task runner sets it); its supervisor's names the id too.
+    title = f"airflow worker -- {ti_id}"
+    task = next(p for p in _tree(worker) if " ".join(p.cmdline()).startswith(title))
+    supervisor = task.parent()
+    assert supervisor is not None and supervisor.pid != worker.pid
+    if killed == "pool process":
+        supervisor.kill()
+    else:
+        os.kill(worker.pid, signal.SIGKILL)
+    billed_at_kill = len(batch & {b["order_id"] for b in sandbox.bills()})
+    killed_at = time.monotonic()
+    _, alive = psutil.wait_procs([task], timeout=30)
+    billed_at_exit = len(batch & {b["order_id"] for b in sandbox.bills()})
+    print(
+        f"the orphaned task process ended {time.monotonic() - killed_at:.1f} s after its "
+        f"supervisor; the batch's bills at WeChat: {billed_at_kill} at the kill, "
+        f"{billed_at_exit} when it ended, of {len(batch)}"
+    )
+    if alive:
+        task.kill()
+    assert alive == [], "the orphaned task process went on with its batch"
+    # At most the insert in flight when the supervisor died and those started before the
+    # batch's next look at its parent (every second; an insert starts every 0.8 s here).
+    assert billed_at_exit - billed_at_kill <= 3
+
+    run = stack.api.wait_run(run_id, timeout=400)
+    instances = tis(stack, run_id)
+    assert run["state"] == "success", {k: t["state"] for k, t in instances.items()}
+    ti = instances[(ISSUE, half_done)]
+    assert (ti["state"], ti["try_number"]) == ("success", 2)
+    base = f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{ISSUE}/{half_done}/tries"
+    assert stack.api.get(f"{base}/1")["state"] == "failed"
+    retry_log = stack.api.log_text(run_id, ISSUE, 2, map_index=half_done)
+    assert "already_done" in retry_log
+    assert "earlier_try" not in retry_log, "the retry waited for the orphan's hold"
+    _assert_every_bill_once_and_none_sent_twice(sandbox, store, order_ids)

@@ -60,6 +60,9 @@ COMMANDS: dict[str, str] = {
     r"celery --app airflow\.providers\.celery\.executors\.celery_executor\.app inspect ping "
     r'-d "celery@\$\{HOSTNAME\}"': CELERY_STACK + ": against each worker",
     r"redis-cli ping": ".ci/run waits with redis-cli ping on the CI's server",
+    r"redis-server --save '' --appendonly no": (
+        CELERY_STACK + ": its own redis-server with the same options (stack_helpers.PrivateRedis)"
+    ),
 }
 NOT_RUN_HERE: dict[str, str] = {}
 SERVICES = {
@@ -170,6 +173,19 @@ def commands_of(compose: dict[str, Any]) -> list[tuple[str, str]]:
     return found
 
 
+def worker_stop(compose: dict[str, Any]) -> tuple[bool, float]:
+    """How `docker compose stop` stops a worker container: whether the signal reaches every
+    process of it (dumb-init's default; DUMB_INIT_SETSID=0 sends it to Celery's main process
+    only), and the seconds before Docker's SIGKILL (`stop_grace_period`, 10 s unless set)."""
+    worker = compose["services"]["airflow-worker"]
+    whole_group = str(environment(worker).get("DUMB_INIT_SETSID", "1")) != "0"
+    grace = str(worker.get("stop_grace_period", "10s"))
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", grace)
+    assert parts and grace, f"stop_grace_period {grace!r}: use h, m, s"
+    hours, minutes, seconds = (int(x or 0) for x in parts.groups())
+    return whole_group, float(hours * 3600 + minutes * 60 + seconds)
+
+
 # -- the tests ------------------------------------------------------------------------------------
 
 
@@ -250,6 +266,26 @@ def test_every_dag_is_scheduled_by_the_compose_file_and_unpaused_by_make_up(comp
             r'dag_settings\("(\w+)", "([^"]+)"\)', path.read_text(encoding="utf-8")
         )
         assert env[variable] == default, path.name
+
+
+def test_a_deploy_stops_a_workers_batches_cleanly(compose):
+    """What tests/stack/test_celery.py reproduces: the stop signal reaches the tasks (their
+    batches stop sending and record their calls in flight), and Docker's SIGKILL waits longer
+    than a call in flight may take with its write-back."""
+    from wechat_nontax.issuing import Settings
+
+    whole_group, grace_s = worker_stop(compose)
+    assert whole_group, "SIGTERM must reach the task processes, not Celery's main one only"
+    worker = environment(compose["services"]["airflow-worker"])
+    timeout = json.loads(worker["AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT"])["extra"]["timeout"]
+    reserve = Settings(pdf_root="/", call_timeout_s=float(timeout)).call_reserve_s
+    assert grace_s >= reserve + 30, f"{grace_s} s: a call in flight may take {reserve} s"
+
+
+def test_redis_keeps_nothing_on_disk_as_every_local_run(compose):
+    redis = compose["services"]["redis"]
+    assert redis["command"] == ["redis-server", "--save", "", "--appendonly", "no"]
+    assert "volumes" not in redis
 
 
 def test_every_airflow_container_shares_one_jwt_secret_and_the_project_path(compose):

@@ -1,0 +1,54 @@
+"""A task process's watch on its supervisor, with real processes: a "supervisor" process
+starts a "task" process that watches it; the supervisor is SIGKILLed."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+TASK = """
+import sys, time
+from wechat_nontax.operators import watch_supervisor
+marker = sys.argv[1]
+watch_supervisor(lambda reason: open(marker, "w").write(reason), every_s=0.1)
+print("watching", flush=True)
+time.sleep(60)
+"""
+SUPERVISOR = """
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]])
+time.sleep(60)
+"""
+
+
+def test_a_task_process_is_told_when_its_supervisor_dies(tmp_path: Path):
+    marker = tmp_path / "gone"
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT / 'include'}"}
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c", SUPERVISOR, TASK, str(marker)],
+        env=env, stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert supervisor.stdout is not None
+        assert supervisor.stdout.readline().strip() == "watching"
+        time.sleep(0.5)
+        assert not marker.exists(), "told while its supervisor lives"
+        supervisor.kill()
+        supervisor.wait(10)
+        deadline = time.monotonic() + 5
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.read_text() == (
+            f"not sent: the task's supervisor (pid {supervisor.pid}) is gone"
+        )
+    finally:
+        # The task process is still in the supervisor's process group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(supervisor.pid, signal.SIGKILL)
