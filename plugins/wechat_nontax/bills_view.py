@@ -143,12 +143,13 @@ def parse_holder(holder: str | None) -> Holder | None:
 
 def task_url(holder: str | None) -> str | None:
     """The page of the task instance a hold names (its DAG, mapped instance and all); None
-    when the holder does not say (an old holder's DAG is the issuing one: the only one that
-    held orders before holders named their DAG)."""
+    when the holder does not say. An old holder's DAG is told by its task: the requests DAG's
+    task, or else the issuing DAG's (the only two that held orders before holders named their
+    DAG)."""
     held = parse_holder(holder)
     if held is None:
         return None
-    dag_id = held.dag_id or DAG_ID
+    dag_id = held.dag_id or (REQUESTS_DAG_ID if held.task_id == REQUESTS_TASK else DAG_ID)
     return task_instance_url(dag_id, held.run_id, held.task_id, held.map_index)
 
 

@@ -53,6 +53,10 @@ def test_the_task_link_names_the_dag_and_batch_the_holder_does():
         task_url(f"nontax_requests|{RUN}|carry_out_requests|-1|1")
         == f"/dags/nontax_requests/runs/{QUOTED_RUN}/tasks/carry_out_requests"
     )
+    assert (
+        task_url(f"{RUN}|carry_out_requests|-1|1")
+        == f"/dags/nontax_requests/runs/{QUOTED_RUN}/tasks/carry_out_requests"
+    )
     assert task_url(f"nontax_waiting|{RUN}|issue_bills|0|1") == (
         f"/dags/nontax_waiting/runs/{QUOTED_RUN}/tasks/issue_bills/mapped/0"
     )
