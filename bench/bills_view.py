@@ -5,7 +5,12 @@ a change every 30 s, 95% inserted, 1% invalid, 0.5% failed, the rest due, duplic
 with their history (load, upload, insert, a transient error before a failure or a duplicate:
 2.97 rows an order). The database is kept between runs and used again while its fingerprint
 (the migrations, this generator, the size, the server's version) is the same: nothing here
-writes to it, so a kept one is what a new one would be. `--fresh-bills` builds it anew.
+changes it for good (the day leaves every order as it found it), so a kept one is what a new
+one would be. `--fresh-bills` builds it anew.
+
+Before the pages are asked for, a day of `n` bills is written back as the batches write them
+(`DAY_SQL`: two status changes a bill, one row and one transaction each), so the overview's
+counts are read as they are after a big day, not as one load statement leaves them.
 
 The pages are served by a real api-server of their own (`airflow api-server`, one worker) with
 the stack's environment (its metadata database, users and JWT secret), its `nontax_orders_db`
@@ -85,6 +90,72 @@ WHERE h.k = 1
    OR (h.k = 3 AND o.status IN ('failed', 'duplicate'))
    OR (h.k = 4 AND o.status NOT IN ('authorized', 'awaiting_auth', 'uploaded', 'invalid'))
 """
+
+
+# A day of write-backs as they happen: `n` bills, each changing status twice, one row and one
+# transaction a change, so the count triggers append (and fold) exactly as a day of issuing
+# does. Each bill goes inserted -> uploaded -> inserted (the inserted orders taken in turn):
+# the orders end as they were, so a kept database stays what a new one would be.
+DAY_SQL = """
+CREATE OR REPLACE PROCEDURE pg_temp.a_day_of_write_backs(n integer) LANGUAGE plpgsql AS $$
+DECLARE
+    ids text[] := ARRAY(SELECT order_id FROM nontax.bill_order WHERE status = 'inserted'
+                        ORDER BY order_id);
+    id text;
+BEGIN
+    FOR i IN 0 .. n - 1 LOOP
+        id := ids[1 + i % cardinality(ids)];
+        UPDATE nontax.bill_order SET status = 'uploaded' WHERE order_id = id;
+        COMMIT;
+        UPDATE nontax.bill_order SET status = 'inserted' WHERE order_id = id;
+        COMMIT;
+    END LOOP;
+END;
+$$
+"""
+
+
+def a_day_of_write_backs(dsn: str, n: int, say) -> dict:
+    """`n` bills written back one by one (DAY_SQL); the kept rows the overview then sums, and
+    the counts' query time before and after the VACUUM of their table. The folds leave dead
+    rows that autovacuum clears within its minute on a server that runs it (the default); the
+    test servers run without it (`autovacuum = off`), so the pages are measured after that
+    VACUUM, and the time before it shows what a server without autovacuum would pay."""
+    from wechat_nontax.store import COUNTS_SQL
+
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True  # the procedure commits each change
+    started = time.perf_counter()
+    with conn.cursor() as cur:
+        # The same transactions without waiting for each one's WAL flush: 2 million flushes
+        # would take the day's time (37 min on a shared machine), not leave other rows.
+        cur.execute("SET synchronous_commit = off")
+        cur.execute(DAY_SQL)
+        # A statement of its own: a procedure may commit only outside a transaction block.
+        cur.execute("CALL pg_temp.a_day_of_write_backs(%s)", (n,))
+        day_s = time.perf_counter() - started
+        cur.execute("VACUUM (ANALYZE) nontax.bill_order")
+        cur.execute("SELECT count(*) FROM nontax.bill_status_count")
+        (kept_rows,) = cur.fetchone()
+        unvacuumed_ms = _explained(cur, COUNTS_SQL, {})[1]
+        cur.execute("VACUUM nontax.bill_status_count")
+        vacuumed_ms = _explained(cur, COUNTS_SQL, {})[1]
+    conn.close()
+    say(
+        f"bills: a day of {n:,} bills written back in {day_s:.0f} s; {kept_rows:,} kept rows; "
+        f"counts {unvacuumed_ms} ms, {vacuumed_ms} ms after a VACUUM of their table"
+    )
+    return {
+        "bills": n, "status_changes": 2 * n, "s": round(day_s, 1), "kept_rows": kept_rows,
+        "counts_ms_before_vacuum": unvacuumed_ms, "counts_ms": vacuumed_ms,
+    }  # fmt: skip
+
+
+def _explained(cur, sql: str, params: object) -> tuple[str, float]:
+    """The statement's plan as EXPLAIN (ANALYZE, BUFFERS) shows it, and its execution time."""
+    cur.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
+    plan = "\n".join(row[0] for row in cur.fetchall())
+    return plan, float(plan.rsplit("Execution Time: ", 1)[1].split()[0])
 
 
 def fingerprint(server: str, n: int) -> str:
@@ -281,11 +352,10 @@ def explain(dsn: str, sample: dict) -> dict[str, dict]:
     plans = {}
     with conn.cursor() as cur:
         for name, (sql, params) in _queries(sample).items():
-            cur.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params)
-            plan = "\n".join(row[0] for row in cur.fetchall())
+            plan, ms = _explained(cur, sql, params)
             plans[name] = {
                 "seq_scan_on_bill_order": "Seq Scan on bill_order" in plan,
-                "execution_ms": float(plan.rsplit("Execution Time: ", 1)[1].split()[0]),
+                "execution_ms": ms,
                 "plan": plan,
             }
     conn.close()
@@ -319,6 +389,7 @@ def bills_row(stack, server: str, *, n: int = 1_000_000, fresh: bool = False, sa
     """The `bills_view_1m` row of bench/results.json."""
     started = time.perf_counter()
     dsn, build = bills_database(server, n, fresh=fresh, say=say)
+    day = a_day_of_write_backs(dsn, n, say) if n else None
     sample = _sample(dsn, n)
     with api_server(stack, dsn, say) as url:
         answer = requests.post(
@@ -334,6 +405,7 @@ def bills_row(stack, server: str, *, n: int = 1_000_000, fresh: bool = False, sa
     return {
         "orders": n,
         "database": build,
+        "day_of_write_backs": day,
         "deep_page_rank": sample["deep_rank"],
         "pages": pages,
         "ms": {**medians, "max": max(medians.values())},

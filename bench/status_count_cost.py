@@ -9,8 +9,9 @@ order, as a batch writes them); then on the server alone (no client round trips,
 claim or a hold does, and a load of 10,000 orders, in the backend's CPU time. Four ways, taking
 turns (each first in turn), the least of `--repeats` (a loaded machine only ever adds):
   none       the count triggers disabled (no kept counts: the overview would count 1M rows);
-  0008       the migration's: statement triggers over transition tables on insert and delete,
-             a row trigger on updates of `status` that change it;
+  0008       the migrations': statement triggers over transition tables on insert and delete,
+             a row trigger on updates of `status` that change it, every 1,000th call folding
+             the appended rows (0011);
   statement  statement triggers with transition tables on update too (they copy every row an
              update touches, a claim's too);
   row        row triggers for everything (a load of 1,000 orders: 1,000 calls).

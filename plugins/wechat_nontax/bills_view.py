@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
@@ -34,9 +35,15 @@ import requests
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
 from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
 from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from wechat_nontax.bill_requests import RequestKind, request_action, why_not_carried_out
+from wechat_nontax.bill_requests import (
+    RequestKind,
+    RequestStatus,
+    request_action,
+    why_not_carried_out,
+)
 from wechat_nontax.policy import Status
 from wechat_nontax.request_store import RequestStore
 from wechat_nontax.store import BillsPage, OrderStore, PageMark
@@ -44,7 +51,9 @@ from wechat_nontax.validation import MAX_REFUSAL_REASON_CHARS
 
 DAG_ID = "nontax_insertbill"
 REQUESTS_DAG_ID = "nontax_requests"  # carries out refusals and voids
+WAITING_DAG_ID = "nontax_waiting"  # issues waiting orders between daily runs (issuing operators)
 ISSUE_TASK = "issue_bills"
+REQUESTS_TASK = "carry_out_requests"
 PAGE_SIZE = 50
 # The WeChat media id of an uploaded PDF is good for three days.
 MEDIA_ID_LIFETIME = timedelta(days=3)
@@ -103,16 +112,63 @@ def run_url(run_id: str, dag_id: str = DAG_ID) -> str:
     return f"/dags/{dag_id}/runs/{quote(run_id, safe='')}"
 
 
-def task_url(run_id: str, holder: str | None) -> str:
-    """The task instance page: the batch's mapped instance when the holder names it."""
-    base = f"{run_url(run_id)}/tasks/{ISSUE_TASK}"
-    if holder:
-        parts = holder.split("|")
-        if len(parts) == 4 and parts[0] == run_id and parts[2].lstrip("-").isdigit():
-            task_id, map_index = parts[1], int(parts[2])
-            base = f"{run_url(run_id)}/tasks/{quote(task_id, safe='')}"
-            return f"{base}/mapped/{map_index}" if map_index >= 0 else base
-    return base
+def task_instance_url(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
+    base = f"{run_url(run_id, dag_id)}/tasks/{quote(task_id, safe='')}"
+    return f"{base}/mapped/{map_index}" if map_index >= 0 else base
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """The task try a hold names: `{dag_id}|{run_id}|{task_id}|{map_index}|{try}`, or, written
+    before holds named their DAG, `{run_id}|{task_id}|{map_index}|{try}` (dag_id None)."""
+
+    dag_id: str | None
+    run_id: str
+    task_id: str
+    map_index: int
+
+
+def parse_holder(holder: str | None) -> Holder | None:
+    """The holder's parts; None when it is neither format (Airflow's ids never hold `|`)."""
+    parts = (holder or "").split("|")
+    if len(parts) == 4:
+        parts.insert(0, "")
+    if len(parts) != 5 or not all(parts[1:3]):
+        return None
+    dag_id, run_id, task_id, map_index, try_number = parts
+    if not map_index.lstrip("-").isdigit() or not try_number.isdigit():
+        return None
+    return Holder(dag_id or None, run_id, task_id, int(map_index))
+
+
+def task_url(holder: str | None) -> str | None:
+    """The page of the task instance a hold names (its DAG, mapped instance and all); None
+    when the holder does not say. An old holder's DAG is told by its task: the requests DAG's
+    task, or else the issuing DAG's (the only two that held orders before holders named their
+    DAG)."""
+    held = parse_holder(holder)
+    if held is None:
+        return None
+    dag_id = held.dag_id or (REQUESTS_DAG_ID if held.task_id == REQUESTS_TASK else DAG_ID)
+    return task_instance_url(dag_id, held.run_id, held.task_id, held.map_index)
+
+
+# Which DAG wrote a history row, from its step: the requests DAG writes `request` (a request's
+# own notes, made by the view or the command line without a run), `refuse` and `void`; a
+# person's issue-now names a run of the issuing DAG; every other step is an issuing step,
+# written by the issuing DAG or by a DAG reusing its operators (`nontax_waiting`), which the
+# step cannot tell apart: Airflow is asked which of them has the run.
+REQUESTS_STEPS = frozenset({"request", "refuse", "void"})
+ISSUING_DAGS = (DAG_ID, WAITING_DAG_ID)
+
+
+def dags_of_step(step: str | None) -> tuple[str, ...]:
+    """The DAGs that may have made the run a history row of `step` names, likeliest first."""
+    if step in REQUESTS_STEPS:
+        return (REQUESTS_DAG_ID,)
+    if step == "operator":
+        return (DAG_ID,)
+    return ISSUING_DAGS
 
 
 _templates.filters["yuan"] = yuan
@@ -200,13 +256,27 @@ def order_store() -> Iterator[OrderStore]:
         yield store
 
 
-def _day(value: str | None, name: str) -> datetime | None:
+def bad_input(problem: str) -> HTTPException:
+    return HTTPException(status.HTTP_400_BAD_REQUEST, problem)
+
+
+def printable(value: str | None, name: str) -> str | None:
+    """`value` when it holds no control character (a NUL cannot even reach Postgres in text);
+    a 400 naming the field otherwise."""
+    if value is not None and any(unicodedata.category(c) == "Cc" for c in value):
+        raise bad_input(f"{name}: no control characters (such as NUL, tab or a line break)")
+    return value
+
+
+def _day(value: str | None, name: str, *, days_after: int = 0) -> datetime | None:
+    """The start of the day `value` names (plus `days_after` days), in UTC."""
     if not value:
         return None
     try:
-        return datetime.combine(date.fromisoformat(value), datetime.min.time(), UTC)
-    except ValueError as exc:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"{name}: a date as YYYY-MM-DD") from exc
+        day = date.fromisoformat(value) + timedelta(days=days_after)
+    except (ValueError, OverflowError) as exc:
+        raise bad_input(f"{name}: a date as YYYY-MM-DD, at most 9999-12-30") from exc
+    return datetime.combine(day, datetime.min.time(), UTC)
 
 
 # A page mark in a link: the ISO time of the change, "|", the order_id (which may hold anything).
@@ -220,13 +290,13 @@ def mark_of(row: dict[str, Any]) -> str:
 def page_mark(value: str | None) -> PageMark | None:
     if not value:
         return None
-    at, sep, order_id = value.partition("|")
+    at, sep, order_id = printable(value, "page mark").partition("|")
     try:
         updated_at = datetime.fromisoformat(at)
     except ValueError:
         updated_at = None
     if not sep or not order_id or updated_at is None or updated_at.tzinfo is None:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, "a page mark is TIME|ORDER_ID")
+        raise bad_input("a page mark is TIME|ORDER_ID")
     return PageMark(updated_at, order_id)
 
 
@@ -237,11 +307,11 @@ def statuses_of(choice: str) -> list[str]:
         return [str(s) for s in Status]
     if choice in {str(s) for s in Status}:
         return [choice]
-    raise HTTPException(status.HTTP_400_BAD_REQUEST, "unknown status")
+    raise bad_input("unknown status")
 
 
 def _order_or_404(store: OrderStore, order_id: str) -> dict[str, Any]:
-    row = store.get_row(order_id)
+    row = store.get_row(printable(order_id, "order id"))
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such order")
     return row
@@ -327,6 +397,89 @@ def _confirm(user: str, order_id: str, action: str) -> HTMLResponse:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What the order's history or requests say a person just did (the page's message comes
+    from it, never from the link that led there): its `text`, and the run it asked for."""
+
+    kind: str
+    text: str
+    dag_id: str = DAG_ID
+    run_id: str | None = None
+    pending: bool = False
+
+
+def what_was_done(
+    done: str | None,
+    history: list[dict[str, Any]],
+    requests_: list[Any],
+    request_id: int | None,
+    run: str | None,
+) -> Recorded | None:
+    """The recorded action a link's `done` names (None when nothing of the kind is recorded):
+    the order's last reset; the issue-now of the run `run`; the request `request_id` of the
+    kind. Pure."""
+    if done == "reset":
+        reset = next((h for h in reversed(history) if h["step"] == "reset"), None)
+        if reset is None:
+            return None
+        text = f"Made due again {when(reset['at'])} ({reset['errmsg']}): the next run issues it."
+        return Recorded("reset", text)
+    if done == "issue":
+        issued = next(
+            (h for h in reversed(history)
+             if (h["step"], h["outcome"], h["run_id"]) == ("operator", "issue_now", run)),
+            None,
+        )  # fmt: skip
+        if issued is None or run is None:
+            return None
+        return Recorded("issue", f"Run triggered {when(issued['at'])}:", run_id=run)
+    if done in set(RequestKind) and request_id is not None:
+        asked = next((r for r in requests_ if r.request_id == request_id and r.kind == done), None)
+        if asked is None:
+            return None
+        name = "Refusal" if done == RequestKind.REFUSE else "Void"
+        text = (
+            f"{name} #{asked.request_id} asked for by {asked.requested_by} "
+            f"{when(asked.requested_at)}: {asked.status}."
+        )
+        pending = asked.status == RequestStatus.PENDING
+        return Recorded(done, text, REQUESTS_DAG_ID, run if pending else None, pending)
+    return None
+
+
+def _last_task_url(
+    last: dict[str, Any] | None, dag_id: str | None, batch: int | None
+) -> str | None:
+    """The task instance of the run that last wrote the order's history: the requests DAG's
+    task, or the issuing run's batch that held the order (None when the run's claim does not
+    name it: no link rather than a page Airflow does not have)."""
+    if last is None or dag_id is None:
+        return None
+    if dag_id == REQUESTS_DAG_ID:
+        return task_instance_url(dag_id, last["run_id"], REQUESTS_TASK)
+    if batch is None:
+        return None
+    return task_instance_url(dag_id, last["run_id"], ISSUE_TASK, batch)
+
+
+_REFUSED_TITLES = {
+    status.HTTP_400_BAD_REQUEST: "Bad request",
+    status.HTTP_401_UNAUTHORIZED: "Not signed in",
+    status.HTTP_403_FORBIDDEN: "Not allowed",
+    status.HTTP_404_NOT_FOUND: "Not found",
+}
+
+
+def _refusal_page(code: int, message: str, headers: dict[str, str] | None) -> HTMLResponse:
+    page = render(
+        "bills_message.html", code=code, user=None, title=_REFUSED_TITLES.get(code, "Refused"),
+        message=message, back="./",
+    )  # fmt: skip
+    page.headers.update(headers or {})
+    return page
+
+
 # -- the app -------------------------------------------------------------------------------------
 
 
@@ -339,8 +492,21 @@ def create_app() -> FastAPI:
         openapi_url=None,
     )
 
+    @app.exception_handler(HTTPException)
+    def refused(request: Request, exc: HTTPException) -> HTMLResponse:
+        """Every refusal as a page saying what was wrong (a 400 for bad input)."""
+        return _refusal_page(exc.status_code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    def invalid(request: Request, exc: RequestValidationError) -> HTMLResponse:
+        problems = "; ".join(
+            f"{error['loc'][-1]}: {error['msg']}" for error in exc.errors() if error.get("loc")
+        )
+        return _refusal_page(status.HTTP_400_BAD_REQUEST, problems or "bad input", None)
+
     @app.get("/", response_class=HTMLResponse, dependencies=[CanRead])
     def overview(
+        request: Request,
         user: GetUserDep,
         status_: Annotated[str, Query(alias="status", max_length=32)] = ATTENTION,
         since: Annotated[str | None, Query(max_length=10)] = None,
@@ -351,10 +517,9 @@ def create_app() -> FastAPI:
         page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
     ) -> HTMLResponse:
         statuses = statuses_of(status_)
-        since_at, until_at = _day(since, "since"), _day(until, "until")
-        if until_at:
-            until_at += timedelta(days=1)  # the whole day named
-        search = (q or "").strip() or None
+        # Until the end of the day named.
+        since_at, until_at = _day(since, "since"), _day(until, "until", days_after=1)
+        search = (printable(q, "q") or "").strip() or None
         after_mark, before_mark = page_mark(after), None if after else page_mark(before)
         with order_store() as store:
             counts = store.count_by_status()
@@ -391,48 +556,70 @@ def create_app() -> FastAPI:
             else None,
             next_url=link(after=mark_of(rows[-1]), page=str(page + 1)) if rows and older else None,
             order_url=lambda order_id: f"order?{urlencode({'id': order_id})}",
-            run_url=run_url,
+            run_link=Airflow(request).run_link,
         )
 
     @app.get("/order", response_class=HTMLResponse, dependencies=[CanRead])
     def order(
+        request: Request,
         user: GetUserDep,
         order_id: Annotated[str, Query(alias="id", max_length=64)],
         done: Annotated[str | None, Query(max_length=16)] = None,
         run: Annotated[str | None, Query(max_length=250)] = None,
+        request_id: Annotated[int | None, Query(alias="request", ge=1)] = None,
     ) -> HTMLResponse:
         with order_db() as (store, conn):
             row = _order_or_404(store, order_id)
             history = store.history_rows(order_id)
             requests_ = RequestStore(conn).of_order(order_id)
+            last = next((h for h in reversed(history) if h["run_id"]), None)
+            airflow = Airflow(request)
+            last_dag = airflow.dag_of_run(last["run_id"], last["step"]) if last else None
+            # The batch (mapped instance) of the issuing run that last touched the order.
+            batch = (
+                store.batch_of(last["run_id"], order_id)
+                if last_dag in ISSUING_DAGS and last["step"] != "operator"
+                else None
+            )
         now = datetime.now(UTC)
-        last_run = next((h["run_id"] for h in reversed(history) if h["run_id"]), None)
-        holder = row.get("held_by")  # names the batch while a try holds the order
         media_age = age(row["pdf_uploaded_at"], now) if row["s_pdf_media_id"] else ""
         media_expired = bool(
             row["s_pdf_media_id"]
             and row["pdf_uploaded_at"]
             and now - row["pdf_uploaded_at"] > MEDIA_ID_LIFETIME
         )
+        pending = any(r.status == RequestStatus.PENDING for r in requests_)
+        paused = airflow.paused(REQUESTS_DAG_ID) if pending else None
+        recorded = what_was_done(
+            printable(done, "done"), history, requests_, request_id, printable(run, "run")
+        )
+        # The run that carries it out, as Airflow has it (the URL only names it).
+        done_run = recorded.run_id if recorded else None
+        done_run_state = (airflow.run(recorded.dag_id, done_run) or {}).get("state") if (
+            recorded and done_run
+        ) else None  # fmt: skip
         return render(
             "bills_order.html",
             user=user.get_name(),
             row=row,
             history=history,
-            last_run=last_run,
-            last_run_url=run_url(last_run) if last_run else None,
-            last_task_url=task_url(last_run, holder) if last_run else None,
+            last_run=last["run_id"] if last else None,
+            last_run_url=run_url(last["run_id"], last_dag) if last and last_dag else None,
+            last_task_url=task_url(row.get("held_by"))  # the try holding it now, if any
+            or _last_task_url(last, last_dag, batch),
             billing_time=beijing(row["billing_time"]),
-            done=done,
-            done_run=run,
+            done=recorded,
+            done_run=done_run if done_run_state else None,
+            done_run_state=done_run_state,
+            requests_paused=paused,
             media_age=media_age,
             media_expired=media_expired,
             needs_person=_needs_person(row),
             requests=requests_,
             offered={name: a for name, a in ACTIONS.items() if a.why_not(row) is None},
             action_url=lambda action: f"{action}?{urlencode({'id': order_id})}",
+            run_link=airflow.run_link,
             run_url=run_url,
-            requests_run_url=lambda run_id: run_url(run_id, REQUESTS_DAG_ID),
         )
 
     # -- actions: GET shows the confirmation, POST acts -----------------------------------------
@@ -479,7 +666,13 @@ def create_app() -> FastAPI:
     ) -> Any:
         name = user.get_name()
         with order_store() as store:
-            _order_or_404(store, order_id)
+            why_not = ACTIONS["issue"].why_not(_order_or_404(store, order_id))
+            if why_not is not None:  # the confirmation page said so; the POST checks again
+                return render(
+                    "bills_message.html", code=status.HTTP_409_CONFLICT, user=name,
+                    title="No run triggered", message=f"Nothing asked: {why_not}",
+                    back=f"order?{urlencode({'id': order_id})}",
+                )  # fmt: skip
             response = _post_run(
                 request, DAG_ID, {"order_ids": [order_id]},
                 f"issue now: {order_id}, by {name} in the Bills view",
@@ -533,14 +726,14 @@ def create_app() -> FastAPI:
                 message=f"Nothing recorded: {answer.reason}",
                 back=back,
             )
-        done = {"id": order_id, "done": kind}
-        # Carried out now rather than at the next scheduled run, if the caller may trigger it
-        # (and the DAG is unpaused); otherwise the schedule takes it.
-        run_id = _trigger(
-            request, REQUESTS_DAG_ID, {}, f"{kind} {order_id}, by {name} in the Bills view"
-        )
-        if run_id:
-            done["run"] = run_id
+        done = {"id": order_id, "done": kind, "request": str(answer.request_id)}
+        # Carried out now rather than at the next scheduled run, if the caller may trigger it;
+        # never while the DAG is paused (the run would only sit queued: the order page says
+        # the DAG is paused instead).
+        if Airflow(request).paused(REQUESTS_DAG_ID) is False:
+            note = f"{kind} {order_id}, by {name} in the Bills view"
+            if run_id := _trigger(request, REQUESTS_DAG_ID, {}, note):
+                done["run"] = run_id
         return RedirectResponse(f"order?{urlencode(done)}", status_code=status.HTTP_303_SEE_OTHER)
 
     def add_request_routes(kind: RequestKind) -> None:
@@ -571,6 +764,51 @@ def create_app() -> FastAPI:
         add_request_routes(kind)
 
     return app
+
+
+class Airflow:
+    """Airflow's REST API asked with the caller's own token (the caller's permissions decide),
+    once per question within a request."""
+
+    def __init__(self, request: Request):
+        self._request = request
+        self._answers: dict[str, dict[str, Any] | None] = {}
+
+    def _get(self, path: str) -> dict[str, Any] | None:
+        """The answer's JSON; None when Airflow does not know it or could not be asked."""
+        if path not in self._answers:
+            try:
+                response = requests.get(
+                    f"{api_url()}/api/v2/{path}",
+                    headers={"Authorization": f"Bearer {caller_token(self._request)}"},
+                    timeout=10,
+                )
+                self._answers[path] = response.json() if response.status_code == 200 else None
+            except (requests.RequestException, ValueError):
+                self._answers[path] = None
+        return self._answers[path]
+
+    def run(self, dag_id: str, run_id: str) -> dict[str, Any] | None:
+        return self._get(f"dags/{dag_id}/dagRuns/{quote(run_id, safe='')}")
+
+    def paused(self, dag_id: str) -> bool | None:
+        """Whether the DAG is paused (a run asked for then waits, queued); None: unknown."""
+        dag = self._get(f"dags/{dag_id}")
+        return None if dag is None else bool(dag.get("is_paused"))
+
+    def dag_of_run(self, run_id: str, step: str | None) -> str | None:
+        """The DAG that made the run a history row of `step` names: the one its step says, or,
+        of several that Airflow has, the first that has the run (none: no link rather than a
+        404). A DAG Airflow does not have costs one question a page, its runs none."""
+        likeliest, *others = dags_of_step(step)
+        dags = [likeliest, *(dag_id for dag_id in others if self._get(f"dags/{dag_id}"))]
+        if len(dags) == 1:
+            return likeliest
+        return next((dag_id for dag_id in dags if self.run(dag_id, run_id)), None)
+
+    def run_link(self, run_id: str | None, step: str | None) -> str | None:
+        dag_id = self.dag_of_run(run_id, step) if run_id else None
+        return run_url(run_id, dag_id) if run_id and dag_id else None
 
 
 def _post_run(request: Request, dag_id: str, conf: dict[str, Any], note: str) -> requests.Response:

@@ -1350,6 +1350,18 @@ class OrderStore:
             cur.execute(HISTORY_SQL, (order_id,))
             return [dict(row) for row in cur.fetchall()]
 
+    def batch_of(self, run_id: str, order_id: str) -> int | None:
+        """The map index of the issuing batch of `run_id` that had `order_id` (its position in
+        the run's claim, which the batches are mapped over); None when no claim of that run
+        names it, or more than one does (runs of two DAGs with one run id)."""
+        rows = self._run(
+            "SELECT DISTINCT b.i - 1 FROM nontax.run_claim c, "
+            "jsonb_array_elements(c.batches) WITH ORDINALITY AS b (batch, i) "
+            "WHERE c.run_id = %s AND b.batch ? %s",
+            (run_id, order_id),
+        )
+        return rows[0][0] if len(rows) == 1 else None
+
     def record_operator_action(
         self, order_id: str, *, outcome: str, note: str, run_id: str | None = None
     ) -> bool:

@@ -422,19 +422,36 @@ def pdf_path_problem(relative: object) -> str | None:
     return None
 
 
+# What a URL reader does with a path beyond the checks above: it decodes `%xx` (`%2e%2e` is
+# `..`, then dropped with the segment before it) and ends the path at `?` or `#`. Refused
+# under a URL root rather than checked after each decoding: no order needs them there.
+_URL_DECODED = frozenset("%?#")
+
+
+def _url_root_problem(root: str, relative: str) -> str | None:
+    if root.startswith("file://") or "://" not in root:
+        return None  # read from the filesystem: nothing is decoded
+    if _URL_DECODED.intersection(relative):
+        return (
+            "must not contain percent-encoding, '?' or '#' under an object-storage root (the "
+            f"URL reader would decode them to another location), got {_show(relative)}"
+        )
+    return None
+
+
 def resolve_pdf_path(root: str, relative: str | None) -> str:
     """The PDF's full location: `relative` joined under `root`, which it may not leave.
 
     `root` is a directory (`/data/bills`) or an object-storage URL (`s3://bucket/pdfs`); it is
     configuration and taken as given. `relative` comes from the order's row and is refused
     (`InvalidOrderError` on `pdf_path`) when missing, absolute, a URL or drive, with
-    backslashes, NUL or control characters, longer than `MAX_PDF_PATH_LEN`, or with `..`
-    segments that leave the root. Pure string logic: nothing is read; `pdfs.read_pdf` refuses
-    symbolic links when it opens the file.
+    backslashes, NUL or control characters, longer than `MAX_PDF_PATH_LEN`, with `..`
+    segments that leave the root, or (under a URL root) with `%`, `?` or `#`. Pure string
+    logic: nothing is read; `pdfs.read_pdf` refuses symbolic links when it opens the file.
     """
     if not isinstance(root, str) or not root.strip():
         raise ValueError("the PDF root is not configured")
-    reason = pdf_path_problem(relative)
+    reason = pdf_path_problem(relative) or _url_root_problem(root, relative)
     if reason is not None:
         raise InvalidOrderError([Problem("pdf_path", reason)])
     separator = "" if root.endswith("/") else "/"

@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from factories import MINIMAL_PDF, make_order, write_pdf
+from local_http import Answer, recording_server
 from wechat_nontax.errors import InvalidOrderError, PdfUnavailableError
 from wechat_nontax.hook import WeChatNonTaxHook
 from wechat_nontax.issuing import BatchIssuer, Settings
@@ -171,3 +172,29 @@ def _sha256(data: bytes) -> str:
     import hashlib
 
     return hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "relative",
+    ["%2e%2e/x.pdf", "%2E%2E/x.pdf", ".%2e/x.pdf", "sub/%2e%2e/%2e%2e/x.pdf", "%252e%252e/x.pdf",
+     "a.pdf?v=%2e%2e", "other.pdf#x"],
+)  # fmt: skip
+def test_an_http_root_is_never_left_through_encoding_or_a_query(relative, monkeypatch):
+    """Under an http(s) root the URL library decodes `%2e` and drops dot segments, and `?` or
+    `#` end the path (another file is read than the one named): the order is refused before
+    any request, and none leaves the root."""
+    import fsspec
+    from airflow.sdk.io import attach
+    from airflow.sdk.io.store import _STORE_CACHE
+
+    # A deployment reading an https root registers fsspec's HTTP filesystem so.
+    monkeypatch.setitem(_STORE_CACHE, "http", attach("http", fs=fsspec.filesystem("http")))
+    outside = Answer(body=OUTSIDE, headers={"Content-Type": "application/pdf"})
+    with recording_server(outside) as server:
+        root = f"{server.url}/bills"
+        reason = _refused(root, relative)
+        assert "percent-encoding" in reason, reason
+        assert [r.path for r in server.received] == []
+        # A plain name under the same root is read, from under the root.
+        assert read_pdf(root, "2024/a.pdf", max_bytes=LIMIT) == OUTSIDE
+        assert [r.path for r in server.received if r.method == "GET"][-1] == "/bills/2024/a.pdf"

@@ -223,6 +223,73 @@ def test_an_order_page_shows_its_history_and_links_to_its_run(desk: Desk):
     assert missing.status_code == 404
 
 
+def test_issue_now_of_a_finished_order_is_refused_at_the_post_too(desk: Desk):
+    """The confirmation page of an inserted order offers no issue-now; a POST made all the same
+    is refused (409) with the reason: no run, no history row."""
+    history = desk.store.history(oid(GOOD))
+    answer = desk.admin.post(
+        f"{desk.url}/bills/issue", data={"order_id": oid(GOOD)}, headers=desk.same_origin(),
+        timeout=60, allow_redirects=False,
+    )  # fmt: skip
+    assert answer.status_code == 409, answer.text
+    assert "finished (inserted)" in answer.text
+    assert len(desk.stack.api.runs()) == 1
+    assert desk.store.history(oid(GOOD)) == history
+
+
+def test_a_success_message_comes_from_what_was_recorded_not_from_the_link(desk: Desk):
+    """A link that says an order was refused, reset or issued, when nothing of the kind is
+    recorded for it, shows no message of success."""
+    order_id = oid(RED_B)
+    for params in (
+        {"done": "refuse", "run": "manual__x"},
+        {"done": "refuse", "run": "manual__x", "request": "1"},
+        {"done": "void", "request": "1"},
+        {"done": "reset"},
+        {"done": "issue", "run": desk.first_run},
+    ):
+        page = desk.admin.get(
+            f"{desk.url}/bills/order", params={"id": order_id, **params}, timeout=30
+        )
+        assert page.status_code == 200, (params, page.text)
+        assert 'class="flash"' not in page.text, params
+        for words in ("asked for", "Made due again", "Run triggered", "carried out by"):
+            assert words not in page.text, (params, words)
+
+
+def test_bad_input_is_a_400_page_that_says_what_was_wrong(desk: Desk):
+    nul = "\x00"
+    for path, params, words in (
+        ("/bills/", {"q": f"T{nul}1"}, "q: no control characters"),
+        ("/bills/", {"until": "9999-12-31"}, "until: a date"),
+        ("/bills/", {"after": f"2026-01-01T00:00:00+00:00|T{nul}"}, "page mark: no control"),
+        ("/bills/", {"page": "x"}, "page"),
+        ("/bills/order", {"id": f"T{nul}"}, "order id: no control characters"),
+        ("/bills/reset", {"id": f"T{nul}"}, "order id: no control characters"),
+    ):
+        page = desk.admin.get(f"{desk.url}{path}", params=params, timeout=30)
+        assert page.status_code == 400, (path, params, page.status_code, page.text)
+        assert page.headers["content-type"].startswith("text/html")
+        assert words in page.text, (path, params, page.text)
+    for action in ("reset", "issue", "refuse", "void"):
+        answer = desk.admin.post(
+            f"{desk.url}/bills/{action}", data={"order_id": f"T{nul}", "reason": "x"},
+            headers=desk.same_origin(), timeout=30, allow_redirects=False,
+        )  # fmt: skip
+        assert answer.status_code == 400, (action, answer.status_code, answer.text)
+        assert "order id: no control characters" in answer.text
+    assert len(desk.stack.api.runs()) == 1 and _requests(desk) == []
+
+
+def test_a_red_orders_task_link_opens_its_batch_and_every_run_link_a_real_run(desk: Desk):
+    page = desk.admin.get(f"{desk.url}/bills/order", params={"id": oid(RED_A)}, timeout=30)
+    task = re.search(r'href="(/dags/[^"]+/tasks/[^"]+)">task instance</a>', page.text)
+    assert task, page.text
+    assert re.fullmatch(r"/dags/nontax_insertbill/runs/[^/]+/tasks/issue_bills/mapped/\d+", task[1])
+    _links_are_real(desk, page.text)
+    _links_are_real(desk, desk.admin.get(f"{desk.url}/bills/?status=all", timeout=30).text)
+
+
 def test_a_post_from_another_origin_is_refused_and_changes_nothing(desk: Desk):
     for headers in (
         {"Origin": "http://evil.example"},
@@ -371,6 +438,13 @@ def test_refuse_and_void_from_the_order_page_are_carried_out_once_by_nontax_requ
     assert _escaped(hostile_reason) in page.text
     assert "None: the order is refused." in page.text  # nothing more to do on it
     _no_secret(desk, page.text)
+    # Every run link names the DAG that made the run: the refusal's and void's runs are
+    # nontax_requests', the order page's and the overview's alike.
+    for order_id in (oid(HOSTILE), oid(GOOD)):
+        html = desk.admin.get(f"{desk.url}/bills/order", params={"id": order_id}, timeout=30).text
+        assert f'href="/dags/{REQUESTS_DAG}/runs/' in html
+        _links_are_real(desk, html)
+    _links_are_real(desk, desk.admin.get(f"{desk.url}/bills/?status=all", timeout=30).text)
 
 
 def test_a_browser_voids_a_bill_from_its_order_page(desk: Desk):
@@ -387,7 +461,7 @@ def test_a_browser_voids_a_bill_from_its_order_page(desk: Desk):
         page.get_by_label(re.compile("Reason")).fill("财政平台已冲红 (退费)")
         page.screenshot(path=str(ARTIFACTS / "bills-confirm-void.png"))
         page.get_by_role("button", name="Void the bill").click()
-        page.get_by_text("Void asked for").wait_for()
+        page.get_by_text(re.compile(r"Void #\d+ asked for by admin")).wait_for()
         (run_id,) = parse_qs(urlsplit(page.url).query)["run"]
         assert api.wait_run(run_id, timeout=300, dag_id=REQUESTS_DAG)["state"] == "success"
         page.reload()
@@ -395,6 +469,40 @@ def test_a_browser_voids_a_bill_from_its_order_page(desk: Desk):
         page.screenshot(path=str(ARTIFACTS / "bills-after-void.png"), full_page=True)
     assert desk.store.get_row(order_id)["status"] == "cancelled"
     assert (order_id, "void", "done") in [r[:3] for r in _requests(desk)]
+
+
+def test_with_nontax_requests_paused_a_refusal_says_so_and_queues_no_run(desk: Desk):
+    """Last: it leaves a pending refusal. A run asked of a paused DAG would only sit queued:
+    none is asked, and the order page says the DAG is paused, not that a run carries it out."""
+    api: AirflowApi = desk.stack.api
+    api.set_paused(True, dag_id=REQUESTS_DAG)
+    runs = len(api.runs(dag_id=REQUESTS_DAG))
+    order_id = oid(RED_B)
+    answer = desk.admin.post(
+        f"{desk.url}/bills/refuse", data={"order_id": order_id, "reason": "退费"},
+        headers=desk.same_origin(), timeout=30, allow_redirects=False,
+    )  # fmt: skip
+    assert answer.status_code == 303, answer.text
+    assert "run" not in parse_qs(urlsplit(answer.headers["location"]).query)
+    assert len(api.runs(dag_id=REQUESTS_DAG)) == runs
+    page = desk.admin.get(f"{desk.url}/bills/{answer.headers['location']}", timeout=30).text
+    assert re.search(r"Refusal #\d+ asked for by admin", page)
+    assert "nontax_requests is paused" in page
+    assert "the next run of nontax_requests" not in page and "Carried out by the run" not in page
+
+
+def _links_are_real(desk: Desk, html: str) -> None:
+    """Every link to an Airflow run or task instance names one Airflow has."""
+    links = set(
+        re.findall(r'href="/dags/([^/"]+)/runs/([^/"]+)(/tasks/([^/"]+)(/mapped/(\d+))?)?"', html)
+    )
+    assert links, html[:2000]
+    for dag_id, run_id, _, task_id, _, map_index in links:
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"
+        if task_id:
+            path += f"/taskInstances/{task_id}" + (f"/{map_index}" if map_index else "")
+        answer = desk.admin.get(f"{desk.url}{path}", timeout=30)
+        assert answer.status_code == 200, (path, answer.status_code)
 
 
 def _requests(desk: Desk) -> list[tuple]:

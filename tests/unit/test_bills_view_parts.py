@@ -13,7 +13,19 @@ import pytest
 from fastapi import HTTPException
 from starlette.requests import Request
 
-from wechat_nontax.bills_view import beijing, mark_of, page_mark, same_origin, task_url, yuan
+from wechat_nontax.bills_view import (
+    _day,
+    beijing,
+    dags_of_step,
+    mark_of,
+    page_mark,
+    printable,
+    same_origin,
+    task_url,
+    what_was_done,
+    yuan,
+)
+from wechat_nontax.request_store import RequestRow
 from wechat_nontax.store import PageMark
 
 
@@ -29,12 +41,88 @@ def test_billing_time_is_shown_in_beijing_time():
     assert beijing(1700000000) == "2023-11-15 06:13:20 Beijing"
 
 
-def test_the_task_link_names_the_batch_when_the_holder_does():
-    run = "manual__2026-01-01T00:00:00+00:00"
-    base = "/dags/nontax_insertbill/runs/manual__2026-01-01T00%3A00%3A00%2B00%3A00/tasks"
-    assert task_url(run, f"{run}|issue_bills|3|2") == f"{base}/issue_bills/mapped/3"
-    assert task_url(run, None) == f"{base}/issue_bills"
-    assert task_url(run, "other_run|issue_bills|3|2") == f"{base}/issue_bills"
+RUN = "manual__2026-01-01T00:00:00+00:00"
+QUOTED_RUN = "manual__2026-01-01T00%3A00%3A00%2B00%3A00"
+
+
+def test_the_task_link_names_the_dag_and_batch_the_holder_does():
+    base = f"/dags/nontax_insertbill/runs/{QUOTED_RUN}/tasks"
+    assert task_url(f"{RUN}|issue_bills|3|2") == f"{base}/issue_bills/mapped/3"  # before DAGs
+    assert task_url(f"nontax_insertbill|{RUN}|issue_bills|3|2") == f"{base}/issue_bills/mapped/3"
+    assert (
+        task_url(f"nontax_requests|{RUN}|carry_out_requests|-1|1")
+        == f"/dags/nontax_requests/runs/{QUOTED_RUN}/tasks/carry_out_requests"
+    )
+    assert (
+        task_url(f"{RUN}|carry_out_requests|-1|1")
+        == f"/dags/nontax_requests/runs/{QUOTED_RUN}/tasks/carry_out_requests"
+    )
+    assert task_url(f"nontax_waiting|{RUN}|issue_bills|0|1") == (
+        f"/dags/nontax_waiting/runs/{QUOTED_RUN}/tasks/issue_bills/mapped/0"
+    )
+    for not_a_holder in (None, "", "x", f"{RUN}|issue_bills|x|2", f"a|b|{RUN}|issue_bills|3|2"):
+        assert task_url(not_a_holder) is None, not_a_holder
+
+
+@pytest.mark.parametrize(
+    ("step", "dags"),
+    [
+        ("request", ("nontax_requests",)),
+        ("refuse", ("nontax_requests",)),
+        ("void", ("nontax_requests",)),
+        ("operator", ("nontax_insertbill",)),
+        ("insert", ("nontax_insertbill", "nontax_waiting")),
+        ("validate", ("nontax_insertbill", "nontax_waiting")),
+    ],
+)
+def test_a_history_rows_step_tells_which_dags_may_have_made_its_run(step, dags):
+    assert dags_of_step(step) == dags
+
+
+def _history(step: str, outcome: str, run_id: str | None = None) -> dict:
+    at = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+    return {"step": step, "outcome": outcome, "run_id": run_id, "at": at, "errmsg": "by admin"}
+
+
+def _request(request_id: int, kind: str, status: str) -> RequestRow:
+    at = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+    return RequestRow(request_id, "T1", kind, status, "x", "admin", at, None, None, 0, at)
+
+
+def test_a_message_of_success_is_what_the_history_or_requests_recorded():
+    load = [_history("load", "new")]
+    # Nothing recorded: no message, whatever the link says.
+    assert what_was_done("reset", load, [], None, None) is None
+    assert what_was_done("issue", load, [], None, RUN) is None
+    assert what_was_done("refuse", load, [], 1, RUN) is None
+    assert what_was_done("refuse", load, [_request(1, "void", "pending")], 1, RUN) is None
+    assert what_was_done("refuse", load, [_request(1, "refuse", "pending")], 2, RUN) is None
+    assert what_was_done("elsewhere", load, [], None, None) is None
+    reset = what_was_done("reset", [*load, _history("reset", "authorized")], [], None, None)
+    assert reset and "Made due again 2026-12-01 08:00:00 UTC (by admin)" in reset.text
+    issued = [*load, _history("operator", "issue_now", RUN)]
+    assert what_was_done("issue", issued, [], None, "other") is None
+    assert what_was_done("issue", issued, [], None, RUN).run_id == RUN
+    asked = what_was_done("refuse", load, [_request(1, "refuse", "pending")], 1, RUN)
+    assert asked.text.startswith("Refusal #1 asked for by admin") and asked.pending
+    assert (asked.dag_id, asked.run_id) == ("nontax_requests", RUN)
+    over = what_was_done("void", load, [_request(1, "void", "done")], 1, RUN)
+    assert over.text.endswith(": done.") and not over.pending and over.run_id is None
+
+
+@pytest.mark.parametrize("value", ["T\x001", "a\tb", "x\ny", "\x7f"])
+def test_control_characters_in_input_are_a_400(value):
+    with pytest.raises(HTTPException) as refused:
+        printable(value, "q")
+    assert refused.value.status_code == 400 and "q: no control characters" in refused.value.detail
+    assert printable("门诊 T-1|x", "q") == "门诊 T-1|x"
+
+
+def test_the_last_day_cannot_be_ended_past_the_calendar_and_is_a_400():
+    with pytest.raises(HTTPException) as refused:
+        _day("9999-12-31", "until", days_after=1)
+    assert refused.value.status_code == 400
+    assert _day("2026-12-31", "until", days_after=1) == datetime(2027, 1, 1, tzinfo=UTC)
 
 
 def test_a_page_mark_goes_into_a_link_and_comes_back_exactly():
@@ -53,7 +141,7 @@ def test_a_bad_page_mark_is_a_400(mark):
     assert refused.value.status_code == 400
 
 
-def _request(**headers: str) -> Request:
+def _post(**headers: str) -> Request:
     raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
     return Request({"type": "http", "method": "POST", "path": "/bills/reset", "headers": raw})
 
@@ -66,7 +154,7 @@ def _request(**headers: str) -> Request:
     ],
 )
 def test_a_post_from_this_origin_passes(headers):
-    same_origin(_request(**headers))
+    same_origin(_post(**headers))
 
 
 @pytest.mark.parametrize(
@@ -81,7 +169,7 @@ def test_a_post_from_this_origin_passes(headers):
 )
 def test_a_post_from_elsewhere_or_nowhere_is_refused(headers):
     with pytest.raises(HTTPException) as refused:
-        same_origin(_request(**headers))
+        same_origin(_post(**headers))
     assert refused.value.status_code == 403
 
 
@@ -105,9 +193,9 @@ def test_the_plugin_module_imports_nothing_of_the_view_and_opens_no_connection()
 
 def test_behind_a_proxy_the_public_host_of_base_url_passes_too(monkeypatch):
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.org/")
-    same_origin(_request(Host="10.0.0.5:8080", Origin="https://airflow.example.org"))
+    same_origin(_post(Host="10.0.0.5:8080", Origin="https://airflow.example.org"))
     with pytest.raises(HTTPException):
-        same_origin(_request(Host="10.0.0.5:8080", Origin="https://evil.example"))
+        same_origin(_post(Host="10.0.0.5:8080", Origin="https://evil.example"))
 
 
 @pytest.mark.parametrize(
