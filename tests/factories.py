@@ -51,5 +51,5 @@ def held(store, order_id: str, run_id: str = "run-test"):
     from wechat_nontax.store import Hold
 
     holder = f"{run_id}|issue_bills|-1|1"
-    got = store.hold_batch(run_id, holder, [order_id], hold_s=600, include_needs_person=True)
+    got = store.hold_batch(holder, [order_id], hold_s=600, include_needs_person=True)
     return Hold(holder, got.held[order_id])

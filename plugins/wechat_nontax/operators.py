@@ -83,7 +83,7 @@ class IssueBillsOperator(BaseOperator):
         from wechat_nontax.issuing import BatchIssuer, Settings
         from wechat_nontax.orders_db import connect
         from wechat_nontax.pdfs import default_pdf_root, read_pdf
-        from wechat_nontax.store import OrderStore
+        from wechat_nontax.store import OrderStore, task_holder
         from wechat_nontax.validation import Limits
 
         ti = context["ti"]
@@ -131,7 +131,7 @@ class IssueBillsOperator(BaseOperator):
                 store,
                 settings,
                 run_id=run_id,
-                holder=f"{run_id}|{self.task_id}|{ti.map_index}|{ti.try_number}",
+                holder=task_holder(ti),
                 read_pdf=lambda root, rel, limit: read_pdf(root, rel, max_bytes=limit),
             )
             results = self._issuer.run(order_ids)
@@ -151,7 +151,7 @@ class IssueBillsOperator(BaseOperator):
                 except Exception:
                     # Each bill is in the log already (UNRECORDED BILL): a person's last resort.
                     self.log.exception("could not keep %d unrecorded bills in Airflow", len(bills))
-        return self._judge(results, dry_run=settings.dry_run)
+        return self._judge(results, dry_run=settings.dry_run, batch=batch_label(order_ids))
 
     def on_kill(self) -> None:
         # Airflow stops the task (marked in the UI, a timeout, a worker shutting down): send
@@ -160,9 +160,11 @@ class IssueBillsOperator(BaseOperator):
         if issuer is not None:
             issuer.stop("not sent: the task was stopped")
 
-    def _judge(self, results: list, *, dry_run: bool) -> dict[str, Any]:
-        """The task's state from its orders: a person's problem first (no retry can fix it),
-        then a spent quota (retrying today cannot help), then what passes by waiting."""
+    def _judge(self, results: list, *, dry_run: bool, batch: str = "") -> dict[str, Any]:
+        """The task's state from its orders: a hold this try lost first (someone else works on
+        its orders, or nothing does: a person must see it), then a person's problem (no retry
+        can fix it), then a spent quota (retrying today cannot help), then what passes by
+        waiting."""
         from wechat_nontax.issuing import NEEDS_PERSON, PASSES_BY_WAITING, Outcome, outcome_table
 
         self.log.info("Outcomes of %d orders:\n%s", len(results), outcome_table(results))
@@ -178,6 +180,15 @@ class IssueBillsOperator(BaseOperator):
                 for r in results if r.outcome is Outcome.INVALID
             ]  # fmt: skip
             return summary
+        lost = [r for r in results if r.outcome is Outcome.HOLD_LOST]
+        if lost:
+            reasons = "; ".join(f"{r.order_id}: {r.reason}" for r in lost[:20])
+            message = (
+                f"batch {batch}: this try lost its hold on {len(lost)} orders and did not send "
+                f"them (or could not record their result): {reasons}"
+            )
+            self.log.error("%s", message)
+            raise AirflowFailException(message)
         if needs_person:
             reasons = "; ".join(f"{r.order_id}: {r.reason}" for r in needs_person[:20])
             raise AirflowFailException(
@@ -232,20 +243,23 @@ class ClaimOrdersOperator(BaseOperator):
 
     def execute(self, context: Any) -> list[list[str]]:
         from wechat_nontax.run_steps import claim_orders
+        from wechat_nontax.store import split_run_key
 
         _refuse_unknown_params(context)
         dry_run = _as_bool(context["params"].get("dry_run", False))
         if not dry_run:
             _replay_journal(self.orders_conn_id, self.log)
+        dag_id = context["ti"].dag_id
         claim = claim_orders(
-            context["run_id"],
+            _run_key(context),
             orders_conn_id=self.orders_conn_id,
             batch_size=int(self.batch_size),
             min_batches=int(self.min_batches),
             max_orders=int(self.max_orders) if self.max_orders else None,
             order_ids=[str(order_id) for order_id in self.order_ids] or None,
             dry_run=dry_run,
-            run_state=lambda run_id: _run_state(context["dag"].dag_id, run_id),
+            # A claim of another run names that run's DAG (an older one: this DAG's run).
+            run_state=lambda key: _run_state(*split_run_key(key, dag_id)),
         )
         batches = claim.batches
         if claim.reclaimed:
@@ -263,6 +277,14 @@ class ClaimOrdersOperator(BaseOperator):
             self.log.warning("not taken: %s: %s", missing["order_id"], missing["reason"])
         context["ti"].xcom_push(key="not_taken", value=claim.not_taken)
         return batches
+
+
+def _run_key(context: Any) -> str:
+    """The key this task's run claims under: its own DAG's (another DAG's run may have the same
+    run id)."""
+    from wechat_nontax.store import run_key
+
+    return run_key(context["ti"].dag_id, context["run_id"])
 
 
 def _refuse_unknown_params(context: Any) -> None:
@@ -370,7 +392,7 @@ class AnnounceBillsOperator(_RunOrdersOperator):
         if self.batches is None:
             raise AirflowSkipException("the claim did not finish: no batch ran")
         order_ids = run_order_ids(
-            context["run_id"], self.batches, orders_conn_id=self.orders_conn_id
+            _run_key(context), self.batches, orders_conn_id=self.orders_conn_id
         )
         inserted = count_inserted(order_ids, orders_conn_id=self.orders_conn_id)
         if not inserted:
@@ -395,11 +417,13 @@ class RunReportOperator(_RunOrdersOperator):
 
         ti, run_id = context["ti"], context["run_id"]
         dry_run = _as_bool(self.dry_run)
-        order_ids = run_order_ids(run_id, self.batches, orders_conn_id=self.orders_conn_id)
+        order_ids = run_order_ids(
+            _run_key(context), self.batches, orders_conn_id=self.orders_conn_id
+        )
         outputs = ti.xcom_pull(task_ids="issue_bills", key="return_value") if dry_run else None
         recovered = 0 if dry_run else _replay_journal(self.orders_conn_id, self.log, run_id=run_id)
         summary = build_report(
-            run_id,
+            _run_key(context),
             order_ids,  # none when the claim failed; the run's claims are released all the same
             orders_conn_id=self.orders_conn_id,
             started_at=context["dag_run"].start_date,

@@ -298,7 +298,7 @@ def test_a_second_claim_in_the_run_keeps_the_orders_its_live_try_holds(env):
     orders = env.orders(4)
     ids = [o.order_id for o in orders]
     env.store.claim_run("r1", lease_s=600, split=lambda c: [c[:2], c[2:]])
-    held_now = env.store.hold_batch("r1", "r1|issue_bills|0|1", ids[:2], hold_s=600)
+    held_now = env.store.hold_batch("r1|issue_bills|0|1", ids[:2], hold_s=600)
     assert list(held_now.held) == ids[:2]
     again = env.store.claim_run("r1", lease_s=600, split=lambda c: [c])
     assert again.reclaimed and again.batches == [ids[:2], ids[2:]]
