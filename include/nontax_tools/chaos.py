@@ -153,7 +153,11 @@ QUOTA_ENDPOINTS = {
 NOT_AUTHORISED = frozenset({"never auth", "reject insert"})
 FINISHED = frozenset({"inserted", "duplicate", "rejected", "refused", "cancelled"})
 NEEDS_PERSON = frozenset({"invalid", "failed"})
-NEEDS_REASON = frozenset({"invalid", "failed", "rejected", "duplicate", "refused", "cancelled"})
+# Needs a person too, but its bill is in the card package (inserted from an older row version).
+MISMATCHED = "mismatched"
+NEEDS_REASON = frozenset(
+    {"invalid", "failed", "rejected", "duplicate", "refused", "cancelled", MISMATCHED}
+)
 # Orders that must never have a bill in the card package, whatever the sandbox shows.
 NO_BILL = NEEDS_PERSON | {"rejected", "refused"}
 
@@ -404,14 +408,14 @@ def check_invariants(s: Snapshot) -> list[str]:
             problems.append(f"{oid}: missing from the order database")
             continue
         status, bills = row["status"], bills_by_order.get(oid, [])
-        known = DUE | FINISHED | NEEDS_PERSON
+        known = DUE | FINISHED | NEEDS_PERSON | {MISMATCHED}
         if status not in known:
             problems.append(f"{oid}: unknown status {status!r}")
         if status in NEEDS_REASON and not (row.get("reason") or "").strip():
             problems.append(f"{oid}: {status} without a reason")
         if row.get("inserted_records", 0) > 1:
             problems.append(f"{oid}: {row['inserted_records']} 'inserted' history rows")
-        if status == "inserted":
+        if status in ("inserted", MISMATCHED):
             if not bills:
                 problems.append(f"{oid}: inserted in the database, no bill in the sandbox")
             elif (row.get("code"), row.get("openid")) != (bills[0]["code"], bills[0]["openid"]):

@@ -105,9 +105,10 @@ class Outcome(StrEnum):
     UNRECORDED = "unrecorded"  # inserted on WeChat, the order database unreachable: journalled
     INVALID = "invalid"  # bad data: needs a person
     FAILED = "failed"  # permanent refusal: needs a person
+    MISMATCHED = "mismatched"  # inserted from a row version the row no longer has: a person
 
 
-NEEDS_PERSON = frozenset({Outcome.INVALID, Outcome.FAILED, Outcome.BLOCKED})
+NEEDS_PERSON = frozenset({Outcome.INVALID, Outcome.FAILED, Outcome.BLOCKED, Outcome.MISMATCHED})
 PASSES_BY_WAITING = frozenset({Outcome.RETRY_LATER, Outcome.EARLIER_TRY, Outcome.UNRECORDED})
 
 
@@ -629,7 +630,7 @@ class BatchIssuer:
         not secrets) and hand it to the operator's journal: it cannot be had from WeChat again."""
         order_id = stored.order_id
         try:
-            self.store.record_inserted(
+            status = self.store.record_inserted(
                 order_id, bill.code, bill.openid, version=self._versions[order_id],
                 run_id=self.run_id, duration_ms=duration_ms, upload=self._take_upload(order_id),
             )  # fmt: skip
@@ -647,6 +648,13 @@ class BatchIssuer:
             with self._state_lock:
                 self.unrecorded.append(result)
             return result
+        if status == Status.MISMATCHED:
+            return OrderResult(
+                order_id, Outcome.MISMATCHED,
+                f"inserted, code {bill.code}, from row version {self._versions[order_id]}; the "
+                "row changed while it was sent (a reload after this try's hold ran out): "
+                "compare the bill with the order, void it if wrong",
+            )  # fmt: skip
         return OrderResult(order_id, Outcome.INSERTED)
 
     def _call(self, stored: StoredOrder, step: str, call: Callable, *, ahead: Sequence[str] = ()):

@@ -54,16 +54,17 @@ def _sql_list(statuses: Iterable[str]) -> str:
 
 
 _DUE = _sql_list(Status.DUE)
-_FINISHED = _sql_list(Status.FINISHED)
+# Never sent again nor changed by a write-back, a reload or a reset.
+_SETTLED = _sql_list(Status.SETTLED)
 _NEEDS_ATTENTION = _sql_list(Status.NEEDS_ATTENTION)
 # What a person's re-run may work on: due orders and those a person may have fixed.
-_WORKABLE = _sql_list(Status.DUE | Status.NEEDS_ATTENTION)
+_WORKABLE = _sql_list((Status.DUE | Status.NEEDS_ATTENTION) - Status.SETTLED)
 # A write-back that ends the order's journey for now also ends its claim and hold (the
 # requests' write-backs too: `request_store`).
 UNHOLD = "held_by = NULL, claimed_by = NULL, claim_expires_at = NULL"
-# The inserted code is written over any state but one that knows the bill already: inserted,
-# or inserted and then voided (cancelled).
-_BILL_KNOWN_GUARD = "status NOT IN ('inserted', 'cancelled')"
+# The inserted code is written over any state but one that knows the bill already: inserted
+# (or from an older row version: mismatched), or inserted and then voided (cancelled).
+_BILL_KNOWN_GUARD = "status NOT IN ('inserted', 'mismatched', 'cancelled')"
 _LIVE_OWN_HOLD = "claimed_by = %(run_id)s AND held_by IS NOT NULL AND claim_expires_at > now()"
 # Taking a hold, for both pipelines (a batch's orders, a request's order): the order has no
 # live lease, or this try holds it already, or it is its own run's claim that no try holds.
@@ -80,7 +81,7 @@ _NOT_THIS_WRITE = "last_write_id IS DISTINCT FROM %(write_id)s"
 def _held_guard(holder: str, version: str) -> str:
     """A guarded write's condition: the try named by the parameter `holder` holds the order, at
     the row version `version`, and it is not finished."""
-    return f"held_by = %({holder})s AND row_version = %({version})s AND status NOT IN {_FINISHED}"
+    return f"held_by = %({holder})s AND row_version = %({version})s AND status NOT IN {_SETTLED}"
 
 
 def run_key(dag_id: str, run_id: str) -> str:
@@ -405,7 +406,7 @@ def why_not_taken(
     """Why an order a run asked for was not taken (pure: the caller read the row)."""
     if status is None:
         return NotHeld("unknown", "unknown order: not in the order table")
-    if status in Status.FINISHED:
+    if status in Status.SETTLED:
         return NotHeld("finished", f"already {status}: never sent again")
     if refusal_pending:
         return NotHeld("refusing", "its refusal is asked for (a pending request): it is not issued")
@@ -607,8 +608,10 @@ class OrderStore:
                 status = 'authorized', reason = NULL, not_before = NULL,
                 s_pdf_media_id = NULL, pdf_uploaded_at = NULL, auth_wait_since = NULL,
                 row_version = o.row_version + 1,
-                last_errcode = NULL, last_errmsg = NULL, updated_at = now()
-            WHERE o.status NOT IN {_FINISHED}
+                last_errcode = NULL, last_errmsg = NULL, updated_at = now(),
+                -- a try whose hold ran out must not renew it on the new version
+                held_by = NULL, claimed_by = NULL, claim_expires_at = NULL
+            WHERE o.status NOT IN {_SETTLED}
               AND (o.claim_expires_at IS NULL OR o.claim_expires_at < now())
               AND (o.card_id, o.appid, o.fee, o.title, o.billing_time, o.billing_no,
                    o.billing_code, o.pdf_path)
@@ -633,7 +636,7 @@ class OrderStore:
             return []
         cur.execute(
             f"SELECT {_ORDER_COLUMNS}, claimed_by FROM nontax.bill_order "
-            f"WHERE order_id = ANY(%s) AND status NOT IN {_FINISHED} "
+            f"WHERE order_id = ANY(%s) AND status NOT IN {_SETTLED} "
             "AND claim_expires_at >= now()",
             ([o.order_id for o in rest],),
         )
@@ -1023,15 +1026,18 @@ class OrderStore:
         duration_ms: int | None = None,
         counts_attempt: bool = True,
         upload: Upload | None = None,
+        also: str = "TRUE",
     ) -> bool:
         """Update one order and append its history row in one statement, only while `hold` is
-        true (this try holds the order, at the row version it read, and it is not finished);
-        `hold=None` is for the inserted code alone (see `record_inserted`). True if written.
+        true (this try holds the order, at the row version it read, and it is not finished)
+        and `also`; `hold=None` is for the inserted code alone (see `record_inserted`). True if
+        written.
 
         With `upload`, the same statement writes the upload's media id (and its history row,
         first) where `record_uploaded` would have: while the upload's hold is true."""
         attempt = ", attempts = attempts + 1" if counts_attempt else ""
         guard = _held_guard("holder", "version") if hold is not None else _BILL_KNOWN_GUARD
+        guard = f"{guard} AND {also}"
         history = {
             "order_id": order_id, "run_id": run_id, "step": step, "outcome": outcome,
             "errcode": errcode, "errmsg": errmsg, "duration_ms": duration_ms,
@@ -1102,24 +1108,37 @@ class OrderStore:
         duration_ms: int | None = None,
         step: str = "insert",
         upload: Upload | None = None,
-    ) -> bool:
+    ) -> str | None:
         """The bill is in the payer's card package: its code and openid are written whoever
-        holds the order now, over any state but `inserted` (a `duplicate` recorded by another
-        try learns its code), since they cannot be had again. When the row changed after the
-        version that was sent, the reason says so: WeChat holds the old data. `upload`: the
-        media id the bill was inserted with, not written yet (written in the same statement)."""
-        return self._record(
+        holds the order now, over any state but one that knows the bill (a `duplicate` recorded
+        by another try learns its code), since they cannot be had again. Returns the status
+        written: `inserted`; `mismatched` when the row changed after the `version` that was sent
+        (a reload after the try's hold ran out): WeChat holds the old data, a person must
+        decide (the reason says so); None when nothing was written. `upload`: the media id the
+        bill was inserted with, not written yet (written in the same statement)."""
+        bill = (
+            "code = %(code)s, openid = %(openid)s, inserted_at = now(), not_before = NULL, "
+            f"last_errcode = 0, last_errmsg = 'ok', {UNHOLD}"
+        )
+        params = {"code": code, "openid": openid, "sent": version}
+        common = {"hold": None, "run_id": run_id, "step": step, "duration_ms": duration_ms}
+        if self._record(
+            order_id, f"status = 'inserted', reason = NULL, {bill}", params,
+            outcome=Status.INSERTED, upload=upload, also="row_version = %(sent)s", **common,
+        ):  # fmt: skip
+            return Status.INSERTED
+        # Rare (a reload landed while the insert was at WeChat): a second statement.
+        if self._record(
             order_id,
-            "status = 'inserted', code = %(code)s, openid = %(openid)s, inserted_at = now(), "
-            "reason = CASE WHEN row_version = %(sent)s THEN NULL ELSE 'the bill in the card "
-            "package carries row version ' || %(sent)s || ' of this order; the row changed to "
-            "version ' || row_version || ' while it was sent, and that change never reached "
-            "WeChat' END, "
-            f"not_before = NULL, last_errcode = 0, last_errmsg = 'ok', {UNHOLD}",
-            {"code": code, "openid": openid, "sent": version},
-            hold=None, run_id=run_id, step=step, outcome="inserted", duration_ms=duration_ms,
-            upload=upload,
-        )  # fmt: skip
+            "status = 'mismatched', reason = 'the bill in the card package carries row version "
+            "' || %(sent)s || ' of this order, but the row changed to version ' || row_version "
+            "|| ' while it was sent, and that change never reached WeChat: compare the bill with "
+            f"the order; if the bill is wrong, void it (make void)', {bill}",
+            params, outcome=Status.MISMATCHED, upload=upload, also="row_version <> %(sent)s",
+            **common,
+        ):  # fmt: skip
+            return Status.MISMATCHED
+        return None
 
     def record_end(
         self,
@@ -1288,7 +1307,7 @@ class OrderStore:
                    SET status = 'authorized', reason = NULL, not_before = NULL,
                        s_pdf_media_id = NULL, pdf_uploaded_at = NULL, auth_wait_since = NULL,
                        row_version = row_version + 1, {UNHOLD}, updated_at = now()
-                 WHERE order_id = %s AND status NOT IN {_FINISHED}
+                 WHERE order_id = %s AND status NOT IN {_SETTLED}
                    AND (held_by IS NULL OR claim_expires_at < now())
                 RETURNING 1
                 """,

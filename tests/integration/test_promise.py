@@ -77,15 +77,20 @@ def test_a_reload_leaves_a_held_order_alone_and_says_so(env):
     assert env.store.record_uploaded(order.order_id, "m-1", hold=hold, run_id="run-1")
 
 
-def test_an_insert_of_an_old_version_is_recorded_with_why(env):
+def test_an_insert_of_an_old_version_is_recorded_for_a_person_with_why(env):
     """Case 2: when the row changed after the version that was sent (its hold had run out),
-    the code is kept and the reason says the change never reached WeChat."""
+    the code is kept, the order needs a person and the reason says the change never reached
+    WeChat."""
     order = env.orders(1)[0]
     env.store.upsert_orders([make_order(0, fee=99999)])  # nobody holds it: version 2
-    env.store.record_inserted(order.order_id, "CODE-1", "OPENID-1", version=1, run_id="run-1")
+    written = env.store.record_inserted(
+        order.order_id, "CODE-1", "OPENID-1", version=1, run_id="run-1"
+    )
     row = env.store.get_row(order.order_id)
-    assert (row["status"], row["code"], row["row_version"]) == ("inserted", "CODE-1", 2)
+    assert written == row["status"] == "mismatched"
+    assert (row["code"], row["openid"], row["row_version"]) == ("CODE-1", "OPENID-1", 2)
     assert "row version 1" in row["reason"] and "never reached WeChat" in row["reason"]
+    assert [r[0] for r in env.store.needs_attention()] == [order.order_id]
 
 
 class _DropsTheStoreAfterInsert:
