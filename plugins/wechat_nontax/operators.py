@@ -110,6 +110,7 @@ class IssueBillsOperator(BaseOperator):
         )
         hook = WeChatNonTaxHook(self.wechat_conn_id, pool_size=settings.max_workers)
         run_id = context["run_id"]
+        kept_as = journal.run_name(ti.dag_id, run_id)
         self._issuer = None
         try:
             if not settings.dry_run:
@@ -117,7 +118,7 @@ class IssueBillsOperator(BaseOperator):
                 # Airflow cannot list them now, such an order gets 72056 and ends `duplicate`
                 # until the report or the next claim writes its code over it.)
                 try:
-                    keys = journal.keys_of(run_id, ti.map_index)
+                    keys = journal.keys_of(kept_as, ti.map_index)
                 except Exception as exc:  # noqa: BLE001
                     self.log.warning("could not read the journal of unrecorded bills: %s", exc)
                     keys = []
@@ -147,7 +148,7 @@ class IssueBillsOperator(BaseOperator):
                     for r in self._issuer.unrecorded
                 ]  # fmt: skip
                 try:
-                    journal.keep(journal.key_for(run_id, ti.map_index, ti.try_number), bills)
+                    journal.keep(journal.key_for(kept_as, ti.map_index, ti.try_number), bills)
                 except Exception:
                     # Each bill is in the log already (UNRECORDED BILL): a person's last resort.
                     self.log.exception("could not keep %d unrecorded bills in Airflow", len(bills))
@@ -322,14 +323,15 @@ def _run_state(dag_id: str, run_id: str) -> str | None:
     return str(getattr(state, "value", state))  # a DagRunState, or its plain value
 
 
-def _replay_journal(orders_conn_id: str, log: Any, *, run_id: str | None = None) -> int:
-    """Record the bills kept in Airflow because the order database was away (see journal)."""
+def _replay_journal(orders_conn_id: str, log: Any, *, run: tuple[str, str] | None = None) -> int:
+    """Record the bills kept in Airflow because the order database was away (see journal), of
+    the run (dag_id, run_id), or of every run."""
     from wechat_nontax import journal
     from wechat_nontax.orders_db import connect
     from wechat_nontax.store import OrderStore
 
     try:
-        keys = journal.keys_of(run_id)
+        keys = journal.keys_of(journal.run_name(*run) if run is not None else None)
     except Exception as exc:  # noqa: BLE001 (Variables unreachable: the next step tries again)
         log.warning("could not read the journal of unrecorded bills: %s", exc)
         return 0
@@ -421,7 +423,11 @@ class RunReportOperator(_RunOrdersOperator):
             _run_key(context), self.batches, orders_conn_id=self.orders_conn_id
         )
         outputs = ti.xcom_pull(task_ids="issue_bills", key="return_value") if dry_run else None
-        recovered = 0 if dry_run else _replay_journal(self.orders_conn_id, self.log, run_id=run_id)
+        recovered = (
+            0
+            if dry_run
+            else _replay_journal(self.orders_conn_id, self.log, run=(ti.dag_id, run_id))
+        )
         summary = build_report(
             _run_key(context),
             order_ids,  # none when the claim failed; the run's claims are released all the same

@@ -383,3 +383,25 @@ def test_kept_bills_are_written_before_anything_and_the_key_goes(env, monkeypatc
     assert (row["status"], row["code"], row["openid"]) == ("inserted", "C-KEPT", "O-KEPT")
     assert env.store.history(order.order_id)[-1].step == "recover"
     assert list(variables.values) == [journal.key_for("r2", 0, 1)]  # another run's: untouched
+
+
+def test_kept_bills_of_two_dags_at_one_run_id_are_kept_apart(env, monkeypatch):
+    """Two DAGs' batch 0 of one run id (their scheduled runs at one instant) keep their bills
+    under keys of their own: neither overwrites nor replays the other's."""
+    import airflow.sdk
+
+    from wechat_nontax import journal
+
+    monkeypatch.setattr(airflow.sdk, "Variable", variables := _Variables())
+    orders = env.orders(2)
+    runs = [journal.run_name(dag_id, "scheduled__x") for dag_id in ("nontax_insertbill", "other")]
+    for run, order in zip(runs, orders, strict=True):
+        journal.keep(journal.key_for(run, 0, 1), [
+            {"order_id": order.order_id, "code": f"C-{order.order_id}", "openid": "O",
+             "version": 1, "run_id": "scheduled__x"},
+        ])  # fmt: skip
+    assert len(variables.values) == 2
+    assert journal.replay(env.store, keys=journal.keys_of(runs[0], 0)) == 1
+    assert env.store.get_row(orders[0].order_id)["code"] == f"C-{orders[0].order_id}"
+    assert env.store.get_row(orders[1].order_id)["code"] is None
+    assert list(variables.values) == [journal.key_for(runs[1], 0, 1)]
