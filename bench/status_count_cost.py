@@ -92,7 +92,7 @@ def one_round(dsn: str, way: str, prefix: str, n_load: int, n_write: int) -> dic
         holder = f"{run_id}|issue_bills|0|1"
         written = claimed[:n_write]
         started = time.perf_counter()
-        versions = store.hold_batch(run_id, holder, written, hold_s=600).held
+        versions = store.hold_batch(holder, written, hold_s=600).held
         for order_id in written:
             hold = Hold(holder, versions[order_id])
             store.record_uploaded(order_id, "media", hold=hold, run_id=run_id)

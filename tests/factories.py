@@ -51,7 +51,7 @@ def held(store, order_id: str, run_id: str = "run-test"):
     from wechat_nontax.store import Hold
 
     holder = f"{run_id}|issue_bills|-1|1"
-    got = store.hold_batch(run_id, holder, [order_id], hold_s=600, include_needs_person=True)
+    got = store.hold_batch(holder, [order_id], hold_s=600, include_needs_person=True)
     return Hold(holder, got.held[order_id])
 
 
@@ -74,6 +74,6 @@ def request_runner(env, requests_store, *, run_id, try_number=1, **kwargs):
 
     return RequestRunner(
         env.hook, requests_store, quotas=env.store, run_id=run_id,
-        holder=f"{run_id}|carry_out_requests|-1|{try_number}", hold_s=120,
+        holder=f"nontax_requests|{run_id}|carry_out_requests|-1|{try_number}", hold_s=120,
         sleep=lambda s: None, **kwargs,
     )  # fmt: skip

@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             failed = [i for i in args.order_ids if not store.reset(i, note=args.note)]
             for order_id in failed:
                 print(
-                    f"{order_id}: not reset (unknown, already finished, or held by a run "
-                    "right now)",
+                    f"{order_id}: not reset (unknown, already finished, mismatched: its bill "
+                    "is in the card package, or held by a run right now)",
                     file=sys.stderr,
                 )
             print(f"{len(args.order_ids) - len(failed)} orders are due again")

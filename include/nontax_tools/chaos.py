@@ -14,8 +14,10 @@ never a second bill; never a secret in the open. Each run of `make chaos RUNS=n 
    every rule has its own seed, so the sandbox's draws repeat; some runs also ask for a good
    order's refusal before the run and another's void after it (`make refuse` / `make void`),
    and some of those answer 45009 to every refusal (or void) of the day (a request's quota);
-   and some ask for refusals of orders late in the batches once the first bills arrive (while
-   the batches run);
+   some ask for refusals of orders late in the batches once the first bills arrive (while the
+   batches run); in some, both DAGs run at one run id (as their scheduled runs at 02:30 do):
+   once a batch holds its orders, the requests DAG's tasks run with the issuing run's run id
+   beside it;
 3. runs the DAG (`dag.test()`, the real DAG file: claim, token, mapped issue, announce,
    report, with Airflow's own task retries);
 4. acts as the person on duty: an `issue_bills` instance that is red while one of its orders
@@ -56,6 +58,8 @@ never a second bill; never a secret in the open. Each run of `make chaos RUNS=n 
      that arrive within `IN_FLIGHT_S` of the record were past their check already), and every
      daily quota answer recorded there, from the sandbox's call log; no order waits for the
      quota of a call it does not need (getauthdata's, when it is not waiting for its payer);
+   - no batch loses its hold (no fault takes one away), and a requests run of the same run id
+     ends no claim or hold of the issuing run;
    - no access token issued by the sandbox, nor the app secret, in the order database's texts
      (reasons, errmsgs, history), in Airflow's XCom or rendered fields, in the run's output, or
      (at the end) in the task log files.
@@ -101,7 +105,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -166,7 +170,11 @@ QUOTA_ANSWERS = {"insertbill": (45009, 72057)}
 NOT_AUTHORISED = frozenset({"never auth", "reject insert"})
 FINISHED = frozenset({"inserted", "duplicate", "rejected", "refused", "cancelled"})
 NEEDS_PERSON = frozenset({"invalid", "failed"})
-NEEDS_REASON = frozenset({"invalid", "failed", "rejected", "duplicate", "refused", "cancelled"})
+# Needs a person too, but its bill is in the card package (inserted from an older row version).
+MISMATCHED = "mismatched"
+NEEDS_REASON = frozenset(
+    {"invalid", "failed", "rejected", "duplicate", "refused", "cancelled", MISMATCHED}
+)
 # Orders that must never have a bill in the card package, whatever the sandbox shows.
 NO_BILL = NEEDS_PERSON | {"rejected", "refused"}
 
@@ -205,6 +213,9 @@ class RunPlan:
     held_back: tuple[str, ...] = ()
     # Orders late in the batches whose refusal is asked once the first bills arrive.
     refused_mid_batch: tuple[str, ...] = ()
+    # Both DAGs at one run id: the requests DAG's tasks run with the issuing run's run id while
+    # a batch holds its orders (`_RequestsBeside`).
+    same_run_id: bool = False
 
     @property
     def first_authorizations(self) -> dict[str, str]:
@@ -266,6 +277,7 @@ def plan_run(seed: int, run: int, *, min_orders: int = 16, max_orders: int = 32)
     )
     # Drawn last: the draws before stay as they were.
     refused_mid_batch = _late_in_batches(rng, ids, positions) if rng.random() < 0.3 else ()
+    same_run_id = rng.random() < 0.2
     return RunPlan(
         run=run,
         order_ids=ids,
@@ -281,6 +293,7 @@ def plan_run(seed: int, run: int, *, min_orders: int = 16, max_orders: int = 32)
         auth_quota=auth_quota,
         held_back=held_back,
         refused_mid_batch=refused_mid_batch,
+        same_run_id=same_run_id,
     )
 
 
@@ -340,6 +353,96 @@ def _fault_rule(kind: str, rng: random.Random, ids: Sequence[str]) -> dict[str, 
         return {"endpoint": "insertbill", "kind": "lost_answer", "count": rng.randint(1, 3),
                 "probability": 0.15, "seed": seed}  # fmt: skip
     raise ValueError(f"unknown fault kind {kind!r}")
+
+
+# Where the runs with both DAGs at one run id are (a day apart: each run's id is its own).
+SAME_RUN_AT = datetime(2030, 1, 1, 18, 30, tzinfo=UTC)  # 02:30 Beijing time
+
+
+class _RequestsBeside:
+    """Both DAGs at one run id: once a batch of the issuing run `run_id` holds its orders, the
+    requests DAG's two tasks run with that run id, their own operators' code, in a thread (a
+    second `dag.test()` cannot run in this process meanwhile). `violations`: orders a batch
+    held that had no claim left right after, before the issuing run's report (a batch's end
+    gives its orders back to its run's claim; only a release ends it)."""
+
+    def __init__(self, dsn: str, run_id: str, order_ids: Sequence[str], log_since: Any):
+        self.dsn, self.run_id, self.order_ids, self._log_since = dsn, run_id, order_ids, log_since
+        self.ran = 0
+        self.violations: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="requests-beside", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        import psycopg2
+
+        conn = psycopg2.connect(self.dsn, application_name="chaos-requests-beside")
+        conn.autocommit = True
+        try:
+            while not self._stop.wait(0.02):
+                held = self._rows(
+                    conn,
+                    "AND held_by LIKE '%%|issue_bills|%%' AND claim_expires_at > now()",
+                    self.order_ids,
+                )
+                if held:
+                    self._carry_out()
+                    self._check(conn, held)
+                    return
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _rows(conn: Any, condition: str, order_ids: Iterable[str]) -> set[str]:
+        """Those of `order_ids` that are due to be sent and meet `condition` (an order a batch
+        leaves waiting for its payer ends its claim with that write: not counted)."""
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT order_id FROM nontax.bill_order WHERE order_id = ANY(%s) "
+                f"AND status IN ('authorized', 'uploaded') {condition}",
+                (sorted(order_ids),),
+            )
+            return {row[0] for row in cur.fetchall()}
+
+    def _carry_out(self) -> None:
+        from types import SimpleNamespace
+
+        from airflow.sdk.exceptions import AirflowException
+
+        from nontax_tools.airflow_run import REQUESTS_DAG_ID
+        from wechat_nontax.request_operators import (
+            CarryOutRequestsOperator,
+            RequestsReportOperator,
+        )
+
+        outputs: dict[str, Any] = {}
+        for operator in (
+            CarryOutRequestsOperator(task_id="carry_out_requests", time_budget_s=TIME_BUDGET_S),
+            RequestsReportOperator(task_id="report"),
+        ):
+            ti = SimpleNamespace(
+                dag_id=REQUESTS_DAG_ID, run_id=self.run_id, task_id=operator.task_id,
+                map_index=-1, try_number=1, xcom_push=lambda key, value: None,
+                xcom_pull=lambda task_ids, key="return_value": outputs.get(task_ids),
+            )  # fmt: skip
+            # A red task (a request a person must see) is the requests' own business here.
+            with contextlib.suppress(AirflowException):
+                outputs[operator.task_id] = operator.execute({"ti": ti, "run_id": self.run_id})
+        self.ran = 1
+
+    def _check(self, conn: Any, held: set[str]) -> None:
+        gone = self._rows(conn, "AND claimed_by IS NULL", held)
+        # Until the issuing run's report ends them, its claims are its own.
+        if gone and "Run report:" not in self._log_since():
+            self.violations.append(
+                f"the requests run of the same run id ended {len(gone)} claims of the issuing "
+                f"run while its batches ran ({sorted(gone)[0]}...)"
+            )
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=120)
 
 
 class _OnInserts:
@@ -481,14 +584,14 @@ def check_invariants(s: Snapshot) -> list[str]:
             problems.append(f"{oid}: missing from the order database")
             continue
         status, bills = row["status"], bills_by_order.get(oid, [])
-        known = DUE | FINISHED | NEEDS_PERSON
+        known = DUE | FINISHED | NEEDS_PERSON | {MISMATCHED}
         if status not in known:
             problems.append(f"{oid}: unknown status {status!r}")
         if status in NEEDS_REASON and not (row.get("reason") or "").strip():
             problems.append(f"{oid}: {status} without a reason")
         if row.get("inserted_records", 0) > 1:
             problems.append(f"{oid}: {row['inserted_records']} 'inserted' history rows")
-        if status == "inserted":
+        if status in ("inserted", MISMATCHED):
             if not bills:
                 problems.append(f"{oid}: inserted in the database, no bill in the sandbox")
             elif (row.get("code"), row.get("openid")) != (bills[0]["code"], bills[0]["openid"]):
@@ -717,11 +820,22 @@ class Chaos:
             if plan.refused_mid_batch
             else None
         )
+        run_at = SAME_RUN_AT + timedelta(days=plan.run) if plan.same_run_id else None
+        beside = (
+            _RequestsBeside(
+                self.dsn, f"manual__{run_at.isoformat()}", plan.order_ids,
+                lambda: self._log_since(log_offset),
+            )
+            if run_at is not None
+            else None
+        )  # fmt: skip
         try:
-            dr = self._dag_test(plan, first=True)
+            dr = self._dag_test(plan, first=True, run_at=run_at)
         finally:
             drops = dropper.stop() if dropper else 0
             refused_mid_batch = refuser.stop() if refuser else 0
+            if beside is not None:
+                beside.stop()
         dag_runs, reruns = 1, 0
         for _ in range(rerun_rounds):
             todo = self._instances_to_rerun(dr, plan)
@@ -794,6 +908,12 @@ class Chaos:
             hits["db_drop"] += drops
         if refused_mid_batch:
             hits["refuse_mid_batch"] += refused_mid_batch
+        if beside is not None:
+            hits["same_run_id"] += beside.ran
+            violations += beside.violations
+        lost = self._log_since(log_offset).count("lost its hold")
+        if lost:
+            violations.append(f"batches lost their hold on orders ({lost} log lines)")
         requests_done = Counter(
             kind for asked in snapshot.requests.values() for kind, state in asked if state == "done"
         )
@@ -876,8 +996,15 @@ class Chaos:
         )
         return rows[0][0] > 0
 
-    def _dag_test(self, plan: RunPlan, *, first: bool = False) -> Any:
-        return self.dag.test(run_conf=plan.first_conf if first else plan.conf)
+    def _dag_test(
+        self, plan: RunPlan, *, first: bool = False, run_at: datetime | None = None
+    ) -> Any:
+        """The issuing run (the first one of a plan with its own conf); with `run_at`, named
+        `manual__<run_at>` (a run id known before)."""
+        conf = plan.first_conf if first else plan.conf
+        if run_at is None:
+            return self.dag.test(run_conf=conf)
+        return self.dag.test(run_conf=conf, run_after=run_at, logical_date=run_at)
 
     def _batches(self, dr: Any) -> list[list[str]]:
         from airflow import settings
@@ -1003,16 +1130,20 @@ class Chaos:
             secret_hits=secret_hits,
         )
 
-    def _secret_hits_in_log(self, offset: int) -> int:
+    def _log_since(self, offset: int) -> str:
+        """Airflow's output since `offset`."""
         with contextlib.suppress(OSError):
             sys.stdout.flush()
             sys.stderr.flush()
         try:
             with self.log_path.open("rb") as log:
                 log.seek(offset)
-                text = log.read().decode("utf-8", "replace")
+                return log.read().decode("utf-8", "replace")
         except OSError:
-            return 0
+            return ""
+
+    def _secret_hits_in_log(self, offset: int) -> int:
+        text = self._log_since(offset)
         return sum(text.count(secret) for secret in self.secrets)
 
     def scan_task_logs(self) -> int:
@@ -1199,6 +1330,7 @@ SHORT = {
     "refuse": "refused", "void": "voided",
     "late_auth": "auth-late", "refuses": "refuse", "insert_limit": "72057",
     "request_quota": "req-45009", "auth_quota": "auth-45009", "refuse_mid_batch": "refuse-mid",
+    "same_run_id": "one-run-id",
 }  # fmt: skip
 
 

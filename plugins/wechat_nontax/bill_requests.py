@@ -42,9 +42,10 @@ WITHDRAWABLE = (RequestStatus.REFUSED, RequestStatus.FAILED)
 
 # The order statuses each kind can be carried out from; any other is refused with the reason
 # `why_not_carried_out` gives. A refusal is for an order that has no bill; a void needs the
-# bill's code, which only an `inserted` order has (a `duplicate` never learnt it).
-_REFUSABLE = Status.DUE | Status.NEEDS_ATTENTION
-_VOIDABLE = frozenset({Status.INSERTED})
+# bill's code, which only an `inserted` (or `mismatched`) order has (a `duplicate` never learnt
+# it).
+_REFUSABLE = (Status.DUE | Status.NEEDS_ATTENTION) - Status.SETTLED
+_VOIDABLE = frozenset({Status.INSERTED, Status.MISMATCHED})
 ACTS_ON: dict[str, frozenset[str]] = {
     RequestKind.REFUSE: frozenset(_REFUSABLE),
     RequestKind.VOID: _VOIDABLE,
@@ -54,6 +55,8 @@ _BACK_OFFICE = "void it in WeChat's back office"
 _WHY_NOT = {
     (RequestKind.REFUSE, Status.INSERTED): "its bill is in the payer's card package already: "
     "void the bill instead",
+    (RequestKind.REFUSE, Status.MISMATCHED): "its bill is in the payer's card package already "
+    "(with the data WeChat was sent): void the bill instead",
     (RequestKind.REFUSE, Status.DUPLICATE): "its bill is in the payer's card package already "
     "(code unknown, WeChat answered 72056): it can be neither refused nor voided from here; "
     "void it in WeChat's back office",

@@ -323,6 +323,11 @@ def _needs_person(row: dict[str, Any]) -> bool:
 
 def _not_finished(row: dict[str, Any]) -> str | None:
     """Why reset and issue-now do not fit the order: a finished one is never sent again."""
+    if row["status"] == Status.MISMATCHED:
+        return (
+            "The order's bill is in the card package, issued from an older version of the "
+            "order: it is never sent again (void the bill if it is wrong)."
+        )
     if row["status"] in Status.FINISHED:
         return f"The order is finished ({row['status']}): it is never sent again."
     return None
@@ -577,7 +582,7 @@ def create_app() -> FastAPI:
             last_dag = airflow.dag_of_run(last["run_id"], last["step"]) if last else None
             # The batch (mapped instance) of the issuing run that last touched the order.
             batch = (
-                store.batch_of(last["run_id"], order_id)
+                store.batch_of(last_dag, last["run_id"], order_id)
                 if last_dag in ISSUING_DAGS and last["step"] != "operator"
                 else None
             )

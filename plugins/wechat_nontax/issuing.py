@@ -46,6 +46,7 @@ from wechat_nontax.policy import (
 )
 from wechat_nontax.store import (
     Hold,
+    NotHeld,
     OrderStore,
     OrderStoreError,
     QuotaStop,
@@ -104,14 +105,16 @@ class Outcome(StrEnum):
     RETRY_LATER = "retry_later"  # transient errors outlasted the time budget: left due
     NOT_DUE = "not_due"  # not this try's to send: waiting for its time, or for a person
     NOT_HELD = "not_held"  # another run or try holds the order
+    HOLD_LOST = "hold_lost"  # held by this try, then no longer: not sent, or not recorded
     EARLIER_TRY = "earlier_try"  # an earlier try of this batch still holds it: retried later
     BLOCKED = "blocked"  # not sent: the batch stopped (no access token): left due
     UNRECORDED = "unrecorded"  # inserted on WeChat, the order database unreachable: journalled
     INVALID = "invalid"  # bad data: needs a person
     FAILED = "failed"  # permanent refusal: needs a person
+    MISMATCHED = "mismatched"  # inserted from a row version the row no longer has: a person
 
 
-NEEDS_PERSON = frozenset({Outcome.INVALID, Outcome.FAILED, Outcome.BLOCKED})
+NEEDS_PERSON = frozenset({Outcome.INVALID, Outcome.FAILED, Outcome.BLOCKED, Outcome.MISMATCHED})
 PASSES_BY_WAITING = frozenset({Outcome.RETRY_LATER, Outcome.EARLIER_TRY, Outcome.UNRECORDED})
 
 
@@ -244,6 +247,7 @@ class BatchIssuer:
             )
             for result in pool.map(self._guarded, work):
                 results[result.order_id] = result
+            self._explain_lost(results)
         finally:
             # Also on an exception (a timeout, a kill): nothing more is sent, the calls in
             # flight finish and are recorded, the renewal ends, the hold goes back to the run.
@@ -269,7 +273,7 @@ class BatchIssuer:
             # A person's clear re-sends what needed a person as it stood then; an order that an
             # earlier try ends `failed` while this one waits for it is not sent again.
             hold = self.store.hold_batch(
-                self.run_id, self.holder, pending, hold_s=self._hold_s,
+                self.holder, pending, hold_s=self._hold_s,
                 include_needs_person=self.settings.include_needs_person and first,
             )  # fmt: skip
             with self._state_lock:
@@ -355,9 +359,7 @@ class BatchIssuer:
             lost = order_id in self._lost
             left = self._hold_valid_until - time.monotonic()
         if lost:
-            raise _OrderEnded(
-                OrderResult(order_id, Outcome.NOT_HELD, "lost its hold: not sent by this try")
-            )
+            raise _OrderEnded(OrderResult(order_id, Outcome.HOLD_LOST, "not sent"))
         if left < self.settings.call_reserve_s:
             self._stop_batch(
                 Outcome.RETRY_LATER,
@@ -569,10 +571,24 @@ class BatchIssuer:
     def _lost_hold(self, order_id: str) -> OrderResult:
         with self._state_lock:
             self._lost.add(order_id)
-        return OrderResult(
-            order_id, Outcome.NOT_HELD,
-            "another holder took this order or finished it: this try's result was not recorded",
-        )  # fmt: skip
+        return OrderResult(order_id, Outcome.HOLD_LOST, "this try's result was not recorded")
+
+    def _explain_lost(self, results: dict[str, OrderResult]) -> None:
+        """Say why each order whose hold this try lost is no longer its own: who holds it now,
+        or that the hold ran out (read once, after the batch's calls)."""
+        lost = [order_id for order_id, r in results.items() if r.outcome is Outcome.HOLD_LOST]
+        if not lost:
+            return
+        try:
+            why = self.store.why_not_held(lost)
+        except Exception as exc:  # noqa: BLE001 (the outcome stands without its why)
+            log.warning("could not read who holds the orders this try lost: %s", exc)
+            return
+        for order_id in lost:
+            r = results[order_id]
+            results[order_id] = OrderResult(
+                order_id, r.outcome, f"{r.reason}: lost its hold, {lost_hold_reason(why[order_id])}"
+            )
 
     def _media_id(self, stored: StoredOrder, pdf: bytes, *, force: bool = False) -> str:
         """The order's media id: the stored one while fresh, else a new upload."""
@@ -622,7 +638,7 @@ class BatchIssuer:
         not secrets) and hand it to the operator's journal: it cannot be had from WeChat again."""
         order_id = stored.order_id
         try:
-            self.store.record_inserted(
+            status = self.store.record_inserted(
                 order_id, bill.code, bill.openid, version=self._versions[order_id],
                 run_id=self.run_id, duration_ms=duration_ms, upload=self._take_upload(order_id),
             )  # fmt: skip
@@ -640,6 +656,13 @@ class BatchIssuer:
             with self._state_lock:
                 self.unrecorded.append(result)
             return result
+        if status == Status.MISMATCHED:
+            return OrderResult(
+                order_id, Outcome.MISMATCHED,
+                f"inserted, code {bill.code}, from row version {self._versions[order_id]}; the "
+                "row changed while it was sent (a reload after this try's hold ran out): "
+                "compare the bill with the order, void it if wrong",
+            )  # fmt: skip
         return OrderResult(order_id, Outcome.INSERTED)
 
     def _call(self, stored: StoredOrder, step: str, call: Callable, *, ahead: Sequence[str] = ()):
@@ -844,6 +867,17 @@ class BatchIssuer:
 
     def _ms(self, started: float) -> int:
         return int((self._clock() - started) * 1000)
+
+
+def lost_hold_reason(why: NotHeld) -> str:
+    """Why a try's hold on an order is gone, from where the order stands now (pure)."""
+    if why.kind == "held":
+        return f"{why.holder} holds it now"
+    if why.kind == "claimed" and why.holder:
+        return f"run {why.holder} claims it now"
+    if why.kind in ("finished", "refusing", "needs_person", "unknown"):
+        return why.reason
+    return "it ran out (not renewed in time) and no one holds it now"
 
 
 _NOT_HELD_OUTCOME = {

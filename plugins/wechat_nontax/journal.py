@@ -23,17 +23,24 @@ PREFIX = "nontax_unrecorded__"
 log = logging.getLogger(__name__)
 
 
-def key_for(run_id: str, map_index: int, try_number: int) -> str:
-    return f"{PREFIX}{run_id}__{map_index}__{try_number}"
+def run_name(dag_id: str, run_id: str) -> str:
+    """How a run's keys name it: its DAG too, since run ids are unique per DAG only (a key
+    written again by another DAG's batch of the same run id would lose the first one's bills)."""
+    return f"{dag_id}__{run_id}"
 
 
-def keys_of(run_id: str | None = None, map_index: int | None = None) -> list[str]:
-    """The kept keys (of a run, of one of its batches), as Airflow lists them."""
+def key_for(run: str, map_index: int, try_number: int) -> str:
+    return f"{PREFIX}{run}__{map_index}__{try_number}"
+
+
+def keys_of(run: str | None = None, map_index: int | None = None) -> list[str]:
+    """The kept keys (of a run, by `run_name`; of one of its batches), as Airflow lists them
+    (every key, those kept before keys named their DAG too, without `run`)."""
     from airflow.sdk import Variable
 
     prefix = PREFIX
-    if run_id is not None:
-        prefix += f"{run_id}__" + (f"{map_index}__" if map_index is not None else "")
+    if run is not None:
+        prefix += f"{run}__" + (f"{map_index}__" if map_index is not None else "")
     return list(Variable.keys(prefix=prefix))  # a lazy proxy: read it here
 
 

@@ -86,7 +86,7 @@ class IssueBillsOperator(BaseOperator):
         from wechat_nontax.issuing import BatchIssuer, Settings
         from wechat_nontax.orders_db import connect
         from wechat_nontax.pdfs import default_pdf_root, read_pdf
-        from wechat_nontax.store import OrderStore
+        from wechat_nontax.store import OrderStore, task_holder
         from wechat_nontax.validation import Limits
 
         ti = context["ti"]
@@ -116,6 +116,7 @@ class IssueBillsOperator(BaseOperator):
         )
         hook = WeChatNonTaxHook(self.wechat_conn_id, pool_size=settings.max_workers)
         run_id = context["run_id"]
+        kept_as = journal.run_name(ti.dag_id, run_id)
         watching = watch_supervisor(self._on_supervisor_gone, parent=supervisor)
         try:
             if not settings.dry_run:
@@ -123,7 +124,7 @@ class IssueBillsOperator(BaseOperator):
                 # Airflow cannot list them now, such an order gets 72056 and ends `duplicate`
                 # until the report or the next claim writes its code over it.)
                 try:
-                    keys = journal.keys_of(run_id, ti.map_index)
+                    keys = journal.keys_of(kept_as, ti.map_index)
                 except Exception as exc:  # noqa: BLE001
                     self.log.warning("could not read the journal of unrecorded bills: %s", exc)
                     keys = []
@@ -137,7 +138,7 @@ class IssueBillsOperator(BaseOperator):
                 store,
                 settings,
                 run_id=run_id,
-                holder=f"{run_id}|{self.task_id}|{ti.map_index}|{ti.try_number}",
+                holder=task_holder(ti),
                 read_pdf=lambda root, rel, limit: read_pdf(root, rel, max_bytes=limit),
             )
             if self._supervisor_gone is not None:  # gone before the issuer was there to stop
@@ -156,12 +157,15 @@ class IssueBillsOperator(BaseOperator):
                     for r in self._issuer.unrecorded
                 ]  # fmt: skip
                 try:
-                    journal.keep(journal.key_for(run_id, ti.map_index, ti.try_number), bills)
+                    journal.keep(journal.key_for(kept_as, ti.map_index, ti.try_number), bills)
                 except Exception:
                     # Each bill is in the log already (UNRECORDED BILL): a person's last resort.
                     self.log.exception("could not keep %d unrecorded bills in Airflow", len(bills))
         return self._judge(
-            results, dry_run=settings.dry_run, retry_left=_retry_left(ti, self.retries)
+            results,
+            dry_run=settings.dry_run,
+            batch=batch_label(order_ids),
+            retry_left=_retry_left(ti, self.retries),
         )
 
     def on_kill(self) -> None:
@@ -179,9 +183,13 @@ class IssueBillsOperator(BaseOperator):
         if issuer is not None:
             issuer.stop(reason)
 
-    def _judge(self, results: list, *, dry_run: bool, retry_left: bool = True) -> dict[str, Any]:
-        """The task's state from its orders: a person's problem first (no retry can fix it),
-        then a spent quota (retrying today cannot help), then what passes by waiting."""
+    def _judge(
+        self, results: list, *, dry_run: bool, batch: str = "", retry_left: bool = True
+    ) -> dict[str, Any]:
+        """The task's state from its orders: a hold this try lost first (someone else works on
+        its orders, or nothing does: a person must see it), then a person's problem (no retry
+        can fix it), then a spent quota (retrying today cannot help), then what passes by
+        waiting."""
         from wechat_nontax.issuing import NEEDS_PERSON, PASSES_BY_WAITING, Outcome, outcome_table
 
         self.log.info("Outcomes of %d orders:\n%s", len(results), outcome_table(results))
@@ -197,6 +205,15 @@ class IssueBillsOperator(BaseOperator):
                 for r in results if r.outcome is Outcome.INVALID
             ]  # fmt: skip
             return summary
+        lost = [r for r in results if r.outcome is Outcome.HOLD_LOST]
+        if lost:
+            reasons = "; ".join(f"{r.order_id}: {r.reason}" for r in lost[:20])
+            message = (
+                f"batch {batch}: this try lost its hold on {len(lost)} orders and did not send "
+                f"them (or could not record their result): {reasons}"
+            )
+            self.log.error("%s", message)
+            raise AirflowFailException(message)
         if needs_person:
             reasons = "; ".join(f"{r.order_id}: {r.reason}" for r in needs_person[:20])
             raise AirflowFailException(
@@ -293,14 +310,15 @@ class ClaimOrdersOperator(BaseOperator):
 
     def execute(self, context: Any) -> list[list[str]]:
         from wechat_nontax.run_steps import claim_orders
-        from wechat_nontax.store import ClaimScope
+        from wechat_nontax.store import ClaimScope, split_run_key
 
         _refuse_unknown_params(context)
         dry_run = _as_bool(context["params"].get("dry_run", False))
         if not dry_run:
             _replay_journal(self.orders_conn_id, self.log)
+        dag_id = context["ti"].dag_id
         claim = claim_orders(
-            context["run_id"],
+            _run_key(context),
             orders_conn_id=self.orders_conn_id,
             batch_size=int(self.batch_size),
             min_batches=int(self.min_batches),
@@ -308,7 +326,8 @@ class ClaimOrdersOperator(BaseOperator):
             order_ids=[str(order_id) for order_id in self.order_ids] or None,
             scope=ClaimScope(self.scope),
             dry_run=dry_run,
-            run_state=lambda run_id: _run_state(context["dag"].dag_id, run_id),
+            # A claim of another run names that run's DAG (an older one: this DAG's run).
+            run_state=lambda key: _run_state(*split_run_key(key, dag_id)),
         )
         batches = claim.batches
         if claim.reclaimed:
@@ -326,6 +345,14 @@ class ClaimOrdersOperator(BaseOperator):
             self.log.warning("not taken: %s: %s", missing["order_id"], missing["reason"])
         context["ti"].xcom_push(key="not_taken", value=claim.not_taken)
         return batches
+
+
+def _run_key(context: Any) -> str:
+    """The key this task's run claims under: its own DAG's (another DAG's run may have the same
+    run id)."""
+    from wechat_nontax.store import run_key
+
+    return run_key(context["ti"].dag_id, context["run_id"])
 
 
 def _refuse_unknown_params(context: Any) -> None:
@@ -363,14 +390,15 @@ def _run_state(dag_id: str, run_id: str) -> str | None:
     return str(getattr(state, "value", state))  # a DagRunState, or its plain value
 
 
-def _replay_journal(orders_conn_id: str, log: Any, *, run_id: str | None = None) -> int:
-    """Record the bills kept in Airflow because the order database was away (see journal)."""
+def _replay_journal(orders_conn_id: str, log: Any, *, run: tuple[str, str] | None = None) -> int:
+    """Record the bills kept in Airflow because the order database was away (see journal), of
+    the run (dag_id, run_id), or of every run."""
     from wechat_nontax import journal
     from wechat_nontax.orders_db import connect
     from wechat_nontax.store import OrderStore
 
     try:
-        keys = journal.keys_of(run_id)
+        keys = journal.keys_of(journal.run_name(*run) if run is not None else None)
     except Exception as exc:  # noqa: BLE001 (Variables unreachable: the next step tries again)
         log.warning("could not read the journal of unrecorded bills: %s", exc)
         return 0
@@ -433,7 +461,7 @@ class AnnounceBillsOperator(_RunOrdersOperator):
         if self.batches is None:
             raise AirflowSkipException("the claim did not finish: no batch ran")
         order_ids = run_order_ids(
-            context["run_id"], self.batches, orders_conn_id=self.orders_conn_id
+            _run_key(context), self.batches, orders_conn_id=self.orders_conn_id
         )
         inserted = count_inserted(order_ids, orders_conn_id=self.orders_conn_id)
         if not inserted:
@@ -461,11 +489,17 @@ class RunReportOperator(_RunOrdersOperator):
 
         ti, run_id = context["ti"], context["run_id"]
         dry_run = _as_bool(self.dry_run)
-        order_ids = run_order_ids(run_id, self.batches, orders_conn_id=self.orders_conn_id)
+        order_ids = run_order_ids(
+            _run_key(context), self.batches, orders_conn_id=self.orders_conn_id
+        )
         outputs = ti.xcom_pull(task_ids="issue_bills", key="return_value") if dry_run else None
-        recovered = 0 if dry_run else _replay_journal(self.orders_conn_id, self.log, run_id=run_id)
+        recovered = (
+            0
+            if dry_run
+            else _replay_journal(self.orders_conn_id, self.log, run=(ti.dag_id, run_id))
+        )
         summary = build_report(
-            run_id,
+            _run_key(context),
             order_ids,  # none when the claim failed; the run's claims are released all the same
             orders_conn_id=self.orders_conn_id,
             started_at=context["dag_run"].start_date,

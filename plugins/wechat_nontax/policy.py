@@ -69,12 +69,18 @@ class Status(StrEnum):
     CANCELLED = "cancelled"  # inserted, then voided (INVOICE_REIMBURSE_CANCEL)
     INVALID = "invalid"
     FAILED = "failed"
+    # Inserted, but from a row version the row no longer has (a reload landed after the try's
+    # hold ran out, its insert already at WeChat): the card package holds the older data.
+    MISMATCHED = "mismatched"
 
     # The three groups partition the states; in the class body the names are still the plain
     # strings, which compare and hash equal to the members.
     DUE = nonmember(frozenset({AUTHORIZED, UPLOADED, AWAITING_AUTH}))
     FINISHED = nonmember(frozenset({INSERTED, DUPLICATE, REJECTED, REFUSED, CANCELLED}))
-    NEEDS_ATTENTION = nonmember(frozenset({INVALID, FAILED}))
+    NEEDS_ATTENTION = nonmember(frozenset({INVALID, FAILED, MISMATCHED}))
+    # Never sent again nor changed by a reload or a late answer: the finished states, and the
+    # one that needs a person although its bill is in the card package.
+    SETTLED = nonmember(frozenset({INSERTED, DUPLICATE, REJECTED, REFUSED, CANCELLED, MISMATCHED}))
 
 
 class Signal(StrEnum):

@@ -51,7 +51,7 @@ class CarryOutRequestsOperator(BaseOperator):
         from wechat_nontax.orders_db import connect
         from wechat_nontax.request_runner import RequestRunner, result_table
         from wechat_nontax.request_store import RequestStore
-        from wechat_nontax.store import OrderStore
+        from wechat_nontax.store import OrderStore, task_holder
 
         ti, run_id = context["ti"], context["run_id"]
         conn = connect(self.orders_conn_id, application_name="nontax-requests")
@@ -64,7 +64,7 @@ class CarryOutRequestsOperator(BaseOperator):
             budget = {} if self.time_budget_s is None else {"time_budget_s": self.time_budget_s}
             runner = RequestRunner(
                 hook, store, quotas=OrderStore(conn), run_id=run_id, hold_s=hold_s,
-                holder=f"{run_id}|{self.task_id}|{ti.map_index}|{ti.try_number}", **budget,
+                holder=task_holder(ti), **budget,
             )  # fmt: skip
             limit = int(self.max_requests) if self.max_requests not in (None, "", "None") else None
             results = runner.run(limit)
@@ -91,16 +91,19 @@ class RequestsReportOperator(BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from wechat_nontax.orders_db import connect
         from wechat_nontax.request_store import RequestStore, format_request
+        from wechat_nontax.store import run_key
 
-        run_id = context["run_id"]
+        ti, run_id = context["ti"], context["run_id"]
         store = RequestStore(connect(self.orders_conn_id, application_name="nontax-requests"))
         try:
-            released = store.release(run_id)  # holds a killed try left behind
+            # Claims and run-out holds a killed try of this run left behind: of this DAG's run
+            # alone (another DAG's run may have the same run id).
+            released = store.release(run_key(ti.dag_id, run_id))
             rows = store.of_run(run_id)
         finally:
             store.close()
         if released:
-            self.log.info("ended %d holds left by a try that stopped", released)
+            self.log.info("ended %d claims left by a try that stopped", released)
         self.log.info(
             "Requests of this run: %d\n%s", len(rows), "\n".join(map(format_request, rows)) or "-"
         )

@@ -29,7 +29,7 @@ from wechat_nontax import errors
 from wechat_nontax.bill_requests import RequestKind, RequestStatus
 from wechat_nontax.policy import Action, seconds_until_quota_reset
 from wechat_nontax.request_store import Request, RequestRow, RequestStore, Taken, call_problems
-from wechat_nontax.store import OrderStore, QuotaStop
+from wechat_nontax.store import OrderStore, QuotaStop, claim_key
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class RequestRunner:
                 if self._blocked is not None:
                     break  # no token: the others stay pending, untouched, for the next run
         finally:
-            self.store.release(self.run_id, self.holder)
+            self.store.release(claim_key(self.holder), self.holder)
         return results
 
     def _one(self, request: Request) -> RequestResult:

@@ -27,7 +27,7 @@ from wechat_nontax.bill_requests import (
     why_not_carried_out,
 )
 from wechat_nontax.policy import Status, beijing_time
-from wechat_nontax.store import Hold
+from wechat_nontax.store import UNHOLD, Hold, OrderStore, hold_params, hold_sql
 from wechat_nontax.validation import check_refusal, check_status_change, format_problems
 
 
@@ -76,17 +76,17 @@ _ROW_SELECT = (
     "r.requested_at, r.outcome, r.errcode, r.attempts, r.updated_at, r.held_by, o.status "
     "FROM nontax.bill_request r JOIN nontax.bill_order o USING (order_id)"
 )
-# Ends the order's hold together with the request's step (a due order was taken from no one's
-# claim: it is free again for the issuing runs).
-_UNHOLD = "held_by = NULL, claimed_by = NULL, claim_expires_at = NULL"
 
 
 class RequestStore:
-    """The requests and the holds on their orders, over one autocommitted connection."""
+    """The requests and the holds on their orders, over one autocommitted connection. The holds
+    are the order store's (`store.hold_sql`, `renew_hold`, `release`): one protocol for both
+    pipelines."""
 
     def __init__(self, conn: psycopg2.extensions.connection):
         conn.autocommit = True
         self._conn = conn
+        self._orders = OrderStore(conn)
 
     def close(self) -> None:
         self._conn.close()
@@ -114,6 +114,14 @@ class RequestStore:
         why it waits (a `str`: the order is claimed or held by a run or another try, or the
         request is no longer pending)."""
         with self._conn, self._conn.cursor() as cur:
+            # The order first, then the request, as every write-back locks them: two tries over
+            # the same requests then wait for each other instead of deadlocking.
+            cur.execute(
+                "SELECT status, claimed_by, held_by, card_id, code FROM nontax.bill_order "
+                "WHERE order_id = %s FOR UPDATE",
+                (request.order_id,),
+            )
+            status, claimed_by, held_by, card_id, code = cur.fetchone()
             cur.execute(
                 "SELECT 1 FROM nontax.bill_request WHERE request_id = %s AND status = 'pending' "
                 "FOR UPDATE SKIP LOCKED",
@@ -121,17 +129,13 @@ class RequestStore:
             )
             if cur.fetchone() is None:
                 return "no longer pending, or another try is looking at it"
-            cur.execute(
-                "SELECT status, claimed_by, held_by, claim_expires_at > now() "
-                "FROM nontax.bill_order WHERE order_id = %s FOR UPDATE",
-                (request.order_id,),
-            )
-            status, claimed_by, held_by, leased = cur.fetchone()
             why = why_not_carried_out(request.kind, status)
             if why is not None:
                 self._end_request(cur, request, RequestStatus.REFUSED, why, run_id=run_id)
                 return self._row(cur, request.request_id)
-            if leased and held_by != holder:
+            cur.execute(hold_sql("TRUE"), hold_params(holder, [request.order_id], hold_s))
+            taken = cur.fetchone()
+            if taken is None:
                 wait = (
                     f"waiting: its order is held by {held_by}"
                     if held_by
@@ -144,29 +148,17 @@ class RequestStore:
                 )
                 return wait
             cur.execute(
-                "UPDATE nontax.bill_order SET claimed_by = %s, held_by = %s, "
-                "claim_expires_at = now() + make_interval(secs => %s) WHERE order_id = %s "
-                "RETURNING row_version, card_id, code",
-                (run_id, holder, hold_s, request.order_id),
-            )
-            version, card_id, code = cur.fetchone()
-            cur.execute(
                 "UPDATE nontax.bill_request SET held_by = %s, run_id = %s, updated_at = now() "
                 "WHERE request_id = %s RETURNING attempts",
                 (holder, run_id, request.request_id),
             )
             calls = cur.fetchone()[0]
-        return Taken(request, Hold(holder, version), card_id, code, calls)
+        return Taken(request, Hold(holder, taken[1]), card_id, code, calls)
 
     def renew(self, taken: Taken, *, hold_s: float) -> bool:
         """Extend this try's hold on the order before a call; False when it is no longer held."""
-        return bool(
-            self._rows(
-                "UPDATE nontax.bill_order SET claim_expires_at = now() + make_interval(secs => %s) "
-                "WHERE order_id = %s AND held_by = %s AND row_version = %s RETURNING 1",
-                (hold_s, taken.request.order_id, taken.hold.holder, taken.hold.version),
-            )
-        )
+        order_id = taken.request.order_id
+        return order_id in self._orders.renew_hold(taken.hold.holder, [order_id], hold_s=hold_s)
 
     def note_call(self, taken: Taken) -> None:
         """A call is about to be made for the request (counted before it goes out)."""
@@ -186,7 +178,7 @@ class RequestStore:
             cur.execute(
                 f"UPDATE nontax.bill_order SET status = %(status)s, reason = %(reason)s, "
                 f"last_errcode = %(errcode)s, last_errmsg = %(outcome)s, not_before = NULL, "
-                f"{_UNHOLD}, updated_at = now() "
+                f"{UNHOLD}, updated_at = now() "
                 "WHERE order_id = %(order_id)s AND held_by = %(holder)s "
                 "AND row_version = %(version)s AND status = ANY(%(acts_on)s) RETURNING 1",
                 {
@@ -234,7 +226,7 @@ class RequestStore:
                 )
                 outcome = f"{outcome} ({order_facts(cur.fetchone())})"
             cur.execute(
-                f"UPDATE nontax.bill_order SET {order_set}{_UNHOLD}, updated_at = now() "
+                f"UPDATE nontax.bill_order SET {order_set}{UNHOLD}, updated_at = now() "
                 "WHERE order_id = %(order_id)s AND held_by = %(holder)s "
                 "AND row_version = %(version)s RETURNING 1",
                 {"outcome": outcome, "errcode": errcode, "order_id": taken.request.order_id,
@@ -262,7 +254,7 @@ class RequestStore:
         runs off it)."""
         with self._conn, self._conn.cursor() as cur:
             cur.execute(
-                f"UPDATE nontax.bill_order SET {_UNHOLD} WHERE order_id = %s AND held_by = %s",
+                f"UPDATE nontax.bill_order SET {UNHOLD} WHERE order_id = %s AND held_by = %s",
                 (taken.request.order_id, taken.hold.holder),
             )
             cur.execute(
@@ -317,17 +309,10 @@ class RequestStore:
         cur.execute(f"{_ROW_SELECT} WHERE r.request_id = %s", (request_id,))
         return RequestRow(*cur.fetchone())
 
-    def release(self, run_id: str, holder: str | None = None) -> int:
-        """End the holds this run's tries (or one try) left on orders (a try that stopped
-        between taking and writing); a hold of another live try is left to run out."""
-        return len(
-            self._rows(
-                f"UPDATE nontax.bill_order SET {_UNHOLD} WHERE claimed_by = %s "
-                "AND held_by IS NOT NULL AND (%s::text IS NULL OR held_by = %s) "
-                "AND starts_with(held_by, %s) RETURNING 1",
-                (run_id, holder, holder, f"{run_id}|"),
-            )
-        )
+    def release(self, run: str, holder: str | None = None) -> int:
+        """End the claims of the run `run` (a run key) and, with `holder`, that try's holds
+        (`OrderStore.release`)."""
+        return self._orders.release(run, holder)
 
     # -- reading --------------------------------------------------------------------------
 

@@ -57,7 +57,7 @@ _ENDED_RUN_STATES = frozenset({"success", "failed", "deleted"})
 
 
 def claim_orders(
-    run_id: str,
+    run: str,
     *,
     orders_conn_id: str,
     batch_size: int,
@@ -67,11 +67,11 @@ def claim_orders(
     scope: ClaimScope = ClaimScope.DUE,
     lease_s: int = DEFAULT_LEASE_S,
     dry_run: bool = False,
-    run_state: Callable[[str], str | None] = lambda run_id: None,
+    run_state: Callable[[str], str | None] = lambda key: None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> RunClaim:
     """Claim this run's due orders of `scope` (all of them, at most `max_orders`, or just
-    `order_ids`).
+    `order_ids`) under its run key `run` (`store.run_key`).
 
     First, orders claimed by runs that have ended (marked failed or success by a person, or
     killed with the stack) are freed: `run_state` asks Airflow for a run's state (None: not
@@ -85,9 +85,9 @@ def claim_orders(
     try:
         if dry_run:
             return store.peek_due(limit=max_orders or None, order_ids=order_ids, scope=scope)
-        _free_ended_runs(store, run_id, run_state, sleep)
+        _free_ended_runs(store, run, run_state, sleep)
         return store.claim_run(
-            run_id,
+            run,
             lease_s=lease_s,
             split=lambda claimed: split_batches(claimed, batch_size, min_batches=min_batches),
             limit=max_orders or None,
@@ -98,14 +98,14 @@ def claim_orders(
         store.close()
 
 
-def _free_ended_runs(store, run_id: str, run_state, sleep) -> None:
+def _free_ended_runs(store, run: str, run_state, sleep) -> None:
     import logging
 
     log = logging.getLogger(__name__)
     wait_until = time.monotonic() + default_hold_s() + 5.0
     while True:
         ended, holding = [], 0.0
-        for other, held, seconds_left in store.live_claims(run_id):
+        for other, held, seconds_left in store.live_claims(run):
             state = run_state(other)
             log.info(
                 "run %s (%s) %s orders for %.0f s more",
@@ -181,7 +181,7 @@ def count_inserted(order_ids: Sequence[str], *, orders_conn_id: str) -> int:
 
 
 def run_order_ids(
-    run_id: str, batches: Sequence[Sequence[str]] | None, *, orders_conn_id: str
+    run: str, batches: Sequence[Sequence[str]] | None, *, orders_conn_id: str
 ) -> list[str]:
     """Every order the run claimed, in any try of its claim step (the order database keeps
     the run's claim; XCom holds only the last try's batches)."""
@@ -190,7 +190,7 @@ def run_order_ids(
 
     store = OrderStore(connect(orders_conn_id, application_name="nontax-report"))
     try:
-        claim = store.run_claim(run_id)
+        claim = store.run_claim(run)
     finally:
         store.close()
     if claim is not None:
@@ -199,7 +199,7 @@ def run_order_ids(
 
 
 def build_report(
-    run_id: str,
+    run: str,
     order_ids: Sequence[str],
     *,
     orders_conn_id: str,
@@ -229,7 +229,7 @@ def build_report(
             [row for row in store.needs_attention() if row[0] not in mine] if earlier_runs else []
         )
         if not dry_run:
-            store.release(run_id)
+            store.release(run)
     finally:
         store.close()
     duration_s = (time.time() - started_at.timestamp()) if started_at else None

@@ -57,16 +57,24 @@ def _sql_list(statuses: Iterable[str]) -> str:
 
 
 _DUE = _sql_list(Status.DUE)
-_FINISHED = _sql_list(Status.FINISHED)
+# Never sent again nor changed by a write-back, a reload or a reset.
+_SETTLED = _sql_list(Status.SETTLED)
 _NEEDS_ATTENTION = _sql_list(Status.NEEDS_ATTENTION)
 # What a person's re-run may work on: due orders and those a person may have fixed.
-_WORKABLE = _sql_list(Status.DUE | Status.NEEDS_ATTENTION)
-# A write-back that ends the order's journey for now also ends its claim and hold.
-_UNHOLD = "held_by = NULL, claimed_by = NULL, claim_expires_at = NULL"
-# The inserted code is written over any state but one that knows the bill already: inserted,
-# or inserted and then voided (cancelled).
-_BILL_KNOWN_GUARD = "status NOT IN ('inserted', 'cancelled')"
+_WORKABLE = _sql_list((Status.DUE | Status.NEEDS_ATTENTION) - Status.SETTLED)
+# A write-back that ends the order's journey for now also ends its claim and hold (the
+# requests' write-backs too: `request_store`).
+UNHOLD = "held_by = NULL, claimed_by = NULL, claim_expires_at = NULL"
+# The inserted code is written over any state but one that knows the bill already: inserted
+# (or from an older row version: mismatched), or inserted and then voided (cancelled).
+_BILL_KNOWN_GUARD = "status NOT IN ('inserted', 'mismatched', 'cancelled')"
 _LIVE_OWN_HOLD = "claimed_by = %(run_id)s AND held_by IS NOT NULL AND claim_expires_at > now()"
+# Taking a hold, for both pipelines (a batch's orders, a request's order): the order has no
+# live lease, or this try holds it already, or it is its own run's claim that no try holds.
+_HOLDABLE = (
+    "(claim_expires_at IS NULL OR claim_expires_at < now() OR held_by = %(holder)s "
+    "OR (claimed_by = %(run)s AND held_by IS NULL))"
+)
 _HISTORY_COLUMNS = "order_id, run_id, step, outcome, errcode, errmsg, duration_ms"
 # A write sent again after its connection was lost changes nothing if the first one committed
 # (the row carries its id): many write-backs leave their guard true, and would count twice.
@@ -76,7 +84,33 @@ _NOT_THIS_WRITE = "last_write_id IS DISTINCT FROM %(write_id)s"
 def _held_guard(holder: str, version: str) -> str:
     """A guarded write's condition: the try named by the parameter `holder` holds the order, at
     the row version `version`, and it is not finished."""
-    return f"held_by = %({holder})s AND row_version = %({version})s AND status NOT IN {_FINISHED}"
+    return f"held_by = %({holder})s AND row_version = %({version})s AND status NOT IN {_SETTLED}"
+
+
+def run_key(dag_id: str, run_id: str) -> str:
+    """What a run's claims are made under (`claimed_by`, `nontax.run_claim`): Airflow's run ids
+    are unique per DAG only (two DAGs scheduled at one instant share one), so it names the
+    DAG. Neither a dag_id nor a run_id may hold `|`."""
+    return f"{dag_id}|{run_id}"
+
+
+def task_holder(ti: Any) -> str:
+    """The holder one task try writes as (`held_by`):
+    `{dag_id}|{run_id}|{task_id}|{map_index}|{try_number}`, from the task instance itself, so
+    that every DAG's tries, whatever operator they run, are told apart."""
+    return f"{run_key(ti.dag_id, ti.run_id)}|{ti.task_id}|{ti.map_index}|{ti.try_number}"
+
+
+def claim_key(holder: str) -> str:
+    """The run key a holder's try claims under: all but its task, map index and try number
+    (a holder of the older four-part form, `{run_id}|...`, gives its bare run id)."""
+    return holder.rsplit("|", 3)[0]
+
+
+def split_run_key(key: str, default_dag_id: str) -> tuple[str, str]:
+    """(dag_id, run_id) of a run key; a bare run id (an older claim) is `default_dag_id`'s."""
+    dag_id, sep, run_id = key.partition("|")
+    return (dag_id, run_id) if sep else (default_dag_id, key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,7 +446,7 @@ def why_not_taken(
     """Why an order a run asked for was not taken (pure: the caller read the row)."""
     if status is None:
         return NotHeld("unknown", "unknown order: not in the order table")
-    if status in Status.FINISHED:
+    if status in Status.SETTLED:
         return NotHeld("finished", f"already {status}: never sent again")
     if refusal_pending:
         return NotHeld(
@@ -481,6 +515,27 @@ def _prepared_statement(sql: str) -> PreparedStatement:
         execute=f"EXECUTE {name}{arguments}",
         params=tuple(names),
     )
+
+
+def hold_sql(condition: str) -> str:
+    """The one statement that takes a hold, for both pipelines: the orders `%(order_ids)s` that
+    `condition` allows and no one else holds (`_HOLDABLE`), for the try `%(holder)s`, under
+    its run's key `%(run)s`, for `%(hold_s)s` seconds; returns (order_id, row_version) of each
+    one taken (the version every write-back of the try then names)."""
+    return f"""
+        UPDATE nontax.bill_order
+           SET claimed_by = %(run)s, held_by = %(holder)s,
+               claim_expires_at = now() + make_interval(secs => %(hold_s)s)
+         WHERE order_id = ANY(%(order_ids)s) AND {_HOLDABLE} AND {condition}
+        RETURNING order_id, row_version
+    """
+
+
+def hold_params(holder: str, order_ids: Sequence[str], hold_s: float) -> dict[str, Any]:
+    return {
+        "run": claim_key(holder), "holder": holder, "order_ids": list(order_ids),
+        "hold_s": hold_s,
+    }  # fmt: skip
 
 
 class OrderStore:
@@ -597,8 +652,10 @@ class OrderStore:
                 status = 'authorized', reason = NULL, not_before = NULL,
                 s_pdf_media_id = NULL, pdf_uploaded_at = NULL, auth_wait_since = NULL,
                 row_version = o.row_version + 1,
-                last_errcode = NULL, last_errmsg = NULL, updated_at = now()
-            WHERE o.status NOT IN {_FINISHED}
+                last_errcode = NULL, last_errmsg = NULL, updated_at = now(),
+                -- a try whose hold ran out must not renew it on the new version
+                held_by = NULL, claimed_by = NULL, claim_expires_at = NULL
+            WHERE o.status NOT IN {_SETTLED}
               AND (o.claim_expires_at IS NULL OR o.claim_expires_at < now())
               AND (o.card_id, o.appid, o.fee, o.title, o.billing_time, o.billing_no,
                    o.billing_code, o.pdf_path)
@@ -623,7 +680,7 @@ class OrderStore:
             return []
         cur.execute(
             f"SELECT {_ORDER_COLUMNS}, claimed_by FROM nontax.bill_order "
-            f"WHERE order_id = ANY(%s) AND status NOT IN {_FINISHED} "
+            f"WHERE order_id = ANY(%s) AND status NOT IN {_SETTLED} "
             "AND claim_expires_at >= now()",
             ([o.order_id for o in rest],),
         )
@@ -639,7 +696,7 @@ class OrderStore:
 
     def claim_run(
         self,
-        run_id: str,
+        run: str,
         *,
         lease_s: int,
         split: Callable[[list[str]], list[list[str]]],
@@ -648,24 +705,24 @@ class OrderStore:
         scope: ClaimScope = ClaimScope.DUE,
     ) -> RunClaim:
         """Claim the run's due orders (those of `scope`), split them into batches and record
-        the run's claim, in one transaction. A second claim in the same run (its claim step
-        cleared and run again) takes back that run's own orders that are not finished, in the
-        same batches, and no new ones: new orders belong to the next run, and the report keeps
-        the whole run."""
+        the run's claim, in one transaction; `run` is its run key (`run_key`). A second claim in
+        the same run (its claim step cleared and run again) takes back that run's own orders
+        that are not finished, in the same batches, and no new ones: new orders belong to the
+        next run, and the report keeps the whole run."""
         with self._connected(), self._lock, self._conn, self._conn.cursor() as cur:
             # Once a run, the kept counts by status are folded to a row per status.
             cur.execute("SELECT nontax.compact_status_counts()")
             cur.execute(
                 "SELECT batches, not_taken FROM nontax.run_claim WHERE run_id = %s FOR UPDATE",
-                (run_id,),
+                (run,),
             )
             earlier = cur.fetchone()
             if earlier is not None:
-                return self._reclaim(cur, run_id, earlier[0], earlier[1], lease_s=lease_s)
+                return self._reclaim(cur, run, earlier[0], earlier[1], lease_s=lease_s)
             cur.execute(
                 CLAIM_SQLS[scope],
                 {
-                    "run_id": run_id,
+                    "run_id": run,
                     "lease_s": lease_s,
                     "limit": limit,
                     "targeted": order_ids is not None,
@@ -678,13 +735,13 @@ class OrderStore:
             batches = split(claimed)
             cur.execute(
                 "INSERT INTO nontax.run_claim (run_id, batches, not_taken) VALUES (%s, %s, %s)",
-                (run_id, psycopg2.extras.Json(batches), psycopg2.extras.Json(not_taken)),
+                (run, psycopg2.extras.Json(batches), psycopg2.extras.Json(not_taken)),
             )
         return RunClaim(batches, not_taken)
 
     def claim_due(
         self,
-        run_id: str,
+        run: str,
         *,
         lease_s: int,
         limit: int | None = None,
@@ -694,11 +751,11 @@ class OrderStore:
         """`claim_run` in one batch: the claimed order ids in claim order."""
         split = lambda claimed: [claimed] if claimed else []  # noqa: E731
         claim = self.claim_run(
-            run_id, lease_s=lease_s, split=split, limit=limit, order_ids=order_ids, scope=scope
+            run, lease_s=lease_s, split=split, limit=limit, order_ids=order_ids, scope=scope
         )
         return claim.order_ids
 
-    def _reclaim(self, cur, run_id, batches, not_taken, *, lease_s: int) -> RunClaim:
+    def _reclaim(self, cur, run, batches, not_taken, *, lease_s: int) -> RunClaim:
         everyone = [order_id for batch in batches for order_id in batch]
         # The run's own orders whatever their lease (a try of this run may still hold some: it
         # keeps its hold, and the batch's next try waits for it), never another run's.
@@ -715,10 +772,10 @@ class OrderStore:
                     OR claimed_by = %(run_id)s)
             RETURNING order_id
             """,
-            {"run_id": run_id, "ids": everyone, "lease_s": lease_s},
+            {"run_id": run, "ids": everyone, "lease_s": lease_s},
         )
         taken = {row[0] for row in cur.fetchall()}
-        cur.execute("UPDATE nontax.run_claim SET reclaimed_at = now() WHERE run_id = %s", (run_id,))
+        cur.execute("UPDATE nontax.run_claim SET reclaimed_at = now() WHERE run_id = %s", (run,))
         # The same batches, each with its unfinished orders: a cleared mapped instance keeps
         # its index and its orders.
         return RunClaim([[o for o in b if o in taken] for b in batches], not_taken, True)
@@ -753,16 +810,17 @@ class OrderStore:
             not_taken = self._not_taken(cur, order_ids, due) if order_ids is not None else []
         return RunClaim([due] if due else [], not_taken)
 
-    def run_claim(self, run_id: str) -> RunClaim | None:
+    def run_claim(self, run: str) -> RunClaim | None:
         rows = self._run(
             "SELECT batches, not_taken, reclaimed_at IS NOT NULL FROM nontax.run_claim "
             "WHERE run_id = %s",
-            (run_id,),
+            (run,),
         )
         return RunClaim(*rows[0]) if rows else None
 
-    def live_claims(self, run_id: str) -> list[tuple[str, bool, float]]:
-        """Other runs' live leases on due orders: (run_id, held by a try, seconds left)."""
+    def live_claims(self, run: str) -> list[tuple[str, bool, float]]:
+        """Other runs' live leases on due orders: (run key, held by a try, seconds left); the
+        key of a claim made before keys named their DAG is a bare run id."""
         return self._run(
             f"""
             SELECT claimed_by, held_by IS NOT NULL,
@@ -771,12 +829,12 @@ class OrderStore:
              WHERE status IN {_DUE} AND claim_expires_at > now() AND claimed_by <> %s
              GROUP BY 1, 2
             """,
-            (run_id,),
+            (run,),
         )
 
     def release_runs(self, run_ids: Sequence[str]) -> int:
-        """End the claims of runs that are no longer running (marked, failed, deleted while
-        they held orders). A live hold of a task try is left to run out by itself."""
+        """End the claims of runs (by run key) that are no longer running (marked, failed,
+        deleted while they held orders). A live hold of a task try is left to run out by itself."""
         if not run_ids:
             return 0
         return len(
@@ -787,54 +845,50 @@ class OrderStore:
             )
         )
 
-    def release(self, run_id: str) -> int:
-        """End this run's claims (its orders that are still due are free for the next run).
-        An order a task try still holds (a zombie) keeps its hold until it runs out."""
+    def release(self, run: str, holder: str | None = None) -> int:
+        """End the claims of the run `run` (its run key: never another DAG's run of the same
+        run id), so that its orders still due are free for the next run. A hold ends with it
+        when it ran out, or when it is `holder`'s (a try that is over ending its own); a live
+        hold of another try (a zombie, maybe sending) is left to run out by itself."""
         rows = self._run(
-            "UPDATE nontax.bill_order SET claimed_by = NULL, claim_expires_at = NULL, "
-            "held_by = NULL WHERE claimed_by = %s "
-            "AND (held_by IS NULL OR claim_expires_at < now()) RETURNING 1",
-            (run_id,),
+            f"UPDATE nontax.bill_order SET {UNHOLD} WHERE claimed_by = %(run)s "
+            "AND (held_by IS NULL OR claim_expires_at < now() OR held_by = %(holder)s) "
+            "RETURNING 1",
+            {"run": run, "holder": holder},
         )
         return len(rows)
 
-    # -- holding (a task try) ---------------------------------------------------------------
+    # -- holding (a task try of either pipeline) ----------------------------------------------
 
     def hold_batch(
         self,
-        run_id: str,
         holder: str,
         order_ids: Sequence[str],
         *,
         hold_s: float,
         include_needs_person: bool = False,
     ) -> HoldResult:
-        """Hold a batch's orders for one task try; returns what it holds and why not the rest.
+        """Hold a batch's orders for one task try (`holder`, claiming under its run's key);
+        returns what it holds and why not the rest.
 
         Taken: due orders whose time has come (`not_before`), and with `include_needs_person`
         (a person cleared the task) `invalid` and `failed` ones too; never one that another
         run claims or another try holds while its lease is live."""
         workable = _WORKABLE if include_needs_person else _DUE
         rows = self._run(
-            f"""
-            UPDATE nontax.bill_order
-               SET claimed_by = %(run_id)s, held_by = %(holder)s,
-                   claim_expires_at = now() + make_interval(secs => %(hold_s)s)
-             WHERE order_id = ANY(%(order_ids)s)
-               AND status IN {workable}
-               AND (status NOT IN {_DUE} OR not_before IS NULL OR not_before <= now())
-               AND NOT {_REFUSAL_BLOCKS.format(table="bill_order")}
-               AND (claim_expires_at IS NULL OR claim_expires_at < now()
-                    OR held_by = %(holder)s
-                    OR (claimed_by = %(run_id)s AND held_by IS NULL))
-            RETURNING order_id, row_version
-            """,
-            {"run_id": run_id, "holder": holder, "order_ids": list(order_ids), "hold_s": hold_s},
+            hold_sql(
+                f"status IN {workable} "
+                f"AND (status NOT IN {_DUE} OR not_before IS NULL OR not_before <= now()) "
+                f"AND NOT {_REFUSAL_BLOCKS.format(table='bill_order')}"
+            ),
+            hold_params(holder, order_ids, hold_s),
         )
         held = dict(rows)
-        rest = [order_id for order_id in order_ids if order_id not in held]
-        not_held = _why_not(self._run(_WHY_SQL, (rest,)), rest) if rest else {}
-        return HoldResult(held, not_held)
+        return HoldResult(held, self.why_not_held([o for o in order_ids if o not in held]))
+
+    def why_not_held(self, order_ids: Sequence[str]) -> dict[str, NotHeld]:
+        """Where each order stands for a try that does not hold it: who does, or why not."""
+        return _why_not(self._run(_WHY_SQL, (list(order_ids),)), order_ids) if order_ids else {}
 
     def renew_hold(self, holder: str, order_ids: Sequence[str], *, hold_s: float) -> set[str]:
         """Extend the hold on the orders this try still works on; returns those still held."""
@@ -1026,18 +1080,18 @@ class OrderStore:
         duration_ms: int | None = None,
         counts_attempt: bool = True,
         upload: Upload | None = None,
-        also: str | None = None,
+        also: str = "TRUE",
     ) -> bool:
         """Update one order and append its history row in one statement, only while `hold` is
         true (this try holds the order, at the row version it read, and it is not finished)
-        and the condition `also` too; `hold=None` is for the inserted code alone (see
-        `record_inserted`). True if written.
+        and `also`; `hold=None` is for the inserted code alone (see `record_inserted`). True if
+        written.
 
         With `upload`, the same statement writes the upload's media id (and its history row,
         first) where `record_uploaded` would have: while the upload's hold is true."""
         attempt = ", attempts = attempts + 1" if counts_attempt else ""
         guard = _held_guard("holder", "version") if hold is not None else _BILL_KNOWN_GUARD
-        guard = guard if also is None else f"{guard} AND {also}"
+        guard = f"{guard} AND {also}"
         history = {
             "order_id": order_id, "run_id": run_id, "step": step, "outcome": outcome,
             "errcode": errcode, "errmsg": errmsg, "duration_ms": duration_ms,
@@ -1108,24 +1162,37 @@ class OrderStore:
         duration_ms: int | None = None,
         step: str = "insert",
         upload: Upload | None = None,
-    ) -> bool:
+    ) -> str | None:
         """The bill is in the payer's card package: its code and openid are written whoever
-        holds the order now, over any state but `inserted` (a `duplicate` recorded by another
-        try learns its code), since they cannot be had again. When the row changed after the
-        version that was sent, the reason says so: WeChat holds the old data. `upload`: the
-        media id the bill was inserted with, not written yet (written in the same statement)."""
-        return self._record(
+        holds the order now, over any state but one that knows the bill (a `duplicate` recorded
+        by another try learns its code), since they cannot be had again. Returns the status
+        written: `inserted`; `mismatched` when the row changed after the `version` that was sent
+        (a reload after the try's hold ran out): WeChat holds the old data, a person must
+        decide (the reason says so); None when nothing was written. `upload`: the media id the
+        bill was inserted with, not written yet (written in the same statement)."""
+        bill = (
+            "code = %(code)s, openid = %(openid)s, inserted_at = now(), not_before = NULL, "
+            f"last_errcode = 0, last_errmsg = 'ok', {UNHOLD}"
+        )
+        params = {"code": code, "openid": openid, "sent": version}
+        common = {"hold": None, "run_id": run_id, "step": step, "duration_ms": duration_ms}
+        if self._record(
+            order_id, f"status = 'inserted', reason = NULL, {bill}", params,
+            outcome=Status.INSERTED, upload=upload, also="row_version = %(sent)s", **common,
+        ):  # fmt: skip
+            return Status.INSERTED
+        # Rare (a reload landed while the insert was at WeChat): a second statement.
+        if self._record(
             order_id,
-            "status = 'inserted', code = %(code)s, openid = %(openid)s, inserted_at = now(), "
-            "reason = CASE WHEN row_version = %(sent)s THEN NULL ELSE 'the bill in the card "
-            "package carries row version ' || %(sent)s || ' of this order; the row changed to "
-            "version ' || row_version || ' while it was sent, and that change never reached "
-            "WeChat' END, "
-            f"not_before = NULL, last_errcode = 0, last_errmsg = 'ok', {_UNHOLD}",
-            {"code": code, "openid": openid, "sent": version},
-            hold=None, run_id=run_id, step=step, outcome="inserted", duration_ms=duration_ms,
-            upload=upload,
-        )  # fmt: skip
+            "status = 'mismatched', reason = 'the bill in the card package carries row version "
+            "' || %(sent)s || ' of this order, but the row changed to version ' || row_version "
+            "|| ' while it was sent, and that change never reached WeChat: compare the bill with "
+            f"the order; if the bill is wrong, void it (make void)', {bill}",
+            params, outcome=Status.MISMATCHED, upload=upload, also="row_version <> %(sent)s",
+            **common,
+        ):  # fmt: skip
+            return Status.MISMATCHED
+        return None
 
     def record_end(
         self,
@@ -1152,7 +1219,7 @@ class OrderStore:
             "auth_wait_since = CASE WHEN %(status)s = 'awaiting_auth' "
             "                  THEN coalesce(auth_wait_since, now()) ELSE auth_wait_since END, "
             "not_before = CASE WHEN %(not_before_s)s::float8 IS NULL THEN NULL "
-            f"             ELSE now() + make_interval(secs => %(not_before_s)s) END, {_UNHOLD}",
+            f"             ELSE now() + make_interval(secs => %(not_before_s)s) END, {UNHOLD}",
             {
                 "status": status,
                 "reason": reason,
@@ -1251,7 +1318,7 @@ class OrderStore:
         index) and the order's primary key; it writes only when a refusal is there."""
         return self._record(
             order_id,
-            _UNHOLD,
+            UNHOLD,
             {},
             hold=hold, run_id=run_id, step="request", outcome="left_to_refusal",
             errmsg=reason, counts_attempt=False, also=_REFUSAL_BLOCKS.format(table="bill_order"),
@@ -1308,8 +1375,8 @@ class OrderStore:
                 UPDATE nontax.bill_order
                    SET status = 'authorized', reason = NULL, not_before = NULL,
                        s_pdf_media_id = NULL, pdf_uploaded_at = NULL, auth_wait_since = NULL,
-                       row_version = row_version + 1, {_UNHOLD}, updated_at = now()
-                 WHERE order_id = %s AND status NOT IN {_FINISHED}
+                       row_version = row_version + 1, {UNHOLD}, updated_at = now()
+                 WHERE order_id = %s AND status NOT IN {_SETTLED}
                    AND (held_by IS NULL OR claim_expires_at < now())
                 RETURNING 1
                 """,
@@ -1350,15 +1417,16 @@ class OrderStore:
             cur.execute(HISTORY_SQL, (order_id,))
             return [dict(row) for row in cur.fetchall()]
 
-    def batch_of(self, run_id: str, order_id: str) -> int | None:
-        """The map index of the issuing batch of `run_id` that had `order_id` (its position in
+    def batch_of(self, dag_id: str, run_id: str, order_id: str) -> int | None:
+        """The map index of the issuing batch of the run that had `order_id` (its position in
         the run's claim, which the batches are mapped over); None when no claim of that run
-        names it, or more than one does (runs of two DAGs with one run id)."""
+        names it, or more than one does. A claim made before claims named their DAG is keyed
+        by the bare run id."""
         rows = self._run(
             "SELECT DISTINCT b.i - 1 FROM nontax.run_claim c, "
             "jsonb_array_elements(c.batches) WITH ORDINALITY AS b (batch, i) "
-            "WHERE c.run_id = %s AND b.batch ? %s",
-            (run_id, order_id),
+            "WHERE c.run_id IN (%s, %s) AND b.batch ? %s",
+            (run_key(dag_id, run_id), run_id, order_id),
         )
         return rows[0][0] if len(rows) == 1 else None
 

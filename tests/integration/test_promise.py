@@ -77,15 +77,20 @@ def test_a_reload_leaves_a_held_order_alone_and_says_so(env):
     assert env.store.record_uploaded(order.order_id, "m-1", hold=hold, run_id="run-1")
 
 
-def test_an_insert_of_an_old_version_is_recorded_with_why(env):
+def test_an_insert_of_an_old_version_is_recorded_for_a_person_with_why(env):
     """Case 2: when the row changed after the version that was sent (its hold had run out),
-    the code is kept and the reason says the change never reached WeChat."""
+    the code is kept, the order needs a person and the reason says the change never reached
+    WeChat."""
     order = env.orders(1)[0]
     env.store.upsert_orders([make_order(0, fee=99999)])  # nobody holds it: version 2
-    env.store.record_inserted(order.order_id, "CODE-1", "OPENID-1", version=1, run_id="run-1")
+    written = env.store.record_inserted(
+        order.order_id, "CODE-1", "OPENID-1", version=1, run_id="run-1"
+    )
     row = env.store.get_row(order.order_id)
-    assert (row["status"], row["code"], row["row_version"]) == ("inserted", "CODE-1", 2)
+    assert written == row["status"] == "mismatched"
+    assert (row["code"], row["openid"], row["row_version"]) == ("CODE-1", "OPENID-1", 2)
     assert "row version 1" in row["reason"] and "never reached WeChat" in row["reason"]
+    assert [r[0] for r in env.store.needs_attention()] == [order.order_id]
 
 
 class _DropsTheStoreAfterInsert:
@@ -316,7 +321,7 @@ def test_a_second_claim_in_the_run_keeps_the_orders_its_live_try_holds(env):
     orders = env.orders(4)
     ids = [o.order_id for o in orders]
     env.store.claim_run("r1", lease_s=600, split=lambda c: [c[:2], c[2:]])
-    held_now = env.store.hold_batch("r1", "r1|issue_bills|0|1", ids[:2], hold_s=600)
+    held_now = env.store.hold_batch("r1|issue_bills|0|1", ids[:2], hold_s=600)
     assert list(held_now.held) == ids[:2]
     again = env.store.claim_run("r1", lease_s=600, split=lambda c: [c])
     assert again.reclaimed and again.batches == [ids[:2], ids[2:]]
@@ -396,3 +401,25 @@ def test_kept_bills_are_written_before_anything_and_the_key_goes(env, monkeypatc
     assert (row["status"], row["code"], row["openid"]) == ("inserted", "C-KEPT", "O-KEPT")
     assert env.store.history(order.order_id)[-1].step == "recover"
     assert list(variables.values) == [journal.key_for("r2", 0, 1)]  # another run's: untouched
+
+
+def test_kept_bills_of_two_dags_at_one_run_id_are_kept_apart(env, monkeypatch):
+    """Two DAGs' batch 0 of one run id (their scheduled runs at one instant) keep their bills
+    under keys of their own: neither overwrites nor replays the other's."""
+    import airflow.sdk
+
+    from wechat_nontax import journal
+
+    monkeypatch.setattr(airflow.sdk, "Variable", variables := _Variables())
+    orders = env.orders(2)
+    runs = [journal.run_name(dag_id, "scheduled__x") for dag_id in ("nontax_insertbill", "other")]
+    for run, order in zip(runs, orders, strict=True):
+        journal.keep(journal.key_for(run, 0, 1), [
+            {"order_id": order.order_id, "code": f"C-{order.order_id}", "openid": "O",
+             "version": 1, "run_id": "scheduled__x"},
+        ])  # fmt: skip
+    assert len(variables.values) == 2
+    assert journal.replay(env.store, keys=journal.keys_of(runs[0], 0)) == 1
+    assert env.store.get_row(orders[0].order_id)["code"] == f"C-{orders[0].order_id}"
+    assert env.store.get_row(orders[1].order_id)["code"] is None
+    assert list(variables.values) == [journal.key_for(runs[1], 0, 1)]

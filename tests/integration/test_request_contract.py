@@ -294,7 +294,7 @@ def test_attention_lists_a_request_whose_call_went_out_and_was_never_written_bac
     assert ask(env, "T00000000", "refuse").accepted
     [request] = requests_store.pending()
     taken = requests_store.take(
-        request, run_id=RUN, holder=f"{RUN}|carry_out_requests|-1|1", hold_s=120
+        request, run_id=RUN, holder=f"nontax_requests|{RUN}|carry_out_requests|-1|1", hold_s=120
     )
     requests_store.note_call(taken)
     env.hook.reject_insert("T00000000", request.reason)
@@ -380,15 +380,17 @@ def test_a_second_claim_of_the_run_does_not_take_back_an_order_left_to_its_refus
     refusal: the order stays free for the requests run, not claimed again for an hour."""
     env.orders(2)
     ids = ["T00000000", "T00000001"]
-    claim = env.store.claim_run("run-issue", lease_s=3600, split=lambda claimed: [claimed])
+    run = "nontax_insertbill|run-issue"
+    holder = f"{run}|issue_bills|0|1"
+    claim = env.store.claim_run(run, lease_s=3600, split=lambda claimed: [claimed])
     assert claim.order_ids == ids
-    hold = env.store.hold_batch("run-issue", "run-issue|issue_bills|0|1", ids, hold_s=60)
+    hold = env.store.hold_batch(holder, ids, hold_s=60)
     assert ask(env, "T00000001", "refuse").accepted
     assert env.store.leave_to_refusal(
         "T00000001", LEFT_TO_REFUSAL, run_id="run-issue",
-        hold=Hold("run-issue|issue_bills|0|1", hold.held["T00000001"]),
+        hold=Hold(holder, hold.held["T00000001"]),
     )  # fmt: skip
-    again = env.store.claim_run("run-issue", lease_s=3600, split=lambda claimed: [claimed])
+    again = env.store.claim_run(run, lease_s=3600, split=lambda claimed: [claimed])
     assert again.order_ids == ["T00000000"]
     assert env.store.get_row("T00000001")["claimed_by"] is None
 

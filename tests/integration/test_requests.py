@@ -131,7 +131,7 @@ def test_a_pending_refusal_keeps_the_issuing_claim_and_holds_off_the_order(env):
     claim = env.store.peek_due(order_ids=["T00000001"])
     assert claim.order_ids == []
     assert claim.not_taken[0]["why"] == "refusing"
-    hold = env.store.hold_batch("run-b", "run-b|issue_bills|0|1", ["T00000001"], hold_s=60)
+    hold = env.store.hold_batch("run-b|issue_bills|0|1", ["T00000001"], hold_s=60)
     assert hold.held == {} and hold.not_held["T00000001"].kind == "refusing"
 
 

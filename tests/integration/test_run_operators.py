@@ -17,6 +17,8 @@ from wechat_nontax.store import OrderStore
 def context(run_id: str, conf: dict | None = None) -> dict:
     pushed: dict = {}
     ti = SimpleNamespace(
+        dag_id="nontax_insertbill",
+        run_id=run_id,
         xcom_push=lambda key, value: pushed.update({key: value}),
         xcom_pull=lambda task_ids, key: pushed.get(key) if task_ids == "claim_orders" else None,
         pushed=pushed,
@@ -40,7 +42,8 @@ def test_the_claim_spreads_the_run_over_the_pool_slots(store):
     claim = ClaimOrdersOperator(task_id="claim_orders", batch_size=2500, min_batches=4)
     batches = claim.execute(context("run-1"))
     assert [len(b) for b in batches] == [100] * 4
-    assert claimed_by(store, [o for b in batches for o in b]) == {"run-1"}
+    # Claimed under a key naming the DAG: another DAG's run may have the same run id.
+    assert claimed_by(store, [o for b in batches for o in b]) == {"nontax_insertbill|run-1"}
 
 
 def test_a_failed_claim_makes_a_red_report_and_releases_what_it_claimed(store):
@@ -48,8 +51,8 @@ def test_a_failed_claim_makes_a_red_report_and_releases_what_it_claimed(store):
     store.upsert_orders(orders)
     ids = [o.order_id for o in orders]
     # The claim committed, then its task failed before returning its batches (no XCom: None).
-    store.claim_due("run-1", lease_s=3600)
-    assert claimed_by(store, ids) == {"run-1"}
+    store.claim_due("nontax_insertbill|run-1", lease_s=3600)
+    assert claimed_by(store, ids) == {"nontax_insertbill|run-1"}
 
     announce = AnnounceBillsOperator(task_id="announce_bills", batches=None)
     with pytest.raises(AirflowSkipException, match="claim did not finish"):

@@ -93,10 +93,10 @@ def test_claim_can_be_aimed_and_skips_finished_and_waiting_orders(store):
 def test_hold_batch_takes_back_expired_orders_but_not_live_claims(store, orders_db):
     store.upsert_orders([make_order(i) for i in range(3)])
     batch = store.claim_due("run-a", lease_s=600)
-    got = store.hold_batch("run-b", "run-b|issue_bills|0|1", batch, hold_s=600)
+    got = store.hold_batch("run-b|issue_bills|0|1", batch, hold_s=600)
     assert got.held == {} and {w.kind for w in got.not_held.values()} == {"claimed"}
     _expire_claims(orders_db)
-    assert list(store.hold_batch("run-b", "run-b|issue_bills|0|1", batch, hold_s=600).held) == batch
+    assert list(store.hold_batch("run-b|issue_bills|0|1", batch, hold_s=600).held) == batch
 
 
 def test_each_result_updates_the_row_and_appends_one_history_row(store):

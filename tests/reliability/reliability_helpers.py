@@ -5,12 +5,12 @@ invariants checked against the sandbox and the order database."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +22,7 @@ from nontax_tools.airflow_run import (
     DAG_ID,
     airflow_env,
     dags_test,
+    dags_test_command,
     latest_run,
     sandbox_connection,
 )
@@ -59,12 +60,17 @@ class DagProcess:
     """`airflow dags test` in a new session (its own process group); always killed on exit."""
 
     def __init__(
-        self, env: dict[str, str], conf: dict[str, Any], log_path: Path, dag_id: str = DAG_ID
+        self,
+        env: dict[str, str],
+        conf: dict[str, Any],
+        log_path: Path,
+        dag_id: str = DAG_ID,
+        run_at: datetime | None = None,
     ):
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.popen = subprocess.Popen(
-            [AIRFLOW, "dags", "test", dag_id, "-c", json.dumps(conf)],
+            dags_test_command(dag_id, conf, run_at=run_at),
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
@@ -135,15 +141,28 @@ class Rig:
     def statuses_count(self, status: str) -> int:
         return self.sql("SELECT count(*) FROM nontax.bill_order WHERE status = %s", (status,))[0][0]
 
-    def run(self, conf: dict | None = None, *, home: int = 0, dag_id: str = DAG_ID):
-        result = dags_test(self.envs[home], conf or {}, dag_id=dag_id)
+    def run(
+        self,
+        conf: dict | None = None,
+        *,
+        home: int = 0,
+        dag_id: str = DAG_ID,
+        run_at: datetime | None = None,
+    ):
+        result = dags_test(self.envs[home], conf or {}, dag_id=dag_id, run_at=run_at)
         assert result.run_id, result.output[-3000:]
         return result
 
     def start(
-        self, conf: dict, log_path: Path, *, home: int = 0, dag_id: str = DAG_ID
+        self,
+        conf: dict,
+        log_path: Path,
+        *,
+        home: int = 0,
+        dag_id: str = DAG_ID,
+        run_at: datetime | None = None,
     ) -> DagProcess:
-        return DagProcess(self.envs[home], conf, log_path, dag_id)
+        return DagProcess(self.envs[home], conf, log_path, dag_id, run_at)
 
     def latest_run_id(self, home: int = 0) -> str | None:
         return latest_run(self.homes[home])[0]

@@ -53,6 +53,8 @@ def test_twenty_chaos_runs_keep_every_promise(tmp_path):
     assert summary["secret_occurrences"] == 0
     assert summary["faults_injected"] >= RUNS  # at least one hit a run, on average
     assert len(summary["fault_kinds"]) >= 8, summary["fault_kinds"]
+    # Both DAGs at one run id, the requests run beside a batch holding its orders.
+    assert summary["fault_kinds"].get("same_run_id", 0) >= 1, summary["fault_kinds"]
     # Most orders get through; a daily quota (45009, the insert limit) holds the rest of its run
     # back until Beijing midnight, as it must; refused and voided orders ended as asked.
     statuses = summary["statuses"]

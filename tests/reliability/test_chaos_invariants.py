@@ -220,6 +220,11 @@ def _call(at, endpoint, order_id=None, errcode=0, invoice_status=None):
     return call
 
 
+def test_plans_put_both_dags_at_one_run_id_now_and_then():
+    plans = [plan_run(1, run) for run in range(200)]
+    assert 20 <= sum(plan.same_run_id for plan in plans) <= 80
+
+
 def test_plans_draw_late_payers_and_insert_limits_within_their_orders():
     plans = [plan_run(1, run) for run in range(200)]
     answers = {answer for plan in plans for _, answer in plan.payers_later}

@@ -129,7 +129,10 @@ def test_order_db_connection_dropped_mid_batch_reconnects_and_records_every_bill
             write_pdf(rig.pdf_root, order)
         rig.store.upsert_orders(orders)
         ids = [o.order_id for o in orders]
-        ti = SimpleNamespace(map_index=0, try_number=1, max_tries=2)
+        ti = SimpleNamespace(
+            dag_id="nontax_insertbill", run_id="run-dropped", task_id="issue_bills",
+            map_index=0, try_number=1, max_tries=2,
+        )  # fmt: skip
         context = {"run_id": "run-dropped", "ti": ti}
         wechat_conn.add_fault(endpoint="insertbill", kind="latency", latency_ms=250)
         insert = IssueBillsOperator(task_id="issue_bills", order_ids=ids, max_workers=2)
@@ -165,7 +168,8 @@ def test_order_db_connection_dropped_mid_batch_reconnects_and_records_every_bill
         assert sorted(bills) == sorted(ids)
         for order_id in ids:
             assert rig.store.get_row(order_id)["code"] == bills[order_id]["code"]
-        rig.store.release("run-dropped")  # what the run's report task does at its end
+        # What the run's report task does at its end.
+        rig.store.release("nontax_insertbill|run-dropped")
         assert rig.violations(ids) == []
     finally:
         rig.close()

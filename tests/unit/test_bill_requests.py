@@ -8,7 +8,7 @@ from wechat_nontax.bill_requests import ACTS_ON, check_request, why_not_carried_
 from wechat_nontax.policy import Status
 
 
-@pytest.mark.parametrize("status", sorted(Status.DUE | Status.NEEDS_ATTENTION))
+@pytest.mark.parametrize("status", sorted((Status.DUE | Status.NEEDS_ATTENTION) - Status.SETTLED))
 def test_an_order_without_a_bill_can_be_refused_but_not_voided(status):
     assert why_not_carried_out("refuse", status) is None
     assert "refuse the order instead" in why_not_carried_out("void", status)
@@ -18,6 +18,7 @@ def test_an_order_without_a_bill_can_be_refused_but_not_voided(status):
     ("kind", "status", "words"),
     [
         ("refuse", "inserted", "void the bill instead"),
+        ("refuse", "mismatched", "void the bill instead"),
         ("refuse", "duplicate", "void it in WeChat's back office"),
         ("refuse", "rejected", "nothing left to refuse"),
         ("refuse", "refused", "refused already"),
@@ -33,8 +34,8 @@ def test_a_request_the_orders_status_does_not_allow_says_why(kind, status, words
     assert words in why_not_carried_out(kind, status)
 
 
-def test_only_an_inserted_order_can_be_voided_and_every_status_has_an_answer():
-    assert ACTS_ON["void"] == {Status.INSERTED}
+def test_only_an_order_with_a_known_code_can_be_voided_and_every_status_has_an_answer():
+    assert ACTS_ON["void"] == {Status.INSERTED, Status.MISMATCHED}
     for kind in ACTS_ON:
         for status in Status:
             reason = why_not_carried_out(kind, status)

@@ -284,7 +284,10 @@ def test_status_groups_partition_the_statuses():
         "cancelled",
         "invalid",
         "failed",
+        "mismatched",
     ]
+    # Never sent again: the finished ones, and the one needing a person whose bill exists.
+    assert Status.FINISHED | {Status.MISMATCHED} == Status.SETTLED
 
 
 @pytest.mark.parametrize(
