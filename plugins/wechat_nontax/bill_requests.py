@@ -9,6 +9,7 @@ with the statements of `request_store`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -75,6 +76,11 @@ _WHY_NOT = {
 
 # What WeChat's back office needs to find a bill whose code the pipeline never learnt.
 ORDER_FACTS_COLUMNS = "order_id, card_id, appid, billing_no, billing_code, fee"
+
+
+def facts_of(row: Mapping[str, Any]) -> tuple:
+    """The `ORDER_FACTS_COLUMNS` of an order's whole row."""
+    return tuple(row[column] for column in ORDER_FACTS_COLUMNS.split(", "))
 
 
 def order_facts(facts: tuple) -> str:

@@ -41,6 +41,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from wechat_nontax.bill_requests import (
     RequestKind,
     RequestStatus,
+    facts_of,
     request_action,
     why_not_carried_out,
 )
@@ -369,7 +370,7 @@ ACTIONS = {
         "WeChat is told (rejectinsert) and shows the payer the reason instead of a pending bill. "
         f"It cannot be undone: WeChat refuses this order_id for good. {REQUESTS_DAG_ID} carries "
         "it out; a run of it is started now.",
-        lambda row: why_not_carried_out(RequestKind.REFUSE, row["status"]),
+        lambda row: why_not_carried_out(RequestKind.REFUSE, row["status"], facts_of(row)),
         reason_for="WeChat shows it to the payer; kept with the request",
     ),
     RequestKind.VOID: Action(
@@ -377,7 +378,7 @@ ACTIONS = {
         "The fiscal platform red-reversed this bill (冲红): it is set to INVOICE_REIMBURSE_CANCEL "
         "in the payer's card package (platform/updatestatus). It cannot be undone. "
         f"{REQUESTS_DAG_ID} carries it out; a run of it is started now.",
-        lambda row: why_not_carried_out(RequestKind.VOID, row["status"]),
+        lambda row: why_not_carried_out(RequestKind.VOID, row["status"], facts_of(row)),
         reason_for="kept with the request and in the order's history; WeChat is not told it",
     ),
 }

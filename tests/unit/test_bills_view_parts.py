@@ -14,6 +14,7 @@ from fastapi import HTTPException
 from starlette.requests import Request
 
 from wechat_nontax.bills_view import (
+    ACTIONS,
     _day,
     beijing,
     dags_of_step,
@@ -219,3 +220,18 @@ def test_each_status_offers_the_actions_that_fit_it(status, offered):
     assert {name for name, a in ACTIONS.items() if a.why_not(row) is None} == offered
     # Every action that does not fit says why, for the confirmation page.
     assert all(a.why_not(row) for name, a in ACTIONS.items() if name not in offered)
+
+
+@pytest.mark.parametrize("kind", ["refuse", "void"])
+def test_a_duplicate_orders_refuse_and_void_send_the_person_to_the_back_office_with_its_facts(
+    kind,
+):
+    """The page's advice for an order whose code WeChat never gave back names what WeChat's
+    back office needs to find its bill, as the tools' does."""
+    row = {
+        "order_id": "D5", "status": "duplicate", "card_id": "pXYZ", "appid": "wx1",
+        "billing_no": "B-77", "billing_code": "C-88", "fee": 200,
+    }  # fmt: skip
+    why = ACTIONS[kind].why_not(row)
+    assert "back office" in why
+    assert all(fact in why for fact in ("D5", "pXYZ", "B-77", "C-88", "200 fen"))
