@@ -12,17 +12,19 @@ from wechat_nontax.bill_requests import request_action
 from wechat_nontax.hook import WeChatNonTaxHook
 from wechat_nontax.request_runner import RequestRunner
 from wechat_nontax.request_store import RequestStore
+from wechat_nontax.store import OrderStore
 
 ROUNDS = 12
 PER_ROUND = 40
 
 
 def _carry_out(dsn: str, run_id: str, start: threading.Barrier, errors: list) -> None:
-    store = RequestStore(psycopg2.connect(dsn))
+    conn = psycopg2.connect(dsn)
+    store = RequestStore(conn)
     hook = WeChatNonTaxHook()
     try:
         runner = RequestRunner(
-            hook, store, run_id=run_id,
+            hook, store, quotas=OrderStore(conn), run_id=run_id,
             holder=f"nontax_requests|{run_id}|carry_out_requests|-1|1", hold_s=120,
             sleep=lambda s: None,
         )  # fmt: skip
