@@ -24,6 +24,10 @@ with its sandbox at a fixed latency on every call. Then, in this order:
      memory of the worker processes during each pipeline run, token fetches per run.
   6. the Bills view at 1,000,000 orders (bench/bills_view.py): each page's answer time through
      an api-server of its own, and each of its queries' plans.
+Every stack starts on databases of its own created anew (an interrupted benchmark's are dropped,
+its processes stopped), each measured run on orders of its own, and a run that did not issue
+exactly the orders it was given is refused, naming the row (bench/own_orders.py): no figure of
+one run is ever reported under another's name.
 Results go to bench/results.json and bench/orders_per_s.png. Sizes are settable (--help).
 `--only bills` runs the Bills row alone (on a stack of its own) and updates only its keys there.
 """
@@ -372,6 +376,7 @@ def stack_configs(state: Path, pool_slots: int, celery_workers: int) -> tuple:
     for leftover in state.glob("*/stack.json"):
         recorded = StackState.load(leftover)
         if recorded is not None:
+            print(f"{leftover.parent.name} of an interrupted benchmark: stopping what it left")
             stop_stack(recorded, grace_s=10, say=print)
     shutil.rmtree(state, ignore_errors=True)
     dags = state / "dags"
