@@ -11,8 +11,9 @@ the AIRFLOW_HOME `airflow/`, `secrets.json`):
   created), else the one on 127.0.0.1:5432 when it lets user postgres in, else an embedded one
   (the pgserver package, data in `<state>/pgdata`, stopped by `down`). Airflow's metadata
   database is `airflow_meta` there (NONTAX_STACK_META_DB names another), the order database
-  `nontax` (NONTAX_STACK_ORDERS_DB names another, a libpq URI); both are created when missing
-  and migrated (`airflow db migrate`, `python -m nontax_tools migrate`), never dropped.
+  `nontax` (NONTAX_STACK_ORDERS_DB_NAME names another there; NONTAX_STACK_ORDERS_DB, a libpq URI,
+  one elsewhere, which must exist); those on the server are created when missing; both are
+  migrated (`airflow db migrate`, `python -m nontax_tools migrate`), never dropped.
 - The WeChat sandbox on WECHAT_SANDBOX_PORT (8765), unless AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT
   is set: then the DAG talks to that.
 - `airflow api-server` (NONTAX_STACK_PORT, default 8080), `scheduler` (LocalExecutor; its
@@ -44,7 +45,7 @@ databases, for example:
 
     NONTAX_STACK_DIR=.run/stack2 NONTAX_STACK_PORT=8081 NONTAX_STACK_HEALTH_PORT=8975 \
     NONTAX_STACK_LOG_PORT=8794 WECHAT_SANDBOX_PORT=8766 NONTAX_STACK_META_DB=airflow_meta2 \
-    NONTAX_STACK_ORDERS_DB=postgresql://postgres@127.0.0.1:5432/nontax2 make up
+    NONTAX_STACK_ORDERS_DB_NAME=nontax2 make up
 
 `up` refuses to start when any of its ports is in use, naming the variable that moves it.
 
@@ -180,6 +181,7 @@ class StackConfig:
             force_embedded=_truthy(env.get("NONTAX_STACK_FORCE_EMBEDDED")),
             meta_db_name=env.get("NONTAX_STACK_META_DB") or "airflow_meta",
             orders_db=env.get("NONTAX_STACK_ORDERS_DB") or None,
+            orders_db_name=env.get("NONTAX_STACK_ORDERS_DB_NAME") or "nontax",
             wechat_conn=env.get("AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT") or None,
             sandbox_port=num("WECHAT_SANDBOX_PORT", 8765),
             worker_log_port=num("NONTAX_STACK_LOG_PORT", 8793),
@@ -1030,9 +1032,16 @@ def describe(stack: Stack) -> str:
         f"  executor     {_executor(stack)}",
         f"  PDF root     {_rel(state.pdf_root or cfg.pdf_dir)}",
         f"  logs         {_rel(cfg.logs)}/ (processes), {_rel(cfg.home / 'logs')}/ (tasks)",
-        "  stop it      make down",
+        f"  stop it      {stop_command(cfg)}",
     ]
     return "\n".join(lines)
+
+
+def stop_command(cfg: StackConfig) -> str:
+    """`make down`, with the state directory of a stack that runs beside the default one."""
+    if cfg.state_dir.resolve() == DEFAULT_STATE_DIR.resolve():
+        return "make down"
+    return f"NONTAX_STACK_DIR={_rel(cfg.state_dir)} make down"
 
 
 def _executor(stack: Stack) -> str:

@@ -86,8 +86,12 @@ def test_two_stacks_from_two_environments_listen_on_disjoint_ports(tmp_path: Pat
             "NONTAX_STACK_LOG_PORT": "8794",
             "NONTAX_STACK_HEALTH_PORT": "8975",
             "WECHAT_SANDBOX_PORT": "8766",
+            "NONTAX_STACK_META_DB": "airflow_meta2",
+            "NONTAX_STACK_ORDERS_DB_NAME": "nontax2",
         }
     )
+    assert (first.meta_db_name, first.orders_db_name) == ("airflow_meta", "nontax")
+    assert (second.meta_db_name, second.orders_db_name) == ("airflow_meta2", "nontax2")
     assert (second.port, second.worker_log_port, second.scheduler_health_port) == (8081, 8794, 8975)
 
     def ports(cfg: st.StackConfig) -> set[int]:
@@ -95,6 +99,12 @@ def test_two_stacks_from_two_environments_listen_on_disjoint_ports(tmp_path: Pat
 
     assert len(ports(first)) == len(ports(second)) == 4
     assert ports(first).isdisjoint(ports(second))
+
+
+def test_a_stack_beside_the_default_one_says_how_to_stop_it(tmp_path: Path):
+    assert st.stop_command(st.StackConfig.from_env({})) == "make down"
+    beside = st.StackConfig.from_env({"NONTAX_STACK_DIR": str(tmp_path / "second")})
+    assert st.stop_command(beside) == f"NONTAX_STACK_DIR={tmp_path / 'second'} make down"
 
 
 @pytest.mark.parametrize("field", ["worker_log_port", "scheduler_health_port"])
