@@ -166,7 +166,7 @@ def batch_cpu(
         "batch": {**batch, "orders_per_s": round(orders / batch["seconds"], 1)},
         "cpu_ms_per_order": per_order,
         "batch_vs_client_cpu": round(per_order["batch"] / per_order["client"], 2),
-        # Issue 14's measure: the batch and its order database against the client alone.
+        # The pipeline's CPU measure: the batch and its order database against the client alone.
         "pipeline_vs_client_cpu": round(per_order["batch_and_postgres"] / per_order["client"], 2),
         "profiled": profile_to is not None,
     }

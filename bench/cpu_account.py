@@ -44,7 +44,7 @@ BACKEND_TITLE = re.compile(
     r"^postgres: (?:\S+: )?(?:autovacuum worker (\S+)|(?!autovacuum )\S+ (\S+) \S)"
 )
 # The pipeline's CPU per order: what the batches spend, and the order database's server processes
-# that answer them (issue 14's measure, set against the raw client's own CPU).
+# that answer them, set against the raw client's own CPU (`cpu_pipeline_vs_ceiling`).
 PIPELINE_ROLES = ("batch", "postgres_orders")
 AIRFLOW_ROLES = ("other_tasks", "supervisors", "scheduler", "api_server", "dag_processor",
                  "triggerer", "log_server", "celery_workers", "postgres_meta")  # fmt: skip
@@ -204,6 +204,10 @@ def mean_roles(reports: list[dict]) -> dict[str, float]:
 # -- reading /proc ---------------------------------------------------------------------------------
 
 
+# psutil reads the same file for the same fields (`cpu_times()` has the children's too); one
+# line parsed here is all a sweep needs of each process, twice a second, and keeps the start in
+# clock ticks that, with the pid, names a process. The hard part, the tails of exited processes
+# (`used`), is arithmetic that psutil does not do either.
 def read_stats() -> dict[int, Stat]:
     """Every process's stat, one read each (a process gone meanwhile is left out)."""
     stats = {}

@@ -24,6 +24,10 @@ with its sandbox at a fixed latency on every call. Then, in this order:
      memory of the worker processes during each pipeline run, token fetches per run.
   6. the Bills view at 1,000,000 orders (bench/bills_view.py): each page's answer time through
      an api-server of its own, and each of its queries' plans.
+Every stack starts on databases of its own created anew (an interrupted benchmark's are dropped,
+its processes stopped), each measured run on orders of its own, and a run that did not issue
+exactly the orders it was given is refused, naming the row (bench/own_orders.py): no figure of
+one run is ever reported under another's name.
 Results go to bench/results.json and bench/orders_per_s.png. Sizes are settable (--help).
 `--only bills` runs the Bills row alone (on a stack of its own) and updates only its keys there.
 """
@@ -39,6 +43,7 @@ import platform
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -46,6 +51,7 @@ import psutil
 import psycopg2
 
 from cpu_account import CpuTracker, mean_roles, own_cpu_s
+from own_orders import OwnOrders, count_orders
 from schedule import most_at_once, summary, turns
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,18 +145,6 @@ def token_fetches(dsn: str) -> int:
     return int(count)
 
 
-def count_inserted(dsn: str, prefix: str) -> int:
-    conn = psycopg2.connect(dsn)
-    with conn, conn.cursor() as cur:
-        cur.execute(
-            "SELECT count(*) FROM nontax.bill_order WHERE status = 'inserted' AND order_id LIKE %s",
-            (f"{prefix}%",),
-        )
-        (count,) = cur.fetchone()
-    conn.close()
-    return int(count)
-
-
 def postmaster_pid(dsn: str) -> int | None:
     """The Postgres server's main process (the parent of every backend), when it runs here."""
     conn = psycopg2.connect(dsn)
@@ -186,18 +180,44 @@ def batches(instances: list[dict], triggered: float) -> list[dict]:
     return sorted(spans, key=lambda b: b["map_index"] or 0)
 
 
+def insert_calls(stack) -> int:
+    """The insertbill calls the stack's sandbox has answered."""
+    sandbox = stack.sandbox_admin()
+    try:
+        return sandbox.calls().get("insertbill", 0)
+    finally:
+        sandbox.close()
+
+
+def own_orders(stack, row: str, label: str, n: int) -> Callable[[], int]:
+    """N orders of a run's own (`label`) loaded, before the run and outside its measures; returns
+    what checks, once the run ended, that it issued exactly those (`own_orders.OwnOrders`,
+    raising NotItsOwnRun otherwise), and gives the number inserted."""
+    dsn = stack.orders_dsn
+    load_orders(dsn, stack.pdf_root, label, n)
+    due = count_orders(dsn, label, "authorized")
+    calls = insert_calls(stack)
+
+    def issued() -> int:
+        inserted = count_orders(dsn, label, "inserted")
+        OwnOrders(row, n, due, inserted, insert_calls(stack) - calls).check()
+        return inserted
+
+    return issued
+
+
 def pipeline_run(stack, conf: dict, label: str, n: int, say) -> dict:
     """N orders loaded, one run of the pipeline timed, with its memory, token fetches and the
     CPU each role spent on it."""
     dsn = stack.orders_dsn
-    load_orders(dsn, stack.pdf_root, label, n)
+    issued = own_orders(stack, f"pipeline {label}", label, n)
     fetched = token_fetches(dsn)
     with WorkerMemory(stack) as memory, cpu_tracker(stack) as cpu:
         run, instances = timed_run(stack, "nontax_insertbill", conf, timeout=1800)
     spans = batches(instances, run.pop("triggered"))
     run.update(
         orders=n,
-        inserted=count_inserted(dsn, label),
+        inserted=issued(),
         orders_per_s=round(n / run["seconds"], 1),
         peak_rss_mb=round(memory.peak_mb, 1),
         peak_rss_one_worker_mb=round(memory.peak_one_mb, 1),
@@ -349,9 +369,15 @@ def plot(results: dict, path: Path) -> None:
 
 def stack_configs(state: Path, pool_slots: int, celery_workers: int) -> tuple:
     """The benchmark's two stacks (LocalExecutor, and Celery with `celery_workers`), under a
-    fresh state directory whose dags folder holds the pipeline's DAG and the per-order one."""
-    from nontax_tools.stack import StackConfig, free_port
+    fresh state directory whose dags folder holds the pipeline's DAG and the per-order one, on
+    fresh databases: an interrupted benchmark's stacks are stopped, its databases dropped."""
+    from nontax_tools.stack import StackConfig, StackState, free_port, stop_stack
 
+    for leftover in state.glob("*/stack.json"):
+        recorded = StackState.load(leftover)
+        if recorded is not None:
+            print(f"{leftover.parent.name} of an interrupted benchmark: stopping what it left")
+            stop_stack(recorded, grace_s=10, say=print)
     shutil.rmtree(state, ignore_errors=True)
     dags = state / "dags"
     dags.mkdir(parents=True)
@@ -360,13 +386,14 @@ def stack_configs(state: Path, pool_slots: int, celery_workers: int) -> tuple:
 
     def ports() -> dict:  # both stacks run at once: each on ports of its own
         return {"port": free_port(), "worker_log_port": free_port(),
-                "trigger_log_port": free_port(), "scheduler_health_port": free_port()}  # fmt: skip
+                "scheduler_health_port": free_port()}  # fmt: skip
 
     settings = dict(
         sandbox_port=None,
         pool_slots=pool_slots,
         parallelism=max(8, pool_slots + 4),
         drop_databases_on_down=True,
+        fresh_databases=True,
         # A schedule whose latest tick is before the DAG's start date: unpausing the DAG starts
         # no scheduled run, which would claim the first measured run's orders as they load.
         extra_env={"AIRFLOW__CORE__DAGS_FOLDER": str(dags), "NONTAX_SCHEDULE": "0 0 29 2 *"},
@@ -466,7 +493,6 @@ def main(argv: list[str] | None = None) -> int:
         say(f"stack up in {stack.started_in_s}s at {stack.url}")
         sandbox = stack.sandbox_admin()
         sandbox.add_fault(endpoint="*", kind="latency", latency_ms=args.latency_ms)
-        dsn = stack.orders_dsn
         # Both stacks up and warm while the rows take turns: the one not measured idles, and
         # the machine's noise (other work on it, the load the benchmark itself leaves) hits
         # each row alike.
@@ -530,14 +556,16 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         if args.per_order:
-            load_orders(dsn, stack.pdf_root, "PER", args.per_order)
+            from per_order_dag import PER_ORDER_PREFIX
+
+            issued = own_orders(stack, "per-order DAG", PER_ORDER_PREFIX, args.per_order)
             _wait_for_dag(stack.api, "bench_per_order")
             stack.api.set_paused(False, dag_id="bench_per_order")
             run, _ = timed_run(stack, "bench_per_order", {}, timeout=3600)
             del run["triggered"]
             run.update(
                 orders=args.per_order,
-                inserted=count_inserted(dsn, "PER"),
+                inserted=issued(),
                 orders_per_s=round(args.per_order / run["seconds"], 2),
             )
             say(f"per-order DAG: {run}")

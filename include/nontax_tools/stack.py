@@ -11,12 +11,15 @@ the AIRFLOW_HOME `airflow/`, `secrets.json`):
   created), else the one on 127.0.0.1:5432 when it lets user postgres in, else an embedded one
   (the pgserver package, data in `<state>/pgdata`, stopped by `down`). Airflow's metadata
   database is `airflow_meta` there (NONTAX_STACK_META_DB names another), the order database
-  `nontax` (NONTAX_STACK_ORDERS_DB names another, a libpq URI); both are created when missing
-  and migrated (`airflow db migrate`, `python -m nontax_tools migrate`), never dropped.
+  `nontax` (NONTAX_STACK_ORDERS_DB_NAME names another there; NONTAX_STACK_ORDERS_DB, a libpq URI,
+  one elsewhere, which must exist); those on the server are created when missing; both are
+  migrated (`airflow db migrate`, `python -m nontax_tools migrate`), never dropped.
 - The WeChat sandbox on WECHAT_SANDBOX_PORT (8765), unless AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT
   is set: then the DAG talks to that.
-- `airflow api-server` (NONTAX_STACK_PORT, default 8080), `scheduler` (LocalExecutor),
-  `dag-processor`, `triggerer`, all with the same environment: the project's folders on
+- `airflow api-server` (NONTAX_STACK_PORT, default 8080), `scheduler` (LocalExecutor; its
+  health check on NONTAX_STACK_HEALTH_PORT, default 8974), `dag-processor`, `triggerer`, and
+  one log server for the task and trigger logs (NONTAX_STACK_LOG_PORT, default 8793), all on
+  loopback and with the same environment: the project's folders on
   PYTHONPATH, the Connections as AIRFLOW_CONN_... variables, one JWT secret, API secret key and
   Fernet key generated once per state directory, SimpleAuthManager with the user `admin` and a
   password generated once (printed; also in `<state>/airflow/simple_auth_manager_passwords.json`).
@@ -36,6 +39,15 @@ running NONTAX_WORKER_CONCURRENCY (8) tasks at once, on the Redis in NONTAX_STAC
 (default redis://127.0.0.1:6379/3); the Celery settings are the compose file's (see
 nontax_tools.celery_workers). `up` also waits until every
 worker consumes; `down` also deletes the stack's keys in Redis.
+
+Two stacks run side by side on one machine when each has its own state directory, ports and
+databases, for example:
+
+    NONTAX_STACK_DIR=.run/stack2 NONTAX_STACK_PORT=8081 NONTAX_STACK_HEALTH_PORT=8975 \
+    NONTAX_STACK_LOG_PORT=8794 WECHAT_SANDBOX_PORT=8766 NONTAX_STACK_META_DB=airflow_meta2 \
+    NONTAX_STACK_ORDERS_DB_NAME=nontax2 make up
+
+`up` refuses to start when any of its ports is in use, naming the variable that moves it.
 
 Tests use the same code through `Stack(StackConfig(...))`, a context manager that always stops
 what it started (see tests/stack/).
@@ -138,11 +150,14 @@ class StackConfig:
     pool: str = "wechat_nontax"
     pool_slots: int = 4
     parallelism: int = 8
+    # The one log server serves the triggerer's logs too (TRIGGER_LOG_SERVER_PORT is this).
     worker_log_port: int = 8793
-    trigger_log_port: int = 8794
     scheduler_health_port: int = 8974
     unpause: bool = True
     drop_databases_on_down: bool = False  # tests: drop the databases this stack created
+    # The benchmark: drop the two databases at `up` when they exist (an interrupted run's), so
+    # that a measured run never starts on orders an earlier one settled.
+    fresh_databases: bool = False
     timeout_s: float = 240.0
     grace_s: float = 20.0
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -166,8 +181,11 @@ class StackConfig:
             force_embedded=_truthy(env.get("NONTAX_STACK_FORCE_EMBEDDED")),
             meta_db_name=env.get("NONTAX_STACK_META_DB") or "airflow_meta",
             orders_db=env.get("NONTAX_STACK_ORDERS_DB") or None,
+            orders_db_name=env.get("NONTAX_STACK_ORDERS_DB_NAME") or "nontax",
             wechat_conn=env.get("AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT") or None,
             sandbox_port=num("WECHAT_SANDBOX_PORT", 8765),
+            worker_log_port=num("NONTAX_STACK_LOG_PORT", 8793),
+            scheduler_health_port=num("NONTAX_STACK_HEALTH_PORT", 8974),
             pdf_root=Path(env["NONTAX_STACK_PDF_ROOT"])
             if env.get("NONTAX_STACK_PDF_ROOT")
             else None,
@@ -184,6 +202,15 @@ class StackConfig:
     def __post_init__(self) -> None:
         if self.executor not in ("local", "celery"):
             raise ValueError(f"executor {self.executor!r}: local or celery")
+
+    def listening_ports(self) -> dict[str, int]:
+        """The ports the stack's Airflow listens on, by the variable that moves each (the
+        sandbox's, WECHAT_SANDBOX_PORT, is checked where the sandbox starts)."""
+        return {
+            "NONTAX_STACK_PORT": self.port,
+            "NONTAX_STACK_LOG_PORT": self.worker_log_port,
+            "NONTAX_STACK_HEALTH_PORT": self.scheduler_health_port,
+        }
 
     @property
     def url(self) -> str:
@@ -498,11 +525,12 @@ class Stack:
                 f"a stack started from {cfg.state_dir} is still running: stop it first "
                 f"(`make down`, or python -m nontax_tools.stack down --state-dir {cfg.state_dir})"
             )
-        if port_in_use(cfg.port):
-            raise StackError(
-                f"port {cfg.port} is in use: another `make up` (stop it with `make down`), or "
-                f"something else (start on another port: NONTAX_STACK_PORT=8081 make up)"
-            )
+        for variable, port in cfg.listening_ports().items():
+            if port_in_use(port):
+                raise StackError(
+                    f"port {port} is in use: another `make up` (stop it with `make down`), or "
+                    f"something else (start on another port: {variable}={port + 1} make up)"
+                )
         self.secrets = Secrets.load_or_create(cfg.state_dir / "secrets.json")
         self.state = StackState(
             stack_id=uuid.uuid4().hex,
@@ -534,6 +562,8 @@ class Stack:
         if cfg.drop_databases_on_down:
             state.pg_server = server  # kept (with any password) only to drop them again
         for name in (cfg.meta_db_name, *(() if cfg.orders_db else (cfg.orders_db_name,))):
+            if cfg.fresh_databases:
+                drop_database(server, name)
             if ensure_database(server, name):
                 state.created_databases.append(name)
         self._save()
@@ -1002,9 +1032,16 @@ def describe(stack: Stack) -> str:
         f"  executor     {_executor(stack)}",
         f"  PDF root     {_rel(state.pdf_root or cfg.pdf_dir)}",
         f"  logs         {_rel(cfg.logs)}/ (processes), {_rel(cfg.home / 'logs')}/ (tasks)",
-        "  stop it      make down",
+        f"  stop it      {stop_command(cfg)}",
     ]
     return "\n".join(lines)
+
+
+def stop_command(cfg: StackConfig) -> str:
+    """`make down`, with the state directory of a stack that runs beside the default one."""
+    if cfg.state_dir.resolve() == DEFAULT_STATE_DIR.resolve():
+        return "make down"
+    return f"NONTAX_STACK_DIR={_rel(cfg.state_dir)} make down"
 
 
 def _executor(stack: Stack) -> str:

@@ -53,7 +53,6 @@ def own_stack_config(state: Path, name: str, **overrides: Any) -> StackConfig:
         "sandbox_port": None,
         "pdf_root": state / "pdfs",
         "worker_log_port": free_port(),
-        "trigger_log_port": free_port(),
         "scheduler_health_port": free_port(),
         "drop_databases_on_down": True,
         "extra_env": extra_env,

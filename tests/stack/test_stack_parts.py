@@ -71,6 +71,87 @@ def test_the_configuration_comes_from_the_environment(tmp_path: Path):
     assert default.executor == "local"
 
 
+def test_two_stacks_from_two_environments_listen_on_disjoint_ports(tmp_path: Path):
+    """Every port `make up` opens moves with a variable, so two stacks run side by side."""
+    first = st.StackConfig.from_env({})
+    assert first.listening_ports() == {
+        "NONTAX_STACK_PORT": 8080,
+        "NONTAX_STACK_LOG_PORT": 8793,
+        "NONTAX_STACK_HEALTH_PORT": 8974,
+    }
+    second = st.StackConfig.from_env(
+        {
+            "NONTAX_STACK_DIR": str(tmp_path / "second"),
+            "NONTAX_STACK_PORT": "8081",
+            "NONTAX_STACK_LOG_PORT": "8794",
+            "NONTAX_STACK_HEALTH_PORT": "8975",
+            "WECHAT_SANDBOX_PORT": "8766",
+            "NONTAX_STACK_META_DB": "airflow_meta2",
+            "NONTAX_STACK_ORDERS_DB_NAME": "nontax2",
+        }
+    )
+    assert (first.meta_db_name, first.orders_db_name) == ("airflow_meta", "nontax")
+    assert (second.meta_db_name, second.orders_db_name) == ("airflow_meta2", "nontax2")
+    assert (second.port, second.worker_log_port, second.scheduler_health_port) == (8081, 8794, 8975)
+
+    def ports(cfg: st.StackConfig) -> set[int]:
+        return {*cfg.listening_ports().values(), cfg.sandbox_port}
+
+    assert len(ports(first)) == len(ports(second)) == 4
+    assert ports(first).isdisjoint(ports(second))
+
+
+def test_a_stack_beside_the_default_one_says_how_to_stop_it(tmp_path: Path):
+    assert st.stop_command(st.StackConfig.from_env({})) == "make down"
+    beside = st.StackConfig.from_env({"NONTAX_STACK_DIR": str(tmp_path / "second")})
+    assert st.stop_command(beside) == f"NONTAX_STACK_DIR={tmp_path / 'second'} make down"
+
+
+@pytest.mark.parametrize("field", ["worker_log_port", "scheduler_health_port"])
+def test_up_refuses_a_busy_log_or_health_port_naming_its_variable(tmp_path: Path, field: str):
+    variable = {"worker_log_port": "NONTAX_STACK_LOG_PORT",
+                "scheduler_health_port": "NONTAX_STACK_HEALTH_PORT"}[field]  # fmt: skip
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        ports = {"port": st.free_port(), "worker_log_port": st.free_port(),
+                 "scheduler_health_port": st.free_port(), field: port}  # fmt: skip
+        config = st.StackConfig(state_dir=tmp_path, **ports)
+        stack = st.Stack(config)
+        with pytest.raises(st.StackError, match=f"port {port} is in use.*{variable}="):
+            stack.up()
+    assert stack.state is None
+
+
+def test_fresh_databases_drop_what_an_earlier_stack_left(tmp_path: Path):
+    """The benchmark's stacks start on empty databases, whatever an interrupted run left."""
+    names = [f"airflow_meta_fresh_{os.getpid()}", f"nontax_fresh_{os.getpid()}"]
+    orders = pg.with_dbname(pg.LOCAL_SERVER, names[1])
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        config = st.StackConfig(
+            state_dir=tmp_path, port=st.free_port(), pg_server=pg.LOCAL_SERVER,
+            meta_db_name=names[0], orders_db_name=names[1], fresh_databases=True,
+            sandbox_port=busy.getsockname()[1],  # `up` stops right after the databases
+        )  # fmt: skip
+        try:
+            pg.ensure_database(pg.LOCAL_SERVER, names[1])
+            pg.run_sql(orders, "CREATE TABLE left_behind (order_id text)")
+            stack = st.Stack(config)
+            with pytest.raises(st.StackError, match="sandbox port"):
+                stack.up()
+            assert stack.state is not None and stack.state.created_databases == names
+            tables = pg.run_sql(
+                orders, "SELECT count(*) FROM pg_tables WHERE tablename = 'left_behind'"
+            )
+            assert tables == [(0,)]
+        finally:
+            for name in names:
+                pg.drop_database(pg.LOCAL_SERVER, name)
+
+
 def test_the_celery_configuration_comes_from_the_environment():
     cfg = st.StackConfig.from_env(
         {

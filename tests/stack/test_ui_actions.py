@@ -46,7 +46,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         sandbox_port=None,
         pdf_root=state / "pdfs",
         worker_log_port=free_port(),
-        trigger_log_port=free_port(),
         scheduler_health_port=free_port(),
         drop_databases_on_down=True,
         extra_env={"NONTAX_SCHEDULE": "0 0 29 2 *"},

@@ -175,6 +175,8 @@ def test_every_server_of_the_stack_listens_on_loopback_only(stack: Stack):
             ]
     ports = {addr.port for _, addr in listening}
     assert {stack.config.port, stack.config.worker_log_port} <= ports, listening
+    # Each of them on the port its StackConfig field (and `make up`'s variable) names.
+    assert set(stack.config.listening_ports().values()) <= ports, listening
     assert all(addr.ip in ("127.0.0.1", "::1") for _, addr in listening), listening
     served = requests.get(f"http://127.0.0.1:{stack.config.worker_log_port}/log/x", timeout=10)
     assert served.status_code == 403  # the log server, refusing a request without its JWT
