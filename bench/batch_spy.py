@@ -9,7 +9,7 @@ share of the batches' CPU spent in a function and what it calls (inclusive) and 
 itself (own), each also as ms per order from the run's measured `batch` CPU. Written to
 bench/batch_spy.txt.
 
-    PYTHONPATH=plugins:include:dags AIRFLOW_HOME=.airflow .venv/bin/python bench/batch_spy.py \
+    PYTHONPATH=include:dags AIRFLOW_HOME=.airflow .venv/bin/python bench/batch_spy.py \
         [--orders 10000]
 """
 
@@ -86,7 +86,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from cpu_account import TASK_TITLE, read_stats, read_title
-    from nontax_tools.stack import Stack
+    from nontax_dev.stack import Stack
     from run import cpu_tracker, load_orders, stack_configs
 
     config, _ = stack_configs(BENCH.parent / ".run" / "bench-spy", pool_slots=4, celery_workers=0)

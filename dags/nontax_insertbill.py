@@ -11,8 +11,7 @@ from datetime import timedelta
 
 from airflow.sdk import DAG, Param
 
-from wechat_nontax.dag_settings import POOL_SLOTS, dag_settings
-from wechat_nontax.operators import (
+from wechat_nontax.issuing.operators import (
     DEFAULT_ORDERS_CONN_ID,
     DEFAULT_WECHAT_CONN_ID,
     WECHAT_POOL,
@@ -21,6 +20,7 @@ from wechat_nontax.operators import (
     issue_claimed_batches,
     issuing_dag_args,
 )
+from wechat_nontax.settings import POOL_SLOTS, dag_settings
 
 WECHAT_CONN_ID = DEFAULT_WECHAT_CONN_ID
 ORDERS_CONN_ID = DEFAULT_ORDERS_CONN_ID

@@ -15,9 +15,13 @@ from datetime import timedelta
 
 from airflow.sdk import DAG, Param
 
-from wechat_nontax.dag_settings import dag_settings
-from wechat_nontax.operators import DEFAULT_ORDERS_CONN_ID, DEFAULT_WECHAT_CONN_ID, WECHAT_POOL
-from wechat_nontax.request_operators import CarryOutRequestsOperator, RequestsReportOperator
+from wechat_nontax.issuing.operators import (
+    DEFAULT_ORDERS_CONN_ID,
+    DEFAULT_WECHAT_CONN_ID,
+    WECHAT_POOL,
+)
+from wechat_nontax.requests.operators import CarryOutRequestsOperator, RequestsReportOperator
+from wechat_nontax.settings import dag_settings
 
 with DAG(
     dag_id="nontax_requests",

@@ -19,13 +19,13 @@ from datetime import timedelta
 
 from airflow.sdk import DAG
 
-from wechat_nontax.dag_settings import POOL_SLOTS, dag_settings
-from wechat_nontax.operators import (
+from wechat_nontax.issuing.operators import (
     DEFAULT_ORDERS_CONN_ID,
     ClaimOrdersOperator,
     issue_claimed_batches,
     issuing_dag_args,
 )
+from wechat_nontax.settings import POOL_SLOTS, dag_settings
 
 with DAG(
     dag_id="nontax_waiting",

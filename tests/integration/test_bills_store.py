@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg2
 
 from factories import make_order
-from wechat_nontax.store import BillsPage, OrderStore, PageMark
+from wechat_nontax.store.orders import BillsPage, OrderStore, PageMark
 
 NEED = ["failed", "invalid"]
 
