@@ -23,6 +23,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from wechat_nontax.settings import ISSUE_TASK_ID
+
 BENCH = Path(__file__).resolve().parent
 PY_SPY = Path(sys.executable).with_name("py-spy")
 LINE = re.compile(r":\d+\)$")
@@ -128,7 +130,7 @@ def main() -> int:
                     popen.wait()
         task_ids = {ti["id"]: ti["task_id"] for ti in instances}
         breakdown = cpu.report(task_ids, args.orders)
-    batch_ids = {i for i, task in task_ids.items() if task == "issue_bills"}
+    batch_ids = {i for i, task in task_ids.items() if task == ISSUE_TASK_ID}
     lines: list[str] = []
     for pid, (_, path) in spies.items():
         text = path.read_text(encoding="utf-8") if path.exists() else ""

@@ -15,7 +15,8 @@ from typing import Any
 
 import requests
 
-DAG_ID = "nontax_insertbill"
+from wechat_nontax.settings import INSERTBILL_DAG_ID as DAG_ID
+
 TERMINAL_RUN_STATES = frozenset({"success", "failed"})
 # Task instance states after which nothing happens any more without a person.
 FINISHED_TI_STATES = frozenset(

@@ -19,10 +19,12 @@ from typing import Any
 
 import psycopg2.extensions
 
+# The DAG ids, under the names the harness and the tests use.
+from wechat_nontax.settings import INSERTBILL_DAG_ID as DAG_ID
+from wechat_nontax.settings import REQUESTS_DAG_ID as REQUESTS_DAG_ID
+from wechat_nontax.settings import WAITING_DAG_ID as WAITING_DAG_ID
+
 ROOT = Path(__file__).resolve().parent.parent.parent
-DAG_ID = "nontax_insertbill"
-REQUESTS_DAG_ID = "nontax_requests"
-WAITING_DAG_ID = "nontax_waiting"
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 # The package's console script (the unit's commands), installed beside it.
 NONTAX = str(Path(sys.executable).with_name("nontax"))

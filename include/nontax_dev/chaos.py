@@ -109,9 +109,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
+from wechat_nontax.settings import INSERTBILL_DAG_ID, ISSUE_TASK_ID
+
 ROOT = Path(__file__).resolve().parent.parent.parent
-DAG_ID = "nontax_insertbill"
-INSERT_TASK = "issue_bills"
+DAG_ID = INSERTBILL_DAG_ID
+INSERT_TASK = ISSUE_TASK_ID
 RERUN_WITH = ("announce_bills", "report")  # cleared with a red instance: its downstream
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -21,7 +21,6 @@ authorisation asks getauthdata first and is inserted only once it says "auth suc
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
 import time
@@ -40,6 +39,12 @@ from wechat_nontax.issuing.validation import (
     check_order_fields,
     check_pdf,
     format_problems,
+)
+from wechat_nontax.settings import (
+    DEFAULT_LEASE_S,
+    DEFAULT_MEDIA_MARGIN_S,
+    MEDIA_ID_LIFETIME_S,
+    default_hold_s,
 )
 from wechat_nontax.store.orders import (
     Hold,
@@ -61,16 +66,6 @@ from wechat_nontax.wechat.policy import (
     seconds_until_quota_reset,
 )
 
-# WeChat deletes a media id that is not attached to a card within 3 days; upload again well
-# before that.
-MEDIA_LIFETIME_S = 3 * 24 * 3600
-DEFAULT_MEDIA_MARGIN_S = 6 * 3600
-# How long a run's claim lasts when nothing renews it (orders claimed and waiting for their
-# batch, or left due by a try): longer than any run, short enough that a crashed run's orders
-# are due again the same day. A run that ended frees its claims at once (see run_steps).
-DEFAULT_LEASE_S = 3600
-# How long a task try's hold on an order lasts unless renewed (every quarter of it).
-DEFAULT_HOLD_S = 120.0
 # An upload's media id is written with the insert's result (one write-back per order instead of
 # two); when the insert has not answered this long after the upload (a slow or timed-out call,
 # when a crash is likeliest to fall between the two), it is written on its own, so that the
@@ -125,12 +120,6 @@ class OrderResult:
     reason: str = ""
     # An insert that WeChat answered but the order database could not record: (code, openid).
     bill: tuple[str, str] | None = None
-
-
-def default_hold_s() -> float:
-    """How long a task try's hold on its orders lasts unrenewed (`NONTAX_HOLD_S`, 120 s): a
-    try that dies (SIGKILL, a lost worker) frees its orders this long after its last renewal."""
-    return float(os.environ.get("NONTAX_HOLD_S", DEFAULT_HOLD_S))
 
 
 @dataclass(frozen=True)
@@ -493,7 +482,7 @@ class BatchIssuer:
         if not stored.s_pdf_media_id or stored.pdf_uploaded_at is None:
             return False
         fresh_until = stored.pdf_uploaded_at + timedelta(
-            seconds=MEDIA_LIFETIME_S - self.settings.media_margin_s
+            seconds=MEDIA_ID_LIFETIME_S - self.settings.media_margin_s
         )
         return fresh_until > datetime.fromtimestamp(self._clock(), UTC)
 

@@ -21,13 +21,17 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import Asset, BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-DEFAULT_WECHAT_CONN_ID = "wechat_nontax_default"
-DEFAULT_ORDERS_CONN_ID = "nontax_orders_db"
-# The pool that bounds the calls to WeChat of both DAGs (issuing, requests) across all runs.
-WECHAT_POOL = os.environ.get("NONTAX_WECHAT_POOL", "wechat_nontax")
+from wechat_nontax.settings import (
+    BILLS_ISSUED_ASSET,
+    ISSUE_TASK_ID,
+    ORDERS_CONN_ID,
+    WECHAT_CONN_ID,
+    WECHAT_POOL,
+)
+
 # How often a task process looks whether its supervisor is still there.
 SUPERVISOR_CHECK_S = 1.0
 
@@ -57,8 +61,8 @@ class IssueBillsOperator(BaseOperator):
         self,
         *,
         order_ids: list[str],
-        wechat_conn_id: str = DEFAULT_WECHAT_CONN_ID,
-        orders_conn_id: str = DEFAULT_ORDERS_CONN_ID,
+        wechat_conn_id: str = WECHAT_CONN_ID,
+        orders_conn_id: str = ORDERS_CONN_ID,
         pdf_root: str | None = None,
         max_workers: int = 16,
         time_budget_s: float | None = None,
@@ -301,7 +305,7 @@ class ClaimOrdersOperator(BaseOperator):
         min_batches: int | str = 1,
         max_orders: int | str | None = None,
         order_ids: Sequence[str] | str = (),
-        orders_conn_id: str = DEFAULT_ORDERS_CONN_ID,
+        orders_conn_id: str = ORDERS_CONN_ID,
         scope: str = "due",
         **kwargs: Any,
     ):
@@ -426,7 +430,7 @@ class RefreshTokenOperator(BaseOperator):
     ui_color = "#f6ecc9"
 
     def __init__(
-        self, *, wechat_conn_id: str = DEFAULT_WECHAT_CONN_ID, dry_run: bool | str = False, **kwargs
+        self, *, wechat_conn_id: str = WECHAT_CONN_ID, dry_run: bool | str = False, **kwargs
     ):
         super().__init__(**kwargs)
         self.wechat_conn_id = wechat_conn_id
@@ -446,9 +450,7 @@ class _RunOrdersOperator(BaseOperator):
     template_fields: Sequence[str] = ("batches",)
     ui_color = "#e8e8e8"
 
-    def __init__(
-        self, *, batches: Any, orders_conn_id: str = DEFAULT_ORDERS_CONN_ID, **kwargs: Any
-    ):
+    def __init__(self, *, batches: Any, orders_conn_id: str = ORDERS_CONN_ID, **kwargs: Any):
         super().__init__(**kwargs)
         self.batches = batches
         self.orders_conn_id = orders_conn_id
@@ -497,7 +499,7 @@ class RunReportOperator(_RunOrdersOperator):
         order_ids = run_order_ids(
             _run_key(context), self.batches, orders_conn_id=self.orders_conn_id
         )
-        outputs = ti.xcom_pull(task_ids="issue_bills", key="return_value") if dry_run else None
+        outputs = ti.xcom_pull(task_ids=ISSUE_TASK_ID, key="return_value") if dry_run else None
         recovered = (
             0
             if dry_run
@@ -548,19 +550,17 @@ def issue_claimed_batches(
     max_workers: int | str,
     dry_run: bool | str = False,
     earlier_runs: bool = True,
-    wechat_conn_id: str = DEFAULT_WECHAT_CONN_ID,
-    orders_conn_id: str = DEFAULT_ORDERS_CONN_ID,
+    wechat_conn_id: str = WECHAT_CONN_ID,
+    orders_conn_id: str = ORDERS_CONN_ID,
 ) -> BaseOperator:
     """The issuing DAGs' steps after their claim, in the DAG being defined: `issue_bills` (one
     instance per batch), `announce_bills`, `report`. Returns `issue_bills`, for what else it
     waits for."""
     from datetime import timedelta
 
-    from wechat_nontax.settings import BILLS_ISSUED
-
     # One task instance per batch, labelled in the UI by its first and last order.
     issue = IssueBillsOperator.partial(
-        task_id="issue_bills",
+        task_id=ISSUE_TASK_ID,
         wechat_conn_id=wechat_conn_id,
         orders_conn_id=orders_conn_id,
         max_workers=max_workers,
@@ -576,7 +576,7 @@ def issue_claimed_batches(
         task_id="announce_bills",
         batches=claim.output,
         orders_conn_id=orders_conn_id,
-        outlets=[BILLS_ISSUED],
+        outlets=[Asset(**BILLS_ISSUED_ASSET)],
         trigger_rule="all_done",
         execution_timeout=timedelta(minutes=5),
     )

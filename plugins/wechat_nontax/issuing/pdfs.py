@@ -25,9 +25,8 @@ import posixpath
 import stat
 
 from wechat_nontax.issuing.validation import Problem, resolve_pdf_path
+from wechat_nontax.settings import PDF_ROOT_ENV, pdf_root_setting
 from wechat_nontax.wechat.errors import InvalidOrderError, PdfUnavailableError
-
-PDF_ROOT_ENV = "NONTAX_PDF_ROOT"
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -42,7 +41,7 @@ _MISSING = {errno.ENOENT, errno.ENOTDIR}
 
 
 def default_pdf_root() -> str:
-    root = os.environ.get(PDF_ROOT_ENV)
+    root = pdf_root_setting()
     if not root:
         raise RuntimeError(
             f"no PDF root: set the environment variable {PDF_ROOT_ENV} (a directory or an "

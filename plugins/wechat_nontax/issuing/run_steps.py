@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from wechat_nontax.issuing.batch import DEFAULT_LEASE_S, default_hold_s
+from wechat_nontax.settings import DEFAULT_LEASE_S, default_hold_s
 from wechat_nontax.store.orders import ClaimScope, RunClaim
 from wechat_nontax.wechat.policy import Status
 

@@ -20,7 +20,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from wechat_nontax.issuing.operators import DEFAULT_ORDERS_CONN_ID, DEFAULT_WECHAT_CONN_ID
+from wechat_nontax.settings import ORDERS_CONN_ID, WECHAT_CONN_ID
 
 
 class CarryOutRequestsOperator(BaseOperator):
@@ -33,8 +33,8 @@ class CarryOutRequestsOperator(BaseOperator):
     def __init__(
         self,
         *,
-        wechat_conn_id: str = DEFAULT_WECHAT_CONN_ID,
-        orders_conn_id: str = DEFAULT_ORDERS_CONN_ID,
+        wechat_conn_id: str = WECHAT_CONN_ID,
+        orders_conn_id: str = ORDERS_CONN_ID,
         max_requests: int | str | None = None,
         time_budget_s: float | None = None,
         **kwargs: Any,
@@ -46,9 +46,9 @@ class CarryOutRequestsOperator(BaseOperator):
         self.time_budget_s = time_budget_s  # None: the runner's own (transient retries)
 
     def execute(self, context: Any) -> dict[str, int]:
-        from wechat_nontax.issuing.batch import default_hold_s
         from wechat_nontax.requests.runner import RequestRunner, result_table
         from wechat_nontax.requests.store import RequestStore
+        from wechat_nontax.settings import default_hold_s
         from wechat_nontax.store.connection import connect
         from wechat_nontax.store.orders import OrderStore, task_holder
         from wechat_nontax.wechat.hook import WeChatNonTaxHook
@@ -84,7 +84,7 @@ class RequestsReportOperator(BaseOperator):
 
     ui_color = "#e8e8e8"
 
-    def __init__(self, *, orders_conn_id: str = DEFAULT_ORDERS_CONN_ID, **kwargs: Any):
+    def __init__(self, *, orders_conn_id: str = ORDERS_CONN_ID, **kwargs: Any):
         super().__init__(**kwargs)
         self.orders_conn_id = orders_conn_id
 

@@ -47,17 +47,18 @@ from wechat_nontax.requests.contract import (
     why_not_carried_out,
 )
 from wechat_nontax.requests.store import RequestStore
+from wechat_nontax.settings import (
+    INSERTBILL_DAG_ID,
+    ISSUE_TASK_ID,
+    MEDIA_ID_LIFETIME_S,
+    REQUESTS_DAG_ID,
+    REQUESTS_TASK_ID,
+    WAITING_DAG_ID,
+)
 from wechat_nontax.store.orders import BillsPage, OrderStore, PageMark
 from wechat_nontax.wechat.policy import Status
 
-DAG_ID = "nontax_insertbill"
-REQUESTS_DAG_ID = "nontax_requests"  # carries out refusals and voids
-WAITING_DAG_ID = "nontax_waiting"  # issues waiting orders between daily runs (issuing operators)
-ISSUE_TASK = "issue_bills"
-REQUESTS_TASK = "carry_out_requests"
 PAGE_SIZE = 50
-# The WeChat media id of an uploaded PDF is good for three days.
-MEDIA_ID_LIFETIME = timedelta(days=3)
 ATTENTION = "attention"
 STATUS_CHOICES = [ATTENTION, *sorted(Status.NEEDS_ATTENTION), *sorted(Status.DUE),
                   *sorted(Status.FINISHED), "all"]  # fmt: skip
@@ -109,7 +110,7 @@ def beijing(unix_time: int | None) -> str:
     return at.strftime("%Y-%m-%d %H:%M:%S") + " Beijing"
 
 
-def run_url(run_id: str, dag_id: str = DAG_ID) -> str:
+def run_url(run_id: str, dag_id: str = INSERTBILL_DAG_ID) -> str:
     return f"/dags/{dag_id}/runs/{quote(run_id, safe='')}"
 
 
@@ -150,7 +151,9 @@ def task_url(holder: str | None) -> str | None:
     held = parse_holder(holder)
     if held is None:
         return None
-    dag_id = held.dag_id or (REQUESTS_DAG_ID if held.task_id == REQUESTS_TASK else DAG_ID)
+    dag_id = held.dag_id or (
+        REQUESTS_DAG_ID if held.task_id == REQUESTS_TASK_ID else INSERTBILL_DAG_ID
+    )
     return task_instance_url(dag_id, held.run_id, held.task_id, held.map_index)
 
 
@@ -160,7 +163,7 @@ def task_url(holder: str | None) -> str | None:
 # written by the issuing DAG or by a DAG reusing its operators (`nontax_waiting`), which the
 # step cannot tell apart: Airflow is asked which of them has the run.
 REQUESTS_STEPS = frozenset({"request", "refuse", "void"})
-ISSUING_DAGS = (DAG_ID, WAITING_DAG_ID)
+ISSUING_DAGS = (INSERTBILL_DAG_ID, WAITING_DAG_ID)
 
 
 def dags_of_step(step: str | None) -> tuple[str, ...]:
@@ -168,7 +171,7 @@ def dags_of_step(step: str | None) -> tuple[str, ...]:
     if step in REQUESTS_STEPS:
         return (REQUESTS_DAG_ID,)
     if step == "operator":
-        return (DAG_ID,)
+        return (INSERTBILL_DAG_ID,)
     return ISSUING_DAGS
 
 
@@ -177,7 +180,7 @@ _templates.filters["when"] = when
 
 
 def render(name: str, code: int = 200, **context: Any) -> HTMLResponse:
-    html = _templates.get_template(name).render(dag_id=DAG_ID, **context)
+    html = _templates.get_template(name).render(dag_id=INSERTBILL_DAG_ID, **context)
     return HTMLResponse(
         html,
         status_code=code,
@@ -214,9 +217,11 @@ def same_origin(request: Request) -> None:
         )
 
 
-CanRead = Depends(requires_access_dag("GET", param_dag_id=DAG_ID))
-CanEdit = Depends(requires_access_dag("PUT", param_dag_id=DAG_ID))
-CanTrigger = Depends(requires_access_dag("POST", DagAccessEntity.RUN, param_dag_id=DAG_ID))
+CanRead = Depends(requires_access_dag("GET", param_dag_id=INSERTBILL_DAG_ID))
+CanEdit = Depends(requires_access_dag("PUT", param_dag_id=INSERTBILL_DAG_ID))
+CanTrigger = Depends(
+    requires_access_dag("POST", DagAccessEntity.RUN, param_dag_id=INSERTBILL_DAG_ID)
+)
 
 
 def caller_token(request: Request) -> str | None:
@@ -360,8 +365,8 @@ ACTIONS = {
     ),
     "issue": Action(
         "Issue now",
-        f"Triggers a run of {DAG_ID} for this order alone (param order_ids). An order that needs "
-        "a person is not taken by the run: make it due again first.",
+        f"Triggers a run of {INSERTBILL_DAG_ID} for this order alone (param order_ids). An order "
+        "that needs a person is not taken by the run: make it due again first.",
         _not_finished,
     ),
     RequestKind.REFUSE: Action(
@@ -410,7 +415,7 @@ class Recorded:
 
     kind: str
     text: str
-    dag_id: str = DAG_ID
+    dag_id: str = INSERTBILL_DAG_ID
     run_id: str | None = None
     pending: bool = False
 
@@ -463,10 +468,10 @@ def _last_task_url(
     if last is None or dag_id is None:
         return None
     if dag_id == REQUESTS_DAG_ID:
-        return task_instance_url(dag_id, last["run_id"], REQUESTS_TASK)
+        return task_instance_url(dag_id, last["run_id"], REQUESTS_TASK_ID)
     if batch is None:
         return None
-    return task_instance_url(dag_id, last["run_id"], ISSUE_TASK, batch)
+    return task_instance_url(dag_id, last["run_id"], ISSUE_TASK_ID, batch)
 
 
 _REFUSED_TITLES = {
@@ -592,7 +597,7 @@ def create_app() -> FastAPI:
         media_expired = bool(
             row["s_pdf_media_id"]
             and row["pdf_uploaded_at"]
-            and now - row["pdf_uploaded_at"] > MEDIA_ID_LIFETIME
+            and now - row["pdf_uploaded_at"] > timedelta(seconds=MEDIA_ID_LIFETIME_S)
         )
         pending = any(r.status == RequestStatus.PENDING for r in requests_)
         paused = airflow.paused(REQUESTS_DAG_ID) if pending else None
@@ -680,7 +685,7 @@ def create_app() -> FastAPI:
                     back=f"order?{urlencode({'id': order_id})}",
                 )  # fmt: skip
             response = _post_run(
-                request, DAG_ID, {"order_ids": [order_id]},
+                request, INSERTBILL_DAG_ID, {"order_ids": [order_id]},
                 f"issue now: {order_id}, by {name} in the Bills view",
             )  # fmt: skip
             if response.status_code not in (200, 201):
