@@ -121,7 +121,7 @@ def a_day_of_write_backs(dsn: str, n: int, say) -> dict:
     rows that autovacuum clears within its minute on a server that runs it (the default); the
     test servers run without it (`autovacuum = off`), so the pages are measured after that
     VACUUM, and the time before it shows what a server without autovacuum would pay."""
-    from wechat_nontax.store.orders import COUNTS_SQL
+    from wechat_nontax.store.reads import COUNTS_SQL
 
     conn = psycopg2.connect(dsn)
     conn.autocommit = True  # the procedure commits each change
@@ -322,7 +322,7 @@ def _pages(sample: dict) -> dict[str, tuple[str, dict]]:
 
 def _queries(sample: dict) -> dict[str, tuple[str, object]]:
     """The SQL each page runs, with its parameters (the store's own statements)."""
-    from wechat_nontax.store.orders import (
+    from wechat_nontax.store.reads import (
         COUNTS_SQL,
         HISTORY_SQL,
         ORDER_ROW_SQL,

@@ -14,8 +14,9 @@ import uuid
 import psycopg2
 
 from nontax_dev.pg import drop_database, fresh_database
+from wechat_nontax.store.holds import CLAIM_SQL
 from wechat_nontax.store.migrate import migrate
-from wechat_nontax.store.orders import CLAIM_SQL, OrderStore
+from wechat_nontax.store.orders import OrderStore
 
 DUE = 10_000
 

@@ -76,7 +76,8 @@ def _switch(dsn: str, way: str) -> None:
 
 
 def one_round(dsn: str, way: str, prefix: str, n_load: int, n_write: int) -> dict:
-    from wechat_nontax.store.orders import Hold, OrderStore
+    from wechat_nontax.store.holds import Hold
+    from wechat_nontax.store.orders import OrderStore
 
     _switch(dsn, way)
     store = OrderStore(psycopg2.connect(dsn))

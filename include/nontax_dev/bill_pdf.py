@@ -198,7 +198,7 @@ def render_bill_pdf(order: Order) -> bytes:
     page_w, page_h = landscape(A5)
     canvas = Canvas(buffer, pagesize=(page_w, page_h), invariant=True, pageCompression=1)
     canvas.setTitle(f"非税收入一般缴款书 {order.billing_code}-{order.billing_no}")
-    canvas.setAuthor("nontax_tools demo")
+    canvas.setAuthor("nontax demo")
     canvas.setSubject(f"order {order.order_id}")
     _draw_bill(canvas, order, font.name, page_w, page_h)
     canvas.showPage()

@@ -21,12 +21,13 @@ from wechat_nontax.issuing.batch import NEEDS_PERSON as ISSUING_NEEDS_PERSON
 from wechat_nontax.requests.contract import check_request
 from wechat_nontax.requests.runner import MAX_REQUEST_CALLS, RequestOutcome
 from wechat_nontax.store.connection import connect_dsn
+from wechat_nontax.store.holds import Hold
 from wechat_nontax.store.migrate import known_migrations, migrate
-from wechat_nontax.store.orders import Hold, OrderStore
+from wechat_nontax.store.orders import OrderStore
 from wechat_nontax.wechat.policy import QUOTA_TIMEZONE
 
 RUN = "scheduled__requests-1"
-CONTRACT_VERSION = 10  # include/migrations/0010_request_contract.sql
+CONTRACT_VERSION = 10  # store/migrations/0010_request_contract.sql
 INSERT = (
     "INSERT INTO nontax.bill_request (order_id, kind, reason, requested_by) "
     "VALUES (%s, %s, %s, 'his')"

@@ -12,7 +12,7 @@ from fastapi import HTTPException
 from starlette.requests import Request
 
 from wechat_nontax.requests.store import RequestRow
-from wechat_nontax.store.orders import PageMark
+from wechat_nontax.store.reads import PageMark
 from wechat_nontax.ui.routes import (
     ACTIONS,
     _day,

@@ -17,7 +17,8 @@ import psycopg2
 
 from wechat_nontax.issuing.bill import BILL_FIELDS, Order
 from wechat_nontax.issuing.validation import check_order_fields, format_problems, pdf_path_problem
-from wechat_nontax.store.orders import LoadResult, OrderStore
+from wechat_nontax.store.orders import OrderStore
+from wechat_nontax.store.writes import LoadResult
 
 CHUNK = 1000
 # What the database's constraints mean, for a person reading the load report.

@@ -46,15 +46,12 @@ from wechat_nontax.settings import (
     MEDIA_ID_LIFETIME_S,
     default_hold_s,
 )
-from wechat_nontax.store.orders import (
-    Hold,
-    NotHeld,
-    OrderStore,
-    OrderStoreError,
-    QuotaStop,
-    StoredOrder,
-    Upload,
-)
+from wechat_nontax.store.holds import Hold, NotHeld
+from wechat_nontax.store.orders import OrderStore
+from wechat_nontax.store.quotas import QuotaStop
+from wechat_nontax.store.reads import StoredOrder
+from wechat_nontax.store.sql import OrderStoreError
+from wechat_nontax.store.writes import Upload
 from wechat_nontax.wechat import errors
 from wechat_nontax.wechat.policy import (
     AUTHORIZATION_DEADLINE_S,

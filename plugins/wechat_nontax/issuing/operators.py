@@ -1,7 +1,7 @@
 """The DAG's steps as Airflow operators: claim, token, issue (one batch), announce, report.
 
 Thin on purpose: each builds what it needs from Connections and hands the work to the package
-(`run_steps`, `issuing`). The issuing step turns its batch's outcomes into the task's state:
+(`run_steps`, `batch`). The issuing step turns its batch's outcomes into the task's state:
 - every order done or waiting for something outside our control: success;
 - an order whose transient errors outlasted the time budget: fail WITH Airflow's retries
   (waiting may help; the retry only touches the unfinished orders);
@@ -90,7 +90,8 @@ class IssueBillsOperator(BaseOperator):
         from wechat_nontax.issuing.pdfs import default_pdf_root, read_pdf
         from wechat_nontax.issuing.validation import Limits
         from wechat_nontax.store.connection import connect
-        from wechat_nontax.store.orders import OrderStore, task_holder
+        from wechat_nontax.store.holds import task_holder
+        from wechat_nontax.store.orders import OrderStore
         from wechat_nontax.wechat.hook import WeChatNonTaxHook
 
         ti = context["ti"]
@@ -319,7 +320,7 @@ class ClaimOrdersOperator(BaseOperator):
 
     def execute(self, context: Any) -> list[list[str]]:
         from wechat_nontax.issuing.run_steps import claim_orders
-        from wechat_nontax.store.orders import ClaimScope, split_run_key
+        from wechat_nontax.store.holds import ClaimScope, split_run_key
 
         _refuse_unknown_params(context)
         dry_run = _as_bool(context["params"].get("dry_run", False))
@@ -359,7 +360,7 @@ class ClaimOrdersOperator(BaseOperator):
 def _run_key(context: Any) -> str:
     """The key this task's run claims under: its own DAG's (another DAG's run may have the same
     run id)."""
-    from wechat_nontax.store.orders import run_key
+    from wechat_nontax.store.holds import run_key
 
     return run_key(context["ti"].dag_id, context["run_id"])
 

@@ -3,8 +3,8 @@
 A request is asked for by `request_action` (the command line, tests, and the Bills view's
 actions) or by the unit's own systems inserting a row into `nontax.bill_request` (the contract:
 migration 0006).
-Asking never calls WeChat; the DAG `nontax_requests` carries requests out (`request_runner`,
-with the statements of `request_store`).
+Asking never calls WeChat; the DAG `nontax_requests` carries requests out (`requests.runner`,
+with the statements of `requests.store`).
 """
 
 from __future__ import annotations

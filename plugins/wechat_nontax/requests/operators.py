@@ -1,7 +1,7 @@
 """The DAG `nontax_requests` as Airflow operators: carry out the pending requests, report.
 
-Thin, like `operators`: each builds what it needs from Connections and hands the work to the
-package (`request_runner`, `bill_requests`). Nothing heavy is imported at module level.
+Thin, like `issuing.operators`: each builds what it needs from Connections and hands the work to the
+package (`requests.runner`, `requests.contract`). Nothing heavy is imported at module level.
 - `carry_out_requests` works through the pending requests (a call each); it fails only when it
   could not make calls at all: no access token (without retries, like an issuing batch), the
   order database away (retried by Airflow);
@@ -50,7 +50,8 @@ class CarryOutRequestsOperator(BaseOperator):
         from wechat_nontax.requests.store import RequestStore
         from wechat_nontax.settings import default_hold_s
         from wechat_nontax.store.connection import connect
-        from wechat_nontax.store.orders import OrderStore, task_holder
+        from wechat_nontax.store.holds import task_holder
+        from wechat_nontax.store.orders import OrderStore
         from wechat_nontax.wechat.hook import WeChatNonTaxHook
 
         ti, run_id = context["ti"], context["run_id"]
@@ -91,7 +92,7 @@ class RequestsReportOperator(BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from wechat_nontax.requests.store import RequestStore, format_request
         from wechat_nontax.store.connection import connect
-        from wechat_nontax.store.orders import run_key
+        from wechat_nontax.store.holds import run_key
 
         ti, run_id = context["ti"], context["run_id"]
         store = RequestStore(connect(self.orders_conn_id, application_name="nontax-requests"))

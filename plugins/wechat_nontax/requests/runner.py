@@ -27,7 +27,9 @@ from typing import Protocol
 
 from wechat_nontax.requests.contract import RequestKind, RequestStatus
 from wechat_nontax.requests.store import Request, RequestRow, RequestStore, Taken, call_problems
-from wechat_nontax.store.orders import OrderStore, QuotaStop, claim_key
+from wechat_nontax.store.holds import claim_key
+from wechat_nontax.store.orders import OrderStore
+from wechat_nontax.store.quotas import QuotaStop
 from wechat_nontax.wechat import errors
 from wechat_nontax.wechat.policy import Action, seconds_until_quota_reset
 

@@ -3,7 +3,7 @@
 Who may work on a request: the task try that HOLDS its order, with the very columns and the
 lease the issuing batches use (`claimed_by`, `held_by`, `claim_expires_at`), so a refusal and
 an insert of the same order never run at once; and while a refusal is pending the issuing claim
-skips its order (`store.py`), so the refusal is never overtaken by an insert it was asked to
+skips its order (`store.holds`), so the refusal is never overtaken by an insert it was asked to
 prevent. Every write-back names the holder and the order's row version it read (`store.Hold`)
 and changes nothing when either is no longer true.
 """
@@ -27,7 +27,8 @@ from wechat_nontax.requests.contract import (
     what_next,
     why_not_carried_out,
 )
-from wechat_nontax.store.orders import UNHOLD, Hold, OrderStore, hold_params, hold_sql
+from wechat_nontax.store.holds import UNHOLD, Hold, hold_params, hold_sql
+from wechat_nontax.store.orders import OrderStore
 from wechat_nontax.wechat.policy import Status, beijing_time
 
 

@@ -9,7 +9,7 @@ Browse -> Bills. Server-rendered HTML (Jinja2, autoescaped), readable without Ja
 - `/bills/order?id=...`: one order, its whole history, links to the Airflow run and task
   instance that last touched it, its media id's age;
 - `/bills/reset`, `/bills/issue`, `/bills/refuse`, `/bills/void` (`?id=...`): a confirmation page
-  (GET), the action (POST). Refuse and void only record a request (`bill_requests`); the DAG
+  (GET), the action (POST). Refuse and void only record a request (`requests.contract`); the DAG
   `nontax_requests` carries it out, and the POST asks Airflow for a run of it at once.
 
 Airflow does not protect a plugin's routes: every route here checks the caller with Airflow's
@@ -55,7 +55,8 @@ from wechat_nontax.settings import (
     REQUESTS_TASK_ID,
     WAITING_DAG_ID,
 )
-from wechat_nontax.store.orders import BillsPage, OrderStore, PageMark
+from wechat_nontax.store.orders import OrderStore
+from wechat_nontax.store.reads import BillsPage, PageMark
 from wechat_nontax.wechat.policy import Status
 
 PAGE_SIZE = 50

@@ -32,7 +32,7 @@ from typing import Protocol
 
 import psycopg2.extensions
 
-from wechat_nontax.store.orders import QUOTA_STOP_SQL
+from wechat_nontax.store.quotas import QUOTA_STOP_SQL
 from wechat_nontax.wechat import errors
 from wechat_nontax.wechat.policy import Action, Step, seconds_until_quota_reset
 
