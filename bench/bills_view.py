@@ -38,7 +38,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 DB_NAME = "nontax_bench_bills"
 REPEATS = 15
-PAGE_SIZE = 50  # wechat_nontax.ui.routes.PAGE_SIZE, +1 read to know there is more
+PAGE_SIZE = 50  # wechat_nontax.ui.view.PAGE_SIZE, +1 read to know there is more
 
 # %(n)s orders, order i changed (30 * (n - i)) s ago; the status cycles every 1,000 orders.
 MAKE_ORDERS_SQL = """
@@ -329,7 +329,7 @@ def _queries(sample: dict) -> dict[str, tuple[str, object]]:
         BillsPage,
         PageMark,
     )
-    from wechat_nontax.ui.routes import ATTENTION, statuses_of
+    from wechat_nontax.ui.view import ATTENTION, statuses_of
 
     day = datetime.combine(sample["day"], datetime.min.time(), UTC)
     limit = PAGE_SIZE + 1

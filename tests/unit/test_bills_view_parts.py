@@ -13,7 +13,8 @@ from starlette.requests import Request
 
 from wechat_nontax.requests.store import RequestRow
 from wechat_nontax.store.reads import PageMark
-from wechat_nontax.ui.routes import (
+from wechat_nontax.ui.routes import same_origin
+from wechat_nontax.ui.view import (
     ACTIONS,
     _day,
     beijing,
@@ -21,7 +22,6 @@ from wechat_nontax.ui.routes import (
     mark_of,
     page_mark,
     printable,
-    same_origin,
     task_url,
     what_was_done,
     yuan,
@@ -208,7 +208,7 @@ def test_behind_a_proxy_the_public_host_of_base_url_passes_too(monkeypatch):
     ],
 )
 def test_each_status_offers_the_actions_that_fit_it(status, offered):
-    from wechat_nontax.ui.routes import ACTIONS
+    from wechat_nontax.ui.view import ACTIONS
 
     row = {"status": status}
     assert {name for name, a in ACTIONS.items() if a.why_not(row) is None} == offered
