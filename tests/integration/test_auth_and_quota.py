@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from factories import make_order, write_pdf
-from wechat_nontax.issuing.batch import Outcome
+from wechat_nontax.issuing.outcomes import Outcome
 from wechat_nontax.wechat.policy import AUTHORIZATION_RECHECK_S
 from wechat_sandbox.client import DEFAULT_APPID
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from wechat_nontax.issuing.batch import Outcome
+from wechat_nontax.issuing.outcomes import Outcome
 from wechat_nontax.wechat.policy import INSERT_IN_PROGRESS_LIMIT, INSERT_IN_PROGRESS_WAIT_S
 
 

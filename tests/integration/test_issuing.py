@@ -8,7 +8,7 @@ import time
 import pytest
 
 from factories import MINIMAL_PDF, make_order, write_pdf
-from wechat_nontax.issuing.batch import Outcome
+from wechat_nontax.issuing.outcomes import Outcome
 from wechat_nontax.issuing.validation import Limits
 
 

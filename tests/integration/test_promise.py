@@ -12,12 +12,12 @@ import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from factories import held, make_order
-from wechat_nontax.issuing.batch import OrderResult, Outcome
 from wechat_nontax.issuing.operators import (
     IssueBillsOperator,
     _first_try_since_a_clear,
     _retry_left,
 )
+from wechat_nontax.issuing.outcomes import OrderResult, Outcome
 from wechat_nontax.store.connection import connect_dsn
 from wechat_nontax.store.orders import OrderStore
 from wechat_nontax.wechat.errors import PdfUnavailableError

@@ -16,8 +16,9 @@ import pytest
 from factories import ask, make_order, request_runner
 from nontax_dev.pg import drop_database, fresh_database, run_sql
 from wechat_nontax.cli.main import main as tools_main
-from wechat_nontax.issuing.batch import LEFT_TO_REFUSAL, REFUSAL_RECHECK_S, Outcome
-from wechat_nontax.issuing.batch import NEEDS_PERSON as ISSUING_NEEDS_PERSON
+from wechat_nontax.issuing.batch import LEFT_TO_REFUSAL, REFUSAL_RECHECK_S
+from wechat_nontax.issuing.outcomes import NEEDS_PERSON as ISSUING_NEEDS_PERSON
+from wechat_nontax.issuing.outcomes import Outcome
 from wechat_nontax.requests.contract import check_request
 from wechat_nontax.requests.runner import MAX_REQUEST_CALLS, RequestOutcome
 from wechat_nontax.store.connection import connect_dsn

@@ -24,15 +24,14 @@ import logging
 import random
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Protocol
 
 from wechat_nontax.issuing.bill import Order, bill_fields
+from wechat_nontax.issuing.outcomes import OrderResult, Outcome
 from wechat_nontax.issuing.validation import (
     Limits,
     check_card_allowed,
@@ -63,60 +62,34 @@ from wechat_nontax.wechat.policy import (
     seconds_until_quota_reset,
 )
 
+log = logging.getLogger(__name__)
+
+
 # An upload's media id is written with the insert's result (one write-back per order instead of
 # two); when the insert has not answered this long after the upload (a slow or timed-out call,
 # when a crash is likeliest to fall between the two), it is written on its own, so that the
 # order's row shows its PDF is up. Checked every UPLOAD_WRITE_CHECK_S.
 UPLOAD_WRITE_AFTER_S = 1.0
+
+
 UPLOAD_WRITE_CHECK_S = 0.25
+
+
 # The daily quota record is read at most this often by a batch (and at once when this batch
 # meets a quota): well inside the 2 s a call may follow a stop recorded elsewhere (chaos.py's
 # IN_FLIGHT_S), at one read per batch and half-second instead of one per call.
 QUOTA_RECHECK_S = 0.5
+
+
 # The calls whose quota a batch checks before each call.
 ISSUING_APIS = (Step.AUTHORIZATION, Step.UPLOAD, Step.INSERT)
+
+
 # A refusal asked this long before an order's upload or insert always keeps it from being sent
 # (a batch looks before the order's first such call and each retry, and before its next call
 # once this has passed: once per order when its calls go through at once). Within chaos.py's
 # IN_FLIGHT_S with a call's time.
 REFUSAL_RECHECK_S = 1.0
-
-log = logging.getLogger(__name__)
-
-
-class Outcome(StrEnum):
-    """How one order left this task."""
-
-    INSERTED = "inserted"
-    VALIDATED = "validated"  # dry run: valid, nothing sent
-    ALREADY_DONE = "already_done"  # finished before this task started
-    ALREADY_INSERTED = "already_inserted"  # 72056: in the card package, code/openid unknown
-    REJECTED = "rejected"  # 72035: can never be inserted
-    AWAITING_AUTH = "awaiting_auth"  # 72038: asked again later
-    QUOTA = "quota"  # daily quota reached: left due for the next run
-    RETRY_LATER = "retry_later"  # transient errors outlasted the time budget: left due
-    NOT_DUE = "not_due"  # not this try's to send: waiting for its time, or for a person
-    NOT_HELD = "not_held"  # another run or try holds the order
-    HOLD_LOST = "hold_lost"  # held by this try, then no longer: not sent, or not recorded
-    EARLIER_TRY = "earlier_try"  # an earlier try of this batch still holds it: retried later
-    BLOCKED = "blocked"  # not sent: the batch stopped (no access token): left due
-    UNRECORDED = "unrecorded"  # inserted on WeChat, the order database unreachable: journalled
-    INVALID = "invalid"  # bad data: needs a person
-    FAILED = "failed"  # permanent refusal: needs a person
-    MISMATCHED = "mismatched"  # inserted from a row version the row no longer has: a person
-
-
-NEEDS_PERSON = frozenset({Outcome.INVALID, Outcome.FAILED, Outcome.BLOCKED, Outcome.MISMATCHED})
-PASSES_BY_WAITING = frozenset({Outcome.RETRY_LATER, Outcome.EARLIER_TRY, Outcome.UNRECORDED})
-
-
-@dataclass(frozen=True, slots=True)
-class OrderResult:
-    order_id: str
-    outcome: Outcome
-    reason: str = ""
-    # An insert that WeChat answered but the order database could not record: (code, openid).
-    bill: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -875,12 +848,18 @@ _NOT_HELD_OUTCOME = {
     "held": Outcome.NOT_HELD,
     "claimed": Outcome.NOT_HELD,
 }
+
+
 # The calls a refusal asked meanwhile keeps an order from: its upload and its insert.
 _REFUSABLE_CALLS = frozenset({Step.UPLOAD, Step.INSERT})
+
+
 LEFT_TO_REFUSAL = (
     "not sent: a refusal of it was asked while its batch ran; the DAG nontax_requests carries "
     "it out"
 )
+
+
 # An unreadable PDF whose error may pass (an I/O or object-storage error) is tried again after
 # this, not at once by every retry of the task.
 PDF_RETRY_S = 10 * 60.0
@@ -901,23 +880,3 @@ class _OrderEnded(Exception):
 
 def _answer(exc: errors.WeChatError) -> str:
     return f"errcode {exc.errcode}: {exc.errmsg}" if exc.errcode is not None else exc.errmsg
-
-
-def outcome_table(results: Sequence[OrderResult], *, reason_width: int = 90) -> str:
-    """A plain-text table of a batch's outcomes for the task log: counts first, then every
-    order, the ones that did not go through at the top."""
-    counts = Counter(r.outcome for r in results)
-    ordered = sorted(results, key=lambda r: r.outcome in _ROUTINE)
-    width = max([len("order_id"), *(len(r.order_id) for r in results)])
-    lines = [
-        ", ".join(f"{outcome}: {n}" for outcome, n in counts.most_common()),
-        f"{'order_id':<{width}}  {'outcome':<16}  reason",
-        f"{'-' * width}  {'-' * 16}  ------",
-    ]
-    for r in ordered:
-        reason = r.reason if len(r.reason) <= reason_width else r.reason[: reason_width - 1] + "…"
-        lines.append(f"{r.order_id:<{width}}  {r.outcome:<16}  {reason}")
-    return "\n".join(lines)
-
-
-_ROUTINE = frozenset({Outcome.INSERTED, Outcome.VALIDATED, Outcome.ALREADY_DONE})

@@ -195,7 +195,7 @@ class IssueBillsOperator(BaseOperator):
         its orders, or nothing does: a person must see it), then a person's problem (no retry
         can fix it), then a spent quota (retrying today cannot help), then what passes by
         waiting."""
-        from wechat_nontax.issuing.batch import (
+        from wechat_nontax.issuing.outcomes import (
             NEEDS_PERSON,
             PASSES_BY_WAITING,
             Outcome,
