@@ -495,7 +495,8 @@ def test_the_runbook_is_linked_and_the_example_env_names_the_compose_file():
 
 def test_ci_resolves_exactly_what_the_dockerfile_installs(tmp_path: Path):
     """`make image-deps` (in .ci/run, before `make test`) reads the Dockerfile's pip install:
-    the image's Airflow with its Celery extra, requirements.txt under constraints.txt."""
+    the image's Airflow with its Celery extra, requirements.txt under constraints.txt, and the
+    package from the folder its pyproject.toml is copied into."""
     from nontax_dev import image_deps
 
     airflow, python, args = image_deps.dockerfile_install()
@@ -504,6 +505,7 @@ def test_ci_resolves_exactly_what_the_dockerfile_installs(tmp_path: Path):
         "apache-airflow[celery]==3.3.2",
         "-r", str(ROOT / "requirements.txt"),
         "-c", str(ROOT / "constraints.txt"),
+        str(ROOT),
     ]  # fmt: skip
     assert re.search(r"^make image-deps$", (ROOT / ".ci" / "run").read_text(), re.M)
     # A Dockerfile that leaves the image's Airflow unnamed is refused before pip runs.
