@@ -3,10 +3,13 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 PYTHON ?= python3.11
-VENV := .venv
+VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)/include:$(CURDIR)/dags
+# The unit's commands: the package's console script.
+NONTAX := $(VENV)/bin/nontax
+# The harness (include/) and the DAG files; the package itself is installed (pip install -e .).
+export PYTHONPATH := $(CURDIR)/include:$(CURDIR)/dags
 export AIRFLOW_HOME ?= $(CURDIR)/.airflow
 export NONTAX_PDF_ROOT ?= $(CURDIR)/.run/pdfs
 # The order database for the tools, unless the environment names one.
@@ -27,19 +30,20 @@ SEED ?= 1
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install the pinned dependencies
+install: $(STAMP)  ## create .venv, install the pinned dependencies and the package (editable)
 
 constraints: $(STAMP)  ## re-pin the whole tree from the current install
 	{ echo "# The whole dependency tree, pinned (make constraints regenerates it from a passing install)."; \
 	  $(PY) -m pip freeze --exclude-editable | grep -v '^#'; } > constraints.txt
 
 image-deps: $(STAMP)  ## check the Dockerfile's pip install resolves to the pins (CI runs it)
-	$(PY) -m nontax_tools.image_deps
+	$(PY) -m nontax_dev.image_deps
 
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check .
@@ -49,7 +53,7 @@ test: lint  ## the whole suite: unit, integration (Postgres, sandbox), end to en
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 migrate: $(STAMP)  ## apply the order schema migrations to AIRFLOW_CONN_NONTAX_ORDERS_DB
-	$(PY) -m nontax_tools migrate
+	$(NONTAX) migrate
 
 # What a person types after ORDER=, REASON= and FILE= reaches the program as it is: make's
 # $(value ...) leaves `$` alone and the environment keeps it from the shell (no `...` or $(...)
@@ -60,39 +64,39 @@ load-orders history refuse void: export NONTAX_REASON := $(value REASON)
 
 load-orders: $(STAMP)  ## load orders from JSON Lines: make load-orders FILE=orders.jsonl
 	@test -n "$$NONTAX_FILE" || { echo "usage: make load-orders FILE=orders.jsonl"; exit 2; }
-	$(PY) -m nontax_tools load -- "$$NONTAX_FILE"
+	$(NONTAX) load -- "$$NONTAX_FILE"
 
 run-once: $(STAMP)  ## run the DAG once (airflow dags test) with the AIRFLOW_CONN_... Connections
-	$(PY) -m nontax_tools.run_once
+	$(PY) -m nontax_dev.run_once
 
 status: $(STAMP)  ## orders by status
-	$(PY) -m nontax_tools status
+	$(NONTAX) status
 
 attention: $(STAMP)  ## the orders that need a person, with their reasons
-	$(PY) -m nontax_tools attention
+	$(NONTAX) attention
 
 .PHONY: withdraw
 withdraw: $(STAMP)  ## withdraw a refusal or void that ended refused/failed: make withdraw REQUEST=..
 	@test -n "$$REQUEST" || { echo "usage: make withdraw REQUEST=request_id [NOTE=...]"; exit 2; }
-	$(PY) -m nontax_tools withdraw "$$REQUEST" --note "$$NOTE"  # from the environment, as typed
+	$(NONTAX) withdraw "$$REQUEST" --note "$$NOTE"  # from the environment, as typed
 
 history: $(STAMP)  ## an order's row, history and requests: make history ORDER=T00000001
 	@test -n "$$NONTAX_ORDER" || { echo "usage: make history ORDER=order_id"; exit 2; }
-	$(PY) -m nontax_tools history -- "$$NONTAX_ORDER"
+	$(NONTAX) history -- "$$NONTAX_ORDER"
 
 refuse: $(STAMP)  ## ask for an order to be refused: make refuse ORDER=.. REASON="shown to the payer"
 	@test -n "$$NONTAX_ORDER" || { echo 'usage: make refuse ORDER=order_id REASON="..."'; exit 2; }
-	$(PY) -m nontax_tools refuse --reason="$$NONTAX_REASON" -- "$$NONTAX_ORDER"
+	$(NONTAX) refuse --reason="$$NONTAX_REASON" -- "$$NONTAX_ORDER"
 
 void: $(STAMP)  ## ask for an order's issued bill to be voided: make void ORDER=.. REASON=".."
 	@test -n "$$NONTAX_ORDER" || { echo 'usage: make void ORDER=order_id REASON="..."'; exit 2; }
-	$(PY) -m nontax_tools void --reason="$$NONTAX_REASON" -- "$$NONTAX_ORDER"
+	$(NONTAX) void --reason="$$NONTAX_REASON" -- "$$NONTAX_ORDER"
 
 demo: $(STAMP)  ## the whole pipeline on 200 demo orders against the sandbox, in one go
-	$(PY) -m nontax_tools.demo
+	$(PY) -m nontax_dev.demo
 
 chaos: $(STAMP)  ## RUNS runs under random WeChat faults, the promise checked: make chaos RUNS=200 SEED=1
-	$(PY) -m nontax_tools.chaos --runs $(RUNS) --seed $(SEED)
+	$(PY) -m nontax_dev.chaos --runs $(RUNS) --seed $(SEED)
 
 sandbox: $(STAMP)  ## run the WeChat sandbox in the foreground on WECHAT_SANDBOX_PORT
 	$(PY) -m wechat_sandbox --port $(WECHAT_SANDBOX_PORT)
@@ -102,10 +106,10 @@ bench: $(STAMP)  ## pipeline vs ceiling vs per-order DAG, Celery, CPU per order,
 
 up: $(STAMP)  ## the local Airflow in the background (UI :8080); make up EXECUTOR=celery WORKERS=2
 	WECHAT_SANDBOX_PORT=$(WECHAT_SANDBOX_PORT) NONTAX_STACK_EXECUTOR=$(EXECUTOR) \
-		NONTAX_STACK_WORKERS=$(WORKERS) $(PY) -m nontax_tools.stack up
+		NONTAX_STACK_WORKERS=$(WORKERS) $(PY) -m nontax_dev.stack up
 
 down:  ## stop everything `make up` started, and check that nothing is left
-	@if test -x $(PY); then $(PY) -m nontax_tools.stack down; \
+	@if test -x $(PY); then $(PY) -m nontax_dev.stack down; \
 	else echo "no .venv: nothing was started"; fi
 
 clean: down  ## stop the local stack, remove the venv and local state

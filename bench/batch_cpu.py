@@ -12,8 +12,8 @@ the batch under cProfile in every thread (each order runs in a thread of the bat
 cProfile alone would not see), the functions ranked by cumulative and by own time written to
 bench/batch_profile.txt (cProfile slows the batch down; the ranking is what counts):
 
-    PYTHONPATH=plugins:include .venv/bin/python bench/batch_cpu.py [--orders 2500] [--profile]
-    PYTHONPATH=plugins:include .venv/bin/py-spy record --gil -o batch.svg -- \
+    PYTHONPATH=include .venv/bin/python bench/batch_cpu.py [--orders 2500] [--profile]
+    PYTHONPATH=include .venv/bin/py-spy record --gil -o batch.svg -- \
         .venv/bin/python bench/batch_cpu.py
 """
 
@@ -108,12 +108,12 @@ def batch_cpu(
 ) -> dict:
     from ceiling import ceiling, demo_orders
     from cpu_account import CpuTracker
-    from nontax_tools.airflow_run import orders_connection, sandbox_connection
-    from nontax_tools.bill_pdf import render_bill_pdf
-    from nontax_tools.migrate import migrate
-    from nontax_tools.pg import drop_database, fresh_database
+    from nontax_dev.airflow_run import orders_connection, sandbox_connection
+    from nontax_dev.bill_pdf import render_bill_pdf
+    from nontax_dev.pg import drop_database, fresh_database
     from run import CHECKOUT, load_orders, postmaster_pid
-    from wechat_nontax.operators import IssueBillsOperator
+    from wechat_nontax.issuing.operators import IssueBillsOperator
+    from wechat_nontax.store.migrate import migrate
     from wechat_sandbox.process import start_sandbox
 
     database = f"nontax_bench_cpu_{CHECKOUT}"

@@ -9,7 +9,7 @@ share of the batches' CPU spent in a function and what it calls (inclusive) and 
 itself (own), each also as ms per order from the run's measured `batch` CPU. Written to
 bench/batch_spy.txt.
 
-    PYTHONPATH=plugins:include:dags AIRFLOW_HOME=.airflow .venv/bin/python bench/batch_spy.py \
+    PYTHONPATH=include:dags AIRFLOW_HOME=.airflow .venv/bin/python bench/batch_spy.py \
         [--orders 10000]
 """
 
@@ -22,6 +22,8 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+
+from wechat_nontax.settings import ISSUE_TASK_ID
 
 BENCH = Path(__file__).resolve().parent
 PY_SPY = Path(sys.executable).with_name("py-spy")
@@ -86,7 +88,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from cpu_account import TASK_TITLE, read_stats, read_title
-    from nontax_tools.stack import Stack
+    from nontax_dev.stack import Stack
     from run import cpu_tracker, load_orders, stack_configs
 
     config, _ = stack_configs(BENCH.parent / ".run" / "bench-spy", pool_slots=4, celery_workers=0)
@@ -128,7 +130,7 @@ def main() -> int:
                     popen.wait()
         task_ids = {ti["id"]: ti["task_id"] for ti in instances}
         breakdown = cpu.report(task_ids, args.orders)
-    batch_ids = {i for i, task in task_ids.items() if task == "issue_bills"}
+    batch_ids = {i for i, task in task_ids.items() if task == ISSUE_TASK_ID}
     lines: list[str] = []
     for pid, (_, path) in spies.items():
         text = path.read_text(encoding="utf-8") if path.exists() else ""

@@ -38,7 +38,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 DB_NAME = "nontax_bench_bills"
 REPEATS = 15
-PAGE_SIZE = 50  # wechat_nontax.bills_view.PAGE_SIZE, +1 read to know there is more
+PAGE_SIZE = 50  # wechat_nontax.ui.view.PAGE_SIZE, +1 read to know there is more
 
 # %(n)s orders, order i changed (30 * (n - i)) s ago; the status cycles every 1,000 orders.
 MAKE_ORDERS_SQL = """
@@ -121,7 +121,7 @@ def a_day_of_write_backs(dsn: str, n: int, say) -> dict:
     rows that autovacuum clears within its minute on a server that runs it (the default); the
     test servers run without it (`autovacuum = off`), so the pages are measured after that
     VACUUM, and the time before it shows what a server without autovacuum would pay."""
-    from wechat_nontax.store import COUNTS_SQL
+    from wechat_nontax.store.reads import COUNTS_SQL
 
     conn = psycopg2.connect(dsn)
     conn.autocommit = True  # the procedure commits each change
@@ -159,7 +159,7 @@ def _explained(cur, sql: str, params: object) -> tuple[str, float]:
 
 
 def fingerprint(server: str, n: int) -> str:
-    from nontax_tools.migrate import known_migrations
+    from wechat_nontax.store.migrate import known_migrations
 
     digest = hashlib.sha256(f"{n}\n{MAKE_ORDERS_SQL}\n{MAKE_HISTORY_SQL}".encode())
     for migration in known_migrations():
@@ -186,8 +186,8 @@ def _kept_fingerprint(server: str) -> str | None:
 
 def bills_database(server: str, n: int, *, fresh: bool, say) -> tuple[str, dict]:
     """The database of `n` orders: the kept one when its fingerprint matches, else a new one."""
-    from nontax_tools.migrate import migrate
-    from nontax_tools.pg import fresh_database, with_dbname
+    from nontax_dev.pg import fresh_database, with_dbname
+    from wechat_nontax.store.migrate import migrate
 
     wanted = fingerprint(server, n)
     dsn = with_dbname(server, DB_NAME)
@@ -226,7 +226,7 @@ def bills_database(server: str, n: int, *, fresh: bool, say) -> tuple[str, dict]
 def api_server(stack, orders_dsn: str, say) -> Iterator[str]:
     """An api-server of its own (one worker) on the stack's Airflow, reading `orders_dsn`;
     always stopped, its whole process group."""
-    from nontax_tools.airflow_run import AIRFLOW, orders_connection
+    from nontax_dev.airflow_run import AIRFLOW, orders_connection
     from wechat_sandbox.process import free_port
 
     port = free_port()
@@ -322,14 +322,14 @@ def _pages(sample: dict) -> dict[str, tuple[str, dict]]:
 
 def _queries(sample: dict) -> dict[str, tuple[str, object]]:
     """The SQL each page runs, with its parameters (the store's own statements)."""
-    from wechat_nontax.bills_view import ATTENTION, statuses_of
-    from wechat_nontax.store import (
+    from wechat_nontax.store.reads import (
         COUNTS_SQL,
         HISTORY_SQL,
         ORDER_ROW_SQL,
         BillsPage,
         PageMark,
     )
+    from wechat_nontax.ui.view import ATTENTION, statuses_of
 
     day = datetime.combine(sample["day"], datetime.min.time(), UTC)
     limit = PAGE_SIZE + 1

@@ -13,9 +13,10 @@ import uuid
 
 import psycopg2
 
-from nontax_tools.migrate import migrate
-from nontax_tools.pg import drop_database, fresh_database
-from wechat_nontax.store import CLAIM_SQL, OrderStore
+from nontax_dev.pg import drop_database, fresh_database
+from wechat_nontax.store.holds import CLAIM_SQL
+from wechat_nontax.store.migrate import migrate
+from wechat_nontax.store.orders import OrderStore
 
 DUE = 10_000
 

@@ -33,6 +33,8 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from wechat_nontax.settings import ISSUE_TASK_ID
+
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 # A task process after Airflow's setproctitle: "airflow worker -- <task instance id>".
 TASK_TITLE = re.compile(r"airflow worker -- ([0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12})")
@@ -151,7 +153,7 @@ def role_of(title: str, group: str, depth: int, task_ids: Mapping[str, str],
         return databases.get(match.group(1) or match.group(2), "") if match else ""
     task = TASK_TITLE.search(title)
     if task:
-        return "batch" if task_ids.get(task.group(1)) == "issue_bills" else "other_tasks"
+        return "batch" if task_ids.get(task.group(1)) == ISSUE_TASK_ID else "other_tasks"
     is_worker = group.startswith("worker-")
     if depth >= 2 and (group == "scheduler" or is_worker):
         return "other_tasks"  # a task process seen before it named itself: a short task

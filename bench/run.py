@@ -116,8 +116,8 @@ class WorkerMemory:
 def load_orders(dsn: str, pdf_root: Path, prefix: str, n: int) -> None:
     """N due orders sharing one bill PDF file (the pipeline still reads it once per order)."""
     from ceiling import demo_orders
-    from nontax_tools.bill_pdf import render_bill_pdf
-    from wechat_nontax.store import OrderStore
+    from nontax_dev.bill_pdf import render_bill_pdf
+    from wechat_nontax.store.orders import OrderStore
 
     orders = demo_orders(n, prefix)
     pdf = pdf_root / "bench" / "bill.pdf"
@@ -238,7 +238,7 @@ def pipeline_run(stack, conf: dict, label: str, n: int, say) -> dict:
 def ceiling_run(stack, label: str, args, in_flight: int, say) -> dict:
     """The plain client once, with its own CPU and the sandbox's."""
     from ceiling import ceiling, demo_orders
-    from nontax_tools.bill_pdf import render_bill_pdf
+    from nontax_dev.bill_pdf import render_bill_pdf
 
     orders = demo_orders(args.large, label)
     sandbox = next(p.pid for p in stack.state.procs if p.name == "sandbox")
@@ -281,7 +281,7 @@ def row_result(runs: list[dict]) -> dict:
 
 
 def _wait_for_dag(api, dag_id: str, timeout: float = 120) -> None:
-    from nontax_tools.airflow_api import AirflowApiError
+    from nontax_dev.airflow_api import AirflowApiError
 
     deadline = time.monotonic() + timeout
     while True:
@@ -371,7 +371,7 @@ def stack_configs(state: Path, pool_slots: int, celery_workers: int) -> tuple:
     """The benchmark's two stacks (LocalExecutor, and Celery with `celery_workers`), under a
     fresh state directory whose dags folder holds the pipeline's DAG and the per-order one, on
     fresh databases: an interrupted benchmark's stacks are stopped, its databases dropped."""
-    from nontax_tools.stack import StackConfig, StackState, free_port, stop_stack
+    from nontax_dev.stack import StackConfig, StackState, free_port, stop_stack
 
     for leftover in state.glob("*/stack.json"):
         recorded = StackState.load(leftover)
@@ -440,8 +440,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from ceiling import ceiling, demo_orders
     from claim_cost import claim_cost
-    from nontax_tools.bill_pdf import render_bill_pdf
-    from nontax_tools.stack import Stack
+    from nontax_dev.bill_pdf import render_bill_pdf
+    from nontax_dev.stack import Stack
     from parse_time import parse_ms
 
     state = ROOT / ".run" / "bench"

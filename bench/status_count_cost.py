@@ -76,7 +76,8 @@ def _switch(dsn: str, way: str) -> None:
 
 
 def one_round(dsn: str, way: str, prefix: str, n_load: int, n_write: int) -> dict:
-    from wechat_nontax.store import Hold, OrderStore
+    from wechat_nontax.store.holds import Hold
+    from wechat_nontax.store.orders import OrderStore
 
     _switch(dsn, way)
     store = OrderStore(psycopg2.connect(dsn))
@@ -208,8 +209,8 @@ def trigger_lines(dsn: str, way: str) -> dict[str, list[str]]:
 
 def status_count_cost(server: str, *, repeats: int = 6, n_load: int = 10_000,
                       n_write: int = 2_000) -> dict:  # fmt: skip
-    from nontax_tools.pg import run_sql, scratch_database
-    from wechat_nontax.store import OrderStore
+    from nontax_dev.pg import run_sql, scratch_database
+    from wechat_nontax.store.orders import OrderStore
 
     with scratch_database(server, "nontax_bench_counts") as dsn:
         run_sql(dsn, ALTERNATIVES_SQL)

@@ -11,22 +11,23 @@ from datetime import timedelta
 
 from airflow.sdk import DAG, Param
 
-from wechat_nontax.dag_settings import POOL_SLOTS, dag_settings
-from wechat_nontax.operators import (
-    DEFAULT_ORDERS_CONN_ID,
-    DEFAULT_WECHAT_CONN_ID,
-    WECHAT_POOL,
+from wechat_nontax.issuing.operators import (
     ClaimOrdersOperator,
     RefreshTokenOperator,
     issue_claimed_batches,
     issuing_dag_args,
 )
-
-WECHAT_CONN_ID = DEFAULT_WECHAT_CONN_ID
-ORDERS_CONN_ID = DEFAULT_ORDERS_CONN_ID
+from wechat_nontax.settings import (
+    INSERTBILL_DAG_ID,
+    ORDERS_CONN_ID,
+    POOL_SLOTS,
+    WECHAT_CONN_ID,
+    WECHAT_POOL,
+    dag_settings,
+)
 
 with DAG(
-    dag_id="nontax_insertbill",
+    dag_id=INSERTBILL_DAG_ID,
     **dag_settings("NONTAX_SCHEDULE", "30 2 * * *"),
     **issuing_dag_args(
         order_ids=Param([], type="array", description="Only these orders (empty: all due)"),

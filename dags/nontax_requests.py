@@ -15,12 +15,18 @@ from datetime import timedelta
 
 from airflow.sdk import DAG, Param
 
-from wechat_nontax.dag_settings import dag_settings
-from wechat_nontax.operators import DEFAULT_ORDERS_CONN_ID, DEFAULT_WECHAT_CONN_ID, WECHAT_POOL
-from wechat_nontax.request_operators import CarryOutRequestsOperator, RequestsReportOperator
+from wechat_nontax.requests.operators import CarryOutRequestsOperator, RequestsReportOperator
+from wechat_nontax.settings import (
+    ORDERS_CONN_ID,
+    REQUESTS_DAG_ID,
+    REQUESTS_TASK_ID,
+    WECHAT_CONN_ID,
+    WECHAT_POOL,
+    dag_settings,
+)
 
 with DAG(
-    dag_id="nontax_requests",
+    dag_id=REQUESTS_DAG_ID,
     **dag_settings("NONTAX_REQUESTS_SCHEDULE", "*/5 * * * *"),
     params={
         "max_requests": Param(None, type=["null", "integer"], minimum=1, description="At most"),
@@ -30,9 +36,9 @@ with DAG(
     doc_md=__doc__,
 ):
     carry_out = CarryOutRequestsOperator(
-        task_id="carry_out_requests",
-        wechat_conn_id=DEFAULT_WECHAT_CONN_ID,
-        orders_conn_id=DEFAULT_ORDERS_CONN_ID,
+        task_id=REQUESTS_TASK_ID,
+        wechat_conn_id=WECHAT_CONN_ID,
+        orders_conn_id=ORDERS_CONN_ID,
         max_requests="{{ params.max_requests }}",
         pool=WECHAT_POOL,
         execution_timeout=timedelta(minutes=30),
@@ -41,7 +47,7 @@ with DAG(
     # out (refused or failed), whatever became of the first task.
     report = RequestsReportOperator(
         task_id="report",
-        orders_conn_id=DEFAULT_ORDERS_CONN_ID,
+        orders_conn_id=ORDERS_CONN_ID,
         trigger_rule="all_done",
         execution_timeout=timedelta(minutes=5),
     )

@@ -19,23 +19,22 @@ from datetime import timedelta
 
 from airflow.sdk import DAG
 
-from wechat_nontax.dag_settings import POOL_SLOTS, dag_settings
-from wechat_nontax.operators import (
-    DEFAULT_ORDERS_CONN_ID,
+from wechat_nontax.issuing.operators import (
     ClaimOrdersOperator,
     issue_claimed_batches,
     issuing_dag_args,
 )
+from wechat_nontax.settings import ORDERS_CONN_ID, POOL_SLOTS, WAITING_DAG_ID, dag_settings
 
 with DAG(
-    dag_id="nontax_waiting",
+    dag_id=WAITING_DAG_ID,
     **dag_settings("NONTAX_WAITING_SCHEDULE", "*/15 * * * *"),
     **issuing_dag_args(),
     doc_md=__doc__,
 ):
     claim = ClaimOrdersOperator(
         task_id="claim_orders",
-        orders_conn_id=DEFAULT_ORDERS_CONN_ID,
+        orders_conn_id=ORDERS_CONN_ID,
         scope="authorization_look_due",
         batch_size=2500,
         min_batches=POOL_SLOTS,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import psycopg2
 
-from nontax_tools.airflow_run import DagTestResult, airflow_env, dags_test, sandbox_connection
-from wechat_nontax.orders_db import connect_dsn
-from wechat_nontax.store import OrderStore
+from nontax_dev.airflow_run import DagTestResult, airflow_env, dags_test, sandbox_connection
+from wechat_nontax.store.connection import connect_dsn
+from wechat_nontax.store.orders import OrderStore
 
 
 class AirflowDesk:

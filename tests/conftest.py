@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ["AIRFLOW_HOME"] = str(ROOT / ".airflow" / "tests")
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))
-os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / "plugins"))
+# The Bills plugin comes by the package's entry point; the plugins folder holds nothing of ours.
+os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / ".airflow" / "tests" / "plugins"))
 # The token cache encrypts with Airflow's Fernet key and refuses to work without one.
 os.environ.setdefault(
     "AIRFLOW__CORE__FERNET_KEY", base64.urlsafe_b64encode(os.urandom(32)).decode()
@@ -27,10 +28,10 @@ os.environ.setdefault(
 import psycopg2
 import pytest
 
-from nontax_tools.airflow_run import sandbox_connection
-from nontax_tools.pg import scratch_database
-from wechat_nontax.orders_db import connect_dsn
-from wechat_nontax.store import OrderStore
+from nontax_dev.airflow_run import sandbox_connection
+from nontax_dev.pg import scratch_database
+from wechat_nontax.store.connection import connect_dsn
+from wechat_nontax.store.orders import OrderStore
 from wechat_sandbox.client import SandboxAdmin
 from wechat_sandbox.process import SandboxProcess, start_sandbox
 

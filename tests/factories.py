@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from wechat_nontax.bill import Order
+from wechat_nontax.issuing.bill import Order
 from wechat_sandbox.client import DEFAULT_APPID, DEFAULT_CARD_ID
 
 MINIMAL_PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
@@ -48,7 +48,7 @@ def order_line(order: Order, **overrides) -> str:
 
 def held(store, order_id: str, run_id: str = "run-test"):
     """A hold on one order, as a batch's task try takes it, for tests that write results."""
-    from wechat_nontax.store import Hold
+    from wechat_nontax.store.holds import Hold
 
     holder = f"{run_id}|issue_bills|-1|1"
     got = store.hold_batch(holder, [order_id], hold_s=600, include_needs_person=True)
@@ -59,7 +59,7 @@ def ask(env, order_id, kind, reason="refunded before issue", by="duty@unit"):
     """A request to refuse or void an order, as the command line asks it."""
     import psycopg2
 
-    from wechat_nontax.bill_requests import request_action
+    from wechat_nontax.requests.contract import request_action
 
     conn = psycopg2.connect(env.dsn)
     try:
@@ -70,7 +70,7 @@ def ask(env, order_id, kind, reason="refunded before issue", by="duty@unit"):
 
 def request_runner(env, requests_store, *, run_id, try_number=1, **kwargs):
     """The requests DAG's runner as one task try, on the sandbox; waits asserted, not slept."""
-    from wechat_nontax.request_runner import RequestRunner
+    from wechat_nontax.requests.runner import RequestRunner
 
     return RequestRunner(
         env.hook, requests_store, quotas=env.store, run_id=run_id,

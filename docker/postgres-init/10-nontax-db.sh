@@ -2,7 +2,7 @@
 # The order database, next to Airflow's metadata database on the same server but separate from
 # it: its own role and database. The postgres image runs this once, when its volume is empty
 # (mounted into /docker-entrypoint-initdb.d by docker-compose.yaml). The schema itself comes
-# from the migrations (`python -m nontax_tools migrate`, run by the airflow-init service).
+# from the migrations (`nontax migrate`, run by the airflow-init service).
 # tests/stack/test_compose.py runs this script against a local server too.
 set -euo pipefail
 : "${NONTAX_DB_PASSWORD:?set NONTAX_DB_PASSWORD}"

@@ -59,8 +59,8 @@ REIMBURSE_STATUSES = (REIMBURSE_INIT, REIMBURSE_LOCK, REIMBURSE_CLOSURE, REIMBUR
 _FINAL_REIMBURSE = {REIMBURSE_CANCEL: E.CARD_CANCELLED, REIMBURSE_CLOSURE: E.CARD_CLOSED}
 
 # The longest rejectinsert reason accepted (47001 beyond it). WeChat documents no limit; this
-# is the pipeline's assumed one (wechat_nontax.validation.MAX_REFUSAL_REASON_CHARS), so that a
-# client that skipped its own check is caught here too.
+# is the pipeline's assumed one (wechat_nontax.issuing.validation.MAX_REFUSAL_REASON_CHARS), so
+# that a client that skipped its own check is caught here too.
 MAX_REJECT_REASON_CHARS = 100
 # Daily quotas count per Beijing calendar day (UTC+8), like policy.seconds_until_quota_reset.
 _UTC8_OFFSET_S = 8 * 3600

@@ -18,7 +18,7 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
-from wechat_nontax.errors import scrub_url_logs
+from wechat_nontax.wechat.errors import scrub_url_logs
 
 NOTIFY_CONN_ID = "nontax_notify"
 TIMEOUT_S = 10

@@ -20,18 +20,19 @@ from __future__ import annotations
 import airflow.dag_processing.dagbag
 import airflow.sdk.execution_time.task_runner  # noqa: F401
 
+import wechat_nontax.issuing.batch
+import wechat_nontax.issuing.journal
+import wechat_nontax.issuing.operators
+import wechat_nontax.issuing.pdfs
+import wechat_nontax.issuing.run_steps
+import wechat_nontax.issuing.validation
+import wechat_nontax.requests.operators
+import wechat_nontax.requests.runner
+import wechat_nontax.requests.store
+
 # What the DAG files import (the task runner parses the task's DAG file again), and what the
 # operators import when they run (lazily, to keep the DAG files quick to parse).
-import wechat_nontax.dag_settings
-import wechat_nontax.hook
-import wechat_nontax.issuing
-import wechat_nontax.journal
-import wechat_nontax.operators
-import wechat_nontax.orders_db
-import wechat_nontax.pdfs
-import wechat_nontax.request_operators
-import wechat_nontax.request_runner
-import wechat_nontax.request_store
-import wechat_nontax.run_steps
-import wechat_nontax.store
-import wechat_nontax.validation  # noqa: F401
+import wechat_nontax.settings
+import wechat_nontax.store.connection
+import wechat_nontax.store.orders
+import wechat_nontax.wechat.hook  # noqa: F401

@@ -12,15 +12,15 @@ import pytest
 
 from dag_files import parse_dag_file
 from factories import make_order, write_pdf
-from nontax_tools.airflow_run import (
+from nontax_dev.airflow_run import (
     AIRFLOW,
     DAG_ID,
     airflow_env,
     dags_test,
     sandbox_connection,
 )
-from wechat_nontax.orders_db import connect_dsn
-from wechat_nontax.store import OrderStore
+from wechat_nontax.store.connection import connect_dsn
+from wechat_nontax.store.orders import OrderStore
 
 pytestmark = pytest.mark.e2e
 

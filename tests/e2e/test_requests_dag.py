@@ -11,8 +11,8 @@ import pytest
 from airflow_desk import AirflowDesk
 from dag_files import parse_frequent_dag
 from factories import make_order, write_pdf
-from nontax_tools.airflow_run import REQUESTS_DAG_ID, dags_test
-from wechat_nontax.bill_requests import request_action
+from nontax_dev.airflow_run import REQUESTS_DAG_ID, dags_test
+from wechat_nontax.requests.contract import request_action
 
 pytestmark = pytest.mark.e2e
 

@@ -6,13 +6,13 @@ import psycopg2
 import pytest
 
 from factories import held, make_order, write_pdf
-from wechat_nontax.hook import WeChatNonTaxHook
-from wechat_nontax.issuing import BatchIssuer, Settings
-from wechat_nontax.orders_db import connect_dsn
-from wechat_nontax.pdfs import read_pdf
-from wechat_nontax.request_store import RequestStore
-from wechat_nontax.store import OrderStore
-from wechat_nontax.validation import Limits
+from wechat_nontax.issuing.batch import BatchIssuer, Settings
+from wechat_nontax.issuing.pdfs import read_pdf
+from wechat_nontax.issuing.validation import Limits
+from wechat_nontax.requests.store import RequestStore
+from wechat_nontax.store.connection import connect_dsn
+from wechat_nontax.store.orders import OrderStore
+from wechat_nontax.wechat.hook import WeChatNonTaxHook
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from factories import make_order, write_pdf
-from wechat_nontax.issuing import Outcome
-from wechat_nontax.policy import AUTHORIZATION_RECHECK_S
+from wechat_nontax.issuing.outcomes import Outcome
+from wechat_nontax.wechat.policy import AUTHORIZATION_RECHECK_S
 from wechat_sandbox.client import DEFAULT_APPID
 
 BEIJING = timezone(timedelta(hours=8))
@@ -313,7 +313,7 @@ def test_a_daily_quota_of_the_token_endpoint_is_shared_too(env):
 
 
 def test_make_status_names_the_quota_stops_in_force(env, capsys):
-    from nontax_tools.__main__ import main
+    from wechat_nontax.cli.main import main
 
     env.store.record_quota_stop(
         DEFAULT_APPID, "insert", seconds=3600, errcode=72057, errmsg="limit", run_id="r"
@@ -329,7 +329,7 @@ def test_make_status_names_the_quota_stops_in_force(env, capsys):
 
 
 def test_the_token_step_asks_again_through_a_passing_outage(env):
-    from wechat_nontax.run_steps import warm_token
+    from wechat_nontax.issuing.run_steps import warm_token
 
     env.sandbox.add_fault(endpoint="stable_token", kind="http_5xx", count=2)
     slept = []
@@ -338,8 +338,8 @@ def test_the_token_step_asks_again_through_a_passing_outage(env):
 
 
 def test_the_token_step_gives_up_past_its_budget_and_at_once_on_a_wrong_secret(env):
-    from wechat_nontax import errors
-    from wechat_nontax.run_steps import warm_token
+    from wechat_nontax.issuing.run_steps import warm_token
+    from wechat_nontax.wechat import errors
 
     env.sandbox.add_fault(endpoint="stable_token", kind="http_5xx", count=1)
     with pytest.raises(errors.RetryableError):
@@ -353,7 +353,7 @@ def test_the_token_step_gives_up_past_its_budget_and_at_once_on_a_wrong_secret(e
 def test_a_stop_another_batch_records_is_seen_within_the_recheck(env):
     """The quota record is read once per batch and QUOTA_RECHECK_S, not before every call: a
     stop recorded elsewhere mid-batch stops this batch's inserts within that half-second."""
-    from wechat_nontax.issuing import QUOTA_RECHECK_S
+    from wechat_nontax.issuing.batch import QUOTA_RECHECK_S
 
     orders = env.orders(12)
     env.sandbox.add_fault(endpoint="insertbill", kind="latency", latency_ms=200)
@@ -421,7 +421,7 @@ def test_a_getauthdata_busy_past_its_retries_fails_with_its_own_hint(env):
 
 
 def test_the_authorization_look_scope_claims_only_waiting_orders_whose_look_is_due(env):
-    from wechat_nontax.store import ClaimScope
+    from wechat_nontax.store.holds import ClaimScope
 
     due_look = waiting_order(env, n=100)
     not_yet = waiting_order(env, n=101)

@@ -22,17 +22,11 @@ import psycopg2
 import pytest
 
 from factories import held, make_order
-from nontax_tools.pg import run_sql, scratch_database, with_dbname
-from wechat_nontax.orders_db import connect_dsn
-from wechat_nontax.policy import Status
-from wechat_nontax.store import (
-    COUNTS_SQL,
-    HISTORY_SQL,
-    ORDER_ROW_SQL,
-    BillsPage,
-    OrderStore,
-    PageMark,
-)
+from nontax_dev.pg import run_sql, scratch_database, with_dbname
+from wechat_nontax.store.connection import connect_dsn
+from wechat_nontax.store.orders import OrderStore
+from wechat_nontax.store.reads import COUNTS_SQL, HISTORY_SQL, ORDER_ROW_SQL, BillsPage, PageMark
+from wechat_nontax.wechat.policy import Status
 
 BIG = 100_000
 ALL = sorted(str(s) for s in Status)
@@ -268,8 +262,8 @@ def test_the_counts_stay_exact_with_writers_and_folds_at_once(store: OrderStore,
 
 
 def test_the_migration_counts_the_orders_a_database_already_has(orders_db_uri, tmp_path):
-    from nontax_tools.migrate import MIGRATIONS_DIR, migrate
-    from nontax_tools.pg import drop_database, fresh_database
+    from nontax_dev.pg import drop_database, fresh_database
+    from wechat_nontax.store.migrate import MIGRATIONS_DIR, migrate
 
     for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
         if path.name < "0008":

@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 import psycopg2
 
 from factories import make_order
-from wechat_nontax.store import BillsPage, OrderStore, PageMark
+from wechat_nontax.store.orders import OrderStore
+from wechat_nontax.store.reads import BillsPage, PageMark
 
 NEED = ["failed", "invalid"]
 

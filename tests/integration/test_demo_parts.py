@@ -16,14 +16,14 @@ import psycopg2
 import pytest
 
 from factories import make_order
-from nontax_tools import bill_pdf, demo, pg
-from nontax_tools.airflow_run import orders_connection
-from nontax_tools.load import load_lines, parse_line
-from wechat_nontax.errors import InvalidOrderError
-from wechat_nontax.orders_db import connect_dsn
-from wechat_nontax.pdfs import read_pdf
-from wechat_nontax.store import OrderStore
-from wechat_nontax.validation import check_pdf, validate_order
+from nontax_dev import bill_pdf, demo, pg
+from nontax_dev.airflow_run import orders_connection
+from wechat_nontax.cli.load import load_lines, parse_line
+from wechat_nontax.issuing.pdfs import read_pdf
+from wechat_nontax.issuing.validation import check_pdf, validate_order
+from wechat_nontax.store.connection import connect_dsn
+from wechat_nontax.store.orders import OrderStore
+from wechat_nontax.wechat.errors import InvalidOrderError
 
 NOW = 1_780_000_000  # 2026-05-29, a fixed clock for the demo's data
 PDFTOTEXT = shutil.which("pdftotext")
@@ -300,7 +300,7 @@ def test_a_fresh_database_replaces_an_old_one(orders_db):
 
 def test_the_embedded_postgres_starts_answers_and_stops(tmp_path):
     pytest.importorskip("pgserver")
-    from nontax_tools.embedded_pg import start_embedded_postgres
+    from nontax_dev.embedded_pg import start_embedded_postgres
 
     started = time.monotonic()
     try:

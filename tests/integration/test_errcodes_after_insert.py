@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from wechat_nontax.issuing import Outcome
-from wechat_nontax.policy import INSERT_IN_PROGRESS_LIMIT, INSERT_IN_PROGRESS_WAIT_S
+from wechat_nontax.issuing.outcomes import Outcome
+from wechat_nontax.wechat.policy import INSERT_IN_PROGRESS_LIMIT, INSERT_IN_PROGRESS_WAIT_S
 
 
 def inserts(env, order_id):

@@ -11,11 +11,11 @@ import psycopg2
 import pytest
 
 from factories import MINIMAL_PDF, make_order
-from nontax_tools.airflow_run import sandbox_connection
-from wechat_nontax import errors
-from wechat_nontax.hook import AuthData, WeChatNonTaxHook
-from wechat_nontax.policy import POLICY, Action
-from wechat_nontax.validation import MAX_REFUSAL_REASON_CHARS
+from nontax_dev.airflow_run import sandbox_connection
+from wechat_nontax.issuing.validation import MAX_REFUSAL_REASON_CHARS
+from wechat_nontax.wechat import errors
+from wechat_nontax.wechat.hook import AuthData, WeChatNonTaxHook
+from wechat_nontax.wechat.policy import POLICY, Action
 from wechat_sandbox.client import DEFAULT_APPID, DEFAULT_CARD_ID, DEFAULT_SECRET
 
 
@@ -106,7 +106,7 @@ def test_token_race_eight_processes_one_fetch(orders_db, wechat_conn):
 def test_each_token_is_masked_once_before_use_whatever_the_threads(hook, wechat_conn, monkeypatch):
     # In a task, every masking is a round trip to Airflow's supervisor: once per token.
     masked: list[str] = []
-    monkeypatch.setattr("wechat_nontax.hook._mask", masked.append)
+    monkeypatch.setattr("wechat_nontax.wechat.hook._mask", masked.append)
     with ThreadPoolExecutor(8) as pool:
         tokens = set(pool.map(lambda _: hook.upload_pdf(MINIMAL_PDF) and hook.get_access_token(),
                               range(32)))  # fmt: skip

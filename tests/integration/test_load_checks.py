@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from factories import make_order, order_line
-from nontax_tools.load import load_lines, read_lines
-from wechat_nontax.errors import InvalidOrderError
-from wechat_nontax.validation import resolve_pdf_path
+from wechat_nontax.cli.load import load_lines, read_lines
+from wechat_nontax.issuing.validation import resolve_pdf_path
+from wechat_nontax.wechat.errors import InvalidOrderError
 
 
 def test_bad_pdf_paths_and_a_gbk_line_are_reported_by_line_and_the_rest_loads(store, tmp_path):

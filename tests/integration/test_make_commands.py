@@ -12,7 +12,7 @@ import psycopg2
 import pytest
 
 from factories import make_order, order_line
-from nontax_tools.airflow_run import ROOT
+from nontax_dev.airflow_run import ROOT
 
 # Shell and make both read these: `$5` is a make variable, `...` and $(...) a command to run.
 HOSTILE = "退费$50元,见`单据` $(echo x) ${HOME} 'a' \"b\" \\ $$ % #"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg2
 import pytest
 
-from nontax_tools.migrate import MigrationError, current_version, known_migrations, migrate
+from wechat_nontax.store.migrate import MigrationError, current_version, known_migrations, migrate
 
 
 def test_applying_twice_is_a_no_op(orders_db):

@@ -8,8 +8,8 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from factories import make_order
-from wechat_nontax.issuing import Outcome
-from wechat_nontax.operators import IssueBillsOperator
+from wechat_nontax.issuing.operators import IssueBillsOperator
+from wechat_nontax.issuing.outcomes import Outcome
 
 
 class _ReloadWhileAtWeChat:

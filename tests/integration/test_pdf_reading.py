@@ -11,13 +11,13 @@ import pytest
 
 from factories import MINIMAL_PDF, make_order, write_pdf
 from local_http import Answer, recording_server
-from wechat_nontax.errors import InvalidOrderError, PdfUnavailableError
-from wechat_nontax.hook import WeChatNonTaxHook
-from wechat_nontax.issuing import BatchIssuer, Settings
-from wechat_nontax.orders_db import connect_dsn
-from wechat_nontax.pdfs import read_pdf
-from wechat_nontax.store import OrderStore
-from wechat_nontax.validation import check_pdf
+from wechat_nontax.issuing.batch import BatchIssuer, Settings
+from wechat_nontax.issuing.pdfs import read_pdf
+from wechat_nontax.issuing.validation import check_pdf
+from wechat_nontax.store.connection import connect_dsn
+from wechat_nontax.store.orders import OrderStore
+from wechat_nontax.wechat.errors import InvalidOrderError, PdfUnavailableError
+from wechat_nontax.wechat.hook import WeChatNonTaxHook
 
 LIMIT = 2 * 1024 * 1024
 # What a file outside the root holds: a "PDF" that must never be uploaded, with a secret line.

@@ -12,11 +12,15 @@ import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from factories import held, make_order
-from wechat_nontax.errors import PdfUnavailableError
-from wechat_nontax.issuing import OrderResult, Outcome
-from wechat_nontax.operators import IssueBillsOperator, _first_try_since_a_clear, _retry_left
-from wechat_nontax.orders_db import connect_dsn
-from wechat_nontax.store import OrderStore
+from wechat_nontax.issuing.operators import (
+    IssueBillsOperator,
+    _first_try_since_a_clear,
+    _retry_left,
+)
+from wechat_nontax.issuing.outcomes import OrderResult, Outcome
+from wechat_nontax.store.connection import connect_dsn
+from wechat_nontax.store.orders import OrderStore
+from wechat_nontax.wechat.errors import PdfUnavailableError
 
 # Calls of at most half a second: the issuer then accepts holds of 7 s and more.
 FAST = {"call_timeout_s": 0.5}
@@ -165,7 +169,7 @@ def test_an_unreadable_pdf_ends_its_order_alone(env, error):
     def reader(root, rel, limit):
         if rel == broken.pdf_path:
             raise error
-        from wechat_nontax.pdfs import read_pdf
+        from wechat_nontax.issuing.pdfs import read_pdf
 
         return read_pdf(root, rel, max_bytes=limit)
 
@@ -377,7 +381,7 @@ def test_kept_bills_are_written_before_anything_and_the_key_goes(env, monkeypatc
     `duplicate`) by whoever replays the run's keys, and each key is deleted once written."""
     import airflow.sdk
 
-    from wechat_nontax import journal
+    from wechat_nontax.issuing import journal
 
     variables = _Variables()
     monkeypatch.setattr(airflow.sdk, "Variable", variables)
@@ -408,7 +412,7 @@ def test_kept_bills_of_two_dags_at_one_run_id_are_kept_apart(env, monkeypatch):
     under keys of their own: neither overwrites nor replays the other's."""
     import airflow.sdk
 
-    from wechat_nontax import journal
+    from wechat_nontax.issuing import journal
 
     monkeypatch.setattr(airflow.sdk, "Variable", variables := _Variables())
     orders = env.orders(2)

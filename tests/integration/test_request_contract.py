@@ -14,19 +14,21 @@ import psycopg2
 import pytest
 
 from factories import ask, make_order, request_runner
-from nontax_tools.__main__ import main as tools_main
-from nontax_tools.migrate import known_migrations, migrate
-from nontax_tools.pg import drop_database, fresh_database, run_sql
-from wechat_nontax.bill_requests import check_request
-from wechat_nontax.issuing import LEFT_TO_REFUSAL, REFUSAL_RECHECK_S, Outcome
-from wechat_nontax.issuing import NEEDS_PERSON as ISSUING_NEEDS_PERSON
-from wechat_nontax.orders_db import connect_dsn
-from wechat_nontax.policy import QUOTA_TIMEZONE
-from wechat_nontax.request_runner import MAX_REQUEST_CALLS, RequestOutcome
-from wechat_nontax.store import Hold, OrderStore
+from nontax_dev.pg import drop_database, fresh_database, run_sql
+from wechat_nontax.cli.main import main as tools_main
+from wechat_nontax.issuing.batch import LEFT_TO_REFUSAL, REFUSAL_RECHECK_S
+from wechat_nontax.issuing.outcomes import NEEDS_PERSON as ISSUING_NEEDS_PERSON
+from wechat_nontax.issuing.outcomes import Outcome
+from wechat_nontax.requests.contract import check_request
+from wechat_nontax.requests.runner import MAX_REQUEST_CALLS, RequestOutcome
+from wechat_nontax.store.connection import connect_dsn
+from wechat_nontax.store.holds import Hold
+from wechat_nontax.store.migrate import known_migrations, migrate
+from wechat_nontax.store.orders import OrderStore
+from wechat_nontax.wechat.policy import QUOTA_TIMEZONE
 
 RUN = "scheduled__requests-1"
-CONTRACT_VERSION = 10  # include/migrations/0010_request_contract.sql
+CONTRACT_VERSION = 10  # store/migrations/0010_request_contract.sql
 INSERT = (
     "INSERT INTO nontax.bill_request (order_id, kind, reason, requested_by) "
     "VALUES (%s, %s, %s, 'his')"

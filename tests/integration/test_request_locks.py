@@ -8,11 +8,11 @@ import threading
 
 import psycopg2
 
-from wechat_nontax.bill_requests import request_action
-from wechat_nontax.hook import WeChatNonTaxHook
-from wechat_nontax.request_runner import RequestRunner
-from wechat_nontax.request_store import RequestStore
-from wechat_nontax.store import OrderStore
+from wechat_nontax.requests.contract import request_action
+from wechat_nontax.requests.runner import RequestRunner
+from wechat_nontax.requests.store import RequestStore
+from wechat_nontax.store.orders import OrderStore
+from wechat_nontax.wechat.hook import WeChatNonTaxHook
 
 ROUNDS = 12
 PER_ROUND = 40

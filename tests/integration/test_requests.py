@@ -8,11 +8,11 @@ import psycopg2
 import pytest
 
 from factories import ask, held, request_runner
-from nontax_tools.__main__ import main as tools_main
-from wechat_nontax.bill_requests import why_not_carried_out
-from wechat_nontax.pdfs import read_pdf
-from wechat_nontax.request_runner import MAX_REQUEST_CALLS, RequestOutcome
-from wechat_nontax.validation import Limits
+from wechat_nontax.cli.main import main as tools_main
+from wechat_nontax.issuing.pdfs import read_pdf
+from wechat_nontax.issuing.validation import Limits
+from wechat_nontax.requests.contract import why_not_carried_out
+from wechat_nontax.requests.runner import MAX_REQUEST_CALLS, RequestOutcome
 
 
 def runner(env, requests_store, *, run_id="scheduled__requests-1", try_number=1, **kwargs):

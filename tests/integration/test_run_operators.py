@@ -10,8 +10,12 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from factories import make_order
-from wechat_nontax.operators import AnnounceBillsOperator, ClaimOrdersOperator, RunReportOperator
-from wechat_nontax.store import OrderStore
+from wechat_nontax.issuing.operators import (
+    AnnounceBillsOperator,
+    ClaimOrdersOperator,
+    RunReportOperator,
+)
+from wechat_nontax.store.orders import OrderStore
 
 
 def context(run_id: str, conf: dict | None = None) -> dict:

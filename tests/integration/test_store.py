@@ -7,9 +7,9 @@ import threading
 import psycopg2
 
 from factories import held, make_order, order_line
-from nontax_tools.load import load_lines
-from wechat_nontax.orders_db import connect_dsn
-from wechat_nontax.store import OrderStore
+from wechat_nontax.cli.load import load_lines
+from wechat_nontax.store.connection import connect_dsn
+from wechat_nontax.store.orders import OrderStore
 
 
 def _expire_claims(dsn):
@@ -156,7 +156,8 @@ def test_loader_reports_bad_lines_and_loads_the_good_ones(store):
 
 
 def test_the_media_id_goes_in_with_the_insert_under_the_uploads_hold(store):
-    from wechat_nontax.store import Hold, Upload
+    from wechat_nontax.store.holds import Hold
+    from wechat_nontax.store.writes import Upload
 
     orders = [make_order(i) for i in range(2)]
     store.upsert_orders(orders)

@@ -16,14 +16,15 @@ from cryptography.fernet import Fernet
 
 from factories import make_order, write_pdf
 from local_http import Answer, recording_server
-from nontax_tools.airflow_run import sandbox_connection
-from wechat_nontax import errors
-from wechat_nontax.hook import WeChatNonTaxHook
-from wechat_nontax.issuing import BatchIssuer, Outcome, Settings
-from wechat_nontax.orders_db import connect_dsn
-from wechat_nontax.pdfs import read_pdf
-from wechat_nontax.store import OrderStore
-from wechat_nontax.token_cache import NoFernetKeyError, TokenCache
+from nontax_dev.airflow_run import sandbox_connection
+from wechat_nontax.issuing.batch import BatchIssuer, Settings
+from wechat_nontax.issuing.outcomes import Outcome
+from wechat_nontax.issuing.pdfs import read_pdf
+from wechat_nontax.store.connection import connect_dsn
+from wechat_nontax.store.orders import OrderStore
+from wechat_nontax.wechat import errors
+from wechat_nontax.wechat.hook import WeChatNonTaxHook
+from wechat_nontax.wechat.token_cache import NoFernetKeyError, TokenCache
 from wechat_sandbox.client import DEFAULT_SECRET
 
 TOKEN = "ACCESS-TOKEN-" + "x7" * 40

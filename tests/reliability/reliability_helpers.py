@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import psycopg2
 
 from factories import MINIMAL_PDF, make_order, write_pdf
-from nontax_tools.airflow_run import (
+from nontax_dev.airflow_run import (
     AIRFLOW,
     DAG_ID,
     airflow_env,
@@ -26,9 +26,9 @@ from nontax_tools.airflow_run import (
     latest_run,
     sandbox_connection,
 )
-from nontax_tools.chaos import check_invariants, prepare_metadata_db, take_snapshot
-from wechat_nontax.orders_db import connect_dsn
-from wechat_nontax.store import OrderStore
+from nontax_dev.chaos import check_invariants, prepare_metadata_db, take_snapshot
+from wechat_nontax.store.connection import connect_dsn
+from wechat_nontax.store.orders import OrderStore
 
 T = TypeVar("T")
 INSERT = "issue_bills"

@@ -8,23 +8,22 @@ directly, see the README's contract) and end `invalid` when a run validates them
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from factories import MINIMAL_PDF, make_order, order_line, write_pdf
-from nontax_tools.airflow_run import ROOT
-from wechat_nontax.hook import WeChatNonTaxHook
-from wechat_nontax.issuing import BatchIssuer, Outcome, Settings
-from wechat_nontax.orders_db import connect_dsn
-from wechat_nontax.pdfs import read_pdf
-from wechat_nontax.store import OrderStore
+from wechat_nontax.issuing.batch import BatchIssuer, Settings
+from wechat_nontax.issuing.outcomes import Outcome
+from wechat_nontax.issuing.pdfs import read_pdf
+from wechat_nontax.store.connection import connect_dsn
+from wechat_nontax.store.orders import OrderStore
+from wechat_nontax.wechat.hook import WeChatNonTaxHook
 from wechat_sandbox.client import DEFAULT_CARD_ID
 
 NOW_ISH = 1_700_000_000
-PATHS = ("plugins", "include", "dags")
 
 # (kind, changes to a good order's JSON line, words of the load report's reason)
 REFUSED_AT_LOAD = [
@@ -55,11 +54,10 @@ def test_bad_lines_are_refused_at_load_with_line_and_reason(orders_db, tmp_path)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     done = subprocess.run(
-        [sys.executable, "-m", "nontax_tools", "--dsn", orders_db, "load", str(path)],
+        [str(Path(sys.executable).with_name("nontax")), "--dsn", orders_db, "load", str(path)],
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(str(ROOT / d) for d in PATHS)},
         check=False,
     )
     report = done.stdout

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from nontax_tools.airflow_run import ROOT
-from nontax_tools.chaos import DEFAULT_PG
+from nontax_dev.airflow_run import ROOT
+from nontax_dev.chaos import DEFAULT_PG
 
 pytestmark = pytest.mark.e2e
 
@@ -22,10 +22,10 @@ RUNS = 20
 def test_twenty_chaos_runs_keep_every_promise(tmp_path):
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join(str(ROOT / d) for d in ("plugins", "include", "dags")),
+        "PYTHONPATH": os.pathsep.join(str(ROOT / d) for d in ("include", "dags")),
         "NONTAX_TEST_PG": os.environ.get("NONTAX_TEST_PG", DEFAULT_PG),
     }
-    command = [sys.executable, "-m", "nontax_tools.chaos", "--runs", str(RUNS), "--seed", "1"]
+    command = [sys.executable, "-m", "nontax_dev.chaos", "--runs", str(RUNS), "--seed", "1"]
     proc = subprocess.Popen(
         [*command, "--workdir", str(tmp_path)],
         env=env,

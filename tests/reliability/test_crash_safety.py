@@ -14,8 +14,8 @@ import time
 import pytest
 from reliability_helpers import sandbox_idle, wait_until
 
-from wechat_nontax.issuing import UPLOAD_WRITE_AFTER_S
-from wechat_nontax.operators import IssueBillsOperator
+from wechat_nontax.issuing.batch import UPLOAD_WRITE_AFTER_S
+from wechat_nontax.issuing.operators import IssueBillsOperator
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from nontax_tools.airflow_run import ROOT
+from nontax_dev.airflow_run import ROOT
 from wechat_sandbox.client import DEFAULT_SECRET
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -8,8 +8,8 @@ import psycopg2
 import pytest
 from reliability_helpers import wait_until
 
-from nontax_tools.airflow_run import REQUESTS_DAG_ID
-from wechat_nontax.bill_requests import request_action
+from nontax_dev.airflow_run import REQUESTS_DAG_ID
+from wechat_nontax.requests.contract import request_action
 
 pytestmark = pytest.mark.e2e
 

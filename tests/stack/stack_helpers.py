@@ -1,4 +1,4 @@
-"""What the stack tests share: a stack of `nontax_tools.stack` of the module's own (free ports,
+"""What the stack tests share: a stack of `nontax_dev.stack` of the module's own (free ports,
 databases of its own that `down` drops, no scheduled run), always stopped again."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import pytest
 
-from nontax_tools.stack import Stack, StackConfig, free_port
+from nontax_dev.stack import Stack, StackConfig, free_port
 
 TEST_PG = os.environ.get("NONTAX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 CHROMIUM = os.environ.get("NONTAX_CHROMIUM", "/usr/bin/chromium")

@@ -25,11 +25,11 @@ import requests
 from stack_helpers import logged_in_page, own_stack_config, running
 
 from factories import make_order, write_pdf
-from nontax_tools.airflow_api import DAG_ID, AirflowApi
-from nontax_tools.airflow_run import ROOT
-from nontax_tools.stack import Stack
-from wechat_nontax.orders_db import connect_dsn
-from wechat_nontax.store import OrderStore
+from nontax_dev.airflow_api import DAG_ID, AirflowApi
+from nontax_dev.airflow_run import ROOT
+from nontax_dev.stack import Stack
+from wechat_nontax.store.connection import connect_dsn
+from wechat_nontax.store.orders import OrderStore
 
 pytestmark = pytest.mark.e2e
 

@@ -45,11 +45,11 @@ from stack_helpers import PrivateRedis, own_stack_config, run_in, running
 from test_compose import COMPOSE, example_env, interpolate, worker_stop
 
 from factories import make_order, write_pdf
-from nontax_tools import celery_workers
-from nontax_tools.airflow_api import DAG_ID
-from nontax_tools.stack import Proc, Stack
-from wechat_nontax.orders_db import connect_dsn
-from wechat_nontax.store import OrderStore
+from nontax_dev import celery_workers
+from nontax_dev.airflow_api import DAG_ID
+from nontax_dev.stack import Proc, Stack
+from wechat_nontax.store.connection import connect_dsn
+from wechat_nontax.store.orders import OrderStore
 from wechat_sandbox.client import SandboxAdmin
 
 pytestmark = pytest.mark.e2e
@@ -226,9 +226,6 @@ def _same_kind(key: str, compose: str, local: str, compose_env: dict, local_env:
         return all(urlsplit(u).scheme == "http" and urlsplit(u).port for u in (compose, local))
     if key == "NONTAX_PDF_ROOT":
         return compose.startswith("/") and local.startswith("/")
-    if key == "PYTHONPATH":  # the same folders, in the same order
-        names = [[p.rstrip("/").rsplit("/", 1)[-1] for p in v.split(":")] for v in (compose, local)]
-        return names[0] == names[1] == ["plugins", "include", "dags"]
     if key.startswith("AIRFLOW_CONN_"):  # same type and extra; host and credentials are own
         ours, theirs = _connection(local), _connection(compose)
         extra = dict(theirs["extra"])

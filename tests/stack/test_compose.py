@@ -21,12 +21,12 @@ import psycopg2.extensions
 import pytest
 import yaml
 
-from nontax_tools.airflow_run import ROOT
+from nontax_dev.airflow_run import ROOT
 
 COMPOSE = ROOT / "docker-compose.yaml"
 ENV_EXAMPLE = ROOT / ".env.example"
 TEST_PG = os.environ.get("NONTAX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-STACK = "tests/stack/test_ui_rerun.py (the stack of nontax_tools.stack runs it)"
+STACK = "tests/stack/test_ui_rerun.py (the stack of nontax_dev.stack runs it)"
 CELERY_STACK = "tests/stack/test_celery.py (the stack on CeleryExecutor runs it)"
 
 # Every command the compose file runs (commands, entrypoint scripts, health checks), after
@@ -37,7 +37,7 @@ COMMANDS: dict[str, str] = {
     r"airflow dag-processor": STACK,
     r"airflow triggerer": STACK,
     r"airflow db migrate": STACK,
-    r"python -m nontax_tools migrate": STACK + "; here as the order DB's own role",
+    r"nontax migrate": STACK + "; here as the order DB's own role",
     r'airflow pools set "\$\{NONTAX_WECHAT_POOL\}" "\$\{NONTAX_POOL_SLOTS\}" "calls to WeChat"': (
         STACK
     ),
@@ -222,8 +222,8 @@ def test_the_compose_file_and_the_local_celery_stack_share_their_celery_settings
     """docker/airflow-celery.env is every Airflow container's env_file, overridden by none, and
     what the local Celery stack (tests/stack/test_celery.py) gives its processes; the sizes
     default alike; the image installs the same Celery provider as `make install`."""
-    from nontax_tools import celery_workers
-    from nontax_tools.stack import StackConfig
+    from nontax_dev import celery_workers
+    from nontax_dev.stack import StackConfig
 
     shared = celery_workers.shared_settings()
     assert shared["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
@@ -255,8 +255,8 @@ def test_the_compose_file_and_the_local_celery_stack_share_their_celery_settings
 def test_every_dag_is_scheduled_by_the_compose_file_and_unpaused_by_make_up(compose):
     """Each DAG file reads its schedule from a variable (`dag_settings`) that the compose file
     sets, with the DAG's own default; `make up` unpauses the daily DAG and the frequent ones."""
-    from nontax_tools.airflow_api import DAG_ID
-    from nontax_tools.stack import FREQUENT_DAG_IDS
+    from nontax_dev.airflow_api import DAG_ID
+    from nontax_dev.stack import FREQUENT_DAG_IDS
 
     dag_files = sorted((ROOT / "dags").glob("*.py"))
     assert sorted({DAG_ID, *FREQUENT_DAG_IDS}) == [path.stem for path in dag_files]
@@ -272,7 +272,7 @@ def test_a_deploy_stops_a_workers_batches_cleanly(compose):
     """What tests/stack/test_celery.py reproduces: the stop signal reaches the tasks (their
     batches stop sending and record their calls in flight), and Docker's SIGKILL waits longer
     than a call in flight may take with its write-back."""
-    from wechat_nontax.issuing import Settings
+    from wechat_nontax.issuing.batch import Settings
 
     whole_group, grace_s = worker_stop(compose)
     assert whole_group, "SIGTERM must reach the task processes, not Celery's main one only"
@@ -288,7 +288,7 @@ def test_redis_keeps_nothing_on_disk_as_every_local_run(compose):
     assert "volumes" not in redis
 
 
-def test_every_airflow_container_shares_one_jwt_secret_and_the_project_path(compose):
+def test_every_airflow_container_shares_one_jwt_secret_and_mounts_only_the_dags(compose):
     airflow = {n: s for n, s in compose["services"].items() if n.startswith("airflow-")}
     example = example_env()
     for key, var in (
@@ -298,13 +298,11 @@ def test_every_airflow_container_shares_one_jwt_secret_and_the_project_path(comp
     ):
         assert {s["environment"][key] for s in airflow.values()} == {example[var]}
     for service in airflow.values():
-        assert service["environment"]["PYTHONPATH"].split(":") == [
-            "/opt/airflow/plugins",
-            "/opt/airflow/include",
-            "/opt/airflow/dags",
-        ]
+        # The package is installed in the image: no path is set by hand, no code is mounted
+        # but the DAG files, and nothing lands in the plugins folder to be scanned.
+        assert "PYTHONPATH" not in service["environment"]
         mounts = {v.split(":")[1] for v in service["volumes"] if v.startswith("./")}
-        assert {"/opt/airflow/dags", "/opt/airflow/plugins", "/opt/airflow/include"} <= mounts
+        assert mounts == {"/opt/airflow/dags"}
 
 
 def test_metadata_and_order_databases_are_separate(compose):
@@ -436,10 +434,12 @@ def test_its_airflow_and_python_commands_exist_here(compose):
             assert (Path(sys.executable).parent / "celery").exists()
         if argv[0] == "python" and argv[1] == "-m":
             assert importlib.util.find_spec(argv[2]) is not None, argv[2]
+        if argv[0] == "nontax":  # the package's console script, as the image installs it
+            assert (Path(sys.executable).parent / "nontax").exists()
 
 
 def test_the_postgres_init_script_makes_an_order_db_its_role_can_migrate():
-    """The init script against a real server, then `python -m nontax_tools migrate` as the
+    """The init script against a real server, then `nontax migrate` as the
     order DB's own role (not a superuser), as airflow-init does."""
     suffix = uuid.uuid4().hex[:8]
     name, role, password = f"nontax_init_{suffix}", f"nontax_init_{suffix}", uuid.uuid4().hex
@@ -469,12 +469,8 @@ def test_the_postgres_init_script_makes_an_order_db_its_role_can_migrate():
             "schema": name,
         }
         migrate = subprocess.run(
-            [str(ROOT / ".venv" / "bin" / "python"), "-m", "nontax_tools", "migrate"],
-            env={
-                **os.environ,
-                "AIRFLOW_CONN_NONTAX_ORDERS_DB": json.dumps(conn),
-                "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT / 'include'}",
-            },
+            [str(Path(sys.executable).parent / "nontax"), "migrate"],
+            env={**os.environ, "AIRFLOW_CONN_NONTAX_ORDERS_DB": json.dumps(conn)},
             capture_output=True,
             text=True,
             check=False,
@@ -499,8 +495,9 @@ def test_the_runbook_is_linked_and_the_example_env_names_the_compose_file():
 
 def test_ci_resolves_exactly_what_the_dockerfile_installs(tmp_path: Path):
     """`make image-deps` (in .ci/run, before `make test`) reads the Dockerfile's pip install:
-    the image's Airflow with its Celery extra, requirements.txt under constraints.txt."""
-    from nontax_tools import image_deps
+    the image's Airflow with its Celery extra, requirements.txt under constraints.txt, and the
+    package from the folder its pyproject.toml is copied into."""
+    from nontax_dev import image_deps
 
     airflow, python, args = image_deps.dockerfile_install()
     assert (airflow, python) == ("3.3.2", "3.11")
@@ -508,6 +505,7 @@ def test_ci_resolves_exactly_what_the_dockerfile_installs(tmp_path: Path):
         "apache-airflow[celery]==3.3.2",
         "-r", str(ROOT / "requirements.txt"),
         "-c", str(ROOT / "constraints.txt"),
+        str(ROOT),
     ]  # fmt: skip
     assert re.search(r"^make image-deps$", (ROOT / ".ci" / "run").read_text(), re.M)
     # A Dockerfile that leaves the image's Airflow unnamed is refused before pip runs.

@@ -1,4 +1,4 @@
-"""The parts of `nontax_tools.stack` that need no Airflow: addresses, configuration, and the
+"""The parts of `nontax_dev.stack` that need no Airflow: addresses, configuration, and the
 way `down` stops every process, also the ones that ignore SIGTERM or left the process group."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from nontax_tools import pg
-from nontax_tools import stack as st
-from nontax_tools.airflow_run import ROOT, orders_connection
-from wechat_nontax.orders_db import dsn_from_env
+from nontax_dev import pg
+from nontax_dev import stack as st
+from nontax_dev.airflow_run import ROOT, orders_connection
+from wechat_nontax.store.connection import dsn_from_env
 
 
 def test_sqlalchemy_url_over_tcp_and_a_unix_socket():
@@ -287,8 +287,8 @@ def test_down_stops_groups_stubborn_processes_and_escaped_children(tmp_path: Pat
 
 
 def test_status_and_down_without_a_stack(tmp_path: Path):
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT / 'include'}"}
-    base = [sys.executable, "-m", "nontax_tools.stack"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "include")}
+    base = [sys.executable, "-m", "nontax_dev.stack"]
     status = subprocess.run(
         [*base, "status", "--state-dir", str(tmp_path)], env=env, capture_output=True, text=True
     )
@@ -300,7 +300,7 @@ def test_status_and_down_without_a_stack(tmp_path: Path):
 
 
 def test_a_celery_worker_is_ready_by_its_log_since_its_last_start(tmp_path: Path):
-    from nontax_tools.celery_workers import worker_ready
+    from nontax_dev.celery_workers import worker_ready
 
     log = tmp_path / "worker-1.log"
     assert not worker_ready(log, "worker-1")  # no log yet
@@ -313,7 +313,7 @@ def test_a_celery_worker_is_ready_by_its_log_since_its_last_start(tmp_path: Path
 
 
 def test_a_broker_url_is_shown_without_its_password():
-    from nontax_tools.celery_workers import describe_url
+    from nontax_dev.celery_workers import describe_url
 
     assert describe_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
     assert describe_url("redis://:s3cret@redis:6379/0") == "redis://:***@redis:6379/0"

@@ -23,10 +23,10 @@ from collections.abc import Iterator
 import pytest
 
 from factories import make_order, write_pdf
-from nontax_tools.airflow_api import DAG_ID
-from nontax_tools.stack import Stack, StackConfig, free_port
-from wechat_nontax.orders_db import connect_dsn
-from wechat_nontax.store import OrderStore
+from nontax_dev.airflow_api import DAG_ID
+from nontax_dev.stack import Stack, StackConfig, free_port
+from wechat_nontax.store.connection import connect_dsn
+from wechat_nontax.store.orders import OrderStore
 
 pytestmark = pytest.mark.e2e
 
@@ -153,7 +153,7 @@ def test_a_dry_run_writes_nothing_and_the_real_run_then_sends_the_order(desk: De
 
 def test_a_param_past_its_bound_is_refused_at_the_trigger(desk: Desk):
     """17.5 (before: batch_size 5000 was accepted though the README says 2,500 at most)."""
-    from nontax_tools.airflow_api import AirflowApiError
+    from nontax_dev.airflow_api import AirflowApiError
 
     before = len(desk.api.runs())
     with pytest.raises(AirflowApiError) as refused:

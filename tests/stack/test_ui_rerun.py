@@ -31,11 +31,11 @@ import requests
 from stack_helpers import logged_in_page, own_stack_config, run_in, running
 
 from factories import make_order, write_pdf
-from nontax_tools.airflow_api import DAG_ID
-from nontax_tools.airflow_run import AIRFLOW, ROOT
-from nontax_tools.stack import Stack
-from wechat_nontax.orders_db import connect_dsn
-from wechat_nontax.store import OrderStore
+from nontax_dev.airflow_api import DAG_ID
+from nontax_dev.airflow_run import AIRFLOW, ROOT
+from nontax_dev.stack import Stack
+from wechat_nontax.store.connection import connect_dsn
+from wechat_nontax.store.orders import OrderStore
 from wechat_sandbox.client import DEFAULT_SECRET, SandboxAdmin
 
 pytestmark = pytest.mark.e2e
@@ -364,6 +364,6 @@ def test_the_task_processes_fork_from_a_parent_that_preloaded_the_package(scenar
     """The LocalExecutor's workers (and so every task process) fork from the scheduler's
     forkserver, which imported wechat_nontax.preload: its memory holds aiohttp's compiled
     parser, which only the HTTP provider under the hook pulls in. A forkserver that cannot
-    import the preload (the plugins folder not on its path) skips it without a word."""
+    import the preload (the package not installed) skips it without a word."""
     scenario.need("first run")
     assert "aiohttp/_http_parser" in _forkserver_maps(scenario.stack)

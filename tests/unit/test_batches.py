@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from wechat_nontax.operators import batch_label
-from wechat_nontax.run_steps import MAX_BATCHES, MIN_SPREAD_BATCH, split_batches
+from wechat_nontax.issuing.operators import batch_label
+from wechat_nontax.issuing.run_steps import MAX_BATCHES, MIN_SPREAD_BATCH, split_batches
 
 
 def ids(n: int) -> list[str]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from wechat_nontax.bill_requests import ACTS_ON, check_request, why_not_carried_out
-from wechat_nontax.policy import Status
+from wechat_nontax.requests.contract import ACTS_ON, check_request, why_not_carried_out
+from wechat_nontax.wechat.policy import Status
 
 
 @pytest.mark.parametrize("status", sorted((Status.DUE | Status.NEEDS_ATTENTION) - Status.SETTLED))

@@ -6,7 +6,8 @@ import pickle
 
 import pytest
 
-from wechat_nontax.errors import (
+from wechat_nontax.issuing.validation import Problem
+from wechat_nontax.wechat.errors import (
     AlreadyDoneError,
     AlreadyInsertedError,
     AwaitingAuthorizationError,
@@ -22,8 +23,7 @@ from wechat_nontax.errors import (
     error_for,
     redact,
 )
-from wechat_nontax.policy import BUSY_RETRY_LIMIT, POLICY, Action, classify
-from wechat_nontax.validation import Problem
+from wechat_nontax.wechat.policy import BUSY_RETRY_LIMIT, POLICY, Action, classify
 
 CLASS_FOR_ACTION = {
     Action.RETRY: RetryableError,

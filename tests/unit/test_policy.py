@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wechat_nontax.policy import (
+from wechat_nontax.wechat.policy import (
     AUTH_STATUS_POLICY,
     AUTHORIZATION_DEADLINE_S,
     AUTHORIZATION_RECHECK_S,

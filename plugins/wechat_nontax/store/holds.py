@@ -1,0 +1,468 @@
+"""Claims and holds: the one hold protocol of both pipelines.
+
+A run CLAIMS its due orders (`claimed_by`, a lease, recorded in `nontax.run_claim`); one task try
+then HOLDS each order while it works on it (`held_by`, the same lease renewed on a timer). Every
+write-back names the holder and the row version it read (`Hold`). The requests pipeline holds its
+orders with the same statements (`hold_sql`, `hold_params`, `UNHOLD`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import psycopg2.errors
+import psycopg2.extensions
+import psycopg2.extras
+
+from wechat_nontax.store.sql import (
+    DUE_SQL,
+    REFUSAL_BLOCKS,
+    SETTLED_SQL,
+    TIME_HAS_COME,
+    WORKABLE_SQL,
+)
+from wechat_nontax.wechat.policy import Status
+
+# A write-back that ends the order's journey for now also ends its claim and hold (the
+# requests' write-backs too: `requests.store`).
+UNHOLD = "held_by = NULL, claimed_by = NULL, claim_expires_at = NULL"
+
+_LIVE_OWN_HOLD = "claimed_by = %(run_id)s AND held_by IS NOT NULL AND claim_expires_at > now()"
+
+# Taking a hold, for both pipelines (a batch's orders, a request's order): the order has no
+# live lease, or this try holds it already, or it is its own run's claim that no try holds.
+_HOLDABLE = (
+    "(claim_expires_at IS NULL OR claim_expires_at < now() OR held_by = %(holder)s "
+    "OR (claimed_by = %(run)s AND held_by IS NULL))"
+)
+
+
+def held_guard(holder: str, version: str) -> str:
+    """A guarded write's condition: the try named by the parameter `holder` holds the order, at
+    the row version `version`, and it is not finished."""
+    return f"held_by = %({holder})s AND row_version = %({version})s AND status NOT IN {SETTLED_SQL}"
+
+
+def run_key(dag_id: str, run_id: str) -> str:
+    """What a run's claims are made under (`claimed_by`, `nontax.run_claim`): Airflow's run ids
+    are unique per DAG only (two DAGs scheduled at one instant share one), so it names the
+    DAG. Neither a dag_id nor a run_id may hold `|`."""
+    return f"{dag_id}|{run_id}"
+
+
+def task_holder(ti: Any) -> str:
+    """The holder one task try writes as (`held_by`):
+    `{dag_id}|{run_id}|{task_id}|{map_index}|{try_number}`, from the task instance itself, so
+    that every DAG's tries, whatever operator they run, are told apart."""
+    return f"{run_key(ti.dag_id, ti.run_id)}|{ti.task_id}|{ti.map_index}|{ti.try_number}"
+
+
+def claim_key(holder: str) -> str:
+    """The run key a holder's try claims under: all but its task, map index and try number
+    (a holder of the older four-part form, `{run_id}|...`, gives its bare run id)."""
+    return holder.rsplit("|", 3)[0]
+
+
+def split_run_key(key: str, default_dag_id: str) -> tuple[str, str]:
+    """(dag_id, run_id) of a run key; a bare run id (an older claim) is `default_dag_id`'s."""
+    dag_id, sep, run_id = key.partition("|")
+    return (dag_id, run_id) if sep else (default_dag_id, key)
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """What a write-back expects: the task try holding the order and the row version it read."""
+
+    holder: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class HoldResult:
+    """A batch try's hold: the orders it holds (with the row version read) and, for the others,
+    why not (`NotHeld`)."""
+
+    held: dict[str, int]
+    not_held: dict[str, NotHeld]
+
+
+@dataclass(frozen=True, slots=True)
+class NotHeld:
+    kind: str  # unknown | finished | refusing | needs_person | not_yet | held | claimed
+    reason: str
+    holder: str | None = None
+    seconds_left: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunClaim:
+    batches: list[list[str]]
+    not_taken: list[dict[str, str]] = field(default_factory=list)
+    reclaimed: bool = False
+
+    @property
+    def order_ids(self) -> list[str]:
+        return [order_id for batch in self.batches for order_id in batch]
+
+
+class ClaimScope(StrEnum):
+    """Which of the due orders a run claims."""
+
+    DUE = "due"  # every due order (the daily issuing run)
+    # Orders waiting for their payer's authorisation whose next look is due (`not_before`,
+    # set AUTHORIZATION_RECHECK_S after each look): the frequent run of `nontax_waiting`.
+    AUTHORIZATION_LOOK_DUE = "authorization_look_due"
+
+
+# Each scope's rows, due now. The waiting rows are found through bill_order_status_updated_idx
+# (status first): a run that finds none reads no row of the others.
+_SCOPE_ROWS = {
+    ClaimScope.DUE: f"status IN {DUE_SQL} AND {TIME_HAS_COME}",
+    ClaimScope.AUTHORIZATION_LOOK_DUE: f"status = '{Status.AWAITING_AUTH}' AND {TIME_HAS_COME}",
+}
+
+# The rows a claim takes, in claim order: due now, no live lease of anyone.
+_CLAIMABLE = """
+    FROM nontax.bill_order
+    WHERE {scope}
+      AND (claim_expires_at IS NULL OR claim_expires_at < now())
+      AND NOT {refusal_blocks}
+      AND (NOT %(targeted)s OR order_id = ANY(%(order_ids)s))
+    ORDER BY authorized_at, order_id
+    LIMIT %(limit)s
+"""
+
+
+def _claimable(scope: ClaimScope) -> str:
+    return _CLAIMABLE.format(
+        scope=_SCOPE_ROWS[scope], refusal_blocks=REFUSAL_BLOCKS.format(table="bill_order")
+    )
+
+
+# Where an order's journey and lease stand, for why a claim or a hold did not take it.
+_WHY_SQL = (
+    "SELECT order_id, status, extract(epoch FROM not_before - now()), claimed_by, held_by, "
+    "extract(epoch FROM claim_expires_at - now()), "
+    f"{REFUSAL_BLOCKS.format(table='bill_order')} FROM nontax.bill_order "
+    "WHERE order_id = ANY(%s)"
+)
+
+# Claiming: the due rows in claim order, locked without waiting (rows another claim holds are
+# skipped), stamped with the run and its lease in the same statement. Only rows nobody holds
+# are taken: no live lease of another run, no live hold of a task try. The partial index
+# bill_order_due_idx serves the scan; the rows are joined back by their physical address (ctid:
+# the rows are locked, so it cannot move) instead of a second index lookup per row.
+_CLAIM_SQL = """
+    WITH due AS (
+        SELECT ctid {claimable}
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE nontax.bill_order o
+       SET claimed_by = %(run_id)s, held_by = NULL,
+           claim_expires_at = now() + make_interval(secs => %(lease_s)s)
+      FROM due WHERE o.ctid = due.ctid
+    RETURNING o.order_id, o.authorized_at
+"""
+
+CLAIM_SQLS = {scope: _CLAIM_SQL.format(claimable=_claimable(scope)) for scope in ClaimScope}
+
+# The daily run's claim, public so that the benchmark can EXPLAIN it.
+CLAIM_SQL = CLAIM_SQLS[ClaimScope.DUE]
+
+# What a dry run would claim: the same rows, read only.
+_PEEK_SQLS = {scope: f"SELECT order_id {_claimable(scope)}" for scope in ClaimScope}
+
+
+def why_not_taken(
+    status: str | None,
+    *,
+    due_in_s: float | None,
+    claimed_by: str | None,
+    held_by: str | None,
+    lease_left_s: float | None,
+    refusal_pending: bool = False,
+) -> NotHeld:
+    """Why an order a run asked for was not taken (pure: the caller read the row)."""
+    if status is None:
+        return NotHeld("unknown", "unknown order: not in the order table")
+    if status in Status.SETTLED:
+        return NotHeld("finished", f"already {status}: never sent again")
+    if refusal_pending:
+        return NotHeld(
+            "refusing",
+            "a refusal of it is pending, or was not carried out and waits for a person to "
+            "withdraw it or ask again: it is not issued",
+        )
+    if status in Status.NEEDS_ATTENTION:
+        return NotHeld(
+            "needs_person",
+            f"{status}: needs a person; fix the cause, then reset it (make it due again) or "
+            "clear the batch that holds it",
+        )
+    if lease_left_s is not None and lease_left_s > 0:
+        if held_by:
+            return NotHeld("held", f"held by {held_by} right now", held_by, lease_left_s)
+        return NotHeld("claimed", f"claimed by run {claimed_by}", claimed_by, lease_left_s)
+    if due_in_s is not None and due_in_s > 0:
+        return NotHeld("not_yet", f"{status}: not due for another {due_in_s / 60:.0f} min")
+    return NotHeld("claimed", "being claimed by another run at this moment")
+
+
+def _why_not(rows: Sequence[tuple], order_ids: Sequence[str]) -> dict[str, NotHeld]:
+    """`why_not_taken` of each of `order_ids`, from the rows `_WHY_SQL` read (none: unknown)."""
+    found = {row[0]: row[1:] for row in rows}
+    reasons = {}
+    for order_id in order_ids:
+        status, due_in, claimed_by, held_by, left, refusing = found.get(order_id, (None,) * 6)
+        reasons[order_id] = why_not_taken(
+            status, due_in_s=due_in and float(due_in), claimed_by=claimed_by,
+            held_by=held_by, lease_left_s=left and float(left), refusal_pending=bool(refusing),
+        )  # fmt: skip
+    return reasons
+
+
+def hold_sql(condition: str) -> str:
+    """The one statement that takes a hold, for both pipelines: the orders `%(order_ids)s` that
+    `condition` allows and no one else holds (`_HOLDABLE`), for the try `%(holder)s`, under
+    its run's key `%(run)s`, for `%(hold_s)s` seconds; returns (order_id, row_version) of each
+    one taken (the version every write-back of the try then names)."""
+    return f"""
+        UPDATE nontax.bill_order
+           SET claimed_by = %(run)s, held_by = %(holder)s,
+               claim_expires_at = now() + make_interval(secs => %(hold_s)s)
+         WHERE order_id = ANY(%(order_ids)s) AND {_HOLDABLE} AND {condition}
+        RETURNING order_id, row_version
+    """
+
+
+def hold_params(holder: str, order_ids: Sequence[str], hold_s: float) -> dict[str, Any]:
+    return {
+        "run": claim_key(holder), "holder": holder, "order_ids": list(order_ids),
+        "hold_s": hold_s,
+    }  # fmt: skip
+
+
+class ClaimsAndHolds:
+    """The order store's claims (a run's) and holds (a task try's): take, renew, release."""
+
+    def claim_run(
+        self,
+        run: str,
+        *,
+        lease_s: int,
+        split: Callable[[list[str]], list[list[str]]],
+        limit: int | None = None,
+        order_ids: Sequence[str] | None = None,
+        scope: ClaimScope = ClaimScope.DUE,
+    ) -> RunClaim:
+        """Claim the run's due orders (those of `scope`), split them into batches and record
+        the run's claim, in one transaction; `run` is its run key (`run_key`). A second claim in
+        the same run (its claim step cleared and run again) takes back that run's own orders
+        that are not finished, in the same batches, and no new ones: new orders belong to the
+        next run, and the report keeps the whole run."""
+        with self._connected(), self._lock, self._conn, self._conn.cursor() as cur:
+            # Once a run, the kept counts by status are folded to a row per status.
+            cur.execute("SELECT nontax.compact_status_counts()")
+            cur.execute(
+                "SELECT batches, not_taken FROM nontax.run_claim WHERE run_id = %s FOR UPDATE",
+                (run,),
+            )
+            earlier = cur.fetchone()
+            if earlier is not None:
+                return self._reclaim(cur, run, earlier[0], earlier[1], lease_s=lease_s)
+            cur.execute(
+                CLAIM_SQLS[scope],
+                {
+                    "run_id": run,
+                    "lease_s": lease_s,
+                    "limit": limit,
+                    "targeted": order_ids is not None,
+                    "order_ids": list(order_ids or []),
+                },
+            )
+            rows = cur.fetchall()
+            claimed = [order_id for order_id, _ in sorted(rows, key=lambda r: (r[1], r[0]))]
+            not_taken = self._not_taken(cur, order_ids, claimed) if order_ids is not None else []
+            batches = split(claimed)
+            cur.execute(
+                "INSERT INTO nontax.run_claim (run_id, batches, not_taken) VALUES (%s, %s, %s)",
+                (run, psycopg2.extras.Json(batches), psycopg2.extras.Json(not_taken)),
+            )
+        return RunClaim(batches, not_taken)
+
+    def claim_due(
+        self,
+        run: str,
+        *,
+        lease_s: int,
+        limit: int | None = None,
+        order_ids: Sequence[str] | None = None,
+        scope: ClaimScope = ClaimScope.DUE,
+    ) -> list[str]:
+        """`claim_run` in one batch: the claimed order ids in claim order."""
+        split = lambda claimed: [claimed] if claimed else []  # noqa: E731
+        claim = self.claim_run(
+            run, lease_s=lease_s, split=split, limit=limit, order_ids=order_ids, scope=scope
+        )
+        return claim.order_ids
+
+    def _reclaim(self, cur, run, batches, not_taken, *, lease_s: int) -> RunClaim:
+        everyone = [order_id for batch in batches for order_id in batch]
+        # The run's own orders whatever their lease (a try of this run may still hold some: it
+        # keeps its hold, and the batch's next try waits for it), never another run's.
+        cur.execute(
+            f"""
+            UPDATE nontax.bill_order
+               SET claimed_by = %(run_id)s,
+                   held_by = CASE WHEN {_LIVE_OWN_HOLD} THEN held_by END,
+                   claim_expires_at = CASE WHEN {_LIVE_OWN_HOLD} THEN claim_expires_at
+                                      ELSE now() + make_interval(secs => %(lease_s)s) END
+             WHERE order_id = ANY(%(ids)s) AND status IN {WORKABLE_SQL}
+               AND NOT {REFUSAL_BLOCKS.format(table="bill_order")}
+               AND (claim_expires_at IS NULL OR claim_expires_at < now()
+                    OR claimed_by = %(run_id)s)
+            RETURNING order_id
+            """,
+            {"run_id": run, "ids": everyone, "lease_s": lease_s},
+        )
+        taken = {row[0] for row in cur.fetchall()}
+        cur.execute("UPDATE nontax.run_claim SET reclaimed_at = now() WHERE run_id = %s", (run,))
+        # The same batches, each with its unfinished orders: a cleared mapped instance keeps
+        # its index and its orders.
+        return RunClaim([[o for o in b if o in taken] for b in batches], not_taken, True)
+
+    def _not_taken(self, cur, requested: Sequence[str], claimed: list[str]) -> list[dict]:
+        taken = set(claimed)
+        rest = list(dict.fromkeys(o for o in requested if o not in taken))
+        if not rest:
+            return []
+        cur.execute(_WHY_SQL, (rest,))
+        why = _why_not(cur.fetchall(), rest)
+        return [
+            {"order_id": order_id, "why": why[order_id].kind, "reason": why[order_id].reason}
+            for order_id in rest
+        ]
+
+    def peek_due(
+        self,
+        *,
+        limit: int | None = None,
+        order_ids: Sequence[str] | None = None,
+        scope: ClaimScope = ClaimScope.DUE,
+    ) -> RunClaim:
+        """What a claim would take, without taking it (a dry run changes nothing)."""
+        with self._connected(), self._lock, self._conn, self._conn.cursor() as cur:
+            cur.execute(
+                _PEEK_SQLS[scope],
+                {"limit": limit, "targeted": order_ids is not None,
+                 "order_ids": list(order_ids or [])},
+            )  # fmt: skip
+            due = [row[0] for row in cur.fetchall()]
+            not_taken = self._not_taken(cur, order_ids, due) if order_ids is not None else []
+        return RunClaim([due] if due else [], not_taken)
+
+    def run_claim(self, run: str) -> RunClaim | None:
+        rows = self._run(
+            "SELECT batches, not_taken, reclaimed_at IS NOT NULL FROM nontax.run_claim "
+            "WHERE run_id = %s",
+            (run,),
+        )
+        return RunClaim(*rows[0]) if rows else None
+
+    def live_claims(self, run: str) -> list[tuple[str, bool, float]]:
+        """Other runs' live leases on due orders: (run key, held by a try, seconds left); the
+        key of a claim made before keys named their DAG is a bare run id."""
+        return self._run(
+            f"""
+            SELECT claimed_by, held_by IS NOT NULL,
+                   extract(epoch FROM max(claim_expires_at) - now())::float8
+              FROM nontax.bill_order
+             WHERE status IN {DUE_SQL} AND claim_expires_at > now() AND claimed_by <> %s
+             GROUP BY 1, 2
+            """,
+            (run,),
+        )
+
+    def release_runs(self, run_ids: Sequence[str]) -> int:
+        """End the claims of runs (by run key) that are no longer running (marked, failed,
+        deleted while they held orders). A live hold of a task try is left to run out by itself."""
+        if not run_ids:
+            return 0
+        return len(
+            self._run(
+                "UPDATE nontax.bill_order SET claimed_by = NULL, claim_expires_at = NULL "
+                "WHERE claimed_by = ANY(%s) AND held_by IS NULL RETURNING 1",
+                (list(run_ids),),
+            )
+        )
+
+    def release(self, run: str, holder: str | None = None) -> int:
+        """End the claims of the run `run` (its run key: never another DAG's run of the same
+        run id), so that its orders still due are free for the next run. A hold ends with it
+        when it ran out, or when it is `holder`'s (a try that is over ending its own); a live
+        hold of another try (a zombie, maybe sending) is left to run out by itself."""
+        rows = self._run(
+            f"UPDATE nontax.bill_order SET {UNHOLD} WHERE claimed_by = %(run)s "
+            "AND (held_by IS NULL OR claim_expires_at < now() OR held_by = %(holder)s) "
+            "RETURNING 1",
+            {"run": run, "holder": holder},
+        )
+        return len(rows)
+
+    def hold_batch(
+        self,
+        holder: str,
+        order_ids: Sequence[str],
+        *,
+        hold_s: float,
+        include_needs_person: bool = False,
+    ) -> HoldResult:
+        """Hold a batch's orders for one task try (`holder`, claiming under its run's key);
+        returns what it holds and why not the rest.
+
+        Taken: due orders whose time has come (`not_before`), and with `include_needs_person`
+        (a person cleared the task) `invalid` and `failed` ones too; never one that another
+        run claims or another try holds while its lease is live."""
+        workable = WORKABLE_SQL if include_needs_person else DUE_SQL
+        rows = self._run(
+            hold_sql(
+                f"status IN {workable} "
+                f"AND (status NOT IN {DUE_SQL} OR not_before IS NULL OR not_before <= now()) "
+                f"AND NOT {REFUSAL_BLOCKS.format(table='bill_order')}"
+            ),
+            hold_params(holder, order_ids, hold_s),
+        )
+        held = dict(rows)
+        return HoldResult(held, self.why_not_held([o for o in order_ids if o not in held]))
+
+    def why_not_held(self, order_ids: Sequence[str]) -> dict[str, NotHeld]:
+        """Where each order stands for a try that does not hold it: who does, or why not."""
+        return _why_not(self._run(_WHY_SQL, (list(order_ids),)), order_ids) if order_ids else {}
+
+    def renew_hold(self, holder: str, order_ids: Sequence[str], *, hold_s: float) -> set[str]:
+        """Extend the hold on the orders this try still works on; returns those still held."""
+        if not order_ids:
+            return set()
+        rows = self._run(
+            "UPDATE nontax.bill_order "
+            "SET claim_expires_at = now() + make_interval(secs => %s) "
+            "WHERE order_id = ANY(%s) AND held_by = %s RETURNING order_id",
+            (hold_s, list(order_ids), holder),
+        )
+        return {row[0] for row in rows}
+
+    def end_hold(self, holder: str, order_ids: Sequence[str], *, lease_s: float) -> int:
+        """The try is over: its unfinished orders go back to its run's claim (for the run's
+        other steps and a retry), free again when the run ends or the lease runs out."""
+        if not order_ids:
+            return 0
+        rows = self._run(
+            "UPDATE nontax.bill_order SET held_by = NULL, "
+            "claim_expires_at = now() + make_interval(secs => %s) "
+            "WHERE order_id = ANY(%s) AND held_by = %s RETURNING 1",
+            (lease_s, list(order_ids), holder),
+        )
+        return len(rows)

@@ -1,0 +1,2 @@
+"""The WeChat non-tax bill API client: the hook, the errcode policy, typed errors, the token
+cache and the retry loop around one call."""
