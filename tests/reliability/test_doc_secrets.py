@@ -1,8 +1,8 @@
 """Secrets in the docs and deployment files: the Connection examples of the README and docs/
-(docs/configuration.md holds them) for anything but the local sandbox and database, the compose file and `.env.example` carry placeholders (or the
-sandbox's public test secret), never a value that could be real. (Task logs, XCom and rendered
-fields of a real scheduler run are checked by the stack's tests; the chaos runner scans what its
-runs leave.)"""
+(docs/configuration.md holds them) for anything but the local sandbox and database, the compose
+file and `.env.example` carry placeholders (or the sandbox's public test secret), never a value
+that could be real. (Task logs, XCom and rendered fields of a real scheduler run are checked by
+the stack's tests; the chaos runner scans what its runs leave.)"""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The configuration doc states every bound of the DAG's params as the DAG enforces it (a person reading
-"at most 2500" must not be able to trigger 5000)."""
+"""docs/configuration.md states every bound of the DAG's params as the DAG enforces it (a person
+reading "at most 2500" must not be able to trigger 5000)."""
 
 from __future__ import annotations
 
