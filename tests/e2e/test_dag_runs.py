@@ -115,7 +115,7 @@ def test_the_dag_imports_without_error_or_warning_and_parses_quickly():
 
 
 # How long the Celery broker may be away while a run's tasks are sent before one of them has
-# spent its last try (docs/runbook.md, "When Redis restarts").
+# spent its last try (docs/operating.md, "When Redis restarts").
 BROKER_AWAY_S = 450
 
 

@@ -1,8 +1,8 @@
-"""Secrets in the docs and deployment files: the README's Connection examples for anything but
-the local sandbox and database, the compose file and `.env.example` carry placeholders (or the
-sandbox's public test secret), never a value that could be real. (Task logs, XCom and rendered
-fields of a real scheduler run are checked by the stack's tests; the chaos runner scans what its
-runs leave.)"""
+"""Secrets in the docs and deployment files: the Connection examples of the README and docs/
+(docs/configuration.md holds them) for anything but the local sandbox and database, the compose
+file and `.env.example` carry placeholders (or the sandbox's public test secret), never a value
+that could be real. (Task logs, XCom and rendered fields of a real scheduler run are checked by
+the stack's tests; the chaos runner scans what its runs leave.)"""
 
 from __future__ import annotations
 
@@ -13,8 +13,11 @@ import pytest
 from nontax_dev.airflow_run import ROOT
 from wechat_sandbox.client import DEFAULT_SECRET
 
-README = (ROOT / "README.md").read_text(encoding="utf-8")
-EXAMPLES = re.findall(r"export (AIRFLOW_CONN_\w+)='([^']*)'", README)
+DOCS = "\n".join(
+    path.read_text(encoding="utf-8")
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+)
+EXAMPLES = re.findall(r"export (AIRFLOW_CONN_\w+)='([^']*)'", DOCS)
 LOCAL = ("127.0.0.1", "localhost")
 
 
@@ -25,7 +28,7 @@ def _secrets_in(value: str) -> list[str]:
     )
 
 
-def test_the_readme_has_connection_examples_to_check():
+def test_the_docs_have_connection_examples_to_check():
     assert len(EXAMPLES) >= 4
     assert any(not any(h in value for h in LOCAL) for _, value in EXAMPLES)
 

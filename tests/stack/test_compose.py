@@ -489,8 +489,8 @@ def test_the_postgres_init_script_makes_an_order_db_its_role_can_migrate():
 
 def test_the_runbook_is_linked_and_the_example_env_names_the_compose_file():
     assert "docker-compose.yaml" in ENV_EXAMPLE.read_text()
-    assert Path(ROOT / "docs" / "runbook.md").exists()
-    assert "(docs/runbook.md)" in (ROOT / "README.md").read_text()
+    assert Path(ROOT / "docs" / "operating.md").exists()
+    assert "(docs/operating.md)" in (ROOT / "README.md").read_text()
 
 
 def test_ci_resolves_exactly_what_the_dockerfile_installs(tmp_path: Path):
