@@ -10,7 +10,8 @@ A unit's first `docker compose build` then does not stop on a version clash.
 
 What it cannot see: the packages the official image already holds beyond Airflow and its celery
 extra (its other providers, under Airflow's own constraints), which pip in the image may move to
-our pins; only a build of the image shows those (see the README's scale-out section).
+our pins; only a build of the image shows those (see "Dependencies and the image" in
+docs/development.md).
 """
 
 from __future__ import annotations

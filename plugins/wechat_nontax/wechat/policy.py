@@ -272,7 +272,7 @@ POLICY: Mapping[int | str, Rule] = MappingProxyType(
         ),
         # The rows 72048-72082 follow meanings "as reported, not confirmed for fiscal bills"
         # (spec/wechat-api-facts.md, "After the insert"): each takes the safe action, and the
-        # README's "Assumptions" names them.
+        # "Assumptions about WeChat" in docs/reliability.md names them.
         # 72048: the payer's authorisation no longer covers an insert. Not waited for like
         # 72038 (an authorisation WeChat has not seen yet, which arrives by itself): nothing
         # the pipeline does brings a new one, and blind re-inserts would only be refused.
