@@ -17,6 +17,7 @@ from typing import Any
 import psycopg2.extensions
 
 from wechat_nontax.issuing.validation import check_refusal, format_problems
+from wechat_nontax.store.history import append_history, history_row
 from wechat_nontax.wechat.policy import Status
 
 
@@ -194,11 +195,7 @@ def note_request(
     cur: Any, order_id: str, outcome: str, text: str, run_id: str | None = None
 ) -> None:
     """A request's step in the order's history (step `request`), in the caller's transaction."""
-    cur.execute(
-        "INSERT INTO nontax.bill_attempt (order_id, run_id, step, outcome, errmsg) "
-        "VALUES (%s, %s, 'request', %s, %s)",
-        (order_id, run_id, outcome, text),
-    )
+    append_history(cur, [history_row(order_id, "request", outcome, run_id=run_id, errmsg=text)])
 
 
 def withdraw_request(

@@ -27,6 +27,7 @@ from wechat_nontax.requests.contract import (
     what_next,
     why_not_carried_out,
 )
+from wechat_nontax.store.history import append_history, history_row
 from wechat_nontax.store.holds import UNHOLD, Hold, hold_params, hold_sql
 from wechat_nontax.store.orders import OrderStore
 from wechat_nontax.wechat.policy import Status, beijing_time
@@ -295,15 +296,10 @@ class RequestStore:
         )  # fmt: skip
         if cur.fetchone() is None:
             return False
-        cur.execute(
-            "INSERT INTO nontax.bill_attempt (order_id, run_id, step, outcome, errcode, errmsg) "
-            "VALUES (%s, %s, %s, %s, %s, %s)",
-            (
-                request.order_id, run_id, request.kind,
-                order_outcome or f"request_{status}", errcode,
-                f"#{request.request_id}: {outcome}",
-            ),
-        )  # fmt: skip
+        append_history(cur, [history_row(
+            request.order_id, request.kind, order_outcome or f"request_{status}",
+            run_id=run_id, errcode=errcode, errmsg=f"#{request.request_id}: {outcome}",
+        )])  # fmt: skip
         return True
 
     def _row(self, cur: Any, request_id: int) -> RequestRow:

@@ -1,5 +1,5 @@
 """Write-backs: each result written the moment it is known, one order at a time, with its row
-in the append-only history (`_record`, the one writer of `nontax.bill_attempt` for issuing)."""
+in the append-only history (`store.history`), in the same statement where it can be one."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from wechat_nontax.issuing.bill import BILL_FIELDS, Order
+from wechat_nontax.store.history import append_history, history_row, insert_history
 from wechat_nontax.store.holds import UNHOLD, held_guard
 from wechat_nontax.store.sql import ORDER_COLUMNS, REFUSAL_BLOCKS, SETTLED_SQL
 from wechat_nontax.wechat.policy import Status
@@ -23,8 +24,6 @@ if TYPE_CHECKING:
 # The inserted code is written over any state but one that knows the bill already: inserted
 # (or from an older row version: mismatched), or inserted and then voided (cancelled).
 _BILL_KNOWN_GUARD = "status NOT IN ('inserted', 'mismatched', 'cancelled')"
-
-_HISTORY_COLUMNS = "order_id, run_id, step, outcome, errcode, errmsg, duration_ms"
 
 # A write sent again after its connection was lost changes nothing if the first one committed
 # (the row carries its id): many write-backs leave their guard true, and would count twice.
@@ -73,13 +72,10 @@ class WriteBacks:
             return LoadResult(0, 0, 0)
         with self._lock, self._conn, self._conn.cursor() as cur:
             returned = self._upsert(cur, rows)
-            history = [(order_id, run_id, "load", "new" if is_new else "changed")
-                       for order_id, is_new in returned]  # fmt: skip
-            psycopg2.extras.execute_values(
-                cur,
-                "INSERT INTO nontax.bill_attempt (order_id, run_id, step, outcome) VALUES %s",
-                history,
-            )
+            append_history(cur, (
+                history_row(order_id, "load", "new" if is_new else "changed", run_id=run_id)
+                for order_id, is_new in returned
+            ))  # fmt: skip
             held = self._held_and_changed(cur, orders, {order_id for order_id, _ in returned})
         inserted = sum(1 for _, is_new in returned if is_new)
         updated = len(returned) - inserted
@@ -180,8 +176,7 @@ class WriteBacks:
                 "updated_at = now(), last_write_id = %(write_id)s "
                 f"WHERE order_id = %(order_id)s AND {guard} AND {_NOT_THIS_WRITE} "
                 "RETURNING order_id) "
-                f"INSERT INTO nontax.bill_attempt ({_HISTORY_COLUMNS}) "
-                f"SELECT order_id, %(run_id)s, {row} FROM changed",
+                + insert_history(f"SELECT order_id, %(run_id)s, {row} FROM changed"),
                 {**params, **history},
             )
         # The upload's part is evaluated against the row as it was (SET sees the old row); the
@@ -197,12 +192,13 @@ class WriteBacks:
             "updated_at = now(), last_write_id = %(write_id)s "
             f"WHERE order_id = %(order_id)s AND {guard} AND {_NOT_THIS_WRITE} "
             "RETURNING order_id, s_pdf_media_id IS NOT DISTINCT FROM %(media_id)s AS uploaded) "
-            f"INSERT INTO nontax.bill_attempt ({_HISTORY_COLUMNS}) "
-            "SELECT order_id, %(run_id)s, h.step, h.outcome, h.errcode, h.errmsg, h.duration_ms "
-            "FROM changed, (VALUES "
-            "(1, 'upload', 'uploaded', NULL::integer, NULL::text, %(up_ms)s::integer), "
-            f"(2, {row})) h (n, step, outcome, errcode, errmsg, duration_ms) "
-            "WHERE h.n = 2 OR changed.uploaded ORDER BY h.n",
+            + insert_history(
+                "SELECT order_id, %(run_id)s, h.step, h.outcome, h.errcode, h.errmsg, "
+                "h.duration_ms FROM changed, (VALUES "
+                "(1, 'upload', 'uploaded', NULL::integer, NULL::text, %(up_ms)s::integer), "
+                f"(2, {row})) h (n, step, outcome, errcode, errmsg, duration_ms) "
+                "WHERE h.n = 2 OR changed.uploaded ORDER BY h.n"
+            ),
             {
                 **params, **history, "media_id": upload.media_id, "up_ms": upload.duration_ms,
                 "up_holder": upload.hold.holder, "up_version": upload.hold.version,
@@ -418,11 +414,7 @@ class WriteBacks:
             )
             if not cur.fetchone():
                 return False
-            cur.execute(
-                "INSERT INTO nontax.bill_attempt (order_id, step, outcome, errmsg) "
-                "VALUES (%s, 'reset', 'authorized', %s)",
-                (order_id, note),
-            )
+            append_history(cur, [history_row(order_id, "reset", "authorized", errmsg=note)])
         return True
 
     def record_operator_action(
@@ -431,9 +423,10 @@ class WriteBacks:
         """A person's action on the order (from the Bills view), in its history; False if
         there is no such order."""
         rows = self._run(
-            "INSERT INTO nontax.bill_attempt (order_id, run_id, step, outcome, errmsg) "
-            "SELECT order_id, %s, 'operator', %s, %s FROM nontax.bill_order "
-            "WHERE order_id = %s RETURNING 1",
+            insert_history(
+                "SELECT order_id, %s, 'operator', %s, NULL::integer, %s, NULL::integer "
+                "FROM nontax.bill_order WHERE order_id = %s RETURNING 1"
+            ),
             (run_id, outcome, note, order_id),
         )
         return bool(rows)
