@@ -61,6 +61,7 @@ from wechat_nontax.wechat.policy import (
     authorization_status_rule,
     seconds_until_quota_reset,
 )
+from wechat_nontax.wechat.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,6 @@ class BatchIssuer:
         self._read_pdf = read_pdf
         self._clock = clock
         self._sleep = sleep
-        self._deadline = clock() + settings.time_budget_s
         # Set on a daily quota, a broken configuration, a lost hold or a person stopping the
         # task: the batch's other orders are not sent.
         self._stop = threading.Event()
@@ -165,7 +165,10 @@ class BatchIssuer:
         self._met_quotas: dict[str, QuotaStop] = {}
         # Quota records are per appid, the account whose quota WeChat counts.
         self._appid = str(getattr(api, "appid", "") or "")
-        self._random = random.Random()  # noqa: S311 (jitter, not security)
+        self._backoff = Backoff(
+            clock() + settings.time_budget_s, clock=clock, sleep=sleep,
+            jitter=random.Random().random,  # noqa: S311 (jitter, not security)
+        )  # fmt: skip
         self._versions: dict[str, int] = {}
         self._active: set[str] = set()  # held and not finished by this try
         self._lost: set[str] = set()  # no longer held: another holder may have it
@@ -655,17 +658,16 @@ class BatchIssuer:
                         raise self._end(
                             stored, exc, step, status=Status.FAILED, reason=reason
                         ) from None
-                    delay = exc.rule.delay_s(count, now=self._clock(), jitter=self._random.random())
+                    delay = self._backoff.delay(exc.rule, count)
                     self.store.record_transient(
                         stored.order_id, hold=self._hold_of(stored.order_id), run_id=self.run_id,
                         step=step, outcome="retry", errcode=exc.errcode, errmsg=exc.errmsg,
                         duration_ms=self._ms(started),
                     )  # fmt: skip
-                    if self._clock() + delay > self._deadline:
+                    if not self._backoff.wait(delay):
                         raise _OrderEnded(
                             OrderResult(stored.order_id, Outcome.RETRY_LATER, str(exc))
                         ) from None
-                    self._sleep(delay)
                     continue
                 raise self._end(stored, exc, step) from None
 
@@ -683,8 +685,8 @@ class BatchIssuer:
         if action is not Action.RETRY:
             self._stop_batch(Outcome.BLOCKED, f"not sent: no access token: {exc}")
             raise _OrderEnded(self._stopped_result(order_id))
-        delay = exc.rule.delay_s(answers, now=self._clock(), jitter=self._random.random())
-        if self._clock() + delay > self._deadline:
+        delay = self._backoff.delay(exc.rule, answers)
+        if not self._backoff.fits(delay):
             self._stop_batch(
                 Outcome.RETRY_LATER,
                 f"not sent: no access token within the task's time budget ({answers} tries): {exc}",

@@ -140,14 +140,16 @@ def warm_token(
     """Make sure the shared token is valid for the run; returns how (never the token). A
     failure of the token endpoint that may pass is asked again with the policy's backoff for
     `budget_s`; anything else (a wrong secret, a daily quota) fails the task at once."""
-    import random
-
     from wechat_nontax.wechat import errors
     from wechat_nontax.wechat.hook import WeChatNonTaxHook
     from wechat_nontax.wechat.policy import Action
+    from wechat_nontax.wechat.retry import Backoff
 
     hook = WeChatNonTaxHook(wechat_conn_id)
-    deadline = time.monotonic() + budget_s
+    # The budget on a monotonic clock; a rule that waits into the next minute reads wall time.
+    backoff = Backoff(
+        time.monotonic() + budget_s, clock=time.monotonic, sleep=sleep, wall=time.time
+    )
     try:
         tries = 0
         while True:
@@ -158,10 +160,8 @@ def warm_token(
             except errors.WeChatError as exc:
                 if exc.action is not Action.RETRY:
                     raise
-                delay = exc.rule.delay_s(tries, now=time.time(), jitter=random.random())  # noqa: S311
-                if time.monotonic() + delay > deadline:
+                if not backoff.wait(backoff.delay(exc.rule, tries)):
                     raise
-                sleep(delay)
     finally:
         hook.close()
 

@@ -32,6 +32,7 @@ from wechat_nontax.store.orders import OrderStore
 from wechat_nontax.store.quotas import QuotaStop
 from wechat_nontax.wechat import errors
 from wechat_nontax.wechat.policy import Action, seconds_until_quota_reset
+from wechat_nontax.wechat.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +94,11 @@ class RequestRunner:
         self.run_id = run_id
         self.holder = holder
         self.hold_s = hold_s
-        self._deadline = clock() + time_budget_s
         self._clock = clock
-        self._sleep = sleep
-        self._random = random.Random()  # noqa: S311 (jitter, not security)
+        self._backoff = Backoff(
+            clock() + time_budget_s, clock=clock, sleep=sleep,
+            jitter=random.Random().random,  # noqa: S311 (jitter, not security)
+        )  # fmt: skip
         self._blocked: str | None = None  # no access token: nothing more is sent this try
 
     @property
@@ -174,15 +176,12 @@ class RequestRunner:
                         taken, RequestStatus.REFUSED, rule.reason, exc, order_duplicate=True
                     )
                 if rule.waits:
-                    delay = rule.delay_s(
-                        answers[exc.signal], now=self._clock(), jitter=self._random.random()
-                    )
-                    if self._clock() + delay > self._deadline:
+                    delay = self._backoff.delay(rule, answers[exc.signal])
+                    if not self._backoff.wait(delay):
                         return self._waiting(
                             taken, f"tried again by a later run: {exc}", exc,
                             wait_s=max(delay, TRANSIENT_WAIT_S),
                         )  # fmt: skip
-                    self._sleep(delay)
                     continue
                 return self._end(taken, RequestStatus.FAILED, f"{rule.reason} ({exc})", exc)
             return self._done(taken, "done", None)

@@ -45,6 +45,7 @@ from wechat_nontax.store.quotas import QuotaStops
 from wechat_nontax.store.reads import Reads
 from wechat_nontax.store.sql import OrderStoreError, is_connection_lost, prepared_statement
 from wechat_nontax.store.writes import WriteBacks
+from wechat_nontax.wechat.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,8 @@ class OrderStore(ClaimsAndHolds, WriteBacks, QuotaStops, Reads):
         database stays away, `OrderStoreError`: the caller stops sending."""
         write_id = uuid.uuid4().hex
         params = {**params, "write_id": write_id}
-        deadline, delay, retried = None, 0.25, False
+        backoff: Backoff | None = None
+        delay, retried = 0.25, False
         while True:
             if self._gone is not None:
                 raise self._gone
@@ -144,14 +146,19 @@ class OrderStore(ClaimsAndHolds, WriteBacks, QuotaStops, Reads):
                         raise
                     if self._reconnect is None:
                         raise self._lost(exc) from exc
-                    deadline = deadline or time.monotonic() + self._write_retry_s
+                    # No answer to classify here, only a connection to reopen: the delay
+                    # doubles on its own (no policy rule), the budget and wait are the loop's.
+                    backoff = backoff or Backoff(
+                        time.monotonic() + self._write_retry_s,
+                        clock=time.monotonic,
+                        sleep=self._sleep,
+                    )
                     log.warning("order database connection lost (%s): reconnecting", exc)
                     retried = True
                     while not self._try_reconnect():
-                        if time.monotonic() + delay > deadline:
+                        if not backoff.wait(delay):
                             self._gone = self._lost(exc)
                             raise self._gone from exc
-                        self._sleep(delay)
                         delay = min(delay * 2, 5.0)
 
     def _execute_prepared(self, cur: Any, sql: str, params: dict[str, Any]) -> None:
