@@ -2,8 +2,9 @@
 
 Operators, tools and tests go through `OrderStore`; nowhere else holds SQL about orders (but
 `requests.contract` and `requests.store`, for the requests to refuse or void one). Its parts, one
-idea each: `holds` (claims and holds), `writes` (write-backs and history), `quotas`, `reads`,
-and `sql` (what they share); this module joins them over one connection.
+idea each: `holds` (claims and holds), `writes` (write-backs), `history` (the one writer of
+the order's history, for both pipelines), `quotas`, `reads`, and `sql` (what they share); this
+module joins them over one connection.
 
 Who may write what:
 - a run CLAIMS its due orders (`claimed_by`, a lease in `claim_expires_at`) and records the
