@@ -267,13 +267,14 @@ def test_every_action_leaves_a_due_status_or_a_final_one():
 
 
 def test_status_groups_partition_the_statuses():
-    groups = [Status.DUE, Status.FINISHED, Status.NEEDS_ATTENTION]
+    groups = [Status.WAITING_FOR_PAYER, Status.DUE, Status.FINISHED, Status.NEEDS_ATTENTION]
     assert set().union(*groups) == set(Status)
     assert sum(len(g) for g in groups) == len(Status)
     assert Status.AWAITING_AUTH in Status.DUE
     assert Status.DUPLICATE in Status.FINISHED
     assert Status.INVALID in Status.NEEDS_ATTENTION
     assert [str(s) for s in Status] == [
+        "unauthorized",
         "authorized",
         "uploaded",
         "awaiting_auth",
@@ -282,6 +283,7 @@ def test_status_groups_partition_the_statuses():
         "rejected",
         "refused",
         "cancelled",
+        "declined",
         "invalid",
         "failed",
         "mismatched",

@@ -59,6 +59,8 @@ class Step(StrEnum):
 class Status(StrEnum):
     """The states of an order's row (`nontax.bill_order.status`)."""
 
+    # Loaded before its payer authorised in WeChat: not due until the authorisation event.
+    UNAUTHORIZED = "unauthorized"
     AUTHORIZED = "authorized"
     UPLOADED = "uploaded"
     AWAITING_AUTH = "awaiting_auth"
@@ -67,20 +69,24 @@ class Status(StrEnum):
     REJECTED = "rejected"
     REFUSED = "refused"  # refused on the unit's request (rejectinsert): never inserted
     CANCELLED = "cancelled"  # inserted, then voided (INVOICE_REIMBURSE_CANCEL)
+    DECLINED = "declined"  # the payer refused the authorisation in WeChat: never sent
     INVALID = "invalid"
     FAILED = "failed"
     # Inserted, but from a row version the row no longer has (a reload landed after the try's
     # hold ran out, its insert already at WeChat): the card package holds the older data.
     MISMATCHED = "mismatched"
 
-    # The three groups partition the states; in the class body the names are still the plain
+    # The four groups partition the states; in the class body the names are still the plain
     # strings, which compare and hash equal to the members.
+    WAITING_FOR_PAYER = nonmember(frozenset({UNAUTHORIZED}))
     DUE = nonmember(frozenset({AUTHORIZED, UPLOADED, AWAITING_AUTH}))
-    FINISHED = nonmember(frozenset({INSERTED, DUPLICATE, REJECTED, REFUSED, CANCELLED}))
+    FINISHED = nonmember(frozenset({INSERTED, DUPLICATE, REJECTED, REFUSED, CANCELLED, DECLINED}))
     NEEDS_ATTENTION = nonmember(frozenset({INVALID, FAILED, MISMATCHED}))
     # Never sent again nor changed by a reload or a late answer: the finished states, and the
     # one that needs a person although its bill is in the card package.
-    SETTLED = nonmember(frozenset({INSERTED, DUPLICATE, REJECTED, REFUSED, CANCELLED, MISMATCHED}))
+    SETTLED = nonmember(
+        frozenset({INSERTED, DUPLICATE, REJECTED, REFUSED, CANCELLED, DECLINED, MISMATCHED})
+    )
 
 
 class Signal(StrEnum):
