@@ -55,7 +55,7 @@ def orders_db(orders_db_uri: str, monkeypatch: pytest.MonkeyPatch) -> str:
         cur.execute("ALTER TABLE nontax.bill_attempt DISABLE TRIGGER USER")
         cur.execute(
             "TRUNCATE nontax.bill_request, nontax.bill_attempt, nontax.bill_order, "
-            "nontax.access_token, nontax.run_claim"
+            "nontax.access_token, nontax.run_claim, nontax.authorization_event"
         )
         cur.execute("ALTER TABLE nontax.bill_attempt ENABLE TRIGGER USER")
         cur.execute("TRUNCATE nontax.api_quota")
