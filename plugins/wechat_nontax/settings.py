@@ -87,3 +87,41 @@ def dag_settings(schedule_env: str, default_cron: str) -> dict[str, Any]:
             "on_failure_callback": notify_failure,
         },
     }
+
+
+# -- the event receiver (a web service of its own: `nontax receiver`) ---------------------------
+# The callback token, EncodingAESKey (and the previous one during a rotation) and the appid:
+# the Connection `wechat_nontax_callback` (login: appid, password: token, extra:
+# encoding_aes_key, previous_encoding_aes_key), read from AIRFLOW_CONN_WECHAT_NONTAX_CALLBACK
+# without Airflow, else the variables below. See docs/configuration.md.
+CALLBACK_CONN_ID = "wechat_nontax_callback"
+CALLBACK_TOKEN_ENV = "NONTAX_CALLBACK_TOKEN"  # noqa: S105 - a variable's name
+CALLBACK_AES_KEY_ENV = "NONTAX_CALLBACK_AES_KEY"
+CALLBACK_PREVIOUS_AES_KEY_ENV = "NONTAX_CALLBACK_PREVIOUS_AES_KEY"
+CALLBACK_APPID_ENV = "NONTAX_CALLBACK_APPID"
+RECEIVER_PATH = "/wechat/callback"  # the callback URL's path set in WeChat's console
+RECEIVER_HOST_ENV, DEFAULT_RECEIVER_HOST = "NONTAX_RECEIVER_HOST", "127.0.0.1"
+RECEIVER_PORT_ENV, DEFAULT_RECEIVER_PORT = "NONTAX_RECEIVER_PORT", 8766
+# Where verified events wait when the order database cannot take them at once.
+RECEIVER_SPOOL_ENV, DEFAULT_RECEIVER_SPOOL = "NONTAX_RECEIVER_SPOOL", ".run/receiver-spool"
+# A request whose timestamp is further than this from now is refused (a replay).
+RECEIVER_REPLAY_WINDOW_ENV, DEFAULT_RECEIVER_REPLAY_WINDOW_S = (
+    "NONTAX_RECEIVER_REPLAY_WINDOW_S",
+    300,
+)
+# WeChat's events are under 2 KiB; a larger body is refused unread.
+RECEIVER_MAX_BODY_ENV, DEFAULT_RECEIVER_MAX_BODY = "NONTAX_RECEIVER_MAX_BODY", 64 * 1024
+# How long a request waits for the database before the event is spooled and `success` answered:
+# well inside WeChat's 5 s.
+RECEIVER_RECORD_BUDGET_ENV, DEFAULT_RECEIVER_RECORD_BUDGET_S = (
+    "NONTAX_RECEIVER_RECORD_BUDGET_S",
+    1.5,
+)
+# How often the spool is replayed into the database while it holds events.
+RECEIVER_REPLAY_EVERY_ENV, DEFAULT_RECEIVER_REPLAY_EVERY_S = "NONTAX_RECEIVER_REPLAY_EVERY_S", 2.0
+
+
+def receiver_setting(env: str, default: float | int | str) -> float | int | str:
+    """One of the receiver's settings above from the environment, of its default's type."""
+    value = os.environ.get(env)
+    return default if value in (None, "") else type(default)(value)

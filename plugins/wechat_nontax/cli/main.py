@@ -53,8 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     withdraw.add_argument("request_id", type=int)
     withdraw.add_argument("--note", default="")
     withdraw.add_argument("--by", default=None, help="who decides (default: the login name)")
+    receiver = sub.add_parser("receiver")
+    receiver.add_argument("--host", default=None, help="interface (NONTAX_RECEIVER_HOST)")
+    receiver.add_argument("--port", type=int, default=None, help="port (NONTAX_RECEIVER_PORT)")
     args = parser.parse_args(argv)
     dsn = args.dsn or dsn_from_env()
+
+    if args.command == "receiver":
+        from wechat_nontax.receiver.serve import serve
+
+        return serve(dsn, host=args.host, port=args.port)
 
     if args.command == "migrate":
         from wechat_nontax.store.migrate import MigrationError, current_version, migrate
