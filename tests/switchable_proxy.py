@@ -64,6 +64,8 @@ class SwitchableProxy:
     def down(self) -> None:
         """The port closed and every connection cut: connecting is refused at once."""
         self.mode = "down"
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
         self._listener.close()
         self._drop_connections()
 
