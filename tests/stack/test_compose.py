@@ -54,6 +54,13 @@ COMMANDS: dict[str, str] = {
     r"curl --fail http://localhost:8765/_sandbox/health": (
         "wechat_sandbox.process waits on GET /_sandbox/health"
     ),
+    r"nontax receiver --host 0\.0\.0\.0 --port 8766": (
+        "tests/integration/test_receiver.py (nontax_dev.receiver_process) and the stack start "
+        "`nontax receiver --host ... --port ...`"
+    ),
+    r"curl --fail http://localhost:8766/healthz": (
+        "nontax_dev.receiver_process and the stack wait on GET /healthz"
+    ),
     r"pg_isready -U airflow": ".ci/run waits with pg_isready on the CI's server",
     r"/docker-entrypoint-initdb\.d/10-nontax-db\.sh": "test_the_postgres_init_script_... below",
     r"airflow celery worker": CELERY_STACK + ", each worker named after its host",
@@ -75,6 +82,7 @@ SERVICES = {
     "airflow-triggerer",
     "airflow-init",
     "wechat-sandbox",
+    "nontax-receiver",
 }
 SANDBOX_ENV = ROOT / "docker" / "sandbox.env"
 SECRET_VARS = {
@@ -85,6 +93,8 @@ SECRET_VARS = {
     "AIRFLOW_FERNET_KEY",
     "WECHAT_APPID",
     "WECHAT_APP_SECRET",
+    "WECHAT_CALLBACK_TOKEN",
+    "WECHAT_CALLBACK_AES_KEY",
     "WECHAT_API_URL",  # not a secret, but required: a forgotten one must not mean the sandbox
 }
 # The image's entrypoint runs `airflow <command>` for a bare Airflow command.
@@ -389,6 +399,40 @@ def test_the_sandbox_gets_only_what_it_needs(compose):
     for var in SECRET_VARS - {"WECHAT_APPID", "WECHAT_APP_SECRET", "WECHAT_API_URL"}:
         assert example[var] not in values, var
     assert [v for v in sandbox["volumes"] if "pdfs" in v or "logs" in v] == []
+
+
+def test_the_receiver_runs_apart_with_only_its_own_secrets(compose, monkeypatch):
+    """WeChat's events reach a service of their own, never the api-server: it gets the order DB
+    and the callback credentials, no Airflow secret, no WeChat app secret, its spool on a volume."""
+    from wechat_nontax.receiver.config import credentials_from_env
+    from wechat_nontax.settings import CALLBACK_CONN_ID, DEFAULT_RECEIVER_PORT
+
+    receiver = compose["services"]["nontax-receiver"]
+    env = receiver["environment"]
+    assert set(env) == {
+        "AIRFLOW_CONN_NONTAX_ORDERS_DB", f"AIRFLOW_CONN_{CALLBACK_CONN_ID.upper()}",
+        "NONTAX_RECEIVER_SPOOL",
+    }  # fmt: skip
+    worker = compose["services"]["airflow-worker"]["environment"]
+    assert env["AIRFLOW_CONN_NONTAX_ORDERS_DB"] == worker["AIRFLOW_CONN_NONTAX_ORDERS_DB"]
+    values, example = json.dumps(env), example_env()
+    for var in ("AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY", "AIRFLOW_FERNET_KEY",
+                "WECHAT_APP_SECRET", "AIRFLOW_DB_PASSWORD"):  # fmt: skip
+        assert example[var] not in values, var
+    assert receiver["ports"] == [f"127.0.0.1:{DEFAULT_RECEIVER_PORT}:{DEFAULT_RECEIVER_PORT}"]
+    assert receiver["volumes"] == [f"receiver-spool:{env['NONTAX_RECEIVER_SPOOL']}"]
+    assert receiver["depends_on"]["airflow-init"] == {"condition": "service_completed_successfully"}
+    # The Connection as written parses to the receiver's credentials (a 43-character key).
+    key = "k" * 43
+    with_key = interpolate(
+        yaml.safe_load(COMPOSE.read_text(encoding="utf-8")),
+        example_env(WECHAT_CALLBACK_AES_KEY=key),
+    )["services"]["nontax-receiver"]["environment"]
+    conn_var = f"AIRFLOW_CONN_{CALLBACK_CONN_ID.upper()}"
+    monkeypatch.setenv(conn_var, with_key[conn_var])
+    creds = credentials_from_env()
+    assert (creds.token, creds.appid) == (example["WECHAT_CALLBACK_TOKEN"], example["WECHAT_APPID"])
+    assert len(creds.aes_keys) == 1
 
 
 def test_every_file_it_mounts_or_builds_from_exists(compose):
