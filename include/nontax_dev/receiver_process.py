@@ -3,9 +3,12 @@ callback credentials of its own, its spool and its log where the caller says."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import dataclasses
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -41,6 +44,23 @@ class CallbackSecrets:
 
     def __repr__(self) -> str:
         return f"CallbackSecrets(appid={self.appid!r})"
+
+    @classmethod
+    def generate(cls, appid: str) -> CallbackSecrets:
+        """A fresh token and EncodingAESKey, as a unit sets them in WeChat's console."""
+        key = base64.b64encode(os.urandom(32)).decode()[:43]
+        return cls(token=secrets.token_urlsafe(24), appid=appid, encoding_aes_key=key)
+
+    @classmethod
+    def load_or_create(cls, path: Path, appid: str) -> CallbackSecrets:
+        """Generated once per state directory (the local stack), then reused."""
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            return cls(**json.loads(path.read_text(encoding="utf-8")))
+        made = cls.generate(appid)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(dataclasses.asdict(made), out)
+        return made
 
 
 class ReceiverProcess:

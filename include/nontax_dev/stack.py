@@ -16,6 +16,10 @@ the AIRFLOW_HOME `airflow/`, `secrets.json`):
   migrated (`airflow db migrate`, `nontax migrate`), never dropped.
 - The WeChat sandbox on WECHAT_SANDBOX_PORT (8765), unless AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT
   is set: then the DAG talks to that.
+- The receiver of WeChat's events (`nontax receiver`) on NONTAX_RECEIVER_PORT (8770), its
+  spool in `<state>/receiver-spool`, its callback token and EncodingAESKey generated once per
+  state directory (`<state>/callback.json`) unless AIRFLOW_CONN_WECHAT_NONTAX_CALLBACK names
+  the unit's own; `<state>/env.sh` exports its URL and that Connection for the sandbox's pusher.
 - `airflow api-server` (NONTAX_STACK_PORT, default 8080), `scheduler` (LocalExecutor; its
   health check on NONTAX_STACK_HEALTH_PORT, default 8974), `dag-processor`, `triggerer`, and
   one log server for the task and trigger logs (NONTAX_STACK_LOG_PORT, default 8793), all on
@@ -44,7 +48,8 @@ Two stacks run side by side on one machine when each has its own state directory
 databases, for example:
 
     NONTAX_STACK_DIR=.run/stack2 NONTAX_STACK_PORT=8081 NONTAX_STACK_HEALTH_PORT=8975 \
-    NONTAX_STACK_LOG_PORT=8794 WECHAT_SANDBOX_PORT=8766 NONTAX_STACK_META_DB=airflow_meta2 \
+    NONTAX_STACK_LOG_PORT=8794 WECHAT_SANDBOX_PORT=8766 NONTAX_RECEIVER_PORT=8771 \
+    NONTAX_STACK_META_DB=airflow_meta2 \
     NONTAX_STACK_ORDERS_DB_NAME=nontax2 make up
 
 `up` refuses to start when any of its ports is in use, naming the variable that moves it.
@@ -75,6 +80,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlencode
 
+import requests
+
 from nontax_dev import celery_workers
 from nontax_dev.airflow_api import DAG_ID, AirflowApi, AirflowApiError
 from nontax_dev.airflow_run import (
@@ -95,13 +102,22 @@ from nontax_dev.pg import (
     server_answers,
     with_dbname,
 )
-from wechat_sandbox.client import SandboxAdmin
+from nontax_dev.receiver_process import CallbackSecrets
+from wechat_nontax.settings import (
+    CALLBACK_CONN_ID,
+    DEFAULT_RECEIVER_PORT,
+    RECEIVER_PATH,
+    RECEIVER_PORT_ENV,
+    RECEIVER_SPOOL_ENV,
+)
+from wechat_sandbox.client import DEFAULT_APPID, SandboxAdmin
 from wechat_sandbox.config import ENV_ADMIN_TOKEN, ENV_TOKENS_FILE
 from wechat_sandbox.process import free_port
 
 DEFAULT_STATE_DIR = ROOT / ".run" / "stack"
 ADMIN_USER = "admin"
 MARKER = "NONTAX_STACK_ID"
+CALLBACK_CONN_ENV = f"AIRFLOW_CONN_{CALLBACK_CONN_ID.upper()}"
 # Started in this order, stopped in the reverse one.
 AIRFLOW_PROCESSES = ("api-server", "scheduler", "dag-processor", "triggerer")
 SIMPLE_AUTH_MANAGER = (
@@ -147,6 +163,8 @@ class StackConfig:
         default_factory=lambda: {"token_mode": "stable_token", "timeout": 15}
     )
     sandbox_port: int | None = 8765  # None: a free port
+    receiver_port: int | None = None  # None: a free port (`make up`: NONTAX_RECEIVER_PORT)
+    callback_conn: str | None = None  # the receiver's Connection; None: generated secrets
     pdf_root: Path | None = None  # None: <state>/pdfs
     pool: str = "wechat_nontax"
     pool_slots: int = 4
@@ -185,6 +203,8 @@ class StackConfig:
             orders_db_name=env.get("NONTAX_STACK_ORDERS_DB_NAME") or "nontax",
             wechat_conn=env.get("AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT") or None,
             sandbox_port=num("WECHAT_SANDBOX_PORT", 8765),
+            receiver_port=num(RECEIVER_PORT_ENV, DEFAULT_RECEIVER_PORT),
+            callback_conn=env.get(CALLBACK_CONN_ENV) or None,
             worker_log_port=num("NONTAX_STACK_LOG_PORT", 8793),
             scheduler_health_port=num("NONTAX_STACK_HEALTH_PORT", 8974),
             pdf_root=Path(env["NONTAX_STACK_PDF_ROOT"])
@@ -378,6 +398,7 @@ class StackState:
     created_databases: list[str] = field(default_factory=list)
     drop_databases_on_down: bool = False
     sandbox_url: str | None = None
+    receiver_url: str | None = None  # the callback URL of the stack's receiver
     orders_db: str | None = None  # described, never with a password
     meta_db: str | None = None
     pdf_root: str | None = None
@@ -614,6 +635,7 @@ class Stack:
         ]
         for name, popen in migrations:
             self._finish(name, popen, timeout=180)
+        self._spawn_receiver()
         for name in AIRFLOW_PROCESSES:
             command = [AIRFLOW, name]
             if name == "api-server":
@@ -637,12 +659,52 @@ class Stack:
         self._wait(f"the DAG {DAG_ID} to be parsed", deadline, self._dag_ok)
         self.say(f"DAG {DAG_ID} parsed")
         self._wait("scheduler, triggerer and dag-processor to be healthy", deadline, self._healthy)
+        self._wait("the receiver (/healthz)", deadline, self._receiver_ok)
+        self.say(f"the receiver answers on {self.state.receiver_url}")
         self.say("scheduler, triggerer, dag-processor: healthy")
         if workers:
             self._wait("the Celery workers to consume", deadline, self._workers_ready)
             self.say(f"Celery workers consuming: {', '.join(p.name for p in workers)}")
         if cfg.unpause:
             self.api.set_paused(False)
+
+    def _spawn_receiver(self) -> None:
+        """The receiver of WeChat's events, with only the order DB and its own secrets."""
+        assert self.state is not None and self.orders_dsn is not None
+        cfg = self.config
+        port = cfg.receiver_port or free_port()
+        if port_in_use(port):
+            raise StackError(f"the receiver port {port} is in use: set {RECEIVER_PORT_ENV}")
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TZ")}
+        env.update(
+            {
+                MARKER: self.state.stack_id,
+                "AIRFLOW_CONN_NONTAX_ORDERS_DB": self.orders_dsn,
+                CALLBACK_CONN_ENV: self.callback_connection(),
+                RECEIVER_SPOOL_ENV: str(cfg.state_dir / "receiver-spool"),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        host = "127.0.0.1"
+        self._spawn("receiver", [NONTAX, "receiver", "--host", host, "--port", str(port)], env=env)
+        self.state.receiver_url = f"http://{host}:{port}{RECEIVER_PATH}"
+        self._save()
+        self._write_env_file()
+
+    def callback_connection(self) -> str:
+        """The receiver's Connection: the unit's own, else secrets made once for this stack."""
+        if self.config.callback_conn:
+            return self.config.callback_conn
+        # The sandbox's app, as the demo's orders name it (a unit's own comes in its Connection).
+        secrets_file = self.config.state_dir / "callback.json"
+        return CallbackSecrets.load_or_create(secrets_file, DEFAULT_APPID).connection()
+
+    def _receiver_ok(self) -> bool:
+        assert self.state is not None and self.state.receiver_url
+        health = self.state.receiver_url.replace(RECEIVER_PATH, "/healthz")
+        with contextlib.suppress(requests.RequestException):
+            return requests.get(health, timeout=3).status_code == 200
+        return False
 
     def _choose_broker(self) -> None:
         assert self.state is not None
@@ -784,6 +846,9 @@ class Stack:
             f"export AIRFLOW_CONN_NONTAX_ORDERS_DB='{self.env['AIRFLOW_CONN_NONTAX_ORDERS_DB']}'",
             f"export NONTAX_PDF_ROOT='{self.config.pdf_dir}'",
         ]
+        if self.state is not None and self.state.receiver_url:
+            lines.append(f"export NONTAX_STACK_RECEIVER_URL='{self.state.receiver_url}'")
+            lines.append(f"export {CALLBACK_CONN_ENV}='{self.callback_connection()}'")
         if self.sandbox_url:
             lines.append(f"export NONTAX_STACK_SANDBOX_URL='{self.sandbox_url}'")
             lines.append(f"export NONTAX_STACK_SANDBOX_ADMIN_TOKEN='{self.sandbox_admin_token}'")
@@ -1030,6 +1095,7 @@ def describe(stack: Stack) -> str:
         f"  order DB     {state.orders_db}   (the tools: source {_rel(cfg.state_dir / 'env.sh')})",
         f"  metadata DB  {state.meta_db}{embedded if state.embedded_pgdata else ''}",
         f"  WeChat       {wechat}",
+        f"  receiver     {state.receiver_url} (WeChat's events)",
         f"  executor     {_executor(stack)}",
         f"  PDF root     {_rel(state.pdf_root or cfg.pdf_dir)}",
         f"  logs         {_rel(cfg.logs)}/ (processes), {_rel(cfg.home / 'logs')}/ (tasks)",

@@ -101,7 +101,7 @@ CALLBACK_PREVIOUS_AES_KEY_ENV = "NONTAX_CALLBACK_PREVIOUS_AES_KEY"
 CALLBACK_APPID_ENV = "NONTAX_CALLBACK_APPID"
 RECEIVER_PATH = "/wechat/callback"  # the callback URL's path set in WeChat's console
 RECEIVER_HOST_ENV, DEFAULT_RECEIVER_HOST = "NONTAX_RECEIVER_HOST", "127.0.0.1"
-RECEIVER_PORT_ENV, DEFAULT_RECEIVER_PORT = "NONTAX_RECEIVER_PORT", 8766
+RECEIVER_PORT_ENV, DEFAULT_RECEIVER_PORT = "NONTAX_RECEIVER_PORT", 8770
 # Where verified events wait when the order database cannot take them at once.
 RECEIVER_SPOOL_ENV, DEFAULT_RECEIVER_SPOOL = "NONTAX_RECEIVER_SPOOL", ".run/receiver-spool"
 # A request whose timestamp is further than this from now is refused (a replay).

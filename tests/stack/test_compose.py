@@ -54,11 +54,11 @@ COMMANDS: dict[str, str] = {
     r"curl --fail http://localhost:8765/_sandbox/health": (
         "wechat_sandbox.process waits on GET /_sandbox/health"
     ),
-    r"nontax receiver --host 0\.0\.0\.0 --port 8766": (
+    r"nontax receiver --host 0\.0\.0\.0 --port 8770": (
         "tests/integration/test_receiver.py (nontax_dev.receiver_process) and the stack start "
         "`nontax receiver --host ... --port ...`"
     ),
-    r"curl --fail http://localhost:8766/healthz": (
+    r"curl --fail http://localhost:8770/healthz": (
         "nontax_dev.receiver_process and the stack wait on GET /healthz"
     ),
     r"pg_isready -U airflow": ".ci/run waits with pg_isready on the CI's server",

@@ -86,6 +86,7 @@ def test_two_stacks_from_two_environments_listen_on_disjoint_ports(tmp_path: Pat
             "NONTAX_STACK_LOG_PORT": "8794",
             "NONTAX_STACK_HEALTH_PORT": "8975",
             "WECHAT_SANDBOX_PORT": "8766",
+            "NONTAX_RECEIVER_PORT": "8771",
             "NONTAX_STACK_META_DB": "airflow_meta2",
             "NONTAX_STACK_ORDERS_DB_NAME": "nontax2",
         }
@@ -95,9 +96,9 @@ def test_two_stacks_from_two_environments_listen_on_disjoint_ports(tmp_path: Pat
     assert (second.port, second.worker_log_port, second.scheduler_health_port) == (8081, 8794, 8975)
 
     def ports(cfg: st.StackConfig) -> set[int]:
-        return {*cfg.listening_ports().values(), cfg.sandbox_port}
+        return {*cfg.listening_ports().values(), cfg.sandbox_port, cfg.receiver_port}
 
-    assert len(ports(first)) == len(ports(second)) == 4
+    assert len(ports(first)) == len(ports(second)) == 5
     assert ports(first).isdisjoint(ports(second))
 
 

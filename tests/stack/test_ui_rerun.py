@@ -34,9 +34,11 @@ from factories import make_order, write_pdf
 from nontax_dev.airflow_api import DAG_ID
 from nontax_dev.airflow_run import AIRFLOW, ROOT
 from nontax_dev.stack import Stack
+from wechat_nontax.settings import RECEIVER_PATH
 from wechat_nontax.store.connection import connect_dsn
 from wechat_nontax.store.orders import OrderStore
 from wechat_sandbox.client import DEFAULT_SECRET, SandboxAdmin
+from wechat_sandbox.pusher import EventPusher
 
 pytestmark = pytest.mark.e2e
 
@@ -63,8 +65,32 @@ def test_the_compose_files_health_checks_pass_against_the_stack(stack: Stack):
     health = f"http://127.0.0.1:{stack.config.scheduler_health_port}/health"
     assert requests.get(health, timeout=10).ok
     assert requests.get(f"{stack.sandbox_url}/_sandbox/health", timeout=10).ok
+    assert stack.state is not None and stack.state.receiver_url
+    receiver_health = stack.state.receiver_url.replace(RECEIVER_PATH, "/healthz")
+    assert requests.get(receiver_health, timeout=10).json()["database"] is True
     for job in ("TriggererJob", "DagProcessorJob"):
         run_in(stack, [AIRFLOW, "jobs", "check", "--job-type", job, "--hostname", get_hostname()])
+
+
+def test_the_stacks_receiver_records_an_event_the_sandbox_pushes_with_env_sh(stack: Stack):
+    """`make up`'s receiver, reached as env.sh tells the harness: its callback URL and secrets."""
+    exported = dict(
+        line.removeprefix("export ").split("=", 1)
+        for line in (stack.config.state_dir / "env.sh").read_text().splitlines()
+        if line.startswith("export ")
+    )
+    spec = json.loads(exported["AIRFLOW_CONN_WECHAT_NONTAX_CALLBACK"].strip("'"))
+    pusher = EventPusher(
+        exported["NONTAX_STACK_RECEIVER_URL"].strip("'"), token=spec["password"],
+        appid=spec["login"], encoding_aes_key=spec["extra"]["encoding_aes_key"],
+    )  # fmt: skip
+    assert pusher.authorize("stack-event-1").delivered
+    pusher.close()
+    conn = psycopg2.connect(stack.orders_dsn)
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT order_id FROM nontax.authorization_event")
+        assert cur.fetchall() == [("stack-event-1",)]
+    conn.close()
 
 
 def _forkserver_maps(stack: Stack) -> str:
@@ -124,6 +150,11 @@ def scenario(stack: Stack) -> Iterator[Scenario]:
         sandbox.close()
 
 
+def _callback_secrets(stack: Stack) -> list[str]:
+    spec = json.loads(stack.callback_connection())
+    return [spec["password"], spec["extra"]["encoding_aes_key"]]
+
+
 def _secrets(scenario: Scenario) -> list[str]:
     """Everything that must never reach a task log."""
     stack = scenario.stack
@@ -136,6 +167,7 @@ def _secrets(scenario: Scenario) -> list[str]:
         stack.secrets.fernet_key,
         stack.sandbox_admin_token,
         *scenario.sandbox.issued_tokens(),
+        *_callback_secrets(stack),
     ]
     password = psycopg2.extensions.parse_dsn(stack.orders_dsn).get("password")
     if password:
@@ -152,7 +184,8 @@ def test_the_stack_runs_each_process_in_its_own_session_with_the_pool_and_dag(st
     assert stack.state is not None
     names = [p.name for p in stack.state.procs]
     assert names == [
-        "sandbox", "api-server", "scheduler", "dag-processor", "triggerer", "log-server"
+        "sandbox", "receiver", "api-server", "scheduler", "dag-processor", "triggerer",
+        "log-server",
     ]  # fmt: skip
     for proc in stack.state.procs:
         assert os.getsid(proc.pid) == proc.pid, f"{proc.name} is not a session leader"

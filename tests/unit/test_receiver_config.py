@@ -69,7 +69,7 @@ def test_a_bad_configuration_is_named_without_its_value(monkeypatch, env, messag
 
 def test_the_settings_default_and_follow_the_environment(monkeypatch):
     monkeypatch.delenv("NONTAX_RECEIVER_PORT", raising=False)
-    assert ReceiverSettings.from_env().port == 8766
+    assert ReceiverSettings.from_env().port == 8770
     assert ReceiverSettings.from_env().max_body == 64 * 1024
     monkeypatch.setenv("NONTAX_RECEIVER_PORT", "9100")
     monkeypatch.setenv("NONTAX_RECEIVER_REPLAY_WINDOW_S", "60")
