@@ -101,3 +101,60 @@ def test_an_authorisation_for_an_order_waiting_on_72038_makes_it_due_now(cur, st
     assert _record(cur, order.order_id) == "authorized: asked again now"
     status, _, not_before = _order(cur, order.order_id)
     assert (status, not_before) == ("awaiting_auth", None)
+
+
+def _insert_unauthorized(cur, order_id: str, n: int) -> None:
+    order = make_order(n)
+    cur.execute(
+        "INSERT INTO nontax.bill_order (order_id, card_id, appid, fee, title, billing_time, "
+        "billing_no, billing_code, status) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'unauthorized')",
+        (order_id, order.card_id, order.appid, order.fee, order.title, order.billing_time,
+         order.billing_no, order.billing_code),
+    )  # fmt: skip
+
+
+def _in_thread(target):
+    import threading
+
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(target()), daemon=True)
+    thread.start()
+    return thread, result
+
+
+@pytest.mark.parametrize("first", ["load", "event"])
+def test_an_event_and_its_orders_load_at_the_same_moment_apply_once_whichever_commits_first(
+    orders_db, cur, first
+):
+    """The load's transaction and the event's overlap: neither sees the other's uncommitted row,
+    so each must wait for the other rather than conclude there is nothing to apply."""
+    order_id = f"race-{first}"
+    held = psycopg2.connect(orders_db)  # the transaction that goes first and stays open
+    other = psycopg2.connect(orders_db)
+    other.autocommit = True
+    try:
+        with held.cursor() as hcur:
+            if first == "load":
+                _insert_unauthorized(hcur, order_id, 40)
+            else:
+                _record(hcur, order_id)
+
+            def second():
+                with other.cursor() as ocur:
+                    if first == "load":
+                        return _record(ocur, order_id)
+                    _insert_unauthorized(ocur, order_id, 41)
+                    return "loaded"
+
+            thread, result = _in_thread(second)
+            thread.join(0.5)
+            held.commit()
+            thread.join(10)
+            assert not thread.is_alive() and result
+    finally:
+        held.close()
+        other.close()
+    assert _order(cur, order_id)[0] == "authorized"
+    cur.execute("SELECT applied_at IS NOT NULL FROM nontax.authorization_event WHERE order_id = %s",
+                (order_id,))  # fmt: skip
+    assert cur.fetchall() == [(True,)]
