@@ -225,13 +225,17 @@ class StackConfig:
             raise ValueError(f"executor {self.executor!r}: local or celery")
 
     def listening_ports(self) -> dict[str, int]:
-        """The ports the stack's Airflow listens on, by the variable that moves each (the
-        sandbox's, WECHAT_SANDBOX_PORT, is checked where the sandbox starts)."""
-        return {
+        """The ports the stack's Airflow and its receiver listen on, by the variable that moves
+        each (the sandbox's, WECHAT_SANDBOX_PORT, is checked where the sandbox starts; a free
+        receiver port, None, needs no check)."""
+        ports = {
             "NONTAX_STACK_PORT": self.port,
             "NONTAX_STACK_LOG_PORT": self.worker_log_port,
             "NONTAX_STACK_HEALTH_PORT": self.scheduler_health_port,
         }
+        if self.receiver_port:
+            ports[RECEIVER_PORT_ENV] = self.receiver_port
+        return ports
 
     @property
     def url(self) -> str:
@@ -672,9 +676,7 @@ class Stack:
         """The receiver of WeChat's events, with only the order DB and its own secrets."""
         assert self.state is not None and self.orders_dsn is not None
         cfg = self.config
-        port = cfg.receiver_port or free_port()
-        if port_in_use(port):
-            raise StackError(f"the receiver port {port} is in use: set {RECEIVER_PORT_ENV}")
+        port = cfg.receiver_port or free_port()  # a fixed one was checked before anything started
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TZ")}
         env.update(
             {

@@ -215,3 +215,42 @@ class EventPusher:
     def authorize(self, order_id: str, **fields: object) -> PushResult:
         """The payer's authorisation (or, authorized=False, refusal) of `order_id`, pushed."""
         return self.push(authorization_xml(order_id, appid=self.appid, **fields))  # type: ignore[arg-type]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Push one payer's answer to the receiver that `.run/stack/env.sh` names."""
+    import argparse
+    import json
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m wechat_sandbox.pusher", description=__doc__)
+    parser.add_argument("order_id")
+    parser.add_argument("--declined", action="store_true", help="the payer refuses")
+    parser.add_argument("--openid", default="o-payer")
+    parser.add_argument("--forgery", choices=FORGERIES)
+    args = parser.parse_args(argv)
+    url = os.environ.get("NONTAX_STACK_RECEIVER_URL")
+    conn = os.environ.get("AIRFLOW_CONN_WECHAT_NONTAX_CALLBACK")
+    if not url or not conn:
+        print("source .run/stack/env.sh first (the receiver of make up)", file=sys.stderr)
+        return 2
+    spec = json.loads(conn)
+    pusher = EventPusher(
+        url,
+        token=spec["password"],
+        appid=spec["login"],
+        encoding_aes_key=(spec.get("extra") or {}).get("encoding_aes_key") or None,
+    )
+    xml = authorization_xml(
+        args.order_id, authorized=not args.declined, openid=args.openid, appid=pusher.appid
+    )
+    result = pusher.push(xml, forgery=args.forgery)
+    pusher.close()
+    print(
+        f"HTTP {result.status} {result.body!r} after {result.tries} tries, {result.seconds:.2f} s"
+    )
+    return 0 if result.delivered else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -9,6 +9,8 @@ import base64
 import http.client
 import os
 import secrets
+import subprocess
+import sys
 import time
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -17,6 +19,7 @@ import pytest
 import requests
 
 from factories import make_order
+from nontax_dev.airflow_run import ROOT
 from nontax_dev.receiver_process import CallbackSecrets, start_receiver
 from wechat_sandbox.pusher import authorization_xml
 
@@ -245,3 +248,22 @@ def test_other_events_are_answered_success_and_logged_as_ignored(receiver, pushe
 
 def test_health_says_up_with_the_database_and_an_empty_spool(receiver):
     assert receiver.health() == {"status": "up", "database": True, "spool_depth": 0}
+
+
+def test_the_pusher_command_pushes_a_payers_answer_as_env_sh_names_the_receiver(receiver, cur):
+    order_id = load_unauthorized(cur, 9)
+    env = {
+        **os.environ,
+        "NONTAX_STACK_RECEIVER_URL": receiver.url,
+        "AIRFLOW_CONN_WECHAT_NONTAX_CALLBACK": SECRETS.connection(),
+        "PYTHONPATH": str(ROOT / "include"),
+    }
+    command = [sys.executable, "-m", "wechat_sandbox.pusher", order_id, "--declined"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "HTTP 200 'success' after 1 tries" in done.stdout
+    assert order_status(cur, order_id) == "declined"
+    forged = subprocess.run(
+        [*command, "--forgery", "mis_signed"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert forged.returncode == 1 and "HTTP 403" in forged.stdout

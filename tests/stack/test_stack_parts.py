@@ -78,6 +78,7 @@ def test_two_stacks_from_two_environments_listen_on_disjoint_ports(tmp_path: Pat
         "NONTAX_STACK_PORT": 8080,
         "NONTAX_STACK_LOG_PORT": 8793,
         "NONTAX_STACK_HEALTH_PORT": 8974,
+        "NONTAX_RECEIVER_PORT": 8770,
     }
     second = st.StackConfig.from_env(
         {
@@ -108,10 +109,11 @@ def test_a_stack_beside_the_default_one_says_how_to_stop_it(tmp_path: Path):
     assert st.stop_command(beside) == f"NONTAX_STACK_DIR={tmp_path / 'second'} make down"
 
 
-@pytest.mark.parametrize("field", ["worker_log_port", "scheduler_health_port"])
-def test_up_refuses_a_busy_log_or_health_port_naming_its_variable(tmp_path: Path, field: str):
+@pytest.mark.parametrize("field", ["worker_log_port", "scheduler_health_port", "receiver_port"])
+def test_up_refuses_a_busy_log_health_or_receiver_port_naming_its_variable(tmp_path: Path, field):
     variable = {"worker_log_port": "NONTAX_STACK_LOG_PORT",
-                "scheduler_health_port": "NONTAX_STACK_HEALTH_PORT"}[field]  # fmt: skip
+                "scheduler_health_port": "NONTAX_STACK_HEALTH_PORT",
+                "receiver_port": "NONTAX_RECEIVER_PORT"}[field]  # fmt: skip
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
