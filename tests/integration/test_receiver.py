@@ -21,6 +21,7 @@ import requests
 from factories import make_order
 from nontax_dev.airflow_run import ROOT
 from nontax_dev.receiver_process import CallbackSecrets, start_receiver
+from wechat_sandbox.client import DEFAULT_SECRET
 from wechat_sandbox.pusher import authorization_xml
 
 DB_PASSWORD = "db-secret-" + secrets.token_hex(6)  # trust auth ignores it; the log must too
@@ -267,3 +268,18 @@ def test_the_pusher_command_pushes_a_payers_answer_as_env_sh_names_the_receiver(
         [*command, "--forgery", "mis_signed"], env=env, capture_output=True, text=True, timeout=60
     )
     assert forged.returncode == 1 and "HTTP 403" in forged.stdout
+
+
+def test_no_secret_reaches_the_receivers_log(receiver, pusher, cur):
+    """After genuine, forged and URL-check requests (this module's tests and these): neither the
+    callback token, either EncodingAESKey, the database password nor the WeChat app secret."""
+    order_id = load_unauthorized(cur, 10)
+    assert pusher.authorize(order_id).delivered
+    for forgery in ("mis_signed", "wrong_key", "doctype"):
+        assert pusher.push(authorization_xml(order_id), forgery=forgery).status >= 400
+    pusher.url_check()
+    log = receiver.log_text()
+    assert "refused" in log and "recorded" in log
+    for secret in (SECRETS.token, SECRETS.encoding_aes_key, SECRETS.previous_encoding_aes_key,
+                   DB_PASSWORD, DEFAULT_SECRET):  # fmt: skip
+        assert secret not in log
