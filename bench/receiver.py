@@ -158,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             f"python bench/receiver.py --payers {args.payers} --duration-s {args.duration_s:g}"
         ),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        # Other programs' load on the machine (1, 5, 15 min) as the pushing ended.
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
     }
     kept = json.loads(args.out.read_text()) if args.out.exists() else {}
     kept.update({"receiver": row, "receiver_p99_ms": row["p99_ms"]})
