@@ -45,3 +45,15 @@ def test_a_spool_survives_its_process_and_belongs_to_one(tmp_path):
     assert [e.order_id for e, _ in second.replay(lambda e: "ok")] == ["order-7"]
     assert not list(tmp_path.glob("*.tmp"))
     second.close()
+
+
+def test_an_unreadable_spool_file_is_set_aside_and_blocks_nothing(tmp_path):
+    spool = Spool(tmp_path)
+    (tmp_path / "00000000000000000001-edited.event.json").write_text('{"order_id": ')
+    spool.append(_event(3))
+    assert [e.order_id for e, _ in spool.replay(lambda e: "ok")] == ["order-3"]
+    assert spool.depth() == 0
+    assert [p.name for p in tmp_path.glob("*.unreadable")] == [
+        "00000000000000000001-edited.event.unreadable"
+    ]
+    spool.close()

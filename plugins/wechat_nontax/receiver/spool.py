@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import time
 import uuid
@@ -21,6 +22,7 @@ from pathlib import Path
 from wechat_nontax.receiver.events import AuthorizationEvent
 
 SUFFIX = ".event.json"
+log = logging.getLogger("wechat_nontax.receiver")
 
 
 class SpoolBusy(RuntimeError):
@@ -76,7 +78,14 @@ class Spool:
         that fails (the database still away) and leaves it and the rest for the next replay."""
         done = []
         for path in self.files():
-            event = AuthorizationEvent.from_json(json.loads(path.read_bytes()))
+            try:
+                event = AuthorizationEvent.from_json(json.loads(path.read_bytes()))
+            except (ValueError, TypeError):
+                # Not written by append (which renames only a whole, fsynced file): set aside
+                # for a person rather than block every event behind it.
+                path.rename(path.with_suffix(".unreadable"))
+                log.error("spool file %s is unreadable: set aside as .unreadable", path.name)
+                continue
             outcome = record(event)  # raises while the database is away
             path.unlink()
             done.append((event, outcome))
