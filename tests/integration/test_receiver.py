@@ -283,3 +283,15 @@ def test_no_secret_reaches_the_receivers_log(receiver, pusher, cur):
     for secret in (SECRETS.token, SECRETS.encoding_aes_key, SECRETS.previous_encoding_aes_key,
                    DB_PASSWORD, DEFAULT_SECRET):  # fmt: skip
         assert secret not in log
+
+
+def test_the_receiver_never_imports_airflow():
+    """It runs apart from Airflow (its own process, its own image service): importing the SDK
+    would cost seconds at start and tie it to Airflow's configuration."""
+    code = (
+        "import sys, wechat_nontax.cli.main, wechat_nontax.receiver.serve, "
+        "wechat_nontax.receiver.app; "
+        "print(sorted(m for m in sys.modules if m.startswith('airflow')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stderr
