@@ -122,7 +122,7 @@ def create_app(
             await loop.run_in_executor(None, spool.append, event)
             log.warning(
                 "event of order %s spooled: the database did not take it (%s)",
-                event.order_id, type(exc).__name__ or "timeout",
+                event.order_id, type(exc).__name__,
             )  # fmt: skip
             return
         log.info("event of order %s recorded: %s", event.order_id, outcome)
