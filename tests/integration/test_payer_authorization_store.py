@@ -158,3 +158,30 @@ def test_an_event_and_its_orders_load_at_the_same_moment_apply_once_whichever_co
     cur.execute("SELECT applied_at IS NOT NULL FROM nontax.authorization_event WHERE order_id = %s",
                 (order_id,))  # fmt: skip
     assert cur.fetchall() == [(True,)]
+
+
+def test_a_day_of_orders_loaded_unauthorized_in_one_transaction_takes_a_bounded_set_of_locks(
+    orders_db, cur
+):
+    """The load's lock per order id (above) is one of a few buckets: a load of 20,000 orders in
+    one transaction must not exhaust the server's lock table (64 x max_connections slots)."""
+    order = make_order(50)
+    conn = psycopg2.connect(orders_db)
+    try:
+        with conn, conn.cursor() as load:
+            load.execute(
+                "INSERT INTO nontax.bill_order (order_id, card_id, appid, fee, title, "
+                "billing_time, billing_no, billing_code, status) "
+                "SELECT 'day-' || n, %s, %s, %s, %s, %s, 'NO' || n, 'C' || n, 'unauthorized' "
+                "FROM generate_series(1, 20000) AS n",
+                (order.card_id, order.appid, order.fee, order.title, order.billing_time),
+            )
+            load.execute(
+                "SELECT count(*) FROM pg_locks "
+                "WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+            )
+            assert load.fetchone()[0] <= 64
+    finally:
+        conn.close()
+    cur.execute("SELECT count(*) FROM nontax.bill_order WHERE status = 'unauthorized'")
+    assert cur.fetchone() == (20000,)

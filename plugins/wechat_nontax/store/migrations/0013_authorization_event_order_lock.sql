@@ -1,11 +1,15 @@
 -- An authorisation event and its order's load in transactions that overlap: in 0012 neither saw
 -- the other's uncommitted row, so the event concluded "no such order yet" and the load's trigger
--- "no event to apply", and the event stayed unapplied for good. Both now take one lock per order
--- id first (a transaction-scoped advisory lock), so the second waits for the first to commit and
--- then sees its row (each statement of a function takes a new snapshot in READ COMMITTED).
+-- "no event to apply", and the event stayed unapplied for good. Both now take the order id's
+-- lock first (a transaction-scoped advisory lock), so the second waits for the first to commit
+-- and then sees its row (each statement of a function takes a new snapshot in READ COMMITTED).
+-- The lock is one of 64 buckets of order ids, not one per order: a load of a day's orders in one
+-- transaction then holds at most 64 locks (one per order would exhaust the server's lock table,
+-- 64 x max_connections slots); an event meeting a load in its bucket waits for the load's commit.
 CREATE FUNCTION nontax.lock_order_authorization(p_order_id text) RETURNS void
 LANGUAGE sql AS $$
-    SELECT pg_advisory_xact_lock(hashtextextended('nontax.authorization:' || p_order_id, 0));
+    -- Two-key form: the first key names this use (0x6e74, "nt"), the second the bucket.
+    SELECT pg_advisory_xact_lock(28276, hashtext(p_order_id) & 63);
 $$;
 
 CREATE OR REPLACE FUNCTION nontax.record_authorization_event(
