@@ -18,8 +18,9 @@ Roles (`role_of`): `batch` (the task processes that run issue_bills, "airflow wo
 after Airflow's setproctitle), `other_tasks` (the run's other task processes), `supervisors`
 (LocalExecutor's worker processes and Celery's pool processes: each runs a task's supervisor),
 `scheduler`, `api_server`, `dag_processor`, `triggerer`, `log_server`, `celery_workers` (the
-`airflow celery worker` main processes), `sandbox`, `postgres_orders` and `postgres_meta` (the
-server processes connected to the order and the metadata database).
+`airflow celery worker` main processes), `sandbox`, `receiver` (idle during a run),
+`postgres_orders` and `postgres_meta` (the server processes connected to the order and the
+metadata database).
 
 The arithmetic (`Track`, `used`, `role_of`, `breakdown`) is pure and tested in tests/unit; the
 reading of /proc is `read_stats`.
@@ -52,7 +53,8 @@ AIRFLOW_ROLES = ("other_tasks", "supervisors", "scheduler", "api_server", "dag_p
                  "triggerer", "log_server", "celery_workers", "postgres_meta")  # fmt: skip
 LEADER_ROLES = {"api-server": "api_server", "scheduler": "scheduler",
                 "dag-processor": "dag_processor", "triggerer": "triggerer",
-                "log-server": "log_server", "sandbox": "sandbox"}  # fmt: skip
+                "log-server": "log_server", "sandbox": "sandbox",
+                "receiver": "receiver"}  # fmt: skip
 
 
 @dataclass(frozen=True)
