@@ -25,9 +25,9 @@ os.environ.setdefault(
     "AIRFLOW__CORE__FERNET_KEY", base64.urlsafe_b64encode(os.urandom(32)).decode()
 )
 
-import psycopg2
 import pytest
 
+from factories import empty_order_database
 from nontax_dev.airflow_run import sandbox_connection
 from nontax_dev.pg import scratch_database
 from wechat_nontax.store.connection import connect_dsn
@@ -48,18 +48,7 @@ def orders_db_uri() -> Iterator[str]:
 @pytest.fixture
 def orders_db(orders_db_uri: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """The session's order database, emptied, and named by the Airflow Connection env var."""
-    conn = psycopg2.connect(orders_db_uri)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        # The history is append-only by trigger; a test reset is the one place allowed to clear it.
-        cur.execute("ALTER TABLE nontax.bill_attempt DISABLE TRIGGER USER")
-        cur.execute(
-            "TRUNCATE nontax.bill_request, nontax.bill_attempt, nontax.bill_order, "
-            "nontax.access_token, nontax.run_claim, nontax.authorization_event"
-        )
-        cur.execute("ALTER TABLE nontax.bill_attempt ENABLE TRIGGER USER")
-        cur.execute("TRUNCATE nontax.api_quota")
-    conn.close()
+    empty_order_database(orders_db_uri)
     monkeypatch.setenv("AIRFLOW_CONN_NONTAX_ORDERS_DB", orders_db_uri)
     return orders_db_uri
 

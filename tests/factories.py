@@ -1,4 +1,5 @@
-"""Orders and PDFs for tests: valid by default, every field overridable."""
+"""Orders and PDFs for tests (valid by default, every field overridable), and an emptied order
+database to load them into."""
 
 from __future__ import annotations
 
@@ -6,8 +7,30 @@ import json
 import time
 from pathlib import Path
 
+import psycopg2
+
 from wechat_nontax.issuing.bill import Order
 from wechat_sandbox.client import DEFAULT_APPID, DEFAULT_CARD_ID
+
+
+def empty_order_database(dsn: str) -> None:
+    """Every row of the order database gone: orders, history, requests, tokens, claims, quotas."""
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            # The history is append-only by trigger; a test reset is the one place allowed to
+            # clear it.
+            cur.execute("ALTER TABLE nontax.bill_attempt DISABLE TRIGGER USER")
+            cur.execute(
+                "TRUNCATE nontax.bill_request, nontax.bill_attempt, nontax.bill_order, "
+                "nontax.access_token, nontax.run_claim, nontax.authorization_event"
+            )
+            cur.execute("ALTER TABLE nontax.bill_attempt ENABLE TRIGGER USER")
+            cur.execute("TRUNCATE nontax.api_quota")
+    finally:
+        conn.close()
+
 
 MINIMAL_PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
 

@@ -7,13 +7,16 @@ with a SQLite metadata database (fine for `dags test`, one process), and the two
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import datetime
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -118,14 +121,35 @@ def sandbox_connection(url: str, **extra: object) -> str:
 
 
 def ensure_metadata_db(env: dict[str, str]) -> None:
-    """`airflow db migrate` once per AIRFLOW_HOME (it takes seconds; skipped when done)."""
+    """A migrated metadata database once per AIRFLOW_HOME (skipped when done)."""
     home = Path(env["AIRFLOW_HOME"])
     stamp = home / ".migrated"
     if stamp.exists():
         return
-    home.mkdir(parents=True, exist_ok=True)
-    subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True, text=True)
+    copy_migrated_metadata_db(home, env)
     stamp.touch()
+
+
+def copy_migrated_metadata_db(home: Path, env: dict[str, str]) -> None:
+    """A migrated SQLite metadata database in `home`: a copy of a template that `airflow db
+    migrate` made once for this Airflow version (it takes seconds, the copy milliseconds),
+    under a lock so that concurrent callers make it once."""
+    template = ROOT / ".airflow" / f"metadata-template-{version('apache-airflow')}"
+    template.mkdir(parents=True, exist_ok=True)
+    with (template / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stamp = template / ".migrated"
+        if not stamp.exists():
+            subprocess.run(
+                [AIRFLOW, "db", "migrate"],
+                env={**env, "AIRFLOW_HOME": str(template)},
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            stamp.touch()
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template / "airflow.db", home / "airflow.db")
 
 
 @dataclass(frozen=True)

@@ -90,14 +90,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
 import random
 import shutil
 import signal
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
@@ -743,7 +741,7 @@ class Chaos:
         self._stack.callback(self.db.close)
 
         home = self.workdir / "airflow"
-        from nontax_dev.airflow_run import airflow_env
+        from nontax_dev.airflow_run import airflow_env, copy_migrated_metadata_db
 
         env = airflow_env(
             home,
@@ -751,7 +749,7 @@ class Chaos:
             wechat_conn=sandbox_connection(self.sandbox_process.url, timeout=CLIENT_TIMEOUT_S),
             pdf_root=str(self.pdf_root),
         )
-        prepare_metadata_db(home, env)
+        copy_migrated_metadata_db(home, env)
         os.environ.update(env)
         self._load_dag()
 
@@ -1290,29 +1288,6 @@ def count_in_sqlite(db: Path, tables: Sequence[str], secrets: Sequence[str]) -> 
 def _with_dbname(uri: str, dbname: str) -> str:
     base, _, _ = uri.partition("?")
     return f"{base.rpartition('/')[0]}/{dbname}"
-
-
-def prepare_metadata_db(home: Path, env: dict[str, str]) -> None:
-    """A migrated SQLite metadata DB in `home`: a copy of a template migrated once (locked, so
-    that concurrent invocations make it once)."""
-    from nontax_dev.airflow_run import AIRFLOW
-
-    template = ROOT / ".airflow" / "chaos-template"
-    template.mkdir(parents=True, exist_ok=True)
-    with (template / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        stamp = template / ".migrated"
-        if not stamp.exists():
-            subprocess.run(
-                [AIRFLOW, "db", "migrate"],
-                env={**env, "AIRFLOW_HOME": str(template)},
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            stamp.touch()
-        home.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(template / "airflow.db", home / "airflow.db")
 
 
 # -- the table ----------------------------------------------------------------------------------

@@ -61,6 +61,14 @@ def pdf_root_setting() -> str | None:
     return os.environ.get(PDF_ROOT_ENV)
 
 
+# -- Airflow's retries ---------------------------------------------------------------------------
+# The first retry's delay (`NONTAX_RETRY_DELAY_S`, 30 s), doubled at each next try up to
+# MAX_RETRY_DELAY; read when a DAG file is parsed.
+DEFAULT_RETRY_DELAY_S = 30.0
+RETRY_DELAY_ENV = "NONTAX_RETRY_DELAY_S"
+MAX_RETRY_DELAY = timedelta(minutes=10)
+
+
 def dag_settings(schedule_env: str, default_cron: str) -> dict[str, Any]:
     """DAG arguments: the schedule from `schedule_env` (else `default_cron`), no catch-up, one
     run at a time, and the task defaults (four retries with backoff, the failure webhook)."""
@@ -81,9 +89,11 @@ def dag_settings(schedule_env: str, default_cron: str) -> dict[str, Any]:
             # though it never ran: four, 30 s doubling (each up to twice that, Airflow's spread),
             # outlast a broker away for 7.5 minutes before a batch is left to the next run.
             "retries": 4,
-            "retry_delay": timedelta(seconds=30),
+            "retry_delay": timedelta(
+                seconds=float(os.environ.get(RETRY_DELAY_ENV, DEFAULT_RETRY_DELAY_S))
+            ),
             "retry_exponential_backoff": 2.0,
-            "max_retry_delay": timedelta(minutes=10),
+            "max_retry_delay": MAX_RETRY_DELAY,
             "on_failure_callback": notify_failure,
         },
     }

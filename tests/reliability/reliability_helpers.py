@@ -21,12 +21,13 @@ from nontax_dev.airflow_run import (
     AIRFLOW,
     DAG_ID,
     airflow_env,
+    copy_migrated_metadata_db,
     dags_test,
     dags_test_command,
     latest_run,
     sandbox_connection,
 )
-from nontax_dev.chaos import check_invariants, prepare_metadata_db, take_snapshot
+from nontax_dev.chaos import check_invariants, take_snapshot
 from wechat_nontax.store.connection import connect_dsn
 from wechat_nontax.store.orders import OrderStore
 
@@ -113,7 +114,7 @@ class Rig:
                 wechat_conn=sandbox_connection(sandbox.url, **extra),
                 pdf_root=str(pdf_root),
             )
-            prepare_metadata_db(home, env)
+            copy_migrated_metadata_db(home, env)
             self.envs.append(env)
         self.store = OrderStore(connect_dsn(dsn, application_name="test-rig"))
         self.db = psycopg2.connect(dsn, application_name="test-checker")

@@ -1,6 +1,6 @@
-"""The Bills view (issue 13) on a real api-server: the `make up` stack of this module (free
-ports, databases of its own, always stopped), with SimpleAuthManager users `admin` (admin) and
-`viewer` (viewer). What the person on duty sees and does, and what nobody else may:
+"""The Bills view (issue 13) on a real api-server: the shared `make up` stack (conftest.py: free
+ports, databases of its own, emptied for this module), with SimpleAuthManager users `admin`
+(admin) and `viewer` (viewer). What the person on duty sees and does, and what nobody else may:
 - no login: 401 on every route; a viewer reads, and gets 403 on every action (its confirmation
   page too) and changes nothing; a POST from another origin is refused and changes nothing;
 - the overview lists the red orders with their reasons, filters and searches; an order's page
@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import psycopg2
 import pytest
 import requests
-from stack_helpers import logged_in_page, own_stack_config, running
+from stack_helpers import logged_in_page
 
 from factories import make_order, write_pdf
 from nontax_dev.airflow_api import DAG_ID, AirflowApi
@@ -70,14 +70,6 @@ def _session(stack: Stack, username: str, password: str) -> tuple[requests.Sessi
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {token}"
     return session, token
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    users = {"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer"}
-    config = own_stack_config(tmp_path_factory.mktemp("stack"), "bills", extra_env=users)
-    with running(config) as stack:
-        yield stack
 
 
 @pytest.fixture(scope="module")

@@ -78,6 +78,10 @@ TEST_ONLY = {
     # batch waits at most that long before working on its orders. It must be at least twice
     # 3 x the Connection's timeout + 2 s, hence the timeout of 5 s below (15 s deployed).
     "NONTAX_HOLD_S": "40",
+    # A failed try is retried 10-20 s later (30-60 s by default): the killed, stopped and
+    # orphaned batches' retries. More than the few seconds an orphaned task process takes to
+    # end its hold, so that its retry still finds the orders free.
+    "NONTAX_RETRY_DELAY_S": "10",
 }
 WECHAT_TIMEOUT_S = 5
 BASE_URL = "AIRFLOW__API__BASE_URL"
@@ -396,8 +400,8 @@ def test_a_worker_killed_mid_batch_has_its_batches_finished_by_the_other_one(
         time.sleep(0.5)
     print(f"Airflow noticed the dead worker after {time.monotonic() - killed_at:.1f} s")
 
-    # Retried after Airflow's retry delay (30 s) on the survivor, which waits for the killed
-    # try's hold on its orders (40 s from its last renewal) before working on them.
+    # Retried after Airflow's retry delay (NONTAX_RETRY_DELAY_S) on the survivor, which waits for
+    # the killed try's hold on its orders (40 s from its last renewal) before working on them.
     run = stack.api.wait_run(run_id, timeout=300)
     print(f"the run ended {time.monotonic() - killed_at:.1f} s after the kill")
     instances = tis(stack, run_id)

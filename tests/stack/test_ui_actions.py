@@ -1,7 +1,7 @@
 """What a person on duty does in the Airflow UI, through the REST API calls the UI makes, on a
-real api-server and scheduler (the `make up` stack, started here on free ports and always
-stopped), each action followed by the true end state in the order database, the sandbox and
-Airflow:
+real api-server and scheduler (the shared `make up` stack of conftest.py, on free ports,
+emptied for this module and always stopped), each action followed by the true end state in the
+order database, the sandbox and Airflow:
 - a misspelt conf key is refused (before: ignored, and every due order was issued);
 - a dry run writes nothing (before: it wrote `invalid`, and the real run then skipped the order);
 - requested order_ids that were not taken are listed and the run is red (before: green);
@@ -15,48 +15,20 @@ Airflow:
 
 from __future__ import annotations
 
-import os
+import contextlib
 import time
-import uuid
 from collections.abc import Iterator
 
+import psutil
 import pytest
 
 from factories import make_order, write_pdf
 from nontax_dev.airflow_api import DAG_ID
-from nontax_dev.stack import Stack, StackConfig, free_port
+from nontax_dev.stack import Stack
 from wechat_nontax.store.connection import connect_dsn
 from wechat_nontax.store.orders import OrderStore
 
 pytestmark = pytest.mark.e2e
-
-TEST_PG = os.environ.get("NONTAX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    suffix = uuid.uuid4().hex[:8]
-    state = tmp_path_factory.mktemp("stack")
-    config = StackConfig(
-        state_dir=state,
-        port=free_port(),
-        pg_server=TEST_PG,
-        meta_db_name=f"airflow_meta_test_{suffix}",
-        orders_db_name=f"nontax_stack_test_{suffix}",
-        sandbox_port=None,
-        pdf_root=state / "pdfs",
-        worker_log_port=free_port(),
-        scheduler_health_port=free_port(),
-        drop_databases_on_down=True,
-        extra_env={"NONTAX_SCHEDULE": "0 0 29 2 *"},
-    )
-    stack = Stack(config)
-    try:
-        stack.up()
-        yield stack
-    finally:
-        left = stack.down()
-        assert left == [], f"processes of the stack survived `down`: {left}"
 
 
 class Desk:
@@ -235,6 +207,18 @@ def test_a_running_batch_marked_failed_then_cleared_sends_each_order_once(desk: 
     assert {o: sent[o] for o in ids} == dict.fromkeys(ids, (1, 1))
 
 
+def _batches_stopped(desk: Desk, run_id: str, ids: list[str]) -> bool:
+    batches = [t["id"] for t in desk.api.task_instances(run_id) if t["task_id"] == "issue_bills"]
+    # A task process's title names its task instance (Airflow's task runner sets it).
+    titles = []
+    for process in desk.stack.processes():
+        with contextlib.suppress(psutil.Error):
+            titles.append(" ".join(process.cmdline()))
+    if any(f"airflow worker -- {ti_id}" in title for ti_id in batches for title in titles):
+        return False
+    return all(desk.row(i)["held_by"] is None for i in ids)
+
+
 def test_a_running_run_marked_success_frees_its_orders_for_the_next_run(desk: Desk):
     ids = desk.load(80)
     desk.sandbox.add_fault(endpoint="insertbill", kind="latency", latency_ms=400)
@@ -244,7 +228,12 @@ def test_a_running_run_marked_success_frees_its_orders_for_the_next_run(desk: De
         assert time.monotonic() < deadline, desk.states(run_id)
         time.sleep(0.5)
     desk.api.patch(f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}", {"state": "success"})
-    time.sleep(8)  # the batches are told to stop and end their holds
+    # The batches are told to stop: wait until their task processes are gone and no order of
+    # theirs is held any more.
+    deadline = time.monotonic() + 60
+    while not _batches_stopped(desk, run_id, ids):
+        assert time.monotonic() < deadline, "the batches did not stop"
+        time.sleep(0.5)
     desk.sandbox.clear_faults()
     sent = len(desk.bills_of(ids))
     assert sent < len(ids)

@@ -1,6 +1,7 @@
 """The path of the person on duty, through a real Airflow: the stack of `make up` (api-server,
 scheduler with LocalExecutor, dag-processor, triggerer, Postgres metadata DB, the sandbox),
-started by this module on free ports and always stopped again.
+shared with the other UI modules (conftest.py: free ports, emptied for this module, always
+stopped again).
 
 One run with 60 orders in 3 batches of 20 and a permanent refusal (72015) for two orders of
 batch 1 and one of batch 2: both batches' insert instances go red with their reasons in the
@@ -21,6 +22,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -28,7 +30,7 @@ from urllib.parse import quote
 import psycopg2.extensions
 import pytest
 import requests
-from stack_helpers import logged_in_page, own_stack_config, run_in, running
+from stack_helpers import logged_in_page, run_in
 
 from factories import make_order, write_pdf
 from nontax_dev.airflow_api import DAG_ID
@@ -50,13 +52,6 @@ BATCH = 20
 REFUSED = {1: ["T00000025", "T00000031"], 2: ["T00000047"]}  # map index -> orders refused
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """The `make up` stack on free ports, with databases of its own (dropped at the end)."""
-    with running(own_stack_config(tmp_path_factory.mktemp("stack"), "rerun")) as stack:
-        yield stack
-
-
 def test_the_compose_files_health_checks_pass_against_the_stack(stack: Stack):
     """The health checks of docker-compose.yaml, run here (see tests/stack/test_compose.py)."""
     from airflow.utils.net import get_hostname
@@ -68,8 +63,13 @@ def test_the_compose_files_health_checks_pass_against_the_stack(stack: Stack):
     assert stack.state is not None and stack.state.receiver_url
     receiver_health = stack.state.receiver_url.replace(RECEIVER_PATH, "/healthz")
     assert requests.get(receiver_health, timeout=10).json()["database"] is True
-    for job in ("TriggererJob", "DagProcessorJob"):
-        run_in(stack, [AIRFLOW, "jobs", "check", "--job-type", job, "--hostname", get_hostname()])
+    # Both checks at once: each is an Airflow CLI start of seconds, one core each.
+    checks = [
+        [AIRFLOW, "jobs", "check", "--job-type", job, "--hostname", get_hostname()]
+        for job in ("TriggererJob", "DagProcessorJob")
+    ]
+    with ThreadPoolExecutor(len(checks)) as pool:
+        list(pool.map(lambda command: run_in(stack, command), checks))
 
 
 def test_the_stacks_receiver_records_an_event_the_sandbox_pushes_with_env_sh(stack: Stack):
