@@ -112,7 +112,7 @@ def batch_cpu(
     from nontax_dev.bill_pdf import render_bill_pdf
     from nontax_dev.pg import drop_database, fresh_database
     from run import CHECKOUT, load_orders, postmaster_pid
-    from wechat_nontax.issuing.operators import IssueBillsOperator
+    from wechat_nontax.issuing.issue_operator import IssueBillsOperator
     from wechat_nontax.store.migrate import migrate
     from wechat_sandbox.process import start_sandbox
 

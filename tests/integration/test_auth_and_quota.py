@@ -12,7 +12,7 @@ import pytest
 
 from factories import make_order, write_pdf
 from wechat_nontax.issuing.outcomes import Outcome
-from wechat_nontax.wechat.policy import AUTHORIZATION_RECHECK_S
+from wechat_nontax.wechat.rules import AUTHORIZATION_RECHECK_S
 from wechat_sandbox.client import DEFAULT_APPID
 
 BEIJING = timezone(timedelta(hours=8))
@@ -353,7 +353,7 @@ def test_the_token_step_gives_up_past_its_budget_and_at_once_on_a_wrong_secret(e
 def test_a_stop_another_batch_records_is_seen_within_the_recheck(env):
     """The quota record is read once per batch and QUOTA_RECHECK_S, not before every call: a
     stop recorded elsewhere mid-batch stops this batch's inserts within that half-second."""
-    from wechat_nontax.issuing.batch import QUOTA_RECHECK_S
+    from wechat_nontax.issuing.batch_quotas import QUOTA_RECHECK_S
 
     orders = env.orders(12)
     env.sandbox.add_fault(endpoint="insertbill", kind="latency", latency_ms=200)

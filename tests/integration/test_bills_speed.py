@@ -26,7 +26,7 @@ from nontax_dev.pg import run_sql, scratch_database, with_dbname
 from wechat_nontax.store.connection import connect_dsn
 from wechat_nontax.store.orders import OrderStore
 from wechat_nontax.store.reads import COUNTS_SQL, HISTORY_SQL, ORDER_ROW_SQL, BillsPage, PageMark
-from wechat_nontax.wechat.policy import Status
+from wechat_nontax.wechat.statuses import Status
 
 BIG = 100_000
 ALL = sorted(str(s) for s in Status)

@@ -1,5 +1,5 @@
 """The errcodes of the facts' "After the insert" (meanings as reported, actions our choice, kept in
-`policy.POLICY`): each one reaching an order's row through the sandbox (issue 12, part 4).
+`rules.POLICY`): each one reaching an order's row through the sandbox (issue 12, part 4).
 
 The sandbox answers 72057 by itself (its daily insert limit); the others are injected on
 insertbill through its fault API, as WeChat would answer them there.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from wechat_nontax.issuing.outcomes import Outcome
-from wechat_nontax.wechat.policy import INSERT_IN_PROGRESS_LIMIT, INSERT_IN_PROGRESS_WAIT_S
+from wechat_nontax.wechat.rules import INSERT_IN_PROGRESS_LIMIT, INSERT_IN_PROGRESS_WAIT_S
 
 
 def inserts(env, order_id):

@@ -8,7 +8,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from factories import make_order
-from wechat_nontax.issuing.operators import IssueBillsOperator
+from wechat_nontax.issuing.issue_operator import IssueBillsOperator
 from wechat_nontax.issuing.outcomes import Outcome
 
 

@@ -11,7 +11,8 @@ import pytest
 
 from factories import MINIMAL_PDF, make_order, write_pdf
 from local_http import Answer, recording_server
-from wechat_nontax.issuing.batch import BatchIssuer, Settings
+from wechat_nontax.issuing.batch import BatchIssuer
+from wechat_nontax.issuing.batch_settings import Settings
 from wechat_nontax.issuing.pdfs import read_pdf
 from wechat_nontax.issuing.validation import check_pdf
 from wechat_nontax.store.connection import connect_dsn

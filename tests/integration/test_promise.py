@@ -12,7 +12,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from factories import held, make_order
-from wechat_nontax.issuing.operators import (
+from wechat_nontax.issuing.issue_operator import (
     IssueBillsOperator,
     _first_try_since_a_clear,
     _retry_left,

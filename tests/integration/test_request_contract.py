@@ -16,16 +16,16 @@ import pytest
 from factories import ask, make_order, request_runner
 from nontax_dev.pg import drop_database, fresh_database, run_sql
 from wechat_nontax.cli.main import main as tools_main
-from wechat_nontax.issuing.batch import LEFT_TO_REFUSAL, REFUSAL_RECHECK_S
+from wechat_nontax.issuing.order_calls import LEFT_TO_REFUSAL, REFUSAL_RECHECK_S
 from wechat_nontax.issuing.outcomes import NEEDS_PERSON as ISSUING_NEEDS_PERSON
 from wechat_nontax.issuing.outcomes import Outcome
 from wechat_nontax.requests.contract import check_request
 from wechat_nontax.requests.runner import MAX_REQUEST_CALLS, RequestOutcome
+from wechat_nontax.settings import BEIJING_TIME
 from wechat_nontax.store.connection import connect_dsn
 from wechat_nontax.store.holds import Hold
 from wechat_nontax.store.migrate import known_migrations, migrate
 from wechat_nontax.store.orders import OrderStore
-from wechat_nontax.wechat.policy import QUOTA_TIMEZONE
 
 RUN = "scheduled__requests-1"
 CONTRACT_VERSION = 10  # store/migrations/0010_request_contract.sql
@@ -281,7 +281,7 @@ def test_status_shows_a_quota_stops_end_in_beijing_time(env, capsys):
         run_id="run-1",
     )  # fmt: skip
     code, out = tool(env, capsys, "status")
-    beijing = stop.until.astimezone(QUOTA_TIMEZONE)
+    beijing = stop.until.astimezone(BEIJING_TIME)
     assert code == 0
     assert f"no call before {beijing:%Y-%m-%d %H:%M} Beijing time" in out
     assert beijing.utcoffset() == timedelta(hours=8)

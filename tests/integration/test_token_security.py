@@ -17,7 +17,8 @@ from cryptography.fernet import Fernet
 from factories import make_order, write_pdf
 from local_http import Answer, recording_server
 from nontax_dev.airflow_run import sandbox_connection
-from wechat_nontax.issuing.batch import BatchIssuer, Settings
+from wechat_nontax.issuing.batch import BatchIssuer
+from wechat_nontax.issuing.batch_settings import Settings
 from wechat_nontax.issuing.outcomes import Outcome
 from wechat_nontax.issuing.pdfs import read_pdf
 from wechat_nontax.store.connection import connect_dsn

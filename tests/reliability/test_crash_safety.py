@@ -14,8 +14,8 @@ import time
 import pytest
 from reliability_helpers import sandbox_idle, wait_until
 
-from wechat_nontax.issuing.batch import UPLOAD_WRITE_AFTER_S
-from wechat_nontax.issuing.operators import IssueBillsOperator
+from wechat_nontax.issuing.issue_operator import IssueBillsOperator
+from wechat_nontax.issuing.pending_uploads import UPLOAD_WRITE_AFTER_S
 
 pytestmark = pytest.mark.e2e
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from wechat_nontax.issuing.operators import batch_label
 from wechat_nontax.issuing.run_steps import MAX_BATCHES, MIN_SPREAD_BATCH, split_batches
+from wechat_nontax.issuing.task_args import batch_label
 
 
 def ids(n: int) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from wechat_nontax.requests.contract import ACTS_ON, check_request, why_not_carried_out
-from wechat_nontax.wechat.policy import Status
+from wechat_nontax.wechat.statuses import Status
 
 
 @pytest.mark.parametrize("status", sorted((Status.DUE | Status.NEEDS_ATTENTION) - Status.SETTLED))

@@ -23,7 +23,9 @@ from wechat_nontax.wechat.errors import (
     error_for,
     redact,
 )
-from wechat_nontax.wechat.policy import BUSY_RETRY_LIMIT, POLICY, Action, classify
+from wechat_nontax.wechat.policy import classify
+from wechat_nontax.wechat.rules import BUSY_RETRY_LIMIT, POLICY
+from wechat_nontax.wechat.statuses import Action
 
 CLASS_FOR_ACTION = {
     Action.RETRY: RetryableError,

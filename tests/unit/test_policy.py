@@ -8,6 +8,13 @@ from hypothesis import strategies as st
 
 from wechat_nontax.wechat.policy import (
     AUTH_STATUS_POLICY,
+    authorization_status_rule,
+    authorization_wait_rule,
+    classify,
+    classify_attempt,
+    signal_for_http_status,
+)
+from wechat_nontax.wechat.rules import (
     AUTHORIZATION_DEADLINE_S,
     AUTHORIZATION_RECHECK_S,
     BUSY_RETRY_LIMIT,
@@ -15,20 +22,13 @@ from wechat_nontax.wechat.policy import (
     INSERT_IN_PROGRESS_WAIT_S,
     POLICY,
     STEP_POLICY,
-    Action,
     Rule,
-    Signal,
-    Status,
-    Step,
-    authorization_status_rule,
-    authorization_wait_rule,
+)
+from wechat_nontax.wechat.statuses import Action, Signal, Status, Step, status_for
+from wechat_nontax.wechat.timing import (
     backoff_delay,
-    classify,
-    classify_attempt,
     delay_until_next_minute,
     seconds_until_quota_reset,
-    signal_for_http_status,
-    status_for,
 )
 
 # Written out apart from POLICY on purpose: the facts' table, as this test reads it.

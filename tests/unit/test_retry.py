@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from wechat_nontax.wechat.policy import Action, Rule, delay_until_next_minute
 from wechat_nontax.wechat.retry import Backoff
+from wechat_nontax.wechat.rules import Rule
+from wechat_nontax.wechat.statuses import Action
+from wechat_nontax.wechat.timing import delay_until_next_minute
 
 
 class FakeClock:

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 TASK = """
 import sys, time
-from wechat_nontax.issuing.operators import watch_supervisor
+from wechat_nontax.supervisor import watch_supervisor
 marker = sys.argv[1]
 watch_supervisor(lambda reason: open(marker, "w").write(reason), every_s=0.1)
 print("watching", flush=True)

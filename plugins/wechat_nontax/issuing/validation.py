@@ -43,9 +43,10 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
 from wechat_nontax.issuing.bill import Order, bill_fields
+from wechat_nontax.settings import BEIJING_TIME
 from wechat_nontax.wechat.errors import InvalidOrderError
 
 __all__ = [
@@ -67,9 +68,6 @@ __all__ = [
     "resolve_pdf_path",
     "validate_order",
 ]
-
-# Bills are dated in China's calendar (UTC+8, no daylight saving).
-UTC8 = timezone(timedelta(hours=8), "UTC+8")
 
 PDF_MAGIC = b"%PDF-"
 # Longest pdf_path accepted (at load and at issue): a file name's limit on common filesystems;
@@ -143,7 +141,8 @@ def _is_int(value: object) -> bool:
 
 
 def _date(unix_time: int) -> str:
-    return datetime.fromtimestamp(unix_time, UTC8).strftime("%Y-%m-%d %H:%M:%S UTC+8")
+    # Bills are dated in China's calendar.
+    return datetime.fromtimestamp(unix_time, BEIJING_TIME).strftime("%Y-%m-%d %H:%M:%S UTC+8")
 
 
 def _check_fee(value: object, *, now: float, limits: Limits) -> str | None:

@@ -31,8 +31,9 @@ from wechat_nontax.store.holds import claim_key
 from wechat_nontax.store.orders import OrderStore
 from wechat_nontax.store.quotas import QuotaStop
 from wechat_nontax.wechat import errors
-from wechat_nontax.wechat.policy import Action, seconds_until_quota_reset
 from wechat_nontax.wechat.retry import Backoff
+from wechat_nontax.wechat.statuses import Action
+from wechat_nontax.wechat.timing import seconds_until_quota_reset
 
 log = logging.getLogger(__name__)
 

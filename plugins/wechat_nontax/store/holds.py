@@ -24,7 +24,7 @@ from wechat_nontax.store.sql import (
     TIME_HAS_COME,
     WORKABLE_SQL,
 )
-from wechat_nontax.wechat.policy import Status
+from wechat_nontax.wechat.statuses import Status
 
 # A write-back that ends the order's journey for now also ends its claim and hold (the
 # requests' write-backs too: `requests.store`).
@@ -95,6 +95,17 @@ class NotHeld:
     reason: str
     holder: str | None = None
     seconds_left: float = 0.0
+
+
+def lost_hold_reason(why: NotHeld) -> str:
+    """Why a try's hold on an order is gone, from where the order stands now (pure)."""
+    if why.kind == "held":
+        return f"{why.holder} holds it now"
+    if why.kind == "claimed" and why.holder:
+        return f"run {why.holder} claims it now"
+    if why.kind in ("finished", "refusing", "needs_person", "unknown"):
+        return why.reason
+    return "it ran out (not renewed in time) and no one holds it now"
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,15 +222,19 @@ def why_not_taken(
     return NotHeld("claimed", "being claimed by another run at this moment")
 
 
-def _why_not(rows: Sequence[tuple], order_ids: Sequence[str]) -> dict[str, NotHeld]:
-    """`why_not_taken` of each of `order_ids`, from the rows `_WHY_SQL` read (none: unknown)."""
+def _why_not(
+    rows: Sequence[tuple], order_ids: Sequence[str], *, refusals: bool = True
+) -> dict[str, NotHeld]:
+    """`why_not_taken` of each of `order_ids`, from the rows `_WHY_SQL` read (none: unknown);
+    without `refusals`, a pending refusal is not a reason (the requests' own tries)."""
     found = {row[0]: row[1:] for row in rows}
     reasons = {}
     for order_id in order_ids:
         status, due_in, claimed_by, held_by, left, refusing = found.get(order_id, (None,) * 6)
         reasons[order_id] = why_not_taken(
             status, due_in_s=due_in and float(due_in), claimed_by=claimed_by,
-            held_by=held_by, lease_left_s=left and float(left), refusal_pending=bool(refusing),
+            held_by=held_by, lease_left_s=left and float(left),
+            refusal_pending=refusals and bool(refusing),
         )  # fmt: skip
     return reasons
 
@@ -438,9 +453,14 @@ class ClaimsAndHolds:
         held = dict(rows)
         return HoldResult(held, self.why_not_held([o for o in order_ids if o not in held]))
 
-    def why_not_held(self, order_ids: Sequence[str]) -> dict[str, NotHeld]:
-        """Where each order stands for a try that does not hold it: who does, or why not."""
-        return _why_not(self._run(_WHY_SQL, (list(order_ids),)), order_ids) if order_ids else {}
+    def why_not_held(
+        self, order_ids: Sequence[str], *, refusals: bool = True
+    ) -> dict[str, NotHeld]:
+        """Where each order stands for a try that does not hold it: who does, or why not (a
+        pending refusal too, unless `refusals` is False: for the tries that carry them out)."""
+        if not order_ids:
+            return {}
+        return _why_not(self._run(_WHY_SQL, (list(order_ids),)), order_ids, refusals=refusals)
 
     def renew_hold(self, holder: str, order_ids: Sequence[str], *, hold_s: float) -> set[str]:
         """Extend the hold on the orders this try still works on; returns those still held."""

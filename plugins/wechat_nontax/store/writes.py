@@ -15,7 +15,7 @@ from wechat_nontax.issuing.bill import BILL_FIELDS, Order
 from wechat_nontax.store.history import append_history, history_row, insert_history
 from wechat_nontax.store.holds import UNHOLD, held_guard
 from wechat_nontax.store.sql import ORDER_COLUMNS, REFUSAL_BLOCKS, SETTLED_SQL
-from wechat_nontax.wechat.policy import Status
+from wechat_nontax.wechat.statuses import Status
 
 if TYPE_CHECKING:
     from wechat_nontax.store.holds import Hold

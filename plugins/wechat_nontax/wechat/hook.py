@@ -39,7 +39,7 @@ from requests_toolbelt.adapters.socket_options import TCPKeepAliveAdapter
 from wechat_nontax.issuing import validation
 from wechat_nontax.issuing.bill import Order, insertbill_body
 from wechat_nontax.wechat import errors
-from wechat_nontax.wechat.policy import Step
+from wechat_nontax.wechat.statuses import Step
 from wechat_nontax.wechat.token_cache import TokenCache
 
 TOKEN_MODES = ("stable_token", "token", "service")

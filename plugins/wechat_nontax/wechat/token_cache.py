@@ -34,7 +34,8 @@ import psycopg2.extensions
 
 from wechat_nontax.store.quotas import QUOTA_STOP_SQL
 from wechat_nontax.wechat import errors
-from wechat_nontax.wechat.policy import Action, Step, seconds_until_quota_reset
+from wechat_nontax.wechat.statuses import Action, Step
+from wechat_nontax.wechat.timing import seconds_until_quota_reset
 
 # Fetches a token: (access_token, expires_in seconds). The argument asks for a forced refresh
 # (stable_token's force_refresh); a source that cannot force ignores it.
