@@ -63,6 +63,14 @@ def test_no_basic_auth_and_no_own_extras_on_the_wire(hook):
     assert not {"token_mode", "token_margin_s", "token_service_url"} & set(session.headers)
 
 
+def test_the_hook_overrides_no_private_method_of_httphook():
+    # Built on HttpHook's public interface only: its private methods may change in any release.
+    from airflow.providers.http.hooks.http import HttpHook
+
+    own = {name for name in vars(WeChatNonTaxHook) if name.startswith("_")}
+    assert not {name for name in own if not name.startswith("__") and hasattr(HttpHook, name)}
+
+
 def test_proxy_settings_follow_the_environment_host_by_host(orders_db, wechat_conn, monkeypatch):
     # Read once per host (not at every call), with NO_PROXY honoured for each host on its own.
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")

@@ -1,9 +1,11 @@
 """`WeChatNonTaxHook`: the WeChat non-tax bill API, one method per remote call.
 
-Built on providers-http's `HttpHook` (the Connection gives the base URL, timeouts, proxies and
-TLS options) with three changes that matter for this API:
+Built on providers-http's `HttpHook` through its public interface (the Connection gives the
+base URL, timeouts, proxies and TLS options; `get_conn` builds the session) with three changes
+that matter for this API:
 - the appid and secret are never sent as HTTP basic auth (HttpHook would put the secret in an
-  `Authorization` header of every call) and this hook's own extras are never sent as headers;
+  `Authorization` header of every call) and this hook's own extras are never sent as headers:
+  both are taken off the session `get_conn` builds;
 - one `requests.Session` per hook, reused by every call and thread of a task, instead of a new
   session (and a Connection lookup) per call;
 - answers are judged by `errcode` through the policy table, never by HTTP status alone.
@@ -92,17 +94,6 @@ class WeChatNonTaxHook(HttpHook):
         self._masked_lock = threading.Lock()
         self._send_settings: dict[tuple[str, str], dict[str, Any]] = {}
 
-    # -- HttpHook customisation ---------------------------------------------------------------
-
-    def _extract_auth(self, connection: Any) -> None:
-        return None  # appid/secret go in the token request only, never in an auth header
-
-    def _configure_session_from_extra(self, session, connection, extra_options):
-        own = {k: v for k, v in connection.extra_dejson.items() if k not in _OWN_EXTRAS}
-        return super()._configure_session_from_extra(
-            session, _ExtraOnly(own, connection.host), extra_options
-        )
-
     @property
     def session(self) -> requests.Session:
         if self._session is None:
@@ -113,12 +104,18 @@ class WeChatNonTaxHook(HttpHook):
             mode = self.token_mode
             if mode not in TOKEN_MODES:
                 raise ValueError(f"token_mode must be one of {TOKEN_MODES}, not {mode!r}")
-            self._session = self.get_conn(
+            session = self.get_conn(
                 extra_options={
                     "check_response": False,
                     "timeout": float(self._extras.get("timeout", DEFAULT_TIMEOUT_S)),
                 }
             )
+            # The appid and secret go in the token request only, never in an auth header; the
+            # Connection's other extras are sent as headers, never this hook's own.
+            session.auth = None
+            for name in _OWN_EXTRAS:
+                session.headers.pop(name, None)
+            self._session = session
         return self._session
 
     @property
@@ -405,14 +402,6 @@ class WeChatNonTaxHook(HttpHook):
 errors.scrub_url_logs()  # urllib3 logs each request line, query string included
 
 
-class _ExtraOnly:
-    """What HttpHook's extra handling reads of a Connection, minus this hook's own extras."""
-
-    def __init__(self, extra: dict[str, Any], host: str | None):
-        self.extra_dejson = extra
-        self.host = host
-
-
 def _prepared(
     session: requests.Session,
     method: str,
@@ -424,7 +413,7 @@ def _prepared(
 ) -> requests.PreparedRequest:
     """The request `session.prepare_request` would make for this API, less what the API never
     uses: cookies, hooks, and the session's or ~/.netrc's basic auth (never sent: see
-    `_extract_auth`). A tenth of its CPU: it merges every setting and looks for a netrc file
+    `session`). A tenth of its CPU: it merges every setting and looks for a netrc file
     at every call (`bench/batch_cpu.py --profile`). The session's headers (the Connection's
     extra) are sent as before."""
     prepared = requests.PreparedRequest()
