@@ -421,7 +421,7 @@ def test_a_getauthdata_busy_past_its_retries_fails_with_its_own_hint(env):
 
 
 def test_the_authorization_look_scope_claims_only_waiting_orders_whose_look_is_due(env):
-    from wechat_nontax.store.holds import ClaimScope
+    from wechat_nontax.store.holders import ClaimScope
 
     due_look = waiting_order(env, n=100)
     not_yet = waiting_order(env, n=101)

@@ -7,7 +7,7 @@ import pytest
 
 from factories import make_order, order_line
 from wechat_nontax.cli.load import load_lines, read_lines
-from wechat_nontax.issuing.validation import resolve_pdf_path
+from wechat_nontax.issuing.pdf_paths import resolve_pdf_path
 from wechat_nontax.wechat.errors import InvalidOrderError
 
 

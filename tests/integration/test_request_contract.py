@@ -23,7 +23,7 @@ from wechat_nontax.requests.contract import check_request
 from wechat_nontax.requests.runner import MAX_REQUEST_CALLS, RequestOutcome
 from wechat_nontax.settings import BEIJING_TIME
 from wechat_nontax.store.connection import connect_dsn
-from wechat_nontax.store.holds import Hold
+from wechat_nontax.store.holders import Hold
 from wechat_nontax.store.migrate import known_migrations, migrate
 from wechat_nontax.store.orders import OrderStore
 

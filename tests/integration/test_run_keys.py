@@ -10,7 +10,7 @@ import psycopg2
 
 from wechat_nontax.issuing.run_steps import claim_orders
 from wechat_nontax.requests.store import RequestStore
-from wechat_nontax.store.holds import claim_key, run_key, split_run_key, task_holder
+from wechat_nontax.store.holders import claim_key, run_key, split_run_key, task_holder
 
 RUN = "scheduled__2026-03-02T18:30:00+00:00"
 

@@ -156,7 +156,7 @@ def test_loader_reports_bad_lines_and_loads_the_good_ones(store):
 
 
 def test_the_media_id_goes_in_with_the_insert_under_the_uploads_hold(store):
-    from wechat_nontax.store.holds import Hold
+    from wechat_nontax.store.holders import Hold
     from wechat_nontax.store.writes import Upload
 
     orders = [make_order(i) for i in range(2)]

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wechat_nontax.issuing.bill import Order, insertbill_body
+from wechat_nontax.issuing.pdf_paths import resolve_pdf_path
 from wechat_nontax.issuing.validation import (
     DEFAULT_LIMITS,
     MAX_REFUSAL_REASON_CHARS,
@@ -27,7 +28,6 @@ from wechat_nontax.issuing.validation import (
     format_problems,
     parse_card_ids,
     reimburse_status,
-    resolve_pdf_path,
     validate_order,
 )
 from wechat_nontax.wechat.errors import InvalidOrderError

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from wechat_nontax.issuing.batch_stop import BatchStop, OrderEnded
 from wechat_nontax.issuing.outcomes import OrderResult, Outcome
-from wechat_nontax.store.holds import Hold, lost_hold_reason
+from wechat_nontax.store.holders import Hold, lost_hold_reason
 from wechat_nontax.store.orders import OrderStore
 
 log = logging.getLogger(__name__)

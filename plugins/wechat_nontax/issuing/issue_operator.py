@@ -70,7 +70,7 @@ class IssueBillsOperator(BaseOperator):
         from wechat_nontax.issuing.pdfs import default_pdf_root, read_pdf
         from wechat_nontax.issuing.validation import Limits
         from wechat_nontax.store.connection import connect
-        from wechat_nontax.store.holds import task_holder
+        from wechat_nontax.store.holders import task_holder
         from wechat_nontax.store.orders import OrderStore
         from wechat_nontax.wechat.hook import WeChatNonTaxHook
 

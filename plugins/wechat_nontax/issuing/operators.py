@@ -47,7 +47,7 @@ class ClaimOrdersOperator(BaseOperator):
 
     def execute(self, context: Any) -> list[list[str]]:
         from wechat_nontax.issuing.run_steps import claim_orders
-        from wechat_nontax.store.holds import ClaimScope, split_run_key
+        from wechat_nontax.store.holders import ClaimScope, split_run_key
 
         _refuse_unknown_params(context)
         dry_run = as_bool(context["params"].get("dry_run", False))
@@ -87,7 +87,7 @@ class ClaimOrdersOperator(BaseOperator):
 def _run_key(context: Any) -> str:
     """The key this task's run claims under: its own DAG's (another DAG's run may have the same
     run id)."""
-    from wechat_nontax.store.holds import run_key
+    from wechat_nontax.store.holders import run_key
 
     return run_key(context["ti"].dag_id, context["run_id"])
 

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from wechat_nontax.settings import DEFAULT_LEASE_S, default_hold_s
-from wechat_nontax.store.holds import ClaimScope, RunClaim
+from wechat_nontax.store.holders import ClaimScope, RunClaim
 from wechat_nontax.wechat.statuses import Status
 
 # Airflow refuses to map past max_map_length (1024 by default); batches stay far below it.

@@ -54,7 +54,7 @@ class CarryOutRequestsOperator(BaseOperator):
         from wechat_nontax.requests.store import RequestStore
         from wechat_nontax.settings import default_hold_s
         from wechat_nontax.store.connection import connect
-        from wechat_nontax.store.holds import task_holder
+        from wechat_nontax.store.holders import task_holder
         from wechat_nontax.store.orders import OrderStore
         from wechat_nontax.wechat.hook import WeChatNonTaxHook
 
@@ -126,7 +126,7 @@ class RequestsReportOperator(BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from wechat_nontax.requests.store import RequestStore, format_request
         from wechat_nontax.store.connection import connect
-        from wechat_nontax.store.holds import run_key
+        from wechat_nontax.store.holders import run_key
 
         ti, run_id = context["ti"], context["run_id"]
         store = RequestStore(connect(self.orders_conn_id, application_name="nontax-requests"))

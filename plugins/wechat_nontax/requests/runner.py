@@ -29,7 +29,7 @@ from typing import Protocol
 
 from wechat_nontax.requests.contract import RequestKind, RequestStatus
 from wechat_nontax.requests.store import Request, RequestRow, RequestStore, Taken, call_problems
-from wechat_nontax.store.holds import claim_key, lost_hold_reason
+from wechat_nontax.store.holders import claim_key, lost_hold_reason
 from wechat_nontax.store.orders import OrderStore
 from wechat_nontax.store.quotas import QuotaStop
 from wechat_nontax.wechat import errors
