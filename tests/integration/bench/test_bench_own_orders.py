@@ -11,7 +11,7 @@ import psycopg2
 import pytest
 from bench.own_orders import NotItsOwnRun, OwnOrders, count_orders
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+BENCH = Path(__file__).resolve().parents[3] / "bench"
 
 
 class SandboxCalls:

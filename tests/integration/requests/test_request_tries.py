@@ -21,7 +21,7 @@ from factories import ask
 from wechat_nontax.requests.operators import CarryOutRequestsOperator
 from wechat_nontax.settings import REQUESTS_DAG_ID, REQUESTS_TASK_ID
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 OTHER_TRY = f"{REQUESTS_DAG_ID}|manual__other|{REQUESTS_TASK_ID}|-1|1"
 
 
