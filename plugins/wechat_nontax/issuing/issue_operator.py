@@ -22,7 +22,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from wechat_nontax.issuing.task_args import as_bool, batch_label
 from wechat_nontax.settings import ORDERS_CONN_ID, WECHAT_CONN_ID
-from wechat_nontax.supervisor import watch_supervisor
+from wechat_nontax.supervisor import TryStop, watch_supervisor
 
 
 class IssueBillsOperator(BaseOperator):
@@ -76,7 +76,7 @@ class IssueBillsOperator(BaseOperator):
 
         ti = context["ti"]
         self._issuer = None
-        self._supervisor_gone: str | None = None
+        self._try_stop = TryStop()
         supervisor = os.getppid()
         order_ids = [str(order_id) for order_id in self.order_ids]
         limits = (
@@ -102,7 +102,7 @@ class IssueBillsOperator(BaseOperator):
         hook = WeChatNonTaxHook(self.wechat_conn_id, pool_size=settings.max_workers)
         run_id = context["run_id"]
         kept_as = journal.run_name(ti.dag_id, run_id)
-        watching = watch_supervisor(self._on_supervisor_gone, parent=supervisor)
+        watching = watch_supervisor(self._try_stop.supervisor_gone, parent=supervisor)
         try:
             if not settings.dry_run:
                 # Bills an earlier try of this batch issued but could not record: first. (If
@@ -126,8 +126,7 @@ class IssueBillsOperator(BaseOperator):
                 holder=task_holder(ti),
                 read_pdf=lambda root, rel, limit: read_pdf(root, rel, max_bytes=limit),
             )
-            if self._supervisor_gone is not None:  # gone before the issuer was there to stop
-                self._issuer.stop(self._supervisor_gone)
+            self._try_stop.attach(self._issuer)
             results = self._issuer.run(order_ids)
         finally:
             watching.set()
@@ -154,19 +153,9 @@ class IssueBillsOperator(BaseOperator):
         )
 
     def on_kill(self) -> None:
-        # Airflow stops the task (marked in the UI, a timeout, a worker shutting down): send
-        # nothing more and let the calls in flight be recorded before the process ends.
-        issuer = getattr(self, "_issuer", None)
-        if issuer is not None:
-            issuer.stop("not sent: the task was stopped")
-
-    def _on_supervisor_gone(self, reason: str) -> None:
-        # Airflow no longer sees this try (it fails it and runs the next one): send nothing
-        # more, record the calls in flight and end the hold, so that the next try takes over.
-        self._supervisor_gone = reason
-        issuer = getattr(self, "_issuer", None)
-        if issuer is not None:
-            issuer.stop(reason)
+        stop = getattr(self, "_try_stop", None)
+        if stop is not None:
+            stop.killed()
 
     def _judge(
         self, results: list, *, dry_run: bool, batch: str = "", retry_left: bool = True

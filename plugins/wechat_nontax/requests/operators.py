@@ -24,7 +24,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from wechat_nontax.settings import ORDERS_CONN_ID, WECHAT_CONN_ID
-from wechat_nontax.supervisor import watch_supervisor
+from wechat_nontax.supervisor import TryStop, watch_supervisor
 
 
 class CarryOutRequestsOperator(BaseOperator):
@@ -59,9 +59,8 @@ class CarryOutRequestsOperator(BaseOperator):
         from wechat_nontax.wechat.hook import WeChatNonTaxHook
 
         ti, run_id = context["ti"], context["run_id"]
-        self._runner = None
-        self._supervisor_gone: str | None = None
-        watching = watch_supervisor(self._on_supervisor_gone, parent=os.getppid())
+        self._try_stop = TryStop()
+        watching = watch_supervisor(self._try_stop.supervisor_gone, parent=os.getppid())
         conn = connect(self.orders_conn_id, application_name="nontax-requests")
         store = RequestStore(conn)
         hook = WeChatNonTaxHook(self.wechat_conn_id, pool_size=1)
@@ -70,12 +69,11 @@ class CarryOutRequestsOperator(BaseOperator):
             # up to the timeout: the hold outlasts that, as a batch's does.
             hold_s = max(default_hold_s(), 2 * (3 * hook.call_timeout_s + 2.0))
             budget = {} if self.time_budget_s is None else {"time_budget_s": self.time_budget_s}
-            runner = self._runner = RequestRunner(
+            runner = RequestRunner(
                 hook, store, quotas=OrderStore(conn), run_id=run_id, hold_s=hold_s,
                 holder=task_holder(ti), **budget,
             )  # fmt: skip
-            if self._supervisor_gone is not None:  # gone before the runner was there to stop
-                runner.stop(self._supervisor_gone)
+            self._try_stop.attach(runner)
             limit = int(self.max_requests) if self.max_requests not in (None, "", "None") else None
             results = runner.run(limit)
         finally:
@@ -99,19 +97,9 @@ class CarryOutRequestsOperator(BaseOperator):
         return dict(Counter(str(r.outcome) for r in results))
 
     def on_kill(self) -> None:
-        # Airflow stops the task (marked in the UI, a timeout, a worker shutting down): send
-        # nothing more and let the call in flight be recorded before the process ends.
-        runner = getattr(self, "_runner", None)
-        if runner is not None:
-            runner.stop("not sent: the task was stopped")
-
-    def _on_supervisor_gone(self, reason: str) -> None:
-        # Airflow no longer sees this try (it fails it and runs the next one): send nothing
-        # more, record the call in flight and end the hold, so that the next try takes over.
-        self._supervisor_gone = reason
-        runner = getattr(self, "_runner", None)
-        if runner is not None:
-            runner.stop(reason)
+        stop = getattr(self, "_try_stop", None)
+        if stop is not None:
+            stop.killed()
 
 
 class RequestsReportOperator(BaseOperator):
