@@ -136,7 +136,10 @@ def batch_cpu(
             operator = IssueBillsOperator(task_id="issue_bills", order_ids=ids,
                                           max_workers=workers)  # fmt: skip
             # The first try of batch 0, as a task sees itself (its holder is made from this).
-            ti = SimpleNamespace(map_index=0, try_number=1, max_tries=2)
+            ti = SimpleNamespace(
+                dag_id="nontax_insertbill", run_id="bench-cpu", task_id="issue_bills",
+                map_index=0, try_number=1, max_tries=2,
+            )  # fmt: skip
             context = {"run_id": "bench-cpu", "ti": ti}
             # The order database's server processes that answer the batch (its write-backs).
             server = CpuTracker({}, postmaster_pid(dsn), {database: "postgres_orders"})
