@@ -112,7 +112,7 @@ def batch_cpu(
     from nontax_dev.bill_pdf import render_bill_pdf
     from nontax_dev.pg import drop_database, fresh_database
     from run import CHECKOUT, load_orders, postmaster_pid
-    from wechat_nontax.issuing.operators import IssueBillsOperator
+    from wechat_nontax.issuing.issue_operator import IssueBillsOperator
     from wechat_nontax.store.migrate import migrate
     from wechat_sandbox.process import start_sandbox
 
@@ -136,7 +136,10 @@ def batch_cpu(
             operator = IssueBillsOperator(task_id="issue_bills", order_ids=ids,
                                           max_workers=workers)  # fmt: skip
             # The first try of batch 0, as a task sees itself (its holder is made from this).
-            ti = SimpleNamespace(map_index=0, try_number=1, max_tries=2)
+            ti = SimpleNamespace(
+                dag_id="nontax_insertbill", run_id="bench-cpu", task_id="issue_bills",
+                map_index=0, try_number=1, max_tries=2,
+            )  # fmt: skip
             context = {"run_id": "bench-cpu", "ti": ti}
             # The order database's server processes that answer the batch (its write-backs).
             server = CpuTracker({}, postmaster_pid(dsn), {database: "postgres_orders"})

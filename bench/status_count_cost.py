@@ -76,7 +76,7 @@ def _switch(dsn: str, way: str) -> None:
 
 
 def one_round(dsn: str, way: str, prefix: str, n_load: int, n_write: int) -> dict:
-    from wechat_nontax.store.holds import Hold
+    from wechat_nontax.store.holders import Hold
     from wechat_nontax.store.orders import OrderStore
 
     _switch(dsn, way)

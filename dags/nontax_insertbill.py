@@ -11,12 +11,8 @@ from datetime import timedelta
 
 from airflow.sdk import DAG, Param
 
-from wechat_nontax.issuing.operators import (
-    ClaimOrdersOperator,
-    RefreshTokenOperator,
-    issue_claimed_batches,
-    issuing_dag_args,
-)
+from wechat_nontax.issuing.dag_parts import issue_claimed_batches, issuing_dag_args
+from wechat_nontax.issuing.operators import ClaimOrdersOperator, RefreshTokenOperator
 from wechat_nontax.settings import (
     INSERTBILL_DAG_ID,
     ORDERS_CONN_ID,

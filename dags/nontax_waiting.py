@@ -19,11 +19,8 @@ from datetime import timedelta
 
 from airflow.sdk import DAG
 
-from wechat_nontax.issuing.operators import (
-    ClaimOrdersOperator,
-    issue_claimed_batches,
-    issuing_dag_args,
-)
+from wechat_nontax.issuing.dag_parts import issue_claimed_batches, issuing_dag_args
+from wechat_nontax.issuing.operators import ClaimOrdersOperator
 from wechat_nontax.settings import ORDERS_CONN_ID, POOL_SLOTS, WAITING_DAG_ID, dag_settings
 
 with DAG(

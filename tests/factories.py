@@ -71,7 +71,7 @@ def order_line(order: Order, **overrides) -> str:
 
 def held(store, order_id: str, run_id: str = "run-test"):
     """A hold on one order, as a batch's task try takes it, for tests that write results."""
-    from wechat_nontax.store.holds import Hold
+    from wechat_nontax.store.holders import Hold
 
     holder = f"{run_id}|issue_bills|-1|1"
     got = store.hold_batch(holder, [order_id], hold_s=600, include_needs_person=True)

@@ -62,7 +62,7 @@ _FINAL_REIMBURSE = {REIMBURSE_CANCEL: E.CARD_CANCELLED, REIMBURSE_CLOSURE: E.CAR
 # is the pipeline's assumed one (wechat_nontax.issuing.validation.MAX_REFUSAL_REASON_CHARS), so
 # that a client that skipped its own check is caught here too.
 MAX_REJECT_REASON_CHARS = 100
-# Daily quotas count per Beijing calendar day (UTC+8), like policy.seconds_until_quota_reset.
+# Daily quotas count per Beijing calendar day (UTC+8), like the package's quota reset.
 _UTC8_OFFSET_S = 8 * 3600
 
 _OPENID_ALPHABET = string.ascii_letters + string.digits + "_-"

@@ -21,6 +21,8 @@ import airflow.dag_processing.dagbag
 import airflow.sdk.execution_time.task_runner  # noqa: F401
 
 import wechat_nontax.issuing.batch
+import wechat_nontax.issuing.dag_parts
+import wechat_nontax.issuing.issue_operator
 import wechat_nontax.issuing.journal
 import wechat_nontax.issuing.operators
 import wechat_nontax.issuing.pdfs

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 # -- the DAGs, their tasks and what they update --------------------------------------------------
 INSERTBILL_DAG_ID = "nontax_insertbill"  # issues the due bills, daily
@@ -22,7 +23,9 @@ ISSUE_TASK_ID = "issue_bills"  # one mapped instance a batch, in both issuing DA
 REQUESTS_TASK_ID = "carry_out_requests"
 # Updated by every issuing run that inserted bills.
 BILLS_ISSUED_ASSET = {"name": "nontax_bills_issued", "uri": "nontax://bills/issued"}
+# Beijing time: schedules, bill dates and WeChat's daily quotas (China has no daylight saving).
 TIMEZONE = "Asia/Shanghai"
+BEIJING_TIME = ZoneInfo(TIMEZONE)
 
 # -- Connections and the pool --------------------------------------------------------------------
 WECHAT_CONN_ID = "wechat_nontax_default"

@@ -10,7 +10,7 @@ from airflow_desk import AirflowDesk
 from dag_files import parse_frequent_dag
 from factories import make_order, write_pdf
 from nontax_dev.airflow_run import DAG_ID, WAITING_DAG_ID
-from wechat_nontax.wechat.policy import AUTHORIZATION_RECHECK_S
+from wechat_nontax.wechat.rules import AUTHORIZATION_RECHECK_S
 
 pytestmark = pytest.mark.e2e
 

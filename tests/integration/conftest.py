@@ -6,7 +6,8 @@ import psycopg2
 import pytest
 
 from factories import held, make_order, write_pdf
-from wechat_nontax.issuing.batch import BatchIssuer, Settings
+from wechat_nontax.issuing.batch import BatchIssuer
+from wechat_nontax.issuing.batch_settings import Settings
 from wechat_nontax.issuing.pdfs import read_pdf
 from wechat_nontax.issuing.validation import Limits
 from wechat_nontax.requests.store import RequestStore

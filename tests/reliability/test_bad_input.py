@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from factories import MINIMAL_PDF, make_order, order_line, write_pdf
-from wechat_nontax.issuing.batch import BatchIssuer, Settings
+from wechat_nontax.issuing.batch import BatchIssuer
+from wechat_nontax.issuing.batch_settings import Settings
 from wechat_nontax.issuing.outcomes import Outcome
 from wechat_nontax.issuing.pdfs import read_pdf
 from wechat_nontax.store.connection import connect_dsn

@@ -14,8 +14,8 @@ import time
 import pytest
 from reliability_helpers import sandbox_idle, wait_until
 
-from wechat_nontax.issuing.batch import UPLOAD_WRITE_AFTER_S
-from wechat_nontax.issuing.operators import IssueBillsOperator
+from wechat_nontax.issuing.issue_operator import IssueBillsOperator
+from wechat_nontax.issuing.pending_uploads import UPLOAD_WRITE_AFTER_S
 
 pytestmark = pytest.mark.e2e
 
@@ -38,7 +38,7 @@ def test_killed_between_the_bill_and_its_write_back_then_the_lease_ends(make_rig
         assert dag.alive(), dag.output()[-3000:]
         # Killed while the answer is still held (8 s), once the insert has been in flight long
         # enough for its media id to be written on its own (a kill sooner costs only a new
-        # upload: the row stays `authorized`, tests/integration/test_issuing.py).
+        # upload: the row stays `authorized`, tests/integration/issuing/test_issuing.py).
         time.sleep(UPLOAD_WRITE_AFTER_S + 1.0)
         dag.kill()
     wait_until(lambda: sandbox_idle(rig.sandbox), timeout=30, what="the held answer")

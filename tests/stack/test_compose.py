@@ -282,7 +282,7 @@ def test_a_deploy_stops_a_workers_batches_cleanly(compose):
     """What tests/stack/test_celery.py reproduces: the stop signal reaches the tasks (their
     batches stop sending and record their calls in flight), and Docker's SIGKILL waits longer
     than a call in flight may take with its write-back."""
-    from wechat_nontax.issuing.batch import Settings
+    from wechat_nontax.issuing.batch_settings import Settings
 
     whole_group, grace_s = worker_stop(compose)
     assert whole_group, "SIGTERM must reach the task processes, not Celery's main one only"

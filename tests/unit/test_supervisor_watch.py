@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 TASK = """
 import sys, time
-from wechat_nontax.issuing.operators import watch_supervisor
+from wechat_nontax.supervisor import watch_supervisor
 marker = sys.argv[1]
 watch_supervisor(lambda reason: open(marker, "w").write(reason), every_s=0.1)
 print("watching", flush=True)
@@ -52,3 +52,27 @@ def test_a_task_process_is_told_when_its_supervisor_dies(tmp_path: Path):
         # The task process is still in the supervisor's process group.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(supervisor.pid, signal.SIGKILL)
+
+
+class _Work:
+    def __init__(self) -> None:
+        self.stopped: list[str] = []
+
+    def stop(self, reason: str) -> None:
+        self.stopped.append(reason)
+
+
+def test_a_try_stop_reaches_the_work_made_after_the_supervisor_went_and_a_kill():
+    from wechat_nontax.supervisor import TryStop
+
+    early, late = TryStop(), TryStop()
+    early.supervisor_gone("not sent: the task's supervisor (pid 1) is gone")
+    work = _Work()
+    early.attach(work)  # made after the supervisor went: stopped at once
+    assert work.stopped == ["not sent: the task's supervisor (pid 1) is gone"]
+    late.killed()  # nothing to stop yet
+    other = _Work()
+    late.attach(other)
+    assert other.stopped == []
+    late.killed()
+    assert other.stopped == ["not sent: the task was stopped"]

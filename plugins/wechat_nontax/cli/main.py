@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from wechat_nontax.requests.store import RequestStore, format_request
     from wechat_nontax.store.orders import OrderStore
-    from wechat_nontax.wechat.policy import beijing_time
+    from wechat_nontax.wechat.timing import beijing_time
 
     store = OrderStore(connect_dsn(dsn, application_name="nontax-tools"))
     requests = RequestStore(connect_dsn(dsn, application_name="nontax-tools"))

@@ -1,294 +1,21 @@
-"""The DAG's steps as Airflow operators: claim, token, issue (one batch), announce, report.
+"""The issuing DAGs' run steps as Airflow operators: claim, token, announce, report.
 
 Thin on purpose: each builds what it needs from Connections and hands the work to the package
-(`run_steps`, `batch`). The issuing step turns its batch's outcomes into the task's state:
-- every order done or waiting for something outside our control: success;
-- an order whose transient errors outlasted the time budget: fail WITH Airflow's retries
-  (waiting may help; the retry only touches the unfinished orders);
-- an order that needs a person (bad data, permanent refusal, broken configuration): fail WITHOUT
-  retries (`AirflowFailException`), reasons in the log; the person fixes the cause and clears
-  this instance in the UI.
-Nothing heavy is imported at module level: the DAG file imports this module at every parse, and
-operator classes (rather than `@task`) keep Airflow's Python-operator machinery out of the parse.
+(`run_steps`); the batch's own step is `issue_operator`. Nothing heavy is imported at module
+level: the DAG file imports this module at every parse, and operator classes (rather than
+`@task`) keep Airflow's Python-operator machinery out of the parse.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import threading
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from airflow.sdk import Asset, BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
 
-from wechat_nontax.settings import (
-    BILLS_ISSUED_ASSET,
-    ISSUE_TASK_ID,
-    ORDERS_CONN_ID,
-    WECHAT_CONN_ID,
-    WECHAT_POOL,
-)
-
-# How often a task process looks whether its supervisor is still there.
-SUPERVISOR_CHECK_S = 1.0
-
-
-def batch_label(order_ids: Sequence[str]) -> str:
-    """How a mapped instance is named in the UI: its first and last order and its size."""
-    if not order_ids:
-        return "empty batch"
-    if len(order_ids) == 1:
-        # Never a bare order id: a numeric one would be rendered as a number, not a label.
-        return f"{order_ids[0]} (1)"
-    return f"{order_ids[0]} … {order_ids[-1]} ({len(order_ids)})"
-
-
-class IssueBillsOperator(BaseOperator):
-    """Issue one batch of bills: for each order, validate it, upload its PDF (setpdf) unless a
-    fresh media id is stored, and insert the bill (nontax/insertbill) into the payer's card
-    package; each order's result is written back as soon as it is known.
-
-    The batch's orders run concurrently (`max_workers` calls in flight), each order's upload
-    followed at once by its insert, so no order waits for the rest of its batch."""
-
-    template_fields: Sequence[str] = ("order_ids", "pdf_root", "dry_run", "max_workers")
-    ui_color = "#c9e4f6"
-
-    def __init__(
-        self,
-        *,
-        order_ids: list[str],
-        wechat_conn_id: str = WECHAT_CONN_ID,
-        orders_conn_id: str = ORDERS_CONN_ID,
-        pdf_root: str | None = None,
-        max_workers: int = 16,
-        time_budget_s: float | None = None,
-        lease_s: int | None = None,
-        hold_s: float | None = None,
-        max_pdf_bytes: int | None = None,
-        dry_run: bool = False,
-        **kwargs: Any,
-    ):
-        super().__init__(**kwargs)
-        self.order_ids = order_ids
-        self.wechat_conn_id = wechat_conn_id
-        self.orders_conn_id = orders_conn_id
-        self.pdf_root = pdf_root
-        self.max_workers = max_workers
-        self.time_budget_s = time_budget_s
-        self.lease_s = lease_s
-        self.hold_s = hold_s
-        self.max_pdf_bytes = max_pdf_bytes
-        self.dry_run = dry_run
-
-    def execute(self, context: Any) -> dict[str, Any]:
-        from wechat_nontax.issuing import journal
-        from wechat_nontax.issuing.batch import BatchIssuer, Settings
-        from wechat_nontax.issuing.pdfs import default_pdf_root, read_pdf
-        from wechat_nontax.issuing.validation import Limits
-        from wechat_nontax.store.connection import connect
-        from wechat_nontax.store.holds import task_holder
-        from wechat_nontax.store.orders import OrderStore
-        from wechat_nontax.wechat.hook import WeChatNonTaxHook
-
-        ti = context["ti"]
-        self._issuer = None
-        self._supervisor_gone: str | None = None
-        supervisor = os.getppid()
-        order_ids = [str(order_id) for order_id in self.order_ids]
-        limits = (
-            Limits() if self.max_pdf_bytes is None else Limits(max_pdf_bytes=self.max_pdf_bytes)
-        )
-        # None (the default) keeps Settings' own default: one place for each of them.
-        budgets = {
-            "time_budget_s": self.time_budget_s, "lease_s": self.lease_s, "hold_s": self.hold_s,
-        }  # fmt: skip
-        settings = Settings(
-            pdf_root=self.pdf_root or default_pdf_root(),
-            limits=limits,
-            max_workers=int(self.max_workers),
-            dry_run=_as_bool(self.dry_run),
-            include_needs_person=_first_try_since_a_clear(ti, self.retries),
-            **{name: value for name, value in budgets.items() if value is not None},
-        )
-        application = f"nontax-{self.task_id}"
-        store = OrderStore(
-            connect(self.orders_conn_id, application_name=application),
-            reconnect=lambda: connect(self.orders_conn_id, application_name=application),
-        )
-        hook = WeChatNonTaxHook(self.wechat_conn_id, pool_size=settings.max_workers)
-        run_id = context["run_id"]
-        kept_as = journal.run_name(ti.dag_id, run_id)
-        watching = watch_supervisor(self._on_supervisor_gone, parent=supervisor)
-        try:
-            if not settings.dry_run:
-                # Bills an earlier try of this batch issued but could not record: first. (If
-                # Airflow cannot list them now, such an order gets 72056 and ends `duplicate`
-                # until the report or the next claim writes its code over it.)
-                try:
-                    keys = journal.keys_of(kept_as, ti.map_index)
-                except Exception as exc:  # noqa: BLE001
-                    self.log.warning("could not read the journal of unrecorded bills: %s", exc)
-                    keys = []
-                journal.replay(store, keys=keys)
-            # The account's card ids, when the Connection lists them: checked before any call.
-            settings = dataclasses.replace(
-                settings, card_ids=hook.allowed_card_ids, call_timeout_s=hook.call_timeout_s
-            )
-            self._issuer = BatchIssuer(
-                hook,
-                store,
-                settings,
-                run_id=run_id,
-                holder=task_holder(ti),
-                read_pdf=lambda root, rel, limit: read_pdf(root, rel, max_bytes=limit),
-            )
-            if self._supervisor_gone is not None:  # gone before the issuer was there to stop
-                self._issuer.stop(self._supervisor_gone)
-            results = self._issuer.run(order_ids)
-        finally:
-            watching.set()
-            hook.close()
-            store.close()
-            # Also when the try ends in an exception (a timeout, the database away): the bills
-            # it could not record are kept for the next try, the report and the next claim.
-            if self._issuer is not None and self._issuer.unrecorded:
-                bills = [
-                    {"order_id": r.order_id, "code": r.bill[0], "openid": r.bill[1],
-                     "version": self._issuer.version_of(r.order_id), "run_id": run_id}
-                    for r in self._issuer.unrecorded
-                ]  # fmt: skip
-                try:
-                    journal.keep(journal.key_for(kept_as, ti.map_index, ti.try_number), bills)
-                except Exception:
-                    # Each bill is in the log already (UNRECORDED BILL): a person's last resort.
-                    self.log.exception("could not keep %d unrecorded bills in Airflow", len(bills))
-        return self._judge(
-            results,
-            dry_run=settings.dry_run,
-            batch=batch_label(order_ids),
-            retry_left=_retry_left(ti, self.retries),
-        )
-
-    def on_kill(self) -> None:
-        # Airflow stops the task (marked in the UI, a timeout, a worker shutting down): send
-        # nothing more and let the calls in flight be recorded before the process ends.
-        issuer = getattr(self, "_issuer", None)
-        if issuer is not None:
-            issuer.stop("not sent: the task was stopped")
-
-    def _on_supervisor_gone(self, reason: str) -> None:
-        # Airflow no longer sees this try (it fails it and runs the next one): send nothing
-        # more, record the calls in flight and end the hold, so that the next try takes over.
-        self._supervisor_gone = reason
-        issuer = getattr(self, "_issuer", None)
-        if issuer is not None:
-            issuer.stop(reason)
-
-    def _judge(
-        self, results: list, *, dry_run: bool, batch: str = "", retry_left: bool = True
-    ) -> dict[str, Any]:
-        """The task's state from its orders: a hold this try lost first (someone else works on
-        its orders, or nothing does: a person must see it), then a person's problem (no retry
-        can fix it), then a spent quota (retrying today cannot help), then what passes by
-        waiting."""
-        from wechat_nontax.issuing.outcomes import (
-            NEEDS_PERSON,
-            PASSES_BY_WAITING,
-            Outcome,
-            outcome_table,
-        )
-
-        self.log.info("Outcomes of %d orders:\n%s", len(results), outcome_table(results))
-        counts = Counter(str(r.outcome) for r in results)
-        needs_person = [r for r in results if r.outcome in NEEDS_PERSON]
-        waiting = [r for r in results if r.outcome in PASSES_BY_WAITING]
-        quota = [r for r in results if r.outcome is Outcome.QUOTA]
-        summary: dict[str, Any] = dict(counts)
-        if dry_run:
-            # Findings go to the report (XCom), never to the order database.
-            summary["findings"] = [
-                {"order_id": r.order_id, "reason": r.reason}
-                for r in results if r.outcome is Outcome.INVALID
-            ]  # fmt: skip
-            return summary
-        lost = [r for r in results if r.outcome is Outcome.HOLD_LOST]
-        if lost:
-            reasons = "; ".join(f"{r.order_id}: {r.reason}" for r in lost[:20])
-            message = (
-                f"batch {batch}: this try lost its hold on {len(lost)} orders and did not send "
-                f"them (or could not record their result): {reasons}"
-            )
-            self.log.error("%s", message)
-            raise AirflowFailException(message)
-        if needs_person:
-            reasons = "; ".join(f"{r.order_id}: {r.reason}" for r in needs_person[:20])
-            raise AirflowFailException(
-                f"{len(needs_person)} orders need a person (fix the cause, then clear this "
-                f"task): {reasons}"
-            )
-        if quota:
-            raise AirflowFailException(
-                f"{len(quota)} orders not sent: {quota[0].reason}. They stay due for the next run."
-            )
-        if waiting and not retry_left:
-            # The last try: say what happens next, not a retry that will not come.
-            raise AirflowException(
-                f"{len(waiting)} orders are not done yet and this was the last try: they stay "
-                f"due for the next run (or clear this task to try them now): "
-                f"{waiting[0].order_id}: {waiting[0].reason}"
-            )
-        if waiting:
-            raise AirflowException(
-                f"{len(waiting)} orders are not done yet and may be by waiting (retried by "
-                f"Airflow, only the unfinished orders): {waiting[0].order_id}: {waiting[0].reason}"
-            )
-        return summary
-
-
-def watch_supervisor(
-    on_gone: Callable[[str], None],
-    *,
-    parent: int | None = None,
-    every_s: float = SUPERVISOR_CHECK_S,
-) -> threading.Event:
-    """Call `on_gone(reason)` once if this process's parent, the task's supervisor (a Celery
-    pool process, the LocalExecutor's worker), exits before the returned event is set. Without
-    it nothing reports this try to Airflow, which fails it and starts the next one: an orphan
-    that went on would hold its orders from that try and send unseen. Its parent's death shows
-    as a new parent id (the orphan is adopted by an init or a subreaper); `parent` is the one
-    this process had when the task started (default: now)."""
-    parent = os.getppid() if parent is None else parent
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.wait(every_s):
-            if os.getppid() != parent:
-                on_gone(f"not sent: the task's supervisor (pid {parent}) is gone")
-                return
-
-    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
-    return done
-
-
-def _retry_left(ti: Any, retries: int | None) -> bool:
-    """Whether Airflow retries this try if it fails (as its server decides: a task with
-    retries, whose try number has not passed max_tries)."""
-    max_tries = getattr(ti, "max_tries", None)
-    return bool(retries) and (max_tries is None or getattr(ti, "try_number", 1) <= max_tries)
-
-
-def _first_try_since_a_clear(ti: Any, retries: int | None) -> bool:
-    """Whether this is the task's first try, or the first after a person cleared it, rather
-    than one of Airflow's automatic retries. Airflow counts the same way: a clear sets
-    max_tries to the try number plus the task's retries."""
-    try_number, max_tries = getattr(ti, "try_number", 1), getattr(ti, "max_tries", None)
-    if max_tries is None:
-        return try_number <= 1
-    return try_number == max_tries - (retries or 0) + 1
+from wechat_nontax.issuing.task_args import as_bool, as_list, batch_label
+from wechat_nontax.settings import ISSUE_TASK_ID, ORDERS_CONN_ID, WECHAT_CONN_ID
 
 
 class ClaimOrdersOperator(BaseOperator):
@@ -320,10 +47,10 @@ class ClaimOrdersOperator(BaseOperator):
 
     def execute(self, context: Any) -> list[list[str]]:
         from wechat_nontax.issuing.run_steps import claim_orders
-        from wechat_nontax.store.holds import ClaimScope, split_run_key
+        from wechat_nontax.store.holders import ClaimScope, split_run_key
 
         _refuse_unknown_params(context)
-        dry_run = _as_bool(context["params"].get("dry_run", False))
+        dry_run = as_bool(context["params"].get("dry_run", False))
         if not dry_run:
             _replay_journal(self.orders_conn_id, self.log)
         dag_id = context["ti"].dag_id
@@ -360,7 +87,7 @@ class ClaimOrdersOperator(BaseOperator):
 def _run_key(context: Any) -> str:
     """The key this task's run claims under: its own DAG's (another DAG's run may have the same
     run id)."""
-    from wechat_nontax.store.holds import run_key
+    from wechat_nontax.store.holders import run_key
 
     return run_key(context["ti"].dag_id, context["run_id"])
 
@@ -440,7 +167,7 @@ class RefreshTokenOperator(BaseOperator):
     def execute(self, context: Any) -> str:
         from wechat_nontax.issuing.run_steps import warm_token
 
-        if _as_bool(self.dry_run):
+        if as_bool(self.dry_run):
             return "dry run: no token needed"
         return warm_token(wechat_conn_id=self.wechat_conn_id)
 
@@ -496,7 +223,7 @@ class RunReportOperator(_RunOrdersOperator):
         from wechat_nontax.issuing.run_steps import build_report, finish_report, run_order_ids
 
         ti, run_id = context["ti"], context["run_id"]
-        dry_run = _as_bool(self.dry_run)
+        dry_run = as_bool(self.dry_run)
         order_ids = run_order_ids(
             _run_key(context), self.batches, orders_conn_id=self.orders_conn_id
         )
@@ -514,7 +241,7 @@ class RunReportOperator(_RunOrdersOperator):
             batches=len(self.batches or ()),
             dry_run=dry_run,
             not_taken=ti.xcom_pull(task_ids="claim_orders", key="not_taken") or (),
-            findings=[f for out in _as_list(outputs) for f in (out or {}).get("findings", ())],
+            findings=[f for out in as_list(outputs) for f in (out or {}).get("findings", ())],
             recovered=recovered,
             earlier_runs=self.earlier_runs,
         )
@@ -524,89 +251,3 @@ class RunReportOperator(_RunOrdersOperator):
                 "clear claim_orders with its downstream tasks"
             )
         return finish_report(summary, ti)
-
-
-def issuing_dag_args(**params: Any) -> dict[str, Any]:
-    """The DAG arguments the issuing DAGs share: the params `max_orders` and `workers`, then
-    `params`; templates rendered as values; the mapped batches labelled by `batch_label`."""
-    from airflow.sdk import Param
-
-    return {
-        "params": {
-            "max_orders": Param(None, type=["null", "integer"], minimum=1, description="At most"),
-            "workers": Param(
-                16, type="integer", minimum=1, maximum=64, description="Calls per batch"
-            ),
-            **params,
-        },
-        "render_template_as_native_obj": True,
-        "user_defined_filters": {"batch_label": batch_label},
-        "tags": ["wechat", "fiscal-bills"],
-    }
-
-
-def issue_claimed_batches(
-    claim: ClaimOrdersOperator,
-    *,
-    max_workers: int | str,
-    dry_run: bool | str = False,
-    earlier_runs: bool = True,
-    wechat_conn_id: str = WECHAT_CONN_ID,
-    orders_conn_id: str = ORDERS_CONN_ID,
-) -> BaseOperator:
-    """The issuing DAGs' steps after their claim, in the DAG being defined: `issue_bills` (one
-    instance per batch), `announce_bills`, `report`. Returns `issue_bills`, for what else it
-    waits for."""
-    from datetime import timedelta
-
-    # One task instance per batch, labelled in the UI by its first and last order.
-    issue = IssueBillsOperator.partial(
-        task_id=ISSUE_TASK_ID,
-        wechat_conn_id=wechat_conn_id,
-        orders_conn_id=orders_conn_id,
-        max_workers=max_workers,
-        dry_run=dry_run,
-        pool=WECHAT_POOL,
-        map_index_template="{{ task.order_ids | batch_label }}",
-        # A batch at its bounds (2,500 orders, one worker, slow answers) takes about an hour;
-        # past this Airflow stops it and it is retried on its unfinished orders.
-        execution_timeout=timedelta(hours=3),
-    ).expand(order_ids=claim.output)
-    # After every batch, failed ones too: bills issued beside orders that failed still count.
-    announce = AnnounceBillsOperator(
-        task_id="announce_bills",
-        batches=claim.output,
-        orders_conn_id=orders_conn_id,
-        outlets=[Asset(**BILLS_ISSUED_ASSET)],
-        trigger_rule="all_done",
-        execution_timeout=timedelta(minutes=5),
-    )
-    # The last task, so the run takes its state: red while any order of the run needs a person
-    # or was left unfinished, or the claim failed.
-    report = RunReportOperator(
-        task_id="report",
-        batches=claim.output,
-        orders_conn_id=orders_conn_id,
-        dry_run=dry_run,
-        earlier_runs=earlier_runs,
-        trigger_rule="all_done",
-        execution_timeout=timedelta(minutes=10),
-    )
-    claim >> issue >> announce >> report
-    issue >> report  # the report waits for every batch itself, whatever is cleared
-    return issue
-
-
-def _as_list(value: Any) -> list:
-    if value is None:
-        return []
-    if isinstance(value, dict):
-        return [value]
-    return list(value)
-
-
-def _as_bool(value: Any) -> bool:
-    # A templated param arrives as a string ("True"/"false") when rendered from Jinja.
-    if isinstance(value, str):
-        return value.strip().lower() in {"1", "true", "yes", "on"}
-    return bool(value)

@@ -3,7 +3,7 @@
 The root comes from the `NONTAX_PDF_ROOT` environment variable (or the operator's argument). A
 root with a scheme (`s3://bucket/bills`, `gs://...`) is read through Airflow's
 `ObjectStoragePath`; a plain path (or a `file://` URL) from the local filesystem. Where the
-location may point is decided by `validation.resolve_pdf_path`, before anything is opened.
+location may point is decided by `pdf_paths.resolve_pdf_path`, before anything is opened.
 
 Locally the string check is not enough: `open()` follows symbolic links, so a link inside the
 root (or a linked directory) would read any file the worker can read and upload it as the bill,
@@ -24,7 +24,8 @@ import os
 import posixpath
 import stat
 
-from wechat_nontax.issuing.validation import Problem, resolve_pdf_path
+from wechat_nontax.issuing.pdf_paths import resolve_pdf_path
+from wechat_nontax.issuing.validation import Problem
 from wechat_nontax.settings import PDF_ROOT_ENV, pdf_root_setting
 from wechat_nontax.wechat.errors import InvalidOrderError, PdfUnavailableError
 

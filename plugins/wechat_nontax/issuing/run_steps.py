@@ -12,8 +12,8 @@ from datetime import datetime
 from typing import Any
 
 from wechat_nontax.settings import DEFAULT_LEASE_S, default_hold_s
-from wechat_nontax.store.holds import ClaimScope, RunClaim
-from wechat_nontax.wechat.policy import Status
+from wechat_nontax.store.holders import ClaimScope, RunClaim
+from wechat_nontax.wechat.statuses import Status
 
 # Airflow refuses to map past max_map_length (1024 by default); batches stay far below it.
 MAX_BATCHES = 1000
@@ -142,8 +142,8 @@ def warm_token(
     `budget_s`; anything else (a wrong secret, a daily quota) fails the task at once."""
     from wechat_nontax.wechat import errors
     from wechat_nontax.wechat.hook import WeChatNonTaxHook
-    from wechat_nontax.wechat.policy import Action
     from wechat_nontax.wechat.retry import Backoff
+    from wechat_nontax.wechat.statuses import Action
 
     hook = WeChatNonTaxHook(wechat_conn_id)
     # The budget on a monotonic clock; a rule that waits into the next minute reads wall time.

@@ -32,20 +32,19 @@ invisible characters, at most `MAX_REFUSAL_REASON_CHARS`) and optionally an http
 setting a bill's status wants its card_id, its code and one of WeChat's four reimburse
 statuses (`REIMBURSE_STATUSES`, short names accepted).
 
-`resolve_pdf_path` turns the order's relative PDF location into one under the configured root,
-which may be a directory or an object-storage URL, by string logic alone.
+The order's PDF location is checked apart (`pdf_paths`).
 """
 
 from __future__ import annotations
 
-import posixpath
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
 from wechat_nontax.issuing.bill import Order, bill_fields
+from wechat_nontax.settings import BEIJING_TIME
 from wechat_nontax.wechat.errors import InvalidOrderError
 
 __all__ = [
@@ -62,19 +61,13 @@ __all__ = [
     "check_status_change",
     "format_problems",
     "parse_card_ids",
-    "pdf_path_problem",
     "reimburse_status",
-    "resolve_pdf_path",
+    "shown",
+    "type_of",
     "validate_order",
 ]
 
-# Bills are dated in China's calendar (UTC+8, no daylight saving).
-UTC8 = timezone(timedelta(hours=8), "UTC+8")
-
 PDF_MAGIC = b"%PDF-"
-# Longest pdf_path accepted (at load and at issue): a file name's limit on common filesystems;
-# real paths such as `2017/11/1511169724.pdf` are far shorter.
-MAX_PDF_PATH_LEN = 255
 
 
 @dataclass(frozen=True)
@@ -125,7 +118,7 @@ _BAD_TITLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 _SHOWN_CHARS = 40
 
 
-def _show(value: object) -> str:
+def shown(value: object) -> str:
     """The value for a reason: repr (escapes control characters), truncated."""
     if isinstance(value, str) and len(value) > _SHOWN_CHARS:
         return repr(value[:_SHOWN_CHARS]) + "..."
@@ -133,9 +126,9 @@ def _show(value: object) -> str:
     return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
 
 
-def _typed(value: object) -> str:
+def type_of(value: object) -> str:
     """The value with its type, for a value of the wrong type: `str '12'`, `bool True`."""
-    return f"{type(value).__name__} {_show(value)}"
+    return f"{type(value).__name__} {shown(value)}"
 
 
 def _is_int(value: object) -> bool:
@@ -143,12 +136,13 @@ def _is_int(value: object) -> bool:
 
 
 def _date(unix_time: int) -> str:
-    return datetime.fromtimestamp(unix_time, UTC8).strftime("%Y-%m-%d %H:%M:%S UTC+8")
+    # Bills are dated in China's calendar.
+    return datetime.fromtimestamp(unix_time, BEIJING_TIME).strftime("%Y-%m-%d %H:%M:%S UTC+8")
 
 
 def _check_fee(value: object, *, now: float, limits: Limits) -> str | None:
     if not _is_int(value):
-        return f"must be an integer number of fen (分), got {_typed(value)}"
+        return f"must be an integer number of fen (分), got {type_of(value)}"
     if value <= 0:
         return f"must be a positive number of fen (分), got {value}"
     if value > limits.max_fee:
@@ -161,7 +155,7 @@ def _check_fee(value: object, *, now: float, limits: Limits) -> str | None:
 
 def _check_billing_time(value: object, *, now: float, limits: Limits) -> str | None:
     if not _is_int(value):
-        return f"must be an integer Unix time in seconds, got {_typed(value)}"
+        return f"must be an integer Unix time in seconds, got {type_of(value)}"
     if value <= 0:
         return f"must be a positive 10-digit Unix time in seconds, got {value}"
     digits = len(str(value))
@@ -185,14 +179,14 @@ def _one_line_text(value: object) -> str | None:
     """What is wrong with a one-line text shown to a person: not text, blank, control or
     invisible characters; None when it is fine so far."""
     if not isinstance(value, str):
-        return f"must be text, got {_typed(value)}"
+        return f"must be text, got {type_of(value)}"
     if not value.strip():
-        return f"must not be empty or blank, got {_show(value)}"
+        return f"must not be empty or blank, got {shown(value)}"
     bad = sorted({c for c in value if unicodedata.category(c) in _BAD_TITLE_CATEGORIES})
     if bad:
         return (
             f"must not contain control or invisible characters "
-            f"({', '.join(f'U+{ord(c):04X}' for c in bad)}), got {_show(value)}"
+            f"({', '.join(f'U+{ord(c):04X}' for c in bad)}), got {shown(value)}"
         )
     return None
 
@@ -204,11 +198,11 @@ def _check_title(value: object, *, now: float, limits: Limits) -> str | None:
     if value != value.strip():
         return (
             "must not start or end with whitespace (WeChat compares it with the card's "
-            f"registered title), got {_show(value)}"
+            f"registered title), got {shown(value)}"
         )
     if len(value) > limits.max_title_len:
         return (
-            f"must be at most {limits.max_title_len} characters, got {len(value)}: {_show(value)}"
+            f"must be at most {limits.max_title_len} characters, got {len(value)}: {shown(value)}"
         )
     return None
 
@@ -216,16 +210,16 @@ def _check_title(value: object, *, now: float, limits: Limits) -> str | None:
 def _id_checker(limit: Callable[[Limits], int]) -> Callable[..., str | None]:
     def check(value: object, *, now: float, limits: Limits) -> str | None:
         if not isinstance(value, str):
-            return f"must be text, got {_typed(value)}"
+            return f"must be text, got {type_of(value)}"
         if not value:
             return "must not be empty"
         max_len = limit(limits)
         if len(value) > max_len:
-            return f"must be at most {max_len} characters, got {len(value)}: {_show(value)}"
+            return f"must be at most {max_len} characters, got {len(value)}: {shown(value)}"
         if not _SAFE_ID.fullmatch(value):
             bad = sorted({c for c in value if not _SAFE_ID.fullmatch(c)})
-            shown = ", ".join(repr(c) for c in bad[:10])
-            return f"may contain only {_SAFE_ID_TEXT}, found {shown} in {_show(value)}"
+            found = ", ".join(repr(c) for c in bad[:10])
+            return f"may contain only {_SAFE_ID_TEXT}, found {found} in {shown(value)}"
         return None
 
     return check
@@ -292,14 +286,14 @@ def _check_reason(value: object) -> str | None:
     if problem is None and len(value) > MAX_REFUSAL_REASON_CHARS:
         problem = (
             f"must be at most {MAX_REFUSAL_REASON_CHARS} characters (the payer is shown it), "
-            f"got {len(value)}: {_show(value)}"
+            f"got {len(value)}: {shown(value)}"
         )
     return problem
 
 
 def _check_url(value: object) -> str | None:
     if not isinstance(value, str) or not _HTTP_URL.fullmatch(value):
-        return f"must be an http:// or https:// link without spaces, got {_show(value)}"
+        return f"must be an http:// or https:// link without spaces, got {shown(value)}"
     if len(value) > MAX_REFUSAL_URL_CHARS:
         return f"must be at most {MAX_REFUSAL_URL_CHARS} characters, got {len(value)}"
     return None
@@ -328,7 +322,7 @@ def check_status_change(card_id: object, code: object, status: object) -> list[P
         [
             ("card_id", _FIELD_CHECKS["card_id"](card_id, now=0, limits=DEFAULT_LIMITS)),
             ("code", _check_code(code, now=0, limits=DEFAULT_LIMITS)),
-            ("status", None if wanted else f"must be one of {known}, got {_show(status)}"),
+            ("status", None if wanted else f"must be one of {known}, got {shown(status)}"),
         ]
     )
 
@@ -347,7 +341,7 @@ def parse_card_ids(value: object) -> frozenset[str] | None:
         items = [item.strip() for item in value]
     else:
         raise ValueError(
-            f"card_ids must be a list of card ids or a comma-separated string, got {_typed(value)}"
+            f"card_ids must be a list of card ids or a comma-separated string, got {type_of(value)}"
         )
     cards = frozenset(item for item in items if item)
     return cards or None
@@ -360,7 +354,7 @@ def check_card_allowed(card_id: object, allowed: Iterable[str] | None) -> Proble
         return None
     return Problem(
         "card_id",
-        f"{_show(card_id)} is not one of this account's card ids (the WeChat Connection's "
+        f"{shown(card_id)} is not one of this account's card ids (the WeChat Connection's "
         "extra card_ids): fix the order's card_id, or add the card to the configuration",
     )
 
@@ -385,77 +379,6 @@ def check_pdf(data: bytes | None, *, limits: Limits = DEFAULT_LIMITS) -> Problem
             "pdf", f"PDF is {len(data)} bytes, more than the limit of {limits.max_pdf_bytes} bytes"
         )
     return None
-
-
-# A URL scheme or a drive letter at the start: "file:", "s3:", "C:".
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
-
-
-def pdf_path_problem(relative: object) -> str | None:
-    """Why an order's `pdf_path` may not be used (the same reason at load and at issue time),
-    or None."""
-    if relative is None:
-        return "is missing: the order has no PDF location"
-    if not isinstance(relative, str):
-        return f"must be text, got {_typed(relative)}"
-    if not relative.strip():
-        return "must not be empty"
-    if "\x00" in relative:
-        return f"must not contain a NUL byte, got {_show(relative)}"
-    if any(unicodedata.category(c) == "Cc" for c in relative):
-        return f"must not contain control characters, got {_show(relative)}"
-    if "\\" in relative:
-        return f"must use '/' as separator, not a backslash, got {_show(relative)}"
-    if len(relative) > MAX_PDF_PATH_LEN:
-        return f"must be at most {MAX_PDF_PATH_LEN} characters, got {len(relative)}"
-    if relative.startswith("/"):
-        return f"must be relative to the PDF root, got the absolute path {_show(relative)}"
-    if _SCHEME.match(relative):
-        return f"must be relative to the PDF root, not a URL or drive, got {_show(relative)}"
-    if relative.endswith("/"):
-        return f"must name a file, not a directory, got {_show(relative)}"
-    normal = posixpath.normpath(relative)
-    if normal == ".." or normal.startswith("../"):
-        return f"must stay under the PDF root, got {_show(relative)}"
-    if normal == ".":
-        return f"must name a file, got {_show(relative)}"
-    return None
-
-
-# What a URL reader does with a path beyond the checks above: it decodes `%xx` (`%2e%2e` is
-# `..`, then dropped with the segment before it) and ends the path at `?` or `#`. Refused
-# under a URL root rather than checked after each decoding: no order needs them there.
-_URL_DECODED = frozenset("%?#")
-
-
-def _url_root_problem(root: str, relative: str) -> str | None:
-    if root.startswith("file://") or "://" not in root:
-        return None  # read from the filesystem: nothing is decoded
-    if _URL_DECODED.intersection(relative):
-        return (
-            "must not contain percent-encoding, '?' or '#' under an object-storage root (the "
-            f"URL reader would decode them to another location), got {_show(relative)}"
-        )
-    return None
-
-
-def resolve_pdf_path(root: str, relative: str | None) -> str:
-    """The PDF's full location: `relative` joined under `root`, which it may not leave.
-
-    `root` is a directory (`/data/bills`) or an object-storage URL (`s3://bucket/pdfs`); it is
-    configuration and taken as given. `relative` comes from the order's row and is refused
-    (`InvalidOrderError` on `pdf_path`) when missing, absolute, a URL or drive, with
-    backslashes, NUL or control characters, longer than `MAX_PDF_PATH_LEN`, with `..`
-    segments that leave the root, or (under a URL root) with `%`, `?` or `#`. Pure string
-    logic: nothing is read; `pdfs.read_pdf` refuses symbolic links when it opens the file.
-    """
-    if not isinstance(root, str) or not root.strip():
-        raise ValueError("the PDF root is not configured")
-    reason = pdf_path_problem(relative) or _url_root_problem(root, relative)
-    if reason is not None:
-        raise InvalidOrderError([Problem("pdf_path", reason)])
-    separator = "" if root.endswith("/") else "/"
-    return f"{root}{separator}{posixpath.normpath(relative)}"
 
 
 def format_problems(problems: Iterable[Problem]) -> str:

@@ -18,7 +18,7 @@ import psycopg2.extensions
 
 from wechat_nontax.issuing.validation import check_refusal, format_problems
 from wechat_nontax.store.history import append_history, history_row
-from wechat_nontax.wechat.policy import Status
+from wechat_nontax.wechat.statuses import Status
 
 
 class RequestKind(StrEnum):

@@ -2,9 +2,11 @@
 
 Thin, like `issuing.operators`: each builds what it needs from Connections and hands the work to the
 package (`requests.runner`, `requests.contract`). Nothing heavy is imported at module level.
-- `carry_out_requests` works through the pending requests (a call each); it fails only when it
-  could not make calls at all: no access token (without retries, like an issuing batch), the
-  order database away (retried by Airflow);
+- `carry_out_requests` works through the pending requests (a call each); it fails when it lost
+  the hold on an order (someone else works on it, or nothing does: a person must see it) or
+  could not make calls at all: no access token (both without retries, like an issuing batch),
+  the order database away (retried by Airflow). Like an issuing batch, it stops sending when
+  Airflow kills it or its supervisor is gone;
 - `report` (the last task, so the run takes its state) lists what each request of this run came
   to, ends any hold a crashed try left, and is red while a request of the run ended refused or
   failed, or when `carry_out_requests` did not finish: a person reads the reason in the log,
@@ -13,6 +15,7 @@ package (`requests.runner`, `requests.contract`). Nothing heavy is imported at m
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +24,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from wechat_nontax.settings import ORDERS_CONN_ID, WECHAT_CONN_ID
+from wechat_nontax.supervisor import TryStop, watch_supervisor
 
 
 class CarryOutRequestsOperator(BaseOperator):
@@ -46,15 +50,17 @@ class CarryOutRequestsOperator(BaseOperator):
         self.time_budget_s = time_budget_s  # None: the runner's own (transient retries)
 
     def execute(self, context: Any) -> dict[str, int]:
-        from wechat_nontax.requests.runner import RequestRunner, result_table
+        from wechat_nontax.requests.runner import RequestOutcome, RequestRunner, result_table
         from wechat_nontax.requests.store import RequestStore
         from wechat_nontax.settings import default_hold_s
         from wechat_nontax.store.connection import connect
-        from wechat_nontax.store.holds import task_holder
+        from wechat_nontax.store.holders import task_holder
         from wechat_nontax.store.orders import OrderStore
         from wechat_nontax.wechat.hook import WeChatNonTaxHook
 
         ti, run_id = context["ti"], context["run_id"]
+        self._try_stop = TryStop()
+        watching = watch_supervisor(self._try_stop.supervisor_gone, parent=os.getppid())
         conn = connect(self.orders_conn_id, application_name="nontax-requests")
         store = RequestStore(conn)
         hook = WeChatNonTaxHook(self.wechat_conn_id, pool_size=1)
@@ -67,17 +73,33 @@ class CarryOutRequestsOperator(BaseOperator):
                 hook, store, quotas=OrderStore(conn), run_id=run_id, hold_s=hold_s,
                 holder=task_holder(ti), **budget,
             )  # fmt: skip
+            self._try_stop.attach(runner)
             limit = int(self.max_requests) if self.max_requests not in (None, "", "None") else None
             results = runner.run(limit)
         finally:
+            watching.set()
             hook.close()
             store.close()
         self.log.info("Requests of this try:\n%s", result_table(results))
+        lost = [r for r in results if r.outcome is RequestOutcome.NOT_HELD]
+        if lost:
+            reasons = "; ".join(f"#{r.request_id} {r.order_id}: {r.reason}" for r in lost[:20])
+            message = (
+                f"this try lost its hold on {len(lost)} orders and did not carry out their "
+                f"requests (or could not record their result): {reasons}"
+            )
+            self.log.error("%s", message)
+            raise AirflowFailException(message)
         if runner.blocked:
             # As an issuing batch without a token: a person's cause (the Connection, the app
             # secret); the next scheduled run tries again anyway.
             raise AirflowFailException(f"{runner.blocked}; the requests stay pending")
         return dict(Counter(str(r.outcome) for r in results))
+
+    def on_kill(self) -> None:
+        stop = getattr(self, "_try_stop", None)
+        if stop is not None:
+            stop.killed()
 
 
 class RequestsReportOperator(BaseOperator):
@@ -92,7 +114,7 @@ class RequestsReportOperator(BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from wechat_nontax.requests.store import RequestStore, format_request
         from wechat_nontax.store.connection import connect
-        from wechat_nontax.store.holds import run_key
+        from wechat_nontax.store.holders import run_key
 
         ti, run_id = context["ti"], context["run_id"]
         store = RequestStore(connect(self.orders_conn_id, application_name="nontax-requests"))

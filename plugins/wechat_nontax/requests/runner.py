@@ -17,8 +17,10 @@ call is made before the quota resets: its requests wait, pending, until then.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,12 +29,13 @@ from typing import Protocol
 
 from wechat_nontax.requests.contract import RequestKind, RequestStatus
 from wechat_nontax.requests.store import Request, RequestRow, RequestStore, Taken, call_problems
-from wechat_nontax.store.holds import claim_key
+from wechat_nontax.store.holders import claim_key, lost_hold_reason
 from wechat_nontax.store.orders import OrderStore
 from wechat_nontax.store.quotas import QuotaStop
 from wechat_nontax.wechat import errors
-from wechat_nontax.wechat.policy import Action, seconds_until_quota_reset
 from wechat_nontax.wechat.retry import Backoff
+from wechat_nontax.wechat.statuses import Action
+from wechat_nontax.wechat.timing import seconds_until_quota_reset
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +85,7 @@ class RequestRunner:
         hold_s: float,
         time_budget_s: float = 120.0,
         clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
     ):
         self.api = api
         self.store = store
@@ -95,8 +98,12 @@ class RequestRunner:
         self.holder = holder
         self.hold_s = hold_s
         self._clock = clock
+        # Set when the task is stopped or its supervisor is gone: nothing more is sent. A wait
+        # between retries ends with it (unless the caller brings its own sleep).
+        self._stop = threading.Event()
+        self._stopped = ""
         self._backoff = Backoff(
-            clock() + time_budget_s, clock=clock, sleep=sleep,
+            clock() + time_budget_s, clock=clock, sleep=sleep or self._stop.wait,
             jitter=random.Random().random,  # noqa: S311 (jitter, not security)
         )  # fmt: skip
         self._blocked: str | None = None  # no access token: nothing more is sent this try
@@ -106,16 +113,46 @@ class RequestRunner:
         """Why this try stopped calling (no access token), None when it did not."""
         return self._blocked
 
+    def stop(self, reason: str) -> None:
+        """Send nothing more (the task is being killed, or its supervisor is gone): the call in
+        flight is recorded, the requests not reached stay pending, untouched, and the hold
+        ends. Called from a signal handler or another thread: no lock is taken here."""
+        if not self._stop.is_set():
+            self._stopped = reason
+            self._stop.set()
+
     def run(self, limit: int | None = None) -> list[RequestResult]:
         results = []
         try:
             for request in self.store.pending(limit):
+                if self._stop.is_set():
+                    break
                 results.append(self._one(request))
                 if self._blocked is not None:
                     break  # no token: the others stay pending, untouched, for the next run
         finally:
             self.store.release(claim_key(self.holder), self.holder)
-        return results
+        return self._explain_lost(results)
+
+    def _explain_lost(self, results: list[RequestResult]) -> list[RequestResult]:
+        """Say why each order whose hold this try lost is no longer its own: who holds it now,
+        or that the hold ran out (read once, after the try's calls)."""
+        lost = [r.order_id for r in results if r.outcome is RequestOutcome.NOT_HELD]
+        if not lost:
+            return results
+        try:
+            why = self.quotas.why_not_held(lost, refusals=False)
+        except Exception as exc:  # noqa: BLE001 (the outcome stands without its why)
+            log.warning("could not read who holds the orders this try lost: %s", exc)
+            return results
+        return [
+            dataclasses.replace(
+                r, reason=f"{r.reason}: lost its hold, {lost_hold_reason(why[r.order_id])}"
+            )
+            if r.outcome is RequestOutcome.NOT_HELD
+            else r
+            for r in results
+        ]
 
     def _one(self, request: Request) -> RequestResult:
         taken = self.store.take(request, run_id=self.run_id, holder=self.holder, hold_s=self.hold_s)
@@ -140,7 +177,9 @@ class RequestRunner:
                     "history", None,
                 )  # fmt: skip
             if not self.store.renew(taken, hold_s=self.hold_s):
-                return self._result(request, RequestOutcome.NOT_HELD, "lost the order's hold")
+                return self._result(request, RequestOutcome.NOT_HELD, "not sent")
+            if self._stop.is_set():
+                return self._waiting(taken, self._stopped, None, wait_s=None)
             stop = self.quotas.quota_stops(self._appid, [request.kind]).get(request.kind)
             if stop is not None:
                 return self._waiting_for_quota(taken, stop)

@@ -28,9 +28,11 @@ from wechat_nontax.requests.contract import (
     why_not_carried_out,
 )
 from wechat_nontax.store.history import append_history, history_row
-from wechat_nontax.store.holds import UNHOLD, Hold, hold_params, hold_sql
+from wechat_nontax.store.holders import Hold
+from wechat_nontax.store.holds import UNHOLD, hold_params, hold_sql
 from wechat_nontax.store.orders import OrderStore
-from wechat_nontax.wechat.policy import Status, beijing_time
+from wechat_nontax.wechat.statuses import Status
+from wechat_nontax.wechat.timing import beijing_time
 
 
 @dataclass(frozen=True, slots=True)

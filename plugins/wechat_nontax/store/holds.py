@@ -2,21 +2,27 @@
 
 A run CLAIMS its due orders (`claimed_by`, a lease, recorded in `nontax.run_claim`); one task try
 then HOLDS each order while it works on it (`held_by`, the same lease renewed on a timer). Every
-write-back names the holder and the row version it read (`Hold`). The requests pipeline holds its
-orders with the same statements (`hold_sql`, `hold_params`, `UNHOLD`).
+write-back names the holder and the row version it read (`holders.Hold`). The requests pipeline
+holds its orders with the same statements (`hold_sql`, `hold_params`, `UNHOLD`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
 
+from wechat_nontax.store.holders import (
+    ClaimScope,
+    HoldResult,
+    NotHeld,
+    RunClaim,
+    claim_key,
+    why_not_taken,
+)
 from wechat_nontax.store.sql import (
     DUE_SQL,
     REFUSAL_BLOCKS,
@@ -24,7 +30,7 @@ from wechat_nontax.store.sql import (
     TIME_HAS_COME,
     WORKABLE_SQL,
 )
-from wechat_nontax.wechat.policy import Status
+from wechat_nontax.wechat.statuses import Status
 
 # A write-back that ends the order's journey for now also ends its claim and hold (the
 # requests' write-backs too: `requests.store`).
@@ -44,77 +50,6 @@ def held_guard(holder: str, version: str) -> str:
     """A guarded write's condition: the try named by the parameter `holder` holds the order, at
     the row version `version`, and it is not finished."""
     return f"held_by = %({holder})s AND row_version = %({version})s AND status NOT IN {SETTLED_SQL}"
-
-
-def run_key(dag_id: str, run_id: str) -> str:
-    """What a run's claims are made under (`claimed_by`, `nontax.run_claim`): Airflow's run ids
-    are unique per DAG only (two DAGs scheduled at one instant share one), so it names the
-    DAG. Neither a dag_id nor a run_id may hold `|`."""
-    return f"{dag_id}|{run_id}"
-
-
-def task_holder(ti: Any) -> str:
-    """The holder one task try writes as (`held_by`):
-    `{dag_id}|{run_id}|{task_id}|{map_index}|{try_number}`, from the task instance itself, so
-    that every DAG's tries, whatever operator they run, are told apart."""
-    return f"{run_key(ti.dag_id, ti.run_id)}|{ti.task_id}|{ti.map_index}|{ti.try_number}"
-
-
-def claim_key(holder: str) -> str:
-    """The run key a holder's try claims under: all but its task, map index and try number
-    (a holder of the older four-part form, `{run_id}|...`, gives its bare run id)."""
-    return holder.rsplit("|", 3)[0]
-
-
-def split_run_key(key: str, default_dag_id: str) -> tuple[str, str]:
-    """(dag_id, run_id) of a run key; a bare run id (an older claim) is `default_dag_id`'s."""
-    dag_id, sep, run_id = key.partition("|")
-    return (dag_id, run_id) if sep else (default_dag_id, key)
-
-
-@dataclass(frozen=True, slots=True)
-class Hold:
-    """What a write-back expects: the task try holding the order and the row version it read."""
-
-    holder: str
-    version: int
-
-
-@dataclass(frozen=True, slots=True)
-class HoldResult:
-    """A batch try's hold: the orders it holds (with the row version read) and, for the others,
-    why not (`NotHeld`)."""
-
-    held: dict[str, int]
-    not_held: dict[str, NotHeld]
-
-
-@dataclass(frozen=True, slots=True)
-class NotHeld:
-    kind: str  # unknown | finished | refusing | needs_person | not_yet | held | claimed
-    reason: str
-    holder: str | None = None
-    seconds_left: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class RunClaim:
-    batches: list[list[str]]
-    not_taken: list[dict[str, str]] = field(default_factory=list)
-    reclaimed: bool = False
-
-    @property
-    def order_ids(self) -> list[str]:
-        return [order_id for batch in self.batches for order_id in batch]
-
-
-class ClaimScope(StrEnum):
-    """Which of the due orders a run claims."""
-
-    DUE = "due"  # every due order (the daily issuing run)
-    # Orders waiting for their payer's authorisation whose next look is due (`not_before`,
-    # set AUTHORIZATION_RECHECK_S after each look): the frequent run of `nontax_waiting`.
-    AUTHORIZATION_LOOK_DUE = "authorization_look_due"
 
 
 # Each scope's rows, due now. The waiting rows are found through bill_order_status_updated_idx
@@ -176,50 +111,19 @@ CLAIM_SQL = CLAIM_SQLS[ClaimScope.DUE]
 _PEEK_SQLS = {scope: f"SELECT order_id {_claimable(scope)}" for scope in ClaimScope}
 
 
-def why_not_taken(
-    status: str | None,
-    *,
-    due_in_s: float | None,
-    claimed_by: str | None,
-    held_by: str | None,
-    lease_left_s: float | None,
-    refusal_pending: bool = False,
-) -> NotHeld:
-    """Why an order a run asked for was not taken (pure: the caller read the row)."""
-    if status is None:
-        return NotHeld("unknown", "unknown order: not in the order table")
-    if status in Status.SETTLED:
-        return NotHeld("finished", f"already {status}: never sent again")
-    if refusal_pending:
-        return NotHeld(
-            "refusing",
-            "a refusal of it is pending, or was not carried out and waits for a person to "
-            "withdraw it or ask again: it is not issued",
-        )
-    if status in Status.NEEDS_ATTENTION:
-        return NotHeld(
-            "needs_person",
-            f"{status}: needs a person; fix the cause, then reset it (make it due again) or "
-            "clear the batch that holds it",
-        )
-    if lease_left_s is not None and lease_left_s > 0:
-        if held_by:
-            return NotHeld("held", f"held by {held_by} right now", held_by, lease_left_s)
-        return NotHeld("claimed", f"claimed by run {claimed_by}", claimed_by, lease_left_s)
-    if due_in_s is not None and due_in_s > 0:
-        return NotHeld("not_yet", f"{status}: not due for another {due_in_s / 60:.0f} min")
-    return NotHeld("claimed", "being claimed by another run at this moment")
-
-
-def _why_not(rows: Sequence[tuple], order_ids: Sequence[str]) -> dict[str, NotHeld]:
-    """`why_not_taken` of each of `order_ids`, from the rows `_WHY_SQL` read (none: unknown)."""
+def _why_not(
+    rows: Sequence[tuple], order_ids: Sequence[str], *, refusals: bool = True
+) -> dict[str, NotHeld]:
+    """`why_not_taken` of each of `order_ids`, from the rows `_WHY_SQL` read (none: unknown);
+    without `refusals`, a pending refusal is not a reason (the requests' own tries)."""
     found = {row[0]: row[1:] for row in rows}
     reasons = {}
     for order_id in order_ids:
         status, due_in, claimed_by, held_by, left, refusing = found.get(order_id, (None,) * 6)
         reasons[order_id] = why_not_taken(
             status, due_in_s=due_in and float(due_in), claimed_by=claimed_by,
-            held_by=held_by, lease_left_s=left and float(left), refusal_pending=bool(refusing),
+            held_by=held_by, lease_left_s=left and float(left),
+            refusal_pending=refusals and bool(refusing),
         )  # fmt: skip
     return reasons
 
@@ -438,9 +342,14 @@ class ClaimsAndHolds:
         held = dict(rows)
         return HoldResult(held, self.why_not_held([o for o in order_ids if o not in held]))
 
-    def why_not_held(self, order_ids: Sequence[str]) -> dict[str, NotHeld]:
-        """Where each order stands for a try that does not hold it: who does, or why not."""
-        return _why_not(self._run(_WHY_SQL, (list(order_ids),)), order_ids) if order_ids else {}
+    def why_not_held(
+        self, order_ids: Sequence[str], *, refusals: bool = True
+    ) -> dict[str, NotHeld]:
+        """Where each order stands for a try that does not hold it: who does, or why not (a
+        pending refusal too, unless `refusals` is False: for the tries that carry them out)."""
+        if not order_ids:
+            return {}
+        return _why_not(self._run(_WHY_SQL, (list(order_ids),)), order_ids, refusals=refusals)
 
     def renew_hold(self, holder: str, order_ids: Sequence[str], *, hold_s: float) -> set[str]:
         """Extend the hold on the orders this try still works on; returns those still held."""

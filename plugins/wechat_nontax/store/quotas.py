@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from wechat_nontax.wechat.policy import beijing_time
+from wechat_nontax.wechat.timing import beijing_time
 
 
 @dataclass(frozen=True, slots=True)

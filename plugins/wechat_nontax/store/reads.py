@@ -13,7 +13,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from wechat_nontax.issuing.bill import BILL_FIELDS, Order
-from wechat_nontax.store.holds import run_key
+from wechat_nontax.store.holders import run_key
 from wechat_nontax.store.sql import DUE_SQL, NEEDS_ATTENTION_SQL, ORDER_COLUMNS, REFUSAL_BLOCKS
 
 

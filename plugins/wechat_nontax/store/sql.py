@@ -15,7 +15,7 @@ import psycopg2.extras
 
 from wechat_nontax.issuing.bill import BILL_FIELDS
 from wechat_nontax.requests.contract import BLOCKS_ISSUING
-from wechat_nontax.wechat.policy import Status
+from wechat_nontax.wechat.statuses import Status
 
 
 def sql_list(statuses: Iterable[str]) -> str:

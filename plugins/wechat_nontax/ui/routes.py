@@ -75,7 +75,7 @@ from wechat_nontax.ui.view import (
     when,
     yuan,
 )
-from wechat_nontax.wechat.policy import Status
+from wechat_nontax.wechat.statuses import Status
 
 # Where issue-now asks Airflow's REST API for the run: this api-server, never an address taken
 # from the request (the caller's token goes with the call).

@@ -26,7 +26,7 @@ from wechat_nontax.settings import (
     WAITING_DAG_ID,
 )
 from wechat_nontax.store.reads import PageMark
-from wechat_nontax.wechat.policy import Status
+from wechat_nontax.wechat.statuses import Status
 
 PAGE_SIZE = 50
 

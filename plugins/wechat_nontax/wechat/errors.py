@@ -17,7 +17,9 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from wechat_nontax.wechat.policy import Action, Rule, classify_attempt
+from wechat_nontax.wechat.policy import classify_attempt
+from wechat_nontax.wechat.rules import Rule
+from wechat_nontax.wechat.statuses import Action
 
 if TYPE_CHECKING:
     from wechat_nontax.issuing.validation import Problem

@@ -1,9 +1,11 @@
 """`WeChatNonTaxHook`: the WeChat non-tax bill API, one method per remote call.
 
-Built on providers-http's `HttpHook` (the Connection gives the base URL, timeouts, proxies and
-TLS options) with three changes that matter for this API:
+Built on providers-http's `HttpHook` through its public interface (the Connection gives the
+base URL, timeouts, proxies and TLS options; `get_conn` builds the session) with three changes
+that matter for this API:
 - the appid and secret are never sent as HTTP basic auth (HttpHook would put the secret in an
-  `Authorization` header of every call) and this hook's own extras are never sent as headers;
+  `Authorization` header of every call) and this hook's own extras are never sent as headers:
+  both are taken off the session `get_conn` builds;
 - one `requests.Session` per hook, reused by every call and thread of a task, instead of a new
   session (and a Connection lookup) per call;
 - answers are judged by `errcode` through the policy table, never by HTTP status alone.
@@ -28,19 +30,18 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import requests
 from airflow.providers.http.hooks.http import HttpHook
-from requests.cookies import RequestsCookieJar
-from requests.structures import CaseInsensitiveDict
 from requests_toolbelt.adapters.socket_options import TCPKeepAliveAdapter
 
 from wechat_nontax.issuing import validation
 from wechat_nontax.issuing.bill import Order, insertbill_body
 from wechat_nontax.wechat import errors
-from wechat_nontax.wechat.policy import Step
+from wechat_nontax.wechat.statuses import Step
 from wechat_nontax.wechat.token_cache import TokenCache
+from wechat_nontax.wechat.wire import describe, prepared_request, read_answer
 
 TOKEN_MODES = ("stable_token", "token", "service")
 _OWN_EXTRAS = frozenset(
@@ -92,17 +93,6 @@ class WeChatNonTaxHook(HttpHook):
         self._masked_lock = threading.Lock()
         self._send_settings: dict[tuple[str, str], dict[str, Any]] = {}
 
-    # -- HttpHook customisation ---------------------------------------------------------------
-
-    def _extract_auth(self, connection: Any) -> None:
-        return None  # appid/secret go in the token request only, never in an auth header
-
-    def _configure_session_from_extra(self, session, connection, extra_options):
-        own = {k: v for k, v in connection.extra_dejson.items() if k not in _OWN_EXTRAS}
-        return super()._configure_session_from_extra(
-            session, _ExtraOnly(own, connection.host), extra_options
-        )
-
     @property
     def session(self) -> requests.Session:
         if self._session is None:
@@ -113,12 +103,18 @@ class WeChatNonTaxHook(HttpHook):
             mode = self.token_mode
             if mode not in TOKEN_MODES:
                 raise ValueError(f"token_mode must be one of {TOKEN_MODES}, not {mode!r}")
-            self._session = self.get_conn(
+            session = self.get_conn(
                 extra_options={
                     "check_response": False,
                     "timeout": float(self._extras.get("timeout", DEFAULT_TIMEOUT_S)),
                 }
             )
+            # The appid and secret go in the token request only, never in an auth header; the
+            # Connection's other extras are sent as headers, never this hook's own.
+            session.auth = None
+            for name in _OWN_EXTRAS:
+                session.headers.pop(name, None)
+            self._session = session
         return self._session
 
     @property
@@ -339,7 +335,7 @@ class WeChatNonTaxHook(HttpHook):
             headers = {"Content-Type": "application/json; charset=utf-8"}
         secrets = (token, self._secret)
         try:
-            prepared = _prepared(session, method, url, query, body, headers, files)
+            prepared = prepared_request(session, method, url, query, body, headers, files)
             # Never a redirect: it would re-send the app secret (a stable_token body) or the
             # token (the query string) to wherever the answer points.
             response = session.send(
@@ -350,35 +346,13 @@ class WeChatNonTaxHook(HttpHook):
             )
         except requests.Timeout as exc:
             raise errors.error_for(
-                "timeout", errors.redact(_describe(exc), *secrets), step=step
+                "timeout", errors.redact(describe(exc), *secrets), step=step
             ) from None
         except requests.RequestException as exc:
             raise errors.error_for(
-                "connection_error", errors.redact(_describe(exc), *secrets), step=step
+                "connection_error", errors.redact(describe(exc), *secrets), step=step
             ) from None
-        if response.is_redirect:
-            raise errors.error_for(
-                "http_4xx", f"HTTP {response.status_code}, a redirect: not followed", step=step
-            )
-        if response.status_code >= 500:
-            raise errors.error_for("http_5xx", f"HTTP {response.status_code}", step=step)
-        if response.status_code >= 400:
-            raise errors.error_for("http_4xx", f"HTTP {response.status_code}", step=step)
-        try:
-            answer = response.json()
-        except ValueError:
-            raise errors.error_for(
-                "malformed_answer", "the answer is not JSON", step=step
-            ) from None
-        if not isinstance(answer, dict):
-            raise errors.error_for("malformed_answer", "the answer is not an object", step=step)
-        errcode = answer.get("errcode", 0)
-        if not isinstance(errcode, int) or isinstance(errcode, bool):
-            raise errors.error_for("malformed_answer", f"errcode {errcode!r}", step=step)
-        if errcode != 0:
-            errmsg = errors.redact(str(answer.get("errmsg", "")), *secrets)
-            raise errors.error_for(errcode, errmsg, step=step)
-        return answer
+        return read_answer(response, step=step, secrets=secrets)
 
     def _settings_for(self, session: requests.Session, url: str) -> dict[str, Any]:
         """Proxies, TLS verification and client certificate for a call, as HttpHook's
@@ -403,47 +377,6 @@ class WeChatNonTaxHook(HttpHook):
 
 
 errors.scrub_url_logs()  # urllib3 logs each request line, query string included
-
-
-class _ExtraOnly:
-    """What HttpHook's extra handling reads of a Connection, minus this hook's own extras."""
-
-    def __init__(self, extra: dict[str, Any], host: str | None):
-        self.extra_dejson = extra
-        self.host = host
-
-
-def _prepared(
-    session: requests.Session,
-    method: str,
-    url: str,
-    query: dict[str, Any],
-    body: bytes | None,
-    headers: dict[str, str],
-    files: Any,
-) -> requests.PreparedRequest:
-    """The request `session.prepare_request` would make for this API, less what the API never
-    uses: cookies, hooks, and the session's or ~/.netrc's basic auth (never sent: see
-    `_extract_auth`). A tenth of its CPU: it merges every setting and looks for a netrc file
-    at every call (`bench/batch_cpu.py --profile`). The session's headers (the Connection's
-    extra) are sent as before."""
-    prepared = requests.PreparedRequest()
-    prepared.method = method
-    if query:
-        url = f"{url}{'&' if '?' in url else '?'}{urlencode(query)}"
-    prepared.url = url
-    merged = CaseInsensitiveDict(session.headers)
-    merged.update(headers)
-    prepared.headers = merged
-    # No cookie is sent; requests reads the jar when it looks at a redirect's target.
-    prepared._cookies = RequestsCookieJar()
-    prepared.prepare_body(body, files)
-    return prepared
-
-
-def _describe(exc: BaseException) -> str:
-    # requests' messages name the URL, query string included: keep the kind and the reason.
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _mask(token: str) -> None:

@@ -1,5 +1,5 @@
 """The policy-driven retry loop's one protocol: an answer that may pass is asked again after
-its rule's delay (`policy.Rule.delay_s`: fixed, into the next minute, or exponential backoff
+its rule's delay (`rules.Rule.delay_s`: fixed, into the next minute, or exponential backoff
 with jitter) while a time budget lasts; past it the caller gives up with its own reason.
 
 Each pipeline keeps what only it knows around the loop (which answers it counts and how, what
@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from wechat_nontax.wechat.policy import Rule
+from wechat_nontax.wechat.rules import Rule
 
 
 @dataclass

@@ -32,9 +32,11 @@ from typing import Protocol
 
 import psycopg2.extensions
 
+from wechat_nontax.settings import TIMEZONE
 from wechat_nontax.store.quotas import QUOTA_STOP_SQL
 from wechat_nontax.wechat import errors
-from wechat_nontax.wechat.policy import Action, Step, seconds_until_quota_reset
+from wechat_nontax.wechat.statuses import Action, Step
+from wechat_nontax.wechat.timing import seconds_until_quota_reset
 
 # Fetches a token: (access_token, expires_in seconds). The argument asks for a forced refresh
 # (stable_token's force_refresh); a source that cannot force ignores it.
@@ -48,6 +50,10 @@ MAX_EXPIRES_IN_S = 7200
 # many a Beijing day: half of WeChat's 20, the rest left to the account's other systems.
 FORCE_WINDOW_S = 600
 FORCE_MAX_PER_DAY = 10
+
+
+# The day forced refreshes are counted by, as WeChat counts its quotas: Beijing's.
+_BEIJING_TODAY = f"(now() AT TIME ZONE '{TIMEZONE}')::date"
 
 
 class NoFernetKeyError(RuntimeError):
@@ -262,12 +268,12 @@ class TokenCache:
         window or the day's allowance is used up."""
         cur.execute(
             "UPDATE nontax.access_token SET "
-            "forced_count_day = CASE WHEN forced_day = (now() AT TIME ZONE 'Asia/Shanghai')::date "
+            f"forced_count_day = CASE WHEN forced_day = {_BEIJING_TODAY} "
             "  THEN forced_count_day + 1 ELSE 1 END, "
-            "forced_day = (now() AT TIME ZONE 'Asia/Shanghai')::date, forced_at = now() "
+            f"forced_day = {_BEIJING_TODAY}, forced_at = now() "
             "WHERE appid = %s AND source = %s "
             "AND (forced_at IS NULL OR forced_at < now() - make_interval(secs => %s)) "
-            "AND (forced_day IS DISTINCT FROM (now() AT TIME ZONE 'Asia/Shanghai')::date "
+            f"AND (forced_day IS DISTINCT FROM {_BEIJING_TODAY} "
             "  OR forced_count_day < %s) "
             "RETURNING forced_count_day",
             (self._appid, self._source, FORCE_WINDOW_S, FORCE_MAX_PER_DAY),

@@ -1,0 +1,110 @@
+"""Loading orders into the order store: new ones inserted as authorized, changed ones updated
+unless they are finished or a run holds them, each with its row in the history."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import psycopg2.extensions
+import psycopg2.extras
+
+from wechat_nontax.issuing.bill import BILL_FIELDS, Order
+from wechat_nontax.store.history import append_history, history_row
+from wechat_nontax.store.sql import ORDER_COLUMNS, SETTLED_SQL
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    inserted: int
+    updated: int
+    unchanged: int  # identical, or finished and therefore never changed by a reload
+    # Changed orders left as they are because a run holds them: (order_id, run_id).
+    held: tuple[tuple[str, str], ...] = ()
+
+
+class OrderLoads:
+    """The order store's loads (`nontax load`, the unit's reloads)."""
+
+    def upsert_orders(self, orders: Iterable[Order], *, run_id: str | None = None) -> LoadResult:
+        """Insert new orders as authorized; update changed ones that are not finished.
+
+        A reload never touches an order that is inserted, a duplicate or rejected, nor one that
+        a run holds right now (it would send the copy it read and record the result on the
+        changed row): those are listed in `held`, to be loaded again once the run ended. A
+        changed order starts its journey again: a new row version, no media id (it belonged to
+        the old data), the authorisation wait from zero; the change goes into its history.
+        """
+        orders = list(orders)
+        rows = [
+            (o.order_id, o.card_id, o.appid, o.fee, o.title, o.billing_time, o.billing_no,
+             o.billing_code, o.pdf_path)
+            for o in orders
+        ]  # fmt: skip
+        if not rows:
+            return LoadResult(0, 0, 0)
+        with self._lock, self._conn, self._conn.cursor() as cur:
+            returned = self._upsert(cur, rows)
+            append_history(cur, (
+                history_row(order_id, "load", "new" if is_new else "changed", run_id=run_id)
+                for order_id, is_new in returned
+            ))  # fmt: skip
+            held = self._held_and_changed(cur, orders, {order_id for order_id, _ in returned})
+        inserted = sum(1 for _, is_new in returned if is_new)
+        updated = len(returned) - inserted
+        return LoadResult(inserted, updated, len(rows) - len(returned) - len(held), tuple(held))
+
+    @staticmethod
+    def _upsert(cur: psycopg2.extensions.cursor, rows: list[tuple]) -> list[tuple[str, bool]]:
+        return psycopg2.extras.execute_values(
+            cur,
+            f"""
+            INSERT INTO nontax.bill_order AS o ({ORDER_COLUMNS})
+            VALUES %s
+            ON CONFLICT (order_id) DO UPDATE SET
+                card_id = EXCLUDED.card_id, appid = EXCLUDED.appid, fee = EXCLUDED.fee,
+                title = EXCLUDED.title, billing_time = EXCLUDED.billing_time,
+                billing_no = EXCLUDED.billing_no, billing_code = EXCLUDED.billing_code,
+                pdf_path = EXCLUDED.pdf_path,
+                status = 'authorized', reason = NULL, not_before = NULL,
+                s_pdf_media_id = NULL, pdf_uploaded_at = NULL, auth_wait_since = NULL,
+                row_version = o.row_version + 1,
+                last_errcode = NULL, last_errmsg = NULL, updated_at = now(),
+                -- a try whose hold ran out must not renew it on the new version
+                held_by = NULL, claimed_by = NULL, claim_expires_at = NULL
+            WHERE o.status NOT IN {SETTLED_SQL}
+              AND (o.claim_expires_at IS NULL OR o.claim_expires_at < now())
+              AND (o.card_id, o.appid, o.fee, o.title, o.billing_time, o.billing_no,
+                   o.billing_code, o.pdf_path)
+                  IS DISTINCT FROM
+                  (EXCLUDED.card_id, EXCLUDED.appid, EXCLUDED.fee, EXCLUDED.title,
+                   EXCLUDED.billing_time, EXCLUDED.billing_no, EXCLUDED.billing_code,
+                   EXCLUDED.pdf_path)
+            RETURNING order_id, (xmax = 0) AS is_new
+            """,
+            rows,
+            page_size=1000,
+            fetch=True,
+        )
+
+    @staticmethod
+    def _held_and_changed(
+        cur: psycopg2.extensions.cursor, orders: list[Order], written: set[str]
+    ) -> list[tuple[str, str]]:
+        """Of the orders the upsert left alone, those that differ and are held by a run."""
+        rest = [o for o in orders if o.order_id not in written]
+        if not rest:
+            return []
+        cur.execute(
+            f"SELECT {ORDER_COLUMNS}, claimed_by FROM nontax.bill_order "
+            f"WHERE order_id = ANY(%s) AND status NOT IN {SETTLED_SQL} "
+            "AND claim_expires_at >= now()",
+            ([o.order_id for o in rest],),
+        )
+        n = len(BILL_FIELDS) + 1
+        stored = {row[0]: (Order(*row[:n]), row[n]) for row in cur.fetchall()}
+        return [
+            (o.order_id, stored[o.order_id][1])
+            for o in rest
+            if o.order_id in stored and stored[o.order_id][0] != o
+        ]
