@@ -27,6 +27,11 @@ TIMEZONE = "Asia/Shanghai"
 # -- Connections and the pool --------------------------------------------------------------------
 WECHAT_CONN_ID = "wechat_nontax_default"
 ORDERS_CONN_ID = "nontax_orders_db"
+# The bearer token Prometheus sends to the backlog gauges (its password); without it the
+# endpoint answers 503 to everyone.
+METRICS_CONN_ID = "nontax_metrics"
+# Where the backlog gauges are served on the api-server: /nontax/metrics.
+METRICS_URL_PREFIX = "/nontax"
 # The pool that bounds the calls to WeChat of every DAG across all runs, and its slots as the
 # deployment sets them: an issuing run is spread over at least this many batches.
 WECHAT_POOL = os.environ.get("NONTAX_WECHAT_POOL", "wechat_nontax")

@@ -39,6 +39,7 @@ from wechat_nontax.issuing.validation import (
     check_pdf,
     format_problems,
 )
+from wechat_nontax.observability import metrics
 from wechat_nontax.settings import (
     DEFAULT_LEASE_S,
     DEFAULT_MEDIA_MARGIN_S,
@@ -533,6 +534,7 @@ class BatchIssuer:
     def _lost_hold(self, order_id: str) -> OrderResult:
         with self._state_lock:
             self._lost.add(order_id)
+        metrics.hold_lost("order")
         return OrderResult(order_id, Outcome.HOLD_LOST, "this try's result was not recorded")
 
     def _explain_lost(self, results: dict[str, OrderResult]) -> None:
