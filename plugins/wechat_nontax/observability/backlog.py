@@ -7,7 +7,8 @@ partial index, so that a scrape costs the same at a million orders as at ten
 - orders by status: the kept counts (`nontax.bill_status_count`, migrations 0008/0011);
 - the oldest due order: `bill_order_due_idx` (authorized_at, status in the due set);
 - the oldest waiting authorisation: `bill_order_unauthorized_idx` (created_at) for
-  `unauthorized`, `bill_order_awaiting_auth_idx` (migration 0016) for `awaiting_auth`;
+  `unauthorized`; for `awaiting_auth` its rows by `bill_order_status_updated_idx` (status
+  first): as many as wait for WeChat's 72038 answer, a few thousand at most;
 - pending requests and the oldest: `bill_request_pending_idx`;
 - quota stops in force: `nontax.api_quota`, a row per appid and call.
 """

@@ -1,0 +1,93 @@
+"""A StatsD server for the tests: a UDP socket on a free port that keeps every line it receives,
+parsed as statsd_exporter reads InfluxDB-tagged lines (`name,tag=value,...:value|type`)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StatLine:
+    name: str
+    tags: dict[str, str]
+    value: float
+    kind: str  # c, ms, g
+    raw: str
+
+
+def parse_line(raw: str) -> StatLine:
+    head, _, rest = raw.partition(":")
+    value, _, kind = rest.partition("|")
+    name, *pairs = head.split(",")
+    tags = dict(pair.split("=", 1) for pair in pairs)
+    return StatLine(name, tags, float(value), kind.split("|")[0], raw)
+
+
+class StatsdListener:
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.raw: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._receive, daemon=True)
+        self._thread.start()
+
+    def _receive(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.raw.extend(line for line in data.decode().split("\n") if line)
+
+    def lines(self, prefix: str = "", *, settle_s: float = 0.3) -> list[StatLine]:
+        """The lines received so far whose name starts with `prefix` (after a short wait for
+        datagrams still in flight)."""
+        time.sleep(settle_s)
+        return [parse_line(r) for r in list(self.raw) if r.startswith(prefix)]
+
+    def total(self, name: str, **tags: str) -> float:
+        """The sum of the values of `name` whose tags include `tags`."""
+        return sum(
+            line.value
+            for line in self.lines(name)
+            if line.name == name and all(line.tags.get(k) == v for k, v in tags.items())
+        )
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()
+        self._thread.join(timeout=2)
+
+
+@contextlib.contextmanager
+def statsd_in_process(prefix: str = "airflow") -> Iterator[StatsdListener]:
+    """Airflow's stats in this process sent to a fresh listener, as `[metrics] statsd_on` with
+    `statsd_influxdb_enabled` would; Airflow's own backend is put back afterwards."""
+    from airflow.sdk._shared.observability.metrics import stats
+    from airflow.sdk._shared.observability.metrics.statsd_logger import get_statsd_logger
+    from statsd import StatsClient
+
+    listener = StatsdListener()
+    factory = stats._factory
+    stats.initialize(
+        factory=lambda: get_statsd_logger(
+            stats_class=StatsClient, host="127.0.0.1", port=listener.port, prefix=prefix,
+            influxdb_tags_enabled=True, statsd_influxdb_enabled=True,
+        ),
+        export_legacy_names=False,
+    )  # fmt: skip
+    try:
+        yield listener
+    finally:
+        stats.initialize(factory=factory, export_legacy_names=True)
+        listener.close()
