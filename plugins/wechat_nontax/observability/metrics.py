@@ -32,7 +32,9 @@ class Metric:
     kind: str  # counter, timer (milliseconds) or gauge
     tags: tuple[str, ...]
     meaning: str
-    emitted_by: str  # the code that emits it: where to look, what the rules test lists
+    # The code that emits it (dotted paths, comma-separated): where to look; the rules test
+    # checks each calls this module.
+    emitted_by: str
     prometheus: str  # its name after docker/monitoring/statsd-mapping.yaml
 
 
@@ -40,13 +42,13 @@ BILLS_INSERTED = Metric(
     "nontax.bills.inserted", "counter", ("status",),
     "bills put into a payer's card package and recorded (status inserted, or mismatched when "
     "the row changed while it was sent)",
-    "wechat_nontax.store.writes.OrderWrites.record_inserted", "nontax_bills_inserted_total",
+    "wechat_nontax.store.writes.WriteBacks.record_inserted", "nontax_bills_inserted_total",
 )  # fmt: skip
 ORDERS_ENDED = Metric(
     "nontax.orders.ended", "counter", ("status", "errcode"),
     "orders whose step ended other than inserted, by the status written (invalid, failed, "
     "rejected, duplicate, awaiting_auth, ...) and WeChat's errcode (none: no call was made)",
-    "wechat_nontax.store.writes.OrderWrites.record_end", "nontax_orders_ended_total",
+    "wechat_nontax.store.writes.WriteBacks.record_end", "nontax_orders_ended_total",
 )  # fmt: skip
 WECHAT_CALLS = Metric(
     "nontax.wechat.calls", "counter", ("api", "errcode"),
@@ -71,7 +73,8 @@ QUOTA_STOPS = Metric(
     "nontax.quota.stops", "counter", ("api",),
     "daily quota answers recorded (45009, 72057): the api stops for every run until midnight "
     "Beijing time",
-    "wechat_nontax.store.quotas (record_quota_stop), wechat_nontax.wechat.token_cache",
+    "wechat_nontax.store.quotas.QuotaStops.record_quota_stop, "
+    "wechat_nontax.wechat.token_cache.TokenCache._fetch",
     "nontax_quota_stops_total",
 )  # fmt: skip
 HOLDS_LOST = Metric(
