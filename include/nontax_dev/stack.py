@@ -95,6 +95,7 @@ from nontax_dev.pg import (
     server_answers,
     with_dbname,
 )
+from wechat_nontax.observability.metrics import statsd_config
 from wechat_sandbox.client import SandboxAdmin
 from wechat_sandbox.config import ENV_ADMIN_TOKEN, ENV_TOKENS_FILE
 from wechat_sandbox.process import free_port
@@ -198,6 +199,10 @@ class StackConfig:
             workers=num("NONTAX_STACK_WORKERS", 2),
             worker_concurrency=num("NONTAX_WORKER_CONCURRENCY", 8),
             redis_url=env.get(celery_workers.REDIS_ENV) or celery_workers.DEFAULT_REDIS,
+            # The pipeline's metrics to a StatsD server (`make up STATSD=127.0.0.1:9125`).
+            extra_env=statsd_config(env["NONTAX_STACK_STATSD"])
+            if env.get("NONTAX_STACK_STATSD")
+            else {},
         )
 
     def __post_init__(self) -> None:

@@ -16,20 +16,12 @@ from factories import make_order, write_pdf
 from nontax_dev.airflow_run import DAG_ID, REQUESTS_DAG_ID, dags_test
 from statsd_wire import StatsdListener
 from wechat_nontax.observability import metrics
+from wechat_nontax.observability.metrics import statsd_config
 from wechat_nontax.requests.contract import request_action
 
 pytestmark = pytest.mark.e2e
 
 REJECTED = ["T00000003", "T00000007"]
-
-
-def statsd_env(host: str, port: int) -> dict[str, str]:
-    return {
-        "AIRFLOW__METRICS__STATSD_ON": "True",
-        "AIRFLOW__METRICS__STATSD_HOST": host,
-        "AIRFLOW__METRICS__STATSD_PORT": str(port),
-        "AIRFLOW__METRICS__STATSD_INFLUXDB_ENABLED": "True",
-    }
 
 
 class Desk(AirflowDesk):
@@ -61,7 +53,7 @@ def wire():
 def test_an_issuing_run_sends_its_metrics_on_the_statsd_wire(desk, wire):
     desk.load(40)
     desk.sandbox.add_fault(endpoint="insertbill", kind="errcode", errcode=72035, order_ids=REJECTED)
-    result = desk.run_with(statsd_env("127.0.0.1", wire.port))
+    result = desk.run_with(statsd_config(f"127.0.0.1:{wire.port}"))
     assert result.run_state == "success", result.output[-3000:]
 
     inserted = desk.sql("SELECT count(*) FROM nontax.bill_order WHERE status = 'inserted'")[0][0]
@@ -105,7 +97,7 @@ def test_a_requests_run_counts_the_refusals_and_voids_it_carried_out(desk, wire)
         assert request_action(conn, "T00000001", "void", "财政平台已冲红", "duty@unit").accepted
     finally:
         conn.close()
-    result = desk.run_with(statsd_env("127.0.0.1", wire.port), dag_id=REQUESTS_DAG_ID)
+    result = desk.run_with(statsd_config(f"127.0.0.1:{wire.port}"), dag_id=REQUESTS_DAG_ID)
     assert result.run_state == "success", result.output[-3000:]
     assert wire.total("airflow.nontax.requests.ended", kind="refuse", outcome="done") == 1
     assert wire.total("airflow.nontax.requests.ended", kind="void", outcome="done") == 1
@@ -131,8 +123,8 @@ def test_a_metrics_backend_down_or_absent_neither_fails_nor_slows_a_run(desk):
     for n, (name, env) in enumerate(
         [
             ("none", {}),
-            ("closed port", statsd_env("127.0.0.1", _closed_port())),
-            ("unresolvable", statsd_env("statsd.nontax.invalid", 8125)),
+            ("closed port", statsd_config(f"127.0.0.1:{_closed_port()}")),
+            ("unresolvable", statsd_config("statsd.nontax.invalid:8125")),
         ]
     ):
         orders = [make_order(i) for i in range(n * 30, n * 30 + 30)]

@@ -172,3 +172,47 @@ def test_the_scrape_configuration_points_at_the_endpoint_and_the_exporter():
     assert jobs["nontax-backlog"]["authorization"]["type"] == "Bearer"
     assert "credentials" not in jobs["nontax-backlog"]["authorization"]  # a file, never inline
     assert config["rule_files"] == ["/etc/prometheus/nontax-alerts.yaml"]
+
+
+def test_the_compose_overlay_turns_the_metrics_on_in_every_airflow_container():
+    root = MONITORING.parents[1]
+    overlay = yaml.safe_load((MONITORING / "compose.yaml").read_text())
+    main = yaml.safe_load((root / "docker-compose.yaml").read_text())
+    airflow = {name for name, svc in main["services"].items() if "airflow" in name}
+    airflow.discard("airflow-init")  # migrates and exits: no metric of ours
+    services = overlay["services"]
+    expected = metrics.statsd_config("statsd-exporter:9125")
+    for name in airflow:
+        env = services[name]["environment"]
+        assert {k: env[k] for k in expected} == expected, name
+        conn = env["AIRFLOW_CONN_NONTAX_METRICS"]
+        assert "${NONTAX_METRICS_TOKEN:?" in conn  # from the environment, never a value here
+        assert json.loads(re.sub(r"\$\{[^}]*\}", "T", conn)) == {
+            "conn_type": "generic",
+            "password": "T",
+        }
+    exporter = services["statsd-exporter"]
+    assert "--statsd.listen-udp=:9125" in exporter["command"]
+    prometheus = services["prometheus"]
+    for service in (exporter, prometheus):
+        for volume in service["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (root / source).is_file(), source
+    config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
+    token_file = config["scrape_configs"][0]["authorization"]["credentials_file"]
+    assert prometheus["secrets"][0]["target"] == token_file
+    mounted = {v.split(":")[1] for v in prometheus["volumes"] if v.startswith("./")}
+    assert set(config["rule_files"]) <= mounted
+
+
+def test_the_statsd_settings_come_from_one_place():
+    assert metrics.statsd_config("127.0.0.1:9125") == {
+        "AIRFLOW__METRICS__STATSD_ON": "True",
+        "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
+        "AIRFLOW__METRICS__STATSD_PORT": "9125",
+        "AIRFLOW__METRICS__STATSD_INFLUXDB_ENABLED": "True",
+    }
+    for bad in ("127.0.0.1", ":9125", "host:port"):
+        with pytest.raises(ValueError, match="host:port"):
+            metrics.statsd_config(bad)

@@ -172,6 +172,22 @@ def _emit(kind: str, metric: Metric, value: float, tags: dict[str, str]) -> None
         log.debug("metric %s not sent: %s", metric.name, type(exc).__name__)
 
 
+def statsd_config(address: str) -> dict[str, str]:
+    """The Airflow settings (as environment variables) that send these metrics, tags
+    included, to the StatsD server at `address` ("host:port"): what `make up STATSD=...` and
+    the compose file's `statsd` profile set."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"StatsD address {address!r}: host:port")
+    return {
+        "AIRFLOW__METRICS__STATSD_ON": "True",
+        "AIRFLOW__METRICS__STATSD_HOST": host,
+        "AIRFLOW__METRICS__STATSD_PORT": port,
+        # Without it Airflow's StatsD client drops every tag (api, errcode, status...).
+        "AIRFLOW__METRICS__STATSD_INFLUXDB_ENABLED": "True",
+    }
+
+
 # -- the call sites' one-liners -------------------------------------------------------------------
 
 
