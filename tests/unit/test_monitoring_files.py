@@ -216,3 +216,20 @@ def test_the_statsd_settings_come_from_one_place():
     for bad in ("127.0.0.1", ":9125", "host:port"):
         with pytest.raises(ValueError, match="host:port"):
             metrics.statsd_config(bad)
+
+
+def test_promtool_accepts_the_rules_and_their_unit_tests_pass():
+    """Prometheus' own checker: the expressions parse, and each alert fires on the series it is
+    meant for and stays quiet otherwise (docker/monitoring/nontax-alerts.test.yaml)."""
+    import shutil
+    import subprocess
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian's prometheus package; .ci/run installs it)")
+    for command in (["check", "rules", "nontax-alerts.yaml"],
+                    ["test", "rules", "nontax-alerts.test.yaml"]):  # fmt: skip
+        done = subprocess.run(
+            [promtool, *command], cwd=MONITORING, capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
