@@ -233,3 +233,15 @@ def test_promtool_accepts_the_rules_and_their_unit_tests_pass():
             [promtool, *command], cwd=MONITORING, capture_output=True, text=True, check=False
         )
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_monitoring_doc_lists_every_metric_and_gauge():
+    doc = (MONITORING.parents[1] / "docs" / "monitoring.md").read_text()
+    for metric in metrics.EMITTED:
+        assert f"| `{metric.prometheus}` | `{metric.name}` |" in doc, metric.name
+    for gauge in backlog.GAUGES:
+        assert f"| `{gauge.name}` |" in doc, gauge.name
+    rules = yaml.safe_load((MONITORING / "nontax-alerts.yaml").read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            assert f"| `{rule['alert']}` |" in doc, rule["alert"]
