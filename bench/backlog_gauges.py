@@ -28,7 +28,7 @@ from pathlib import Path
 
 import psycopg2
 
-from bills_view import MAKE_ORDERS_SQL, _explained
+from bills_view import MAKE_ORDERS_SQL, _explained, kept_fingerprint, new_database
 
 ROOT = Path(__file__).resolve().parent.parent
 DB_NAME = "nontax_bench_gauges"
@@ -66,24 +66,15 @@ def _fingerprint(server: str, n: int) -> str:
 
 
 def gauges_database(server: str, n: int, *, fresh: bool, say) -> tuple[str, dict]:
-    from nontax_dev.pg import fresh_database, run_sql, with_dbname
-    from wechat_nontax.store.migrate import migrate
+    from nontax_dev.pg import with_dbname
 
     wanted = _fingerprint(server, n)
     dsn = with_dbname(server, DB_NAME)
-    kept = run_sql(
-        server,
-        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = "
-        f"'{DB_NAME}'",
-    )
-    if not fresh and kept and kept[0][0] == wanted:
+    if not fresh and kept_fingerprint(server, DB_NAME) == wanted:
         say(f"gauges: the kept {n:,}-order database matches ({wanted}): used again")
         return dsn, {"built": False}
     started = time.perf_counter()
-    fresh_database(server, DB_NAME)
-    migrate(dsn)
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
+    conn = new_database(server, DB_NAME)
     with conn.cursor() as cur:
         cur.execute(MAKE_ORDERS_SQL, {"n": n})
         cur.execute(WAITING_SQL)

@@ -489,23 +489,22 @@ def main(argv: list[str] | None = None) -> int:
         results["backlog_gauges_1m"] = {k: v for k, v in row.items() if k != "plan"}
         results["backlog_scrape_ms_1m"] = row["scrape_ms"]
 
-    if args.only == "gauges":
-        gauges()
+    def only_these(keys: tuple[str, str]) -> int:
+        """Update only the row's keys in the results file (`--only`)."""
         kept = json.loads(args.out.read_text()) if args.out.exists() else {}
-        kept.update({k: results[k] for k in ("backlog_gauges_1m", "backlog_scrape_ms_1m")})
+        kept.update({k: results[k] for k in keys})
         args.out.write_text(json.dumps(kept, indent=2, ensure_ascii=False) + "\n")
-        print(f"backlog_scrape_ms_1m         {results['backlog_scrape_ms_1m']}")
+        print(f"{keys[1]:<28} {results[keys[1]]}")
         print(f"written: {args.out}")
         return 0
+
+    if args.only == "gauges":
+        gauges()
+        return only_these(("backlog_gauges_1m", "backlog_scrape_ms_1m"))
     if args.only == "bills":
         with Stack(config, say=say) as stack:
             bills(stack)
-        kept = json.loads(args.out.read_text()) if args.out.exists() else {}
-        kept.update({k: results[k] for k in ("bills_view_1m", "bills_view_ms_1m")})
-        args.out.write_text(json.dumps(kept, indent=2, ensure_ascii=False) + "\n")
-        print(f"bills_view_ms_1m             {results['bills_view_ms_1m']}")
-        print(f"written: {args.out}")
-        return 0
+        return only_these(("bills_view_1m", "bills_view_ms_1m"))
     conf = {"batch_size": args.batch_size, "min_batches": args.pool_slots,
             "workers": args.workers}  # fmt: skip
     with Stack(config, say=say) as stack:
