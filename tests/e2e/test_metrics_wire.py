@@ -14,7 +14,7 @@ import pytest
 from airflow_desk import AirflowDesk
 from factories import make_order, write_pdf
 from nontax_dev.airflow_run import DAG_ID, REQUESTS_DAG_ID, dags_test
-from statsd_wire import StatsdListener
+from nontax_dev.statsd_wire import StatsdListener
 from wechat_nontax.observability import metrics
 from wechat_nontax.observability.metrics import statsd_config
 from wechat_nontax.requests.contract import request_action

@@ -7,7 +7,7 @@ from __future__ import annotations
 import psycopg2
 import pytest
 
-from statsd_wire import statsd_in_process
+from nontax_dev.statsd_wire import statsd_in_process
 from wechat_nontax.issuing.outcomes import Outcome
 
 

@@ -14,7 +14,7 @@ from stack_helpers import own_stack_config, running
 
 from factories import make_order, write_pdf
 from nontax_dev.stack import Stack
-from statsd_wire import StatsdListener
+from nontax_dev.statsd_wire import StatsdListener
 from wechat_nontax.observability.metrics import statsd_config
 from wechat_nontax.store.connection import connect_dsn
 from wechat_nontax.store.orders import OrderStore

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from statsd_wire import statsd_in_process
+from nontax_dev.statsd_wire import statsd_in_process
 from wechat_nontax.observability import metrics
 from wechat_nontax.wechat import errors
 

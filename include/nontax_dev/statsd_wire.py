@@ -1,5 +1,9 @@
-"""A StatsD server for the tests: a UDP socket on a free port that keeps every line it receives,
-parsed as statsd_exporter reads InfluxDB-tagged lines (`name,tag=value,...:value|type`)."""
+"""A StatsD server of the harness: a UDP socket that keeps every line it receives, parsed as
+statsd_exporter reads InfluxDB-tagged lines (`name,tag=value,...:value|type`). The tests read
+the metrics of real runs with it; beside `make up STATSD=127.0.0.1:9125` it shows them flowing:
+
+    PYTHONPATH=include .venv/bin/python -m nontax_dev.statsd_wire 9125
+"""
 
 from __future__ import annotations
 
@@ -29,9 +33,9 @@ def parse_line(raw: str) -> StatLine:
 
 
 class StatsdListener:
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind(("127.0.0.1", port))
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
         self.raw: list[str] = []
@@ -91,3 +95,33 @@ def statsd_in_process(prefix: str = "airflow") -> Iterator[StatsdListener]:
     finally:
         stats.initialize(factory=factory, export_legacy_names=True)
         listener.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the pipeline's lines (`airflow.nontax.*`) as they come, until Ctrl-C."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="print the pipeline's StatsD lines")
+    parser.add_argument("port", type=int, nargs="?", default=9125)
+    parser.add_argument("--all", action="store_true", help="Airflow's own metrics too")
+    args = parser.parse_args(argv)
+    listener = StatsdListener(args.port)
+    where = f"127.0.0.1:{listener.port}"
+    print(f"listening on {where} (udp): make up STATSD={where}", flush=True)
+    shown = 0
+    try:
+        while True:
+            time.sleep(0.5)
+            arrived = listener.raw[shown:]
+            shown += len(arrived)
+            for raw in arrived:
+                if args.all or raw.startswith("airflow.nontax."):
+                    print(raw, flush=True)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        listener.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
