@@ -27,10 +27,6 @@ def test_each_one_liner_sends_its_name_tags_and_value(wire):
     metrics.hold_lost("order")
     metrics.request_ended("refuse", "done")
     metrics.run_reported("nontax_insertbill", green=True)
-    metrics.receiver_event("applied")
-    metrics.receiver_refused("signature")
-    metrics.receiver_spooled()
-    metrics.receiver_answered("applied", 0.012)
     with metrics.wechat_call("token"):
         pass
     got = {(line.name, tuple(sorted(line.tags.items())), line.kind) for line in wire.lines()}
@@ -48,16 +44,58 @@ def test_each_one_liner_sends_its_name_tags_and_value(wire):
             "c",
         ),
         ("airflow.nontax.run.last_success", (("dag", "nontax_insertbill"),), "g"),
-        ("airflow.nontax.receiver.events", (("outcome", "applied"),), "c"),
-        ("airflow.nontax.receiver.refused", (("reason", "signature"),), "c"),
-        ("airflow.nontax.receiver.spooled", (), "c"),
-        ("airflow.nontax.receiver.answer_ms", (("outcome", "applied"),), "ms"),
     } <= got
     last_success = next(s for s in wire.lines() if s.name.endswith("run.last_success"))
     assert abs(last_success.value - time.time()) < 60
-    assert wire.total("airflow.nontax.receiver.answer_ms") == pytest.approx(12, abs=0.5)
     names = {line.name.removeprefix("airflow.") for line in wire.lines()}
-    assert names == {m.name for m in metrics.EMITTED}, "a metric of EMITTED never sent, or more"
+    tasks = {m.name for m in metrics.EMITTED if not m.name.startswith("nontax.receiver.")}
+    assert names == tasks, "a task metric of EMITTED never sent, or more"
+
+
+RECEIVER = """
+import sys
+from wechat_nontax.observability import metrics
+metrics.receiver_event("applied")
+metrics.receiver_refused("signature")
+metrics.receiver_spooled()
+metrics.receiver_answered("applied", 0.012)
+assert not [m for m in sys.modules if m.split(".")[0] == "airflow"], "the receiver imported Airflow"
+"""
+
+
+def test_the_receivers_metrics_reach_statsd_without_importing_airflow():
+    """The receiver is a service without Airflow: its one-liners send straight to the StatsD
+    server of the deployment's [metrics] settings, in the tasks' format."""
+    import os
+    import subprocess
+    import sys
+
+    from nontax_dev.statsd_wire import StatsdListener
+    from wechat_nontax.observability.metrics import statsd_config
+
+    listener = StatsdListener()
+    try:
+        env = {**os.environ, **statsd_config(f"127.0.0.1:{listener.port}")}
+        done = subprocess.run(
+            [sys.executable, "-c", RECEIVER], env=env, capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        got = {(line.name, tuple(line.tags.items()), line.kind) for line in listener.lines()}
+        assert got == {
+            ("airflow.nontax.receiver.events", (("outcome", "applied"),), "c"),
+            ("airflow.nontax.receiver.refused", (("reason", "signature"),), "c"),
+            ("airflow.nontax.receiver.spooled", (), "c"),
+            ("airflow.nontax.receiver.answer_ms", (("outcome", "applied"),), "ms"),
+        }
+        assert listener.total("airflow.nontax.receiver.answer_ms") == pytest.approx(12, abs=0.5)
+        # StatsD off (the default): nothing sent, nothing fails.
+        off = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__METRICS__")}
+        done = subprocess.run(
+            [sys.executable, "-c", RECEIVER], env=off, capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done.stderr
+    finally:
+        listener.close()
 
 
 def test_a_wechat_call_counts_its_answer_and_times_it(wire):
@@ -89,9 +127,9 @@ def test_tags_are_of_low_cardinality_and_wire_safe():
 
 def test_a_tag_value_that_would_break_the_line_still_reaches_the_wire(wire):
     """Airflow drops a whole metric whose InfluxDB tag holds `,` `=` or a space."""
-    metrics.receiver_refused("bad, reason=x")
-    (line,) = wire.lines("airflow.nontax.receiver.refused")
-    assert line.tags == {"reason": "bad__reason_x"}
+    metrics.request_ended("refuse", "bad, outcome=x")
+    (line,) = wire.lines("airflow.nontax.requests.ended")
+    assert line.tags == {"kind": "refuse", "outcome": "bad__outcome_x"}
 
 
 class _Broken:
