@@ -19,6 +19,8 @@ PYTEST_ARGS ?=
 # make up: the executor (local or celery) and, on Celery, how many workers.
 EXECUTOR ?= local
 WORKERS ?= 2
+# make up: where the tasks send their metrics (host:port of a StatsD server); empty: nowhere.
+STATSD ?=
 # make chaos: how many runs, and the seed their faults are drawn from.
 RUNS ?= 200
 SEED ?= 1
@@ -105,9 +107,9 @@ bench: $(STAMP)  ## pipeline vs ceiling vs per-order DAG, Celery, CPU per order,
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/receiver.py $(RECEIVER_BENCH_ARGS)
 
-up: $(STAMP)  ## the local Airflow in the background (UI :8080); make up EXECUTOR=celery WORKERS=2
+up: $(STAMP)  ## the local Airflow in the background (UI :8080); make up EXECUTOR=celery WORKERS=2 STATSD=host:port
 	WECHAT_SANDBOX_PORT=$(WECHAT_SANDBOX_PORT) NONTAX_STACK_EXECUTOR=$(EXECUTOR) \
-		NONTAX_STACK_WORKERS=$(WORKERS) $(PY) -m nontax_dev.stack up
+		NONTAX_STACK_WORKERS=$(WORKERS) NONTAX_STACK_STATSD=$(STATSD) $(PY) -m nontax_dev.stack up
 
 down:  ## stop everything `make up` started, and check that nothing is left
 	@if test -x $(PY); then $(PY) -m nontax_dev.stack down; \

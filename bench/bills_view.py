@@ -172,33 +172,42 @@ def fingerprint(server: str, n: int) -> str:
     return digest.hexdigest()[:16]
 
 
-def _kept_fingerprint(server: str) -> str | None:
+def kept_fingerprint(server: str, name: str = DB_NAME) -> str | None:
+    """The fingerprint a kept benchmark database was built with (its comment), if it exists."""
     conn = psycopg2.connect(server)
     with conn, conn.cursor() as cur:
         cur.execute(
             "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
-            (DB_NAME,),
+            (name,),
         )
         row = cur.fetchone()
     conn.close()
     return row[0] if row else None
 
 
-def bills_database(server: str, n: int, *, fresh: bool, say) -> tuple[str, dict]:
-    """The database of `n` orders: the kept one when its fingerprint matches, else a new one."""
+def new_database(server: str, name: str) -> psycopg2.extensions.connection:
+    """A benchmark database made anew and migrated: a connection to it, autocommit."""
     from nontax_dev.pg import fresh_database, with_dbname
     from wechat_nontax.store.migrate import migrate
 
+    fresh_database(server, name)
+    migrate(with_dbname(server, name))
+    conn = psycopg2.connect(with_dbname(server, name))
+    conn.autocommit = True
+    return conn
+
+
+def bills_database(server: str, n: int, *, fresh: bool, say) -> tuple[str, dict]:
+    """The database of `n` orders: the kept one when its fingerprint matches, else a new one."""
+    from nontax_dev.pg import with_dbname
+
     wanted = fingerprint(server, n)
     dsn = with_dbname(server, DB_NAME)
-    if not fresh and _kept_fingerprint(server) == wanted:
+    if not fresh and kept_fingerprint(server) == wanted:
         say(f"bills: the kept {n:,}-order database matches ({wanted}): used again")
         return dsn, {"built": False, "fingerprint": wanted}
     started = time.perf_counter()
-    fresh_database(server, DB_NAME)
-    migrate(dsn)
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
+    conn = new_database(server, DB_NAME)
     with conn.cursor() as cur:
         cur.execute(MAKE_ORDERS_SQL, {"n": n})
         orders_s = time.perf_counter() - started

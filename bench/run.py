@@ -24,12 +24,15 @@ with its sandbox at a fixed latency on every call. Then, in this order:
      memory of the worker processes during each pipeline run, token fetches per run.
   6. the Bills view at 1,000,000 orders (bench/bills_view.py): each page's answer time through
      an api-server of its own, and each of its queries' plans.
+  7. the backlog gauges at 1,000,000 orders (bench/backlog_gauges.py): a scrape's time and the
+     plan of its statement.
 Every stack starts on databases of its own created anew (an interrupted benchmark's are dropped,
 its processes stopped), each measured run on orders of its own, and a run that did not issue
 exactly the orders it was given is refused, naming the row (bench/own_orders.py): no figure of
 one run is ever reported under another's name.
 Results go to bench/results.json and bench/orders_per_s.png. Sizes are settable (--help).
-`--only bills` runs the Bills row alone (on a stack of its own) and updates only its keys there.
+`--only bills` runs the Bills row alone (on a stack of its own) and updates only its keys there;
+`--only gauges` the gauges' row alone (no stack).
 """
 
 from __future__ import annotations
@@ -433,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--celery-workers", type=int, default=2, help="0: skip the Celery row")
     parser.add_argument("--bills-orders", type=int, default=1_000_000, help="0: skip the row")
     parser.add_argument("--fresh-bills", action="store_true", help="build the big table anew")
-    parser.add_argument("--only", choices=["bills"], help="run this row alone")
+    parser.add_argument("--gauges-orders", type=int, default=1_000_000, help="0: skip the row")
+    parser.add_argument("--only", choices=["bills", "gauges"], help="run this row alone")
     parser.add_argument("--out", type=Path, default=BENCH / "results.json")
     parser.add_argument("--plot", type=Path, default=BENCH / "orders_per_s.png")
     args = parser.parse_args(argv)
@@ -478,15 +482,29 @@ def main(argv: list[str] | None = None) -> int:
         results["bills_view_1m"] = row
         results["bills_view_ms_1m"] = row["ms"]
 
+    def gauges() -> None:
+        from backlog_gauges import gauges_row
+
+        row = gauges_row(server, n=args.gauges_orders, say=say)
+        results["backlog_gauges_1m"] = {k: v for k, v in row.items() if k != "plan"}
+        results["backlog_scrape_ms_1m"] = row["scrape_ms"]
+
+    def only_these(keys: tuple[str, str]) -> int:
+        """Update only the row's keys in the results file (`--only`)."""
+        kept = json.loads(args.out.read_text()) if args.out.exists() else {}
+        kept.update({k: results[k] for k in keys})
+        args.out.write_text(json.dumps(kept, indent=2, ensure_ascii=False) + "\n")
+        print(f"{keys[1]:<28} {results[keys[1]]}")
+        print(f"written: {args.out}")
+        return 0
+
+    if args.only == "gauges":
+        gauges()
+        return only_these(("backlog_gauges_1m", "backlog_scrape_ms_1m"))
     if args.only == "bills":
         with Stack(config, say=say) as stack:
             bills(stack)
-        kept = json.loads(args.out.read_text()) if args.out.exists() else {}
-        kept.update({k: results[k] for k in ("bills_view_1m", "bills_view_ms_1m")})
-        args.out.write_text(json.dumps(kept, indent=2, ensure_ascii=False) + "\n")
-        print(f"bills_view_ms_1m             {results['bills_view_ms_1m']}")
-        print(f"written: {args.out}")
-        return 0
+        return only_these(("bills_view_1m", "bills_view_ms_1m"))
     conf = {"batch_size": args.batch_size, "min_batches": args.pool_slots,
             "workers": args.workers}  # fmt: skip
     with Stack(config, say=say) as stack:
@@ -573,6 +591,8 @@ def main(argv: list[str] | None = None) -> int:
         results["sandbox_bills"] = len(sandbox.bills())
         if args.bills_orders:
             bills(stack)
+    if args.gauges_orders:
+        gauges()
 
     results["parse"] = parse_ms()
     say(f"parse: {results['parse']}")
@@ -633,7 +653,8 @@ def main(argv: list[str] | None = None) -> int:
             "claim_ms_1m", "claim_ms_20k", "peak_rss_mb_1k", "peak_rss_mb_10k",
             "token_fetches_per_run", "celery_orders_per_s", "celery_vs_local",
             "cpu_ms_per_order_pipeline", "cpu_ms_per_order_ceiling", "cpu_pipeline_vs_ceiling",
-            "cpu_ms_per_order_celery", "bills_view_ms_1m", "total_s")  # fmt: skip
+            "cpu_ms_per_order_celery", "bills_view_ms_1m", "backlog_scrape_ms_1m",
+            "total_s")  # fmt: skip
     for key in keys:
         print(f"{key:<28} {results.get(key)}")
     print(f"written: {args.out}, {args.plot}")

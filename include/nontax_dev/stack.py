@@ -103,6 +103,7 @@ from nontax_dev.pg import (
     with_dbname,
 )
 from nontax_dev.receiver_process import CallbackSecrets
+from wechat_nontax.observability.metrics import statsd_config
 from wechat_nontax.settings import (
     CALLBACK_CONN_ID,
     DEFAULT_RECEIVER_PORT,
@@ -218,6 +219,10 @@ class StackConfig:
             workers=num("NONTAX_STACK_WORKERS", 2),
             worker_concurrency=num("NONTAX_WORKER_CONCURRENCY", 8),
             redis_url=env.get(celery_workers.REDIS_ENV) or celery_workers.DEFAULT_REDIS,
+            # The pipeline's metrics to a StatsD server (`make up STATSD=127.0.0.1:9125`).
+            extra_env=statsd_config(env["NONTAX_STACK_STATSD"])
+            if env.get("NONTAX_STACK_STATSD")
+            else {},
         )
 
     def __post_init__(self) -> None:

@@ -30,10 +30,30 @@ BEIJING_TIME = ZoneInfo(TIMEZONE)
 # -- Connections and the pool --------------------------------------------------------------------
 WECHAT_CONN_ID = "wechat_nontax_default"
 ORDERS_CONN_ID = "nontax_orders_db"
+# The bearer token Prometheus sends to the backlog gauges (its password); without it the
+# endpoint answers 503 to everyone.
+METRICS_CONN_ID = "nontax_metrics"
+# Where the backlog gauges are served on the api-server: /nontax/metrics.
+METRICS_URL_PREFIX = "/nontax"
 # The pool that bounds the calls to WeChat of every DAG across all runs, and its slots as the
 # deployment sets them: an issuing run is spread over at least this many batches.
 WECHAT_POOL = os.environ.get("NONTAX_WECHAT_POOL", "wechat_nontax")
 POOL_SLOTS = int(os.environ.get("NONTAX_POOL_SLOTS", "4"))
+
+
+# Where a service that runs without Airflow (the authorisation receiver) sends its metrics: the
+# StatsD server of the deployment's own `[metrics]` settings, as Airflow reads them from the
+# environment (AIRFLOW__METRICS__STATSD_ON, _HOST, _PORT, _PREFIX); None when StatsD is off.
+def statsd_for_services() -> tuple[str, int, str] | None:
+    on = os.environ.get("AIRFLOW__METRICS__STATSD_ON", "").strip().lower()
+    if on not in ("true", "1", "yes", "on"):
+        return None
+    return (
+        os.environ.get("AIRFLOW__METRICS__STATSD_HOST") or "localhost",
+        int(os.environ.get("AIRFLOW__METRICS__STATSD_PORT") or 8125),
+        os.environ.get("AIRFLOW__METRICS__STATSD_PREFIX") or "airflow",
+    )
+
 
 # -- claims and holds ----------------------------------------------------------------------------
 # How long a run's claim lasts when nothing renews it (orders claimed and waiting for their

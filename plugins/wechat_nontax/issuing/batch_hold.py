@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 from wechat_nontax.issuing.batch_stop import BatchStop, OrderEnded
 from wechat_nontax.issuing.outcomes import OrderResult, Outcome
+from wechat_nontax.observability import metrics
 from wechat_nontax.store.holders import Hold, lost_hold_reason
 from wechat_nontax.store.orders import OrderStore
 
@@ -142,6 +143,7 @@ class BatchHold:
     def lost(self, order_id: str) -> OrderResult:
         """The order's result when a write-back found it no longer held."""
         self.mark_lost(order_id)
+        metrics.hold_lost("order")
         return OrderResult(order_id, Outcome.HOLD_LOST, "this try's result was not recorded")
 
     def end(self, *, lease_s: float) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+from wechat_nontax.observability import metrics
 from wechat_nontax.settings import DEFAULT_LEASE_S, default_hold_s
 from wechat_nontax.store.holders import ClaimScope, RunClaim
 from wechat_nontax.wechat.statuses import Status
@@ -321,6 +322,7 @@ def finish_report(report: dict[str, Any], ti: Any) -> dict[str, Any]:
         problems.append(f"{len(report['not_taken'])} requested orders were not taken")
     if report["dry_run_findings"]:
         problems.append(f"a dry run found {len(report['dry_run_findings'])} invalid orders")
+    metrics.run_reported(ti.dag_id, green=not problems)
     if problems:
         from airflow.sdk.exceptions import AirflowFailException
 

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from wechat_nontax.observability import metrics
 from wechat_nontax.receiver.callback import Credentials, open_message, verify_url_check
 from wechat_nontax.receiver.config import ReceiverSettings
 from wechat_nontax.receiver.crypto import CallbackRefused
@@ -80,6 +81,7 @@ def create_app(
         log.warning(
             "refused %d %s: %s (from %s%s)", exc.status, request.method, exc.reason, client, size
         )
+        metrics.receiver_refused(exc.reason.split(":")[0])
         return PlainTextResponse(exc.reason.split(":")[0], status_code=exc.status)
 
     @app.get(RECEIVER_PATH)
@@ -95,23 +97,35 @@ def create_app(
 
     @app.post(RECEIVER_PATH)
     async def callback(request: Request) -> Response:
+        started = time.monotonic()
+        try:
+            outcome, response = await _answer(request)
+        except Exception as exc:  # noqa: BLE001 - neither recorded nor spooled: WeChat tries again
+            log.error("event not taken: %s (answered 500)", type(exc).__name__)
+            outcome, response = "error", PlainTextResponse("error", status_code=500)
+        metrics.receiver_event(outcome)
+        metrics.receiver_answered(outcome, time.monotonic() - started)
+        return response
+
+    async def _answer(request: Request) -> tuple[str, Response]:
+        """What was done with the request (the metrics' outcome) and the answer to give."""
         try:
             body = await _read_body(request, settings.max_body)
         except TooLarge:
-            return refused(request, CallbackRefused("oversized: body over the limit", 413))
+            exc = CallbackRefused("oversized: body over the limit", 413)
+            return "refused", refused(request, exc)
         try:
             event = read_event(
                 open_message(request.query_params, body, creds, clock(), settings.replay_window_s)
             )
         except CallbackRefused as exc:
-            return refused(request, exc, len(body))
+            return "refused", refused(request, exc, len(body))
         if isinstance(event, IgnoredEvent):
             log.info("ignored %s", event.kind)
-            return PlainTextResponse(SUCCESS)
-        await _record_or_spool(event)
-        return PlainTextResponse(SUCCESS)
+            return "ignored", PlainTextResponse(SUCCESS)
+        return await _record_or_spool(event), PlainTextResponse(SUCCESS)
 
-    async def _record_or_spool(event: AuthorizationEvent) -> None:
+    async def _record_or_spool(event: AuthorizationEvent) -> str:
         loop = asyncio.get_running_loop()
         try:
             outcome = await asyncio.wait_for(
@@ -120,12 +134,14 @@ def create_app(
         except Exception as exc:  # noqa: BLE001 - slow or away: keep it, answer success
             # A record still running may commit later; the spooled copy then changes nothing.
             await loop.run_in_executor(None, spool.append, event)
+            metrics.receiver_spooled()
             log.warning(
                 "event of order %s spooled: the database did not take it (%s)",
                 event.order_id, type(exc).__name__,
             )  # fmt: skip
-            return
+            return "spooled"
         log.info("event of order %s recorded: %s", event.order_id, outcome)
+        return "recorded"
 
     @app.get("/healthz")
     async def healthz() -> Response:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+from wechat_nontax.observability import metrics
 from wechat_nontax.requests.contract import RequestKind, RequestStatus
 from wechat_nontax.requests.store import Request, RequestRow, RequestStore, Taken, call_problems
 from wechat_nontax.store.holders import claim_key, lost_hold_reason
@@ -272,6 +273,7 @@ class RequestRunner:
     def _lost(self, taken: Taken) -> RequestResult:
         reason = "another holder took the order or the request ended: this result not recorded"
         log.warning("request #%s: %s", taken.request.request_id, reason)
+        metrics.hold_lost("request")
         return self._result(taken.request, RequestOutcome.NOT_HELD, reason)
 
     def _result(self, request: Request, outcome: RequestOutcome, reason: str) -> RequestResult:
@@ -279,6 +281,7 @@ class RequestRunner:
             "request #%s %s %s: %s%s", request.request_id, request.kind, request.order_id,
             outcome, f" ({reason})" if reason else "",
         )  # fmt: skip
+        metrics.request_ended(request.kind, outcome)
         return RequestResult(request.request_id, request.order_id, request.kind, outcome, reason)
 
 

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
+from wechat_nontax.observability import metrics
 from wechat_nontax.wechat.timing import beijing_time
 
 
@@ -75,6 +76,7 @@ class QuotaStops:
                 "errmsg": errmsg, "run_id": run_id,
             },
         )  # fmt: skip
+        metrics.quota_stopped(api)
         return QuotaStop(*rows[0])
 
     def live_quota_stops(self) -> list[tuple[str, QuotaStop]]:

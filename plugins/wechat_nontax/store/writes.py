@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from wechat_nontax.observability import metrics
 from wechat_nontax.store.history import append_history, history_row, insert_history
 from wechat_nontax.store.holds import UNHOLD, held_guard
 from wechat_nontax.store.sql import REFUSAL_BLOCKS, SETTLED_SQL
@@ -153,6 +154,7 @@ class WriteBacks:
             order_id, f"status = 'inserted', reason = NULL, {bill}", params,
             outcome=Status.INSERTED, upload=upload, also="row_version = %(sent)s", **common,
         ):  # fmt: skip
+            metrics.bill_inserted(Status.INSERTED)
             return Status.INSERTED
         # Rare (a reload landed while the insert was at WeChat): a second statement.
         if self._record(
@@ -164,6 +166,7 @@ class WriteBacks:
             params, outcome=Status.MISMATCHED, upload=upload, also="row_version <> %(sent)s",
             **common,
         ):  # fmt: skip
+            metrics.bill_inserted(Status.MISMATCHED)
             return Status.MISMATCHED
         return None
 
@@ -184,7 +187,7 @@ class WriteBacks:
     ) -> bool:
         """The order ends this step in `status` (invalid, failed, rejected, duplicate, or back
         to waiting) with a reason a person can act on; its claim and hold end with it."""
-        return self._record(
+        written = self._record(
             order_id,
             "status = %(status)s, reason = %(reason)s, "
             "last_errcode = coalesce(%(errcode)s, last_errcode), "
@@ -203,6 +206,9 @@ class WriteBacks:
             hold=hold, run_id=run_id, step=step, outcome=status, errcode=errcode, errmsg=errmsg,
             duration_ms=duration_ms, counts_attempt=counts_attempt,
         )  # fmt: skip
+        if written:
+            metrics.order_ended(status, errcode)
+        return written
 
     def record_transient(
         self,

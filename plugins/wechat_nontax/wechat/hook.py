@@ -38,6 +38,7 @@ from requests_toolbelt.adapters.socket_options import TCPKeepAliveAdapter
 
 from wechat_nontax.issuing import validation
 from wechat_nontax.issuing.bill import Order, insertbill_body
+from wechat_nontax.observability import metrics
 from wechat_nontax.wechat import errors
 from wechat_nontax.wechat.statuses import Step
 from wechat_nontax.wechat.token_cache import TokenCache
@@ -311,7 +312,11 @@ class WeChatNonTaxHook(HttpHook):
                 step="token",
             ) from None
 
-    def _send(
+    def _send(self, step: str, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        with metrics.wechat_call(step):
+            return self._exchange(step, method, path, **kwargs)
+
+    def _exchange(
         self,
         step: str,
         method: str,

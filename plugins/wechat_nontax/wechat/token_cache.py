@@ -32,6 +32,7 @@ from typing import Protocol
 
 import psycopg2.extensions
 
+from wechat_nontax.observability import metrics
 from wechat_nontax.settings import TIMEZONE
 from wechat_nontax.store.quotas import QUOTA_STOP_SQL
 from wechat_nontax.wechat import errors
@@ -216,6 +217,7 @@ class TokenCache:
                 ),
             )
             cached = CachedToken(token, cur.fetchone()[0])
+        metrics.token_refreshed(forced=forced)
         if forced and token == stale:  # raised once the forced refresh is counted, committed
             raise errors.error_for(
                 40001, "a forced refresh handed back the refused token", step="token"
@@ -244,6 +246,7 @@ class TokenCache:
                     },
                 )  # fmt: skip
                 conn.commit()
+                metrics.quota_stopped(Step.TOKEN)
             raise
 
     def _refuse_past_daily_quota(self, cur: psycopg2.extensions.cursor) -> None:

@@ -1,0 +1,41 @@
+"""The harness's StatsD printer (`python -m nontax_dev.statsd_wire PORT`): it shows the pipeline's
+lines as they arrive and leaves Airflow's own out unless asked."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from nontax_dev.airflow_run import ROOT
+from wechat_sandbox.process import free_port
+
+
+def test_the_printer_shows_the_pipelines_lines_as_they_come():
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nontax_dev.statsd_wire", str(port)],
+        cwd=ROOT, env={"PYTHONPATH": str(ROOT / "include"), "PATH": ""},
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert "listening on" in proc.stdout.readline()
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for line in (
+            b"airflow.ti.finish:1|c",
+            b"airflow.nontax.bills.inserted,status=inserted:1|c",
+        ):
+            sender.sendto(line, ("127.0.0.1", port))
+        sender.close()
+        time.sleep(1.5)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert out.splitlines() == ["airflow.nontax.bills.inserted,status=inserted:1|c"]
+    assert proc.returncode == 0
