@@ -67,11 +67,14 @@ A table of runs, faults and violations is printed; any violation exits 1.
 
 Why in one process, and what is shortened: `airflow dags test` costs 10-15 s a run (Airflow's
 import, parsing, migrating checks). Here Airflow is imported once, the DAG file is parsed once
-and `dag.test()` runs it again and again against one migrated SQLite metadata database (copied
-from a template made once by `airflow db migrate`). A run then costs a few seconds. Re-running
-an instance is what a person's "clear" does: `clear_task_instances` on the red instance and its
-downstream tasks, then the same loop `dag.test()` runs (dependency check, `_run_task` per ready
-instance; `_run_task` is private to Airflow 3.3's `dag.test`: pinned, checked at start).
+and the public `DAG.test()` runs it again and again against one migrated SQLite metadata
+database (copied from a template made once by `airflow db migrate`). A run then costs a few
+seconds. What the person on duty sees and does goes through Airflow's REST API v2, as the UI's
+does, from an `airflow api-server` on that database (nontax_dev.chaos_airflow): the red
+instances, the claim's batches (its XCom), the XComs and rendered fields searched for secrets,
+and the clear of the red instances with their downstream tasks. Running what the clear made
+ready is the one step without a public interface in this process (see nontax_dev.chaos_airflow:
+the loop of `DAG.test()` itself, private to Airflow 3.3, pinned, checked at start).
 Only time is shortened, never logic: the batch operators' transient-error budget
 (`time_budget_s`, 300 s in the DAG) is 6 s here and Airflow's retry delay (30 s doubling) is
 1 s doubling to 2 s, the WeChat Connection's timeout is 2 s and the sandbox's held answers and
@@ -96,7 +99,6 @@ import os
 import random
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -109,6 +111,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
+from nontax_dev.chaos_airflow import ChaosAirflow, check_private_loop
 from wechat_nontax.settings import INSERTBILL_DAG_ID, ISSUE_TASK_ID
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -754,6 +757,7 @@ class Chaos:
         prepare_metadata_db(home, env)
         os.environ.update(env)
         self._load_dag()
+        self.airflow = self._stack.enter_context(ChaosAirflow(home, env))
 
         from wechat_nontax.store.connection import connect_dsn
         from wechat_nontax.store.orders import OrderStore
@@ -768,12 +772,10 @@ class Chaos:
 
     def _load_dag(self) -> None:
         from airflow.dag_processing.dagbag import DagBag
-        from airflow.sdk.definitions import dag as sdk_dag
 
         from nontax_dev.airflow_run import REQUESTS_DAG_ID
 
-        if not hasattr(sdk_dag, "_run_task"):  # the re-run loop mirrors dag.test()'s own
-            raise RuntimeError("this Airflow has no airflow.sdk.definitions.dag._run_task")
+        check_private_loop()
         bag = DagBag(dag_folder=str(ROOT / "dags" / "nontax_insertbill.py"))
         if bag.import_errors:
             raise RuntimeError(f"the DAG does not import: {bag.import_errors}")
@@ -800,6 +802,7 @@ class Chaos:
     def run(self, plan: RunPlan, *, rerun_rounds: int) -> RunResult:
         started = time.monotonic()
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._runs: list[tuple[str, str]] = []  # (dag id, run id) of the plan's DAG runs
         self.admin.reset()
         self._sql("DELETE FROM nontax.access_token")
         self._sql("DELETE FROM nontax.api_quota")
@@ -849,7 +852,7 @@ class Chaos:
         # inserted is refused at the door); the requests DAG runs with the faults on.
         self._ask(plan, "void")
         if self._pending_requests(plan):
-            self.requests_dag.test()
+            self._requests_run()
             dag_runs += 1
 
         rules = self.admin.faults()
@@ -879,7 +882,7 @@ class Chaos:
                 "UPDATE nontax.bill_request SET not_before = NULL WHERE order_id = ANY(%s)",
                 (list(plan.order_ids),),
             )
-            self.requests_dag.test()
+            self._requests_run()
             dag_runs += 1
         todo = self._instances_to_rerun(dr, plan)
         if todo:
@@ -1003,37 +1006,20 @@ class Chaos:
     ) -> Any:
         """The issuing run (the first one of a plan with its own conf); with `run_at`, named
         `manual__<run_at>` (a run id known before)."""
-        conf = plan.first_conf if first else plan.conf
-        if run_at is None:
-            return self.dag.test(run_conf=conf)
-        return self.dag.test(run_conf=conf, run_after=run_at, logical_date=run_at)
+        dr = self.airflow.run(self.dag, plan.first_conf if first else plan.conf, run_at=run_at)
+        self._runs.append((DAG_ID, dr.run_id))
+        return dr
 
-    def _batches(self, dr: Any) -> list[list[str]]:
-        from airflow import settings
-        from airflow.models.xcom import XComModel
-
-        session = settings.Session()
-        query = XComModel.get_many(
-            run_id=dr.run_id, key="return_value", dag_ids=DAG_ID, task_ids="claim_orders"
-        )
-        xcom = session.scalars(query).first()
-        value = XComModel.deserialize_value(xcom) if xcom is not None else []
-        return value if isinstance(value, list) else []
+    def _requests_run(self) -> None:
+        dr = self.airflow.run(self.requests_dag)
+        self._runs.append((dr.dag_id, dr.run_id))
 
     def _instances_to_rerun(self, dr: Any, plan: RunPlan) -> list[tuple[str, int]]:
         """Red insert instances holding an order that a re-run can move: failed or due now."""
-        from airflow import settings
-
-        session = settings.Session()
-        session.expire_all()
-        red = [
-            ti.map_index
-            for ti in dr.get_task_instances(session=session)
-            if ti.task_id == INSERT_TASK and ti.state in ("failed", "upstream_failed")
-        ]
+        red = self.airflow.red(dr.run_id, INSERT_TASK)
         if not red:
             return []
-        batches = self._batches(dr)
+        batches = self.airflow.claimed_batches(dr.run_id)
         movable = self._movable(plan.order_ids)
         return [
             (INSERT_TASK, i)
@@ -1042,46 +1028,9 @@ class Chaos:
         ]
 
     def _rerun(self, dr: Any, instances: Iterable[tuple[str, int]]) -> None:
-        """Clear the instances and their downstream tasks, then run what is ready, as the
-        scheduler would after a person's clear (the loop of `dag.test()`)."""
-        from airflow import settings
-        from airflow.models.taskinstance import clear_task_instances
-        from airflow.sdk.definitions.dag import _run_task
-        from airflow.utils import timezone
-        from airflow.utils.state import DagRunState, TaskInstanceState
-
-        wanted = set(instances)
-        session = settings.Session()
-        session.expire_all()
-        tis = [
-            ti
-            for ti in dr.get_task_instances(session=session)
-            if (ti.task_id, ti.map_index) in wanted or ti.task_id in RERUN_WITH
-        ]
-        clear_task_instances(tis, session, dag_run_state=DagRunState.QUEUED)
-        dr.state = DagRunState.RUNNING
-        session.merge(dr)
-        session.commit()
-        deadline = time.monotonic() + 600
-        while dr.state == DagRunState.RUNNING and time.monotonic() < deadline:
-            session.expire_all()
-            schedulable, _ = dr.update_state(session=session)
-            for ti in schedulable:
-                if ti.state != TaskInstanceState.UP_FOR_RESCHEDULE:
-                    ti.try_number += 1
-                ti.state = TaskInstanceState.SCHEDULED
-                ti.scheduled_dttm = timezone.utcnow()
-            session.commit()
-            ready = [
-                ti
-                for ti in dr.get_task_instances(session=session)
-                if ti.state == TaskInstanceState.SCHEDULED
-            ]
-            if not ready:
-                time.sleep(0.5)  # waiting for a retry delay
-            for ti in ready:
-                with contextlib.suppress(Exception):  # a failure is the task's state, as in test()
-                    _run_task(ti=ti, task=self.dag.task_dict[ti.task_id])
+        """What a person does in the UI: clear the instances and their downstream tasks; the
+        run goes on as the scheduler would take it."""
+        self.airflow.clear_and_rerun(self.dag, dr, instances, RERUN_WITH)
 
     # reading the state ---------------------------------------------------------------------
 
@@ -1115,11 +1064,9 @@ class Chaos:
         self.secrets.update(tokens)
         secret_hits = 0
         if final:
-            secret_hits = secrets_in_order_db(self.db, sorted(self.secrets)) + count_in_sqlite(
-                Path(os.environ["AIRFLOW_HOME"]) / "airflow.db",
-                ("xcom", "rendered_task_instance_fields"),
-                sorted(self.secrets),
-            )
+            secret_hits = secrets_in_order_db(
+                self.db, sorted(self.secrets)
+            ) + self.airflow.secret_hits(self._runs, sorted(self.secrets))
         if final and log_offset is not None:
             secret_hits += self._secret_hits_in_log(log_offset)
         return take_snapshot(
@@ -1267,23 +1214,6 @@ def secrets_in_order_db(db: Any, secrets: Sequence[str]) -> int:
         )
         hits = int(cur.fetchone()[0])
     db.commit()
-    return hits
-
-
-def count_in_sqlite(db: Path, tables: Sequence[str], secrets: Sequence[str]) -> int:
-    """Occurrences of `secrets` in every row of `tables` of a SQLite database (read only)."""
-    if not db.exists():
-        return 0
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    hits = 0
-    try:
-        for table in tables:
-            with contextlib.suppress(sqlite3.Error):
-                for row in conn.execute(f"SELECT * FROM {table}"):
-                    text = " ".join(str(v) for v in row)
-                    hits += sum(text.count(secret) for secret in secrets)
-    finally:
-        conn.close()
     return hits
 
 
