@@ -113,6 +113,7 @@ from typing import IO, Any
 
 from nontax_dev.chaos_airflow import ChaosAirflow, check_private_loop
 from wechat_nontax.settings import INSERTBILL_DAG_ID, ISSUE_TASK_ID
+from wechat_nontax.wechat.policy import Status
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DAG_ID = INSERTBILL_DAG_ID
@@ -157,7 +158,6 @@ BAD_KINDS = (
     "pdf_path_escape",
     "billing_no_sql",
 )
-DUE = frozenset({"authorized", "uploaded", "awaiting_auth"})
 # A call that passed its quota check just before another worker recorded the stop may arrive
 # this long after the record (a thread descheduled between its check and its send on 2 cores).
 IN_FLIGHT_S = 2.0
@@ -173,15 +173,20 @@ QUOTA_ENDPOINTS = {
 # What a daily quota answer is, per endpoint (45009 everywhere; 72057, the insert limit).
 QUOTA_ANSWERS = {"insertbill": (45009, 72057)}
 NOT_AUTHORISED = frozenset({"never auth", "reject insert"})
-FINISHED = frozenset({"inserted", "duplicate", "rejected", "refused", "cancelled"})
-NEEDS_PERSON = frozenset({"invalid", "failed"})
-# Needs a person too, but its bill is in the card package (inserted from an older row version).
-MISMATCHED = "mismatched"
-NEEDS_REASON = frozenset(
-    {"invalid", "failed", "rejected", "duplicate", "refused", "cancelled", MISMATCHED}
-)
-# Orders that must never have a bill in the card package, whatever the sandbox shows.
-NO_BILL = NEEDS_PERSON | {"rejected", "refused"}
+# The order states a run's orders may take: loaded authorised, none waits for its payer's first
+# authorisation (Status.WAITING_FOR_PAYER).
+KNOWN = Status.DUE | Status.FINISHED | Status.NEEDS_ATTENTION
+# Ended with a reason: every state past due but inserted.
+NEEDS_REASON = (Status.SETTLED | Status.NEEDS_ATTENTION) - {Status.INSERTED}
+# Orders that must never have a bill in the card package, whatever the sandbox shows (mismatched
+# needs a person, but its bill is in the card package: inserted from an older row version).
+NO_BILL = (Status.NEEDS_ATTENTION - {Status.MISMATCHED}) | {
+    Status.REJECTED,
+    Status.REFUSED,
+    Status.DECLINED,
+}
+# Due and to be sent by a batch (not the orders waiting for their payer's answer).
+TO_SEND = sorted(Status.DUE - {Status.AWAITING_AUTH})
 
 
 # -- the plan of a run (pure) -------------------------------------------------------------------
@@ -405,8 +410,8 @@ class _RequestsBeside:
         with conn.cursor() as cur:
             cur.execute(
                 "SELECT order_id FROM nontax.bill_order WHERE order_id = ANY(%s) "
-                f"AND status IN ('authorized', 'uploaded') {condition}",
-                (sorted(order_ids),),
+                f"AND status = ANY(%s) {condition}",
+                (sorted(order_ids), TO_SEND),
             )
             return {row[0] for row in cur.fetchall()}
 
@@ -545,7 +550,7 @@ def _request_problems(s: Snapshot, oid: str, status: str, has_bill: bool) -> lis
     has its refusal; a voided bill was inserted first and is cancelled on WeChat; each request
     was carried out at most once (a done request per order and kind, one change to CANCEL)."""
     problems = []
-    if status == "refused":
+    if status == Status.REFUSED:
         if has_bill:
             problems.append(f"{oid}: refused, yet WeChat has its bill")
         if oid not in s.rejections:
@@ -553,7 +558,7 @@ def _request_problems(s: Snapshot, oid: str, status: str, has_bill: bool) -> lis
     if oid in s.rejections and has_bill:
         problems.append(f"{oid}: both refused and inserted on WeChat")
     reimburse, cancels = s.reimburse.get(oid, (None, 0))
-    if status == "cancelled":
+    if status == Status.CANCELLED:
         if not has_bill:
             problems.append(f"{oid}: cancelled, but WeChat never had its bill")
         if reimburse != "INVOICE_REIMBURSE_CANCEL":
@@ -562,9 +567,9 @@ def _request_problems(s: Snapshot, oid: str, status: str, has_bill: bool) -> lis
         problems.append(f"{oid}: voided {cancels} times on WeChat")
     done = Counter(kind for kind, state in s.requests.get(oid, []) if state == "done")
     problems += [f"{oid}: {n} {kind} requests done" for kind, n in done.items() if n > 1]
-    if done["refuse"] and status != "refused":
+    if done["refuse"] and status != Status.REFUSED:
         problems.append(f"{oid}: its refusal is done, yet it is {status}")
-    if done["void"] and status != "cancelled":
+    if done["void"] and status != Status.CANCELLED:
         problems.append(f"{oid}: its void is done, yet it is {status}")
     return problems
 
@@ -589,33 +594,32 @@ def check_invariants(s: Snapshot) -> list[str]:
             problems.append(f"{oid}: missing from the order database")
             continue
         status, bills = row["status"], bills_by_order.get(oid, [])
-        known = DUE | FINISHED | NEEDS_PERSON | {MISMATCHED}
-        if status not in known:
+        if status not in KNOWN:
             problems.append(f"{oid}: unknown status {status!r}")
         if status in NEEDS_REASON and not (row.get("reason") or "").strip():
             problems.append(f"{oid}: {status} without a reason")
         if row.get("inserted_records", 0) > 1:
             problems.append(f"{oid}: {row['inserted_records']} 'inserted' history rows")
-        if status in ("inserted", MISMATCHED):
+        if status in (Status.INSERTED, Status.MISMATCHED):
             if not bills:
                 problems.append(f"{oid}: inserted in the database, no bill in the sandbox")
             elif (row.get("code"), row.get("openid")) != (bills[0]["code"], bills[0]["openid"]):
                 problems.append(f"{oid}: code/openid differ from the sandbox's bill")
-        elif status == "duplicate" and not bills:
+        elif status == Status.DUPLICATE and not bills:
             problems.append(f"{oid}: duplicate in the database, no bill in the sandbox")
         elif bills and status in NO_BILL and s.final:
             problems.append(f"{oid}: {status} in the database, but WeChat has its bill")
         problems += _request_problems(s, oid, status, bool(bills))
-        if status == "invalid" or oid in s.bad_orders:
-            if status != "invalid":
+        if status == Status.INVALID or oid in s.bad_orders:
+            if status != Status.INVALID:
                 problems.append(f"{oid}: bad data, but {status} instead of invalid")
             if s.sandbox_orders.get(oid, {}).get("attempts", 0):
                 problems.append(f"{oid}: invalid, yet insertbill was called for it")
             if f"{oid}.pdf" in s.uploaded_names:
                 problems.append(f"{oid}: invalid, yet its PDF was uploaded")
-        if row.get("quota_api") == "authorization" and status != "awaiting_auth":
+        if row.get("quota_api") == "authorization" and status != Status.AWAITING_AUTH:
             problems.append(f"{oid}: {status}, yet waits for getauthdata's daily quota")
-        if s.final and status in DUE and not row.get("waiting"):
+        if s.final and status in Status.DUE and not row.get("waiting"):
             problems.append(f"{oid}: still {status} with nothing to wait for (stuck)")
         if s.final and row.get("held"):
             problems.append(f"{oid}: a lease is still held after the runs ended")
@@ -874,8 +878,8 @@ class Chaos:
             self.admin.add_fault(endpoint="getauthdata", kind="errcode", errcode=45009, count=1)
         self._sql(
             "UPDATE nontax.bill_order SET not_before = now() "
-            "WHERE order_id = ANY(%s) AND status = 'awaiting_auth'",
-            (list(plan.order_ids),),
+            "WHERE order_id = ANY(%s) AND status = %s",
+            (list(plan.order_ids), str(Status.AWAITING_AUTH)),
         )
         if self._pending_requests(plan):
             self._sql(  # their transient waits end: the person runs them now
@@ -1042,18 +1046,16 @@ class Chaos:
     def _movable(self, order_ids: Sequence[str]) -> set[str]:
         rows = self._sql(
             "SELECT order_id FROM nontax.bill_order WHERE order_id = ANY(%s) AND "
-            "(status = 'failed' OR (status IN ('authorized', 'uploaded', 'awaiting_auth') "
-            " AND (not_before IS NULL OR not_before <= now())))",
-            (list(order_ids),),
+            "(status = %s OR (status = ANY(%s) AND (not_before IS NULL OR not_before <= now())))",
+            (list(order_ids), str(Status.FAILED), sorted(Status.DUE)),
         )
         return {r[0] for r in rows}
 
     def _due_now(self, order_ids: Sequence[str]) -> bool:
         rows = self._sql(
             "SELECT count(*) FROM nontax.bill_order WHERE order_id = ANY(%s) "
-            "AND status IN ('authorized', 'uploaded', 'awaiting_auth') "
-            "AND (not_before IS NULL OR not_before <= now())",
-            (list(order_ids),),
+            "AND status = ANY(%s) AND (not_before IS NULL OR not_before <= now())",
+            (list(order_ids), sorted(Status.DUE)),
         )
         return rows[0][0] > 0
 
@@ -1282,12 +1284,13 @@ def format_row(r: RunResult) -> str:
         [f"{SHORT.get(k, k)}:{n}" for k, n in sorted(r.fault_hits.items())]
         + [f"{SHORT[k]}:{n}" for k, n in sorted(r.requests_done.items())]
     )
-    ended = sum(n for s, n in r.statuses.items() if s in NEEDS_REASON - {"duplicate"})
-    due = sum(n for s, n in r.statuses.items() if s in DUE)
+    ended = sum(n for s, n in r.statuses.items() if s in NEEDS_REASON - {Status.DUPLICATE})
+    due = sum(n for s, n in r.statuses.items() if s in Status.DUE)
     return (
         f"{r.plan.run:>4} {len(r.plan.order_ids):>6} {faults[:48]:<48} "
         f"{sum(r.fault_hits.values()):>4} {r.token_expiries:>3} {r.token_fetches:>5} "
-        f"{r.statuses.get('inserted', 0):>3} {r.statuses.get('duplicate', 0):>3} {ended:>3} "
+        f"{r.statuses.get(Status.INSERTED, 0):>3} {r.statuses.get(Status.DUPLICATE, 0):>3} "
+        f"{ended:>3} "
         f"{due:>3} {r.dag_runs:>3} {r.reruns:>2} {r.seconds:>5.1f}  {len(r.violations)}"
     )
 
