@@ -2,7 +2,11 @@
 
 Everything Airflow needs comes through the environment: the project's folders, an AIRFLOW_HOME
 with a SQLite metadata database (fine for `dags test`, one process), and the two Connections as
-`AIRFLOW_CONN_...` variables. The task states are read back from that metadata database.
+`AIRFLOW_CONN_...` variables. What Airflow recorded is read through its public CLI: the run's
+state from `airflow dags test` itself (exit 0, or "DagRun failed"), the task instances' from
+`airflow tasks states-for-dag-run -o json`, the newest run from `airflow dags list-runs -o json`;
+how many tries an instance took, from the run's own console (`DAG.test()` says when it starts
+each try).
 """
 
 from __future__ import annotations
@@ -10,12 +14,13 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
-import sqlite3
 import subprocess
 import sys
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -31,6 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 # The package's console script (the unit's commands), installed beside it.
 NONTAX = str(Path(sys.executable).with_name("nontax"))
+# What `airflow dags test` says (and exits 1) when the run it ran failed.
+RUN_FAILED = "DagRun failed"
 
 
 def airflow_env(
@@ -156,23 +163,50 @@ def copy_migrated_metadata_db(home: Path, env: dict[str, str]) -> None:
 class DagTestResult:
     returncode: int
     output: str
-    run_id: str | None
     run_state: str | None
-    tasks: list[dict]  # task_id, map_index, state, rendered_map_index, try_number
+    logical_date: datetime
+    env: dict[str, str] = field(repr=False, default_factory=dict)
+    dag_id: str = DAG_ID
+    known_run_id: str | None = None  # a run named after its `run_at`
+
+    # Read when first asked for: the CLI takes seconds, and a caller timing the run must not
+    # wait for them.
+    @cached_property
+    def run_id(self) -> str | None:
+        if self.run_state is None:
+            return None
+        if self.known_run_id:
+            return self.known_run_id
+        at = self.logical_date.isoformat()  # `airflow dags test` names the run after now
+        runs = _cli_json(self.env, "dags", "list-runs", self.dag_id)
+        return next((r["run_id"] for r in runs if r["logical_date"] == at), None)
+
+    @cached_property
+    def tasks(self) -> list[dict]:
+        """The run's task instances (task_id, map_index, state, try_number)."""
+        if self.run_state is None:
+            return []
+        at = self.logical_date.isoformat()  # the CLI finds a run by its logical date too
+        return task_instances(self.env, self.dag_id, at, output=self.output)
 
     def states(self, task_id: str) -> dict[int, str]:
         return {t["map_index"]: t["state"] for t in self.tasks if t["task_id"] == task_id}
 
 
 def dags_test_command(
-    dag_id: str = DAG_ID, conf: dict | None = None, *, run_at: datetime | None = None
+    dag_id: str = DAG_ID,
+    conf: dict | None = None,
+    *,
+    run_at: datetime | None = None,
+    logical_date: datetime | None = None,
 ) -> list[str]:
     """The command that runs a DAG once (`airflow dags test`). With `run_at`, the run is
     `manual__<run_at>` whatever the clock says, so two DAGs started at one `run_at` share a run
     id, as their scheduled runs at one instant do (`airflow dags test` names the run after
-    now)."""
+    now, unless `logical_date` says: `manual__<logical_date>`)."""
     if run_at is None:
-        return [AIRFLOW, "dags", "test", dag_id, *(["-c", json.dumps(conf)] if conf else [])]
+        at = [logical_date.isoformat()] if logical_date else []
+        return [AIRFLOW, "dags", "test", dag_id, *at, *(["-c", json.dumps(conf)] if conf else [])]
     return [
         sys.executable, "-m", "nontax_dev.airflow_run", dag_id, run_at.isoformat(),
         json.dumps(conf or {}),
@@ -191,7 +225,9 @@ def dags_test(
     """Run a DAG (the issuing one unless `dag_id` says) once in one process; returns its exit
     code, output and task states."""
     ensure_metadata_db(env)
-    command = dags_test_command(dag_id, conf, run_at=run_at)
+    # The run's logical date known before: the CLI finds the run by it.
+    at = run_at or datetime.now(UTC)
+    command = dags_test_command(dag_id, conf, run_at=run_at, logical_date=at)
     done = subprocess.run(
         command, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
@@ -199,29 +235,65 @@ def dags_test(
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         log_file.write_text(output, encoding="utf-8")
-    run_id, run_state, tasks = latest_run(Path(env["AIRFLOW_HOME"]), dag_id)
-    return DagTestResult(done.returncode, output, run_id, run_state, tasks)
+    # Both commands exit 0 when the run succeeded and say "DagRun failed" when it failed.
+    run_state = "success" if done.returncode == 0 else None
+    if run_state is None and RUN_FAILED in output:
+        run_state = "failed"
+    known = f"manual__{run_at.isoformat()}" if run_at else None
+    return DagTestResult(done.returncode, output, run_state, at, env, dag_id, known)
 
 
-def latest_run(home: Path, dag_id: str = DAG_ID) -> tuple[str | None, str | None, list[dict]]:
-    """The newest run of a DAG in a SQLite metadata DB, and its task instances."""
-    db = sqlite3.connect(home / "airflow.db")
-    try:
-        db.row_factory = sqlite3.Row
-        run = db.execute(
-            "SELECT run_id, state FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1",
-            (dag_id,),
-        ).fetchone()
-        if run is None:
-            return None, None, []
-        rows = db.execute(
-            "SELECT task_id, map_index, state, rendered_map_index, try_number "
-            "FROM task_instance WHERE dag_id = ? AND run_id = ? ORDER BY task_id, map_index",
-            (dag_id, run["run_id"]),
-        ).fetchall()
-        return run["run_id"], run["state"], [dict(row) for row in rows]
-    finally:
-        db.close()
+def latest_run(
+    env: dict[str, str], dag_id: str = DAG_ID, *, output: str = ""
+) -> tuple[str | None, str | None, list[dict]]:
+    """The newest run of a DAG in the metadata DB of `env` and its task instances, as the
+    `airflow` CLI shows them (JSON); each instance's `try_number` counted in `output`, the
+    console of the `DAG.test()` that ran it (0 when not given)."""
+    runs = _cli_json(env, "dags", "list-runs", dag_id)  # newest first (by run_after)
+    if not runs:
+        return None, None, []
+    run = runs[0]
+    return run["run_id"], run["state"], task_instances(env, dag_id, run["run_id"], output=output)
+
+
+def task_instances(
+    env: dict[str, str], dag_id: str, run_id: str, *, output: str = ""
+) -> list[dict]:
+    """The task instances of a DAG's run (its run id or logical date) as `airflow tasks
+    states-for-dag-run` shows them, each
+    one's `try_number` counted in `output` (the console of the `DAG.test()` that ran it)."""
+    tasks = []
+    for ti in _cli_json(env, "tasks", "states-for-dag-run", dag_id, run_id):
+        map_index = int(ti.get("map_index") or -1)
+        tasks.append(
+            {
+                "task_id": ti["task_id"],
+                "map_index": map_index,
+                "state": ti["state"] or None,
+                "try_number": tries_in_output(output, ti["task_id"], map_index),
+            }
+        )
+    return sorted(tasks, key=lambda t: (t["task_id"], t["map_index"]))
+
+
+def tries_in_output(output: str, task_id: str, map_index: int = -1) -> int:
+    """How often `DAG.test()` started the instance, by its console's own line for each try."""
+    line = rf"\[DAG TEST\] starting task_id={re.escape(task_id)} map_index={map_index}\b"
+    return len(re.findall(line, output))
+
+
+def _cli_json(env: dict[str, str], *command: str) -> list[dict[str, Any]]:
+    """An `airflow` CLI command's `-o json` output ([] when it names nothing: a DAG that never
+    ran, a run that is not there)."""
+    done = subprocess.run(
+        [AIRFLOW, *command, "-o", "json"], env=env, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        if "not found" in done.stderr or "does not exist" in done.stderr + done.stdout:
+            return []
+        raise RuntimeError(f"airflow {' '.join(command)}: {done.stderr[-2000:]}")
+    found = re.search(r"^\[", done.stdout, re.MULTILINE)  # after any warning on its way
+    return json.loads(done.stdout[found.start() :]) if found else []
 
 
 def _test_at(dag_id: str, run_at: str, conf: str) -> int:
@@ -234,7 +306,10 @@ def _test_at(dag_id: str, run_at: str, conf: str) -> int:
         return 1
     at = datetime.fromisoformat(run_at)
     run = bag.dags[dag_id].test(run_after=at, logical_date=at, run_conf=json.loads(conf))
-    return 0 if str(getattr(run.state, "value", run.state)) == "success" else 1
+    if str(getattr(run.state, "value", run.state)) == "success":
+        return 0
+    print(RUN_FAILED, file=sys.stderr)  # as `airflow dags test` says it
+    return 1
 
 
 if __name__ == "__main__":

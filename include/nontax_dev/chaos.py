@@ -67,11 +67,14 @@ A table of runs, faults and violations is printed; any violation exits 1.
 
 Why in one process, and what is shortened: `airflow dags test` costs 10-15 s a run (Airflow's
 import, parsing, migrating checks). Here Airflow is imported once, the DAG file is parsed once
-and `dag.test()` runs it again and again against one migrated SQLite metadata database (copied
-from a template made once by `airflow db migrate`). A run then costs a few seconds. Re-running
-an instance is what a person's "clear" does: `clear_task_instances` on the red instance and its
-downstream tasks, then the same loop `dag.test()` runs (dependency check, `_run_task` per ready
-instance; `_run_task` is private to Airflow 3.3's `dag.test`: pinned, checked at start).
+and the public `DAG.test()` runs it again and again against one migrated SQLite metadata
+database (copied from a template made once by `airflow db migrate`). A run then costs a few
+seconds. What the person on duty sees and does goes through Airflow's REST API v2, as the UI's
+does, from an `airflow api-server` on that database (nontax_dev.chaos_airflow): the red
+instances, the claim's batches (its XCom), the XComs and rendered fields searched for secrets,
+and the clear of the red instances with their downstream tasks. Running what the clear made
+ready is the one step without a public interface in this process (see nontax_dev.chaos_airflow:
+the loop of `DAG.test()` itself, private to Airflow 3.3, pinned, checked at start).
 Only time is shortened, never logic: the batch operators' transient-error budget
 (`time_budget_s`, 300 s in the DAG) is 6 s here and Airflow's retry delay (30 s doubling) is
 1 s doubling to 2 s, the WeChat Connection's timeout is 2 s and the sandbox's held answers and
@@ -95,7 +98,6 @@ import os
 import random
 import shutil
 import signal
-import sqlite3
 import sys
 import threading
 import time
@@ -107,7 +109,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
+from nontax_dev.chaos_airflow import ChaosAirflow, check_private_loop
 from wechat_nontax.settings import INSERTBILL_DAG_ID, ISSUE_TASK_ID
+from wechat_nontax.wechat.policy import Status
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DAG_ID = INSERTBILL_DAG_ID
@@ -152,7 +156,6 @@ BAD_KINDS = (
     "pdf_path_escape",
     "billing_no_sql",
 )
-DUE = frozenset({"authorized", "uploaded", "awaiting_auth"})
 # A call that passed its quota check just before another worker recorded the stop may arrive
 # this long after the record (a thread descheduled between its check and its send on 2 cores).
 IN_FLIGHT_S = 2.0
@@ -168,15 +171,20 @@ QUOTA_ENDPOINTS = {
 # What a daily quota answer is, per endpoint (45009 everywhere; 72057, the insert limit).
 QUOTA_ANSWERS = {"insertbill": (45009, 72057)}
 NOT_AUTHORISED = frozenset({"never auth", "reject insert"})
-FINISHED = frozenset({"inserted", "duplicate", "rejected", "refused", "cancelled"})
-NEEDS_PERSON = frozenset({"invalid", "failed"})
-# Needs a person too, but its bill is in the card package (inserted from an older row version).
-MISMATCHED = "mismatched"
-NEEDS_REASON = frozenset(
-    {"invalid", "failed", "rejected", "duplicate", "refused", "cancelled", MISMATCHED}
-)
-# Orders that must never have a bill in the card package, whatever the sandbox shows.
-NO_BILL = NEEDS_PERSON | {"rejected", "refused"}
+# The order states a run's orders may take: loaded authorised, none waits for its payer's first
+# authorisation (Status.WAITING_FOR_PAYER).
+KNOWN = Status.DUE | Status.FINISHED | Status.NEEDS_ATTENTION
+# Ended with a reason: every state past due but inserted.
+NEEDS_REASON = (Status.SETTLED | Status.NEEDS_ATTENTION) - {Status.INSERTED}
+# Orders that must never have a bill in the card package, whatever the sandbox shows (mismatched
+# needs a person, but its bill is in the card package: inserted from an older row version).
+NO_BILL = (Status.NEEDS_ATTENTION - {Status.MISMATCHED}) | {
+    Status.REJECTED,
+    Status.REFUSED,
+    Status.DECLINED,
+}
+# Due and to be sent by a batch (not the orders waiting for their payer's answer).
+TO_SEND = sorted(Status.DUE - {Status.AWAITING_AUTH})
 
 
 # -- the plan of a run (pure) -------------------------------------------------------------------
@@ -400,8 +408,8 @@ class _RequestsBeside:
         with conn.cursor() as cur:
             cur.execute(
                 "SELECT order_id FROM nontax.bill_order WHERE order_id = ANY(%s) "
-                f"AND status IN ('authorized', 'uploaded') {condition}",
-                (sorted(order_ids),),
+                f"AND status = ANY(%s) {condition}",
+                (sorted(order_ids), TO_SEND),
             )
             return {row[0] for row in cur.fetchall()}
 
@@ -540,7 +548,7 @@ def _request_problems(s: Snapshot, oid: str, status: str, has_bill: bool) -> lis
     has its refusal; a voided bill was inserted first and is cancelled on WeChat; each request
     was carried out at most once (a done request per order and kind, one change to CANCEL)."""
     problems = []
-    if status == "refused":
+    if status == Status.REFUSED:
         if has_bill:
             problems.append(f"{oid}: refused, yet WeChat has its bill")
         if oid not in s.rejections:
@@ -548,7 +556,7 @@ def _request_problems(s: Snapshot, oid: str, status: str, has_bill: bool) -> lis
     if oid in s.rejections and has_bill:
         problems.append(f"{oid}: both refused and inserted on WeChat")
     reimburse, cancels = s.reimburse.get(oid, (None, 0))
-    if status == "cancelled":
+    if status == Status.CANCELLED:
         if not has_bill:
             problems.append(f"{oid}: cancelled, but WeChat never had its bill")
         if reimburse != "INVOICE_REIMBURSE_CANCEL":
@@ -557,9 +565,9 @@ def _request_problems(s: Snapshot, oid: str, status: str, has_bill: bool) -> lis
         problems.append(f"{oid}: voided {cancels} times on WeChat")
     done = Counter(kind for kind, state in s.requests.get(oid, []) if state == "done")
     problems += [f"{oid}: {n} {kind} requests done" for kind, n in done.items() if n > 1]
-    if done["refuse"] and status != "refused":
+    if done["refuse"] and status != Status.REFUSED:
         problems.append(f"{oid}: its refusal is done, yet it is {status}")
-    if done["void"] and status != "cancelled":
+    if done["void"] and status != Status.CANCELLED:
         problems.append(f"{oid}: its void is done, yet it is {status}")
     return problems
 
@@ -584,33 +592,32 @@ def check_invariants(s: Snapshot) -> list[str]:
             problems.append(f"{oid}: missing from the order database")
             continue
         status, bills = row["status"], bills_by_order.get(oid, [])
-        known = DUE | FINISHED | NEEDS_PERSON | {MISMATCHED}
-        if status not in known:
+        if status not in KNOWN:
             problems.append(f"{oid}: unknown status {status!r}")
         if status in NEEDS_REASON and not (row.get("reason") or "").strip():
             problems.append(f"{oid}: {status} without a reason")
         if row.get("inserted_records", 0) > 1:
             problems.append(f"{oid}: {row['inserted_records']} 'inserted' history rows")
-        if status in ("inserted", MISMATCHED):
+        if status in (Status.INSERTED, Status.MISMATCHED):
             if not bills:
                 problems.append(f"{oid}: inserted in the database, no bill in the sandbox")
             elif (row.get("code"), row.get("openid")) != (bills[0]["code"], bills[0]["openid"]):
                 problems.append(f"{oid}: code/openid differ from the sandbox's bill")
-        elif status == "duplicate" and not bills:
+        elif status == Status.DUPLICATE and not bills:
             problems.append(f"{oid}: duplicate in the database, no bill in the sandbox")
         elif bills and status in NO_BILL and s.final:
             problems.append(f"{oid}: {status} in the database, but WeChat has its bill")
         problems += _request_problems(s, oid, status, bool(bills))
-        if status == "invalid" or oid in s.bad_orders:
-            if status != "invalid":
+        if status == Status.INVALID or oid in s.bad_orders:
+            if status != Status.INVALID:
                 problems.append(f"{oid}: bad data, but {status} instead of invalid")
             if s.sandbox_orders.get(oid, {}).get("attempts", 0):
                 problems.append(f"{oid}: invalid, yet insertbill was called for it")
             if f"{oid}.pdf" in s.uploaded_names:
                 problems.append(f"{oid}: invalid, yet its PDF was uploaded")
-        if row.get("quota_api") == "authorization" and status != "awaiting_auth":
+        if row.get("quota_api") == "authorization" and status != Status.AWAITING_AUTH:
             problems.append(f"{oid}: {status}, yet waits for getauthdata's daily quota")
-        if s.final and status in DUE and not row.get("waiting"):
+        if s.final and status in Status.DUE and not row.get("waiting"):
             problems.append(f"{oid}: still {status} with nothing to wait for (stuck)")
         if s.final and row.get("held"):
             problems.append(f"{oid}: a lease is still held after the runs ended")
@@ -752,6 +759,7 @@ class Chaos:
         copy_migrated_metadata_db(home, env)
         os.environ.update(env)
         self._load_dag()
+        self.airflow = self._stack.enter_context(ChaosAirflow(home, env))
 
         from wechat_nontax.store.connection import connect_dsn
         from wechat_nontax.store.orders import OrderStore
@@ -766,12 +774,10 @@ class Chaos:
 
     def _load_dag(self) -> None:
         from airflow.dag_processing.dagbag import DagBag
-        from airflow.sdk.definitions import dag as sdk_dag
 
         from nontax_dev.airflow_run import REQUESTS_DAG_ID
 
-        if not hasattr(sdk_dag, "_run_task"):  # the re-run loop mirrors dag.test()'s own
-            raise RuntimeError("this Airflow has no airflow.sdk.definitions.dag._run_task")
+        check_private_loop()
         bag = DagBag(dag_folder=str(ROOT / "dags" / "nontax_insertbill.py"))
         if bag.import_errors:
             raise RuntimeError(f"the DAG does not import: {bag.import_errors}")
@@ -798,6 +804,7 @@ class Chaos:
     def run(self, plan: RunPlan, *, rerun_rounds: int) -> RunResult:
         started = time.monotonic()
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._runs: list[tuple[str, str]] = []  # (dag id, run id) of the plan's DAG runs
         self.admin.reset()
         self._sql("DELETE FROM nontax.access_token")
         self._sql("DELETE FROM nontax.api_quota")
@@ -847,7 +854,7 @@ class Chaos:
         # inserted is refused at the door); the requests DAG runs with the faults on.
         self._ask(plan, "void")
         if self._pending_requests(plan):
-            self.requests_dag.test()
+            self._requests_run()
             dag_runs += 1
 
         rules = self.admin.faults()
@@ -869,15 +876,15 @@ class Chaos:
             self.admin.add_fault(endpoint="getauthdata", kind="errcode", errcode=45009, count=1)
         self._sql(
             "UPDATE nontax.bill_order SET not_before = now() "
-            "WHERE order_id = ANY(%s) AND status = 'awaiting_auth'",
-            (list(plan.order_ids),),
+            "WHERE order_id = ANY(%s) AND status = %s",
+            (list(plan.order_ids), str(Status.AWAITING_AUTH)),
         )
         if self._pending_requests(plan):
             self._sql(  # their transient waits end: the person runs them now
                 "UPDATE nontax.bill_request SET not_before = NULL WHERE order_id = ANY(%s)",
                 (list(plan.order_ids),),
             )
-            self.requests_dag.test()
+            self._requests_run()
             dag_runs += 1
         todo = self._instances_to_rerun(dr, plan)
         if todo:
@@ -1001,37 +1008,20 @@ class Chaos:
     ) -> Any:
         """The issuing run (the first one of a plan with its own conf); with `run_at`, named
         `manual__<run_at>` (a run id known before)."""
-        conf = plan.first_conf if first else plan.conf
-        if run_at is None:
-            return self.dag.test(run_conf=conf)
-        return self.dag.test(run_conf=conf, run_after=run_at, logical_date=run_at)
+        dr = self.airflow.run(self.dag, plan.first_conf if first else plan.conf, run_at=run_at)
+        self._runs.append((DAG_ID, dr.run_id))
+        return dr
 
-    def _batches(self, dr: Any) -> list[list[str]]:
-        from airflow import settings
-        from airflow.models.xcom import XComModel
-
-        session = settings.Session()
-        query = XComModel.get_many(
-            run_id=dr.run_id, key="return_value", dag_ids=DAG_ID, task_ids="claim_orders"
-        )
-        xcom = session.scalars(query).first()
-        value = XComModel.deserialize_value(xcom) if xcom is not None else []
-        return value if isinstance(value, list) else []
+    def _requests_run(self) -> None:
+        dr = self.airflow.run(self.requests_dag)
+        self._runs.append((dr.dag_id, dr.run_id))
 
     def _instances_to_rerun(self, dr: Any, plan: RunPlan) -> list[tuple[str, int]]:
         """Red insert instances holding an order that a re-run can move: failed or due now."""
-        from airflow import settings
-
-        session = settings.Session()
-        session.expire_all()
-        red = [
-            ti.map_index
-            for ti in dr.get_task_instances(session=session)
-            if ti.task_id == INSERT_TASK and ti.state in ("failed", "upstream_failed")
-        ]
+        red = self.airflow.red(dr.run_id, INSERT_TASK)
         if not red:
             return []
-        batches = self._batches(dr)
+        batches = self.airflow.claimed_batches(dr.run_id)
         movable = self._movable(plan.order_ids)
         return [
             (INSERT_TASK, i)
@@ -1040,46 +1030,9 @@ class Chaos:
         ]
 
     def _rerun(self, dr: Any, instances: Iterable[tuple[str, int]]) -> None:
-        """Clear the instances and their downstream tasks, then run what is ready, as the
-        scheduler would after a person's clear (the loop of `dag.test()`)."""
-        from airflow import settings
-        from airflow.models.taskinstance import clear_task_instances
-        from airflow.sdk.definitions.dag import _run_task
-        from airflow.utils import timezone
-        from airflow.utils.state import DagRunState, TaskInstanceState
-
-        wanted = set(instances)
-        session = settings.Session()
-        session.expire_all()
-        tis = [
-            ti
-            for ti in dr.get_task_instances(session=session)
-            if (ti.task_id, ti.map_index) in wanted or ti.task_id in RERUN_WITH
-        ]
-        clear_task_instances(tis, session, dag_run_state=DagRunState.QUEUED)
-        dr.state = DagRunState.RUNNING
-        session.merge(dr)
-        session.commit()
-        deadline = time.monotonic() + 600
-        while dr.state == DagRunState.RUNNING and time.monotonic() < deadline:
-            session.expire_all()
-            schedulable, _ = dr.update_state(session=session)
-            for ti in schedulable:
-                if ti.state != TaskInstanceState.UP_FOR_RESCHEDULE:
-                    ti.try_number += 1
-                ti.state = TaskInstanceState.SCHEDULED
-                ti.scheduled_dttm = timezone.utcnow()
-            session.commit()
-            ready = [
-                ti
-                for ti in dr.get_task_instances(session=session)
-                if ti.state == TaskInstanceState.SCHEDULED
-            ]
-            if not ready:
-                time.sleep(0.5)  # waiting for a retry delay
-            for ti in ready:
-                with contextlib.suppress(Exception):  # a failure is the task's state, as in test()
-                    _run_task(ti=ti, task=self.dag.task_dict[ti.task_id])
+        """What a person does in the UI: clear the instances and their downstream tasks; the
+        run goes on as the scheduler would take it."""
+        self.airflow.clear_and_rerun(self.dag, dr, instances, RERUN_WITH)
 
     # reading the state ---------------------------------------------------------------------
 
@@ -1091,18 +1044,16 @@ class Chaos:
     def _movable(self, order_ids: Sequence[str]) -> set[str]:
         rows = self._sql(
             "SELECT order_id FROM nontax.bill_order WHERE order_id = ANY(%s) AND "
-            "(status = 'failed' OR (status IN ('authorized', 'uploaded', 'awaiting_auth') "
-            " AND (not_before IS NULL OR not_before <= now())))",
-            (list(order_ids),),
+            "(status = %s OR (status = ANY(%s) AND (not_before IS NULL OR not_before <= now())))",
+            (list(order_ids), str(Status.FAILED), sorted(Status.DUE)),
         )
         return {r[0] for r in rows}
 
     def _due_now(self, order_ids: Sequence[str]) -> bool:
         rows = self._sql(
             "SELECT count(*) FROM nontax.bill_order WHERE order_id = ANY(%s) "
-            "AND status IN ('authorized', 'uploaded', 'awaiting_auth') "
-            "AND (not_before IS NULL OR not_before <= now())",
-            (list(order_ids),),
+            "AND status = ANY(%s) AND (not_before IS NULL OR not_before <= now())",
+            (list(order_ids), sorted(Status.DUE)),
         )
         return rows[0][0] > 0
 
@@ -1113,11 +1064,9 @@ class Chaos:
         self.secrets.update(tokens)
         secret_hits = 0
         if final:
-            secret_hits = secrets_in_order_db(self.db, sorted(self.secrets)) + count_in_sqlite(
-                Path(os.environ["AIRFLOW_HOME"]) / "airflow.db",
-                ("xcom", "rendered_task_instance_fields"),
-                sorted(self.secrets),
-            )
+            secret_hits = secrets_in_order_db(
+                self.db, sorted(self.secrets)
+            ) + self.airflow.secret_hits(self._runs, sorted(self.secrets))
         if final and log_offset is not None:
             secret_hits += self._secret_hits_in_log(log_offset)
         return take_snapshot(
@@ -1268,23 +1217,6 @@ def secrets_in_order_db(db: Any, secrets: Sequence[str]) -> int:
     return hits
 
 
-def count_in_sqlite(db: Path, tables: Sequence[str], secrets: Sequence[str]) -> int:
-    """Occurrences of `secrets` in every row of `tables` of a SQLite database (read only)."""
-    if not db.exists():
-        return 0
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    hits = 0
-    try:
-        for table in tables:
-            with contextlib.suppress(sqlite3.Error):
-                for row in conn.execute(f"SELECT * FROM {table}"):
-                    text = " ".join(str(v) for v in row)
-                    hits += sum(text.count(secret) for secret in secrets)
-    finally:
-        conn.close()
-    return hits
-
-
 def _with_dbname(uri: str, dbname: str) -> str:
     base, _, _ = uri.partition("?")
     return f"{base.rpartition('/')[0]}/{dbname}"
@@ -1327,12 +1259,13 @@ def format_row(r: RunResult) -> str:
         [f"{SHORT.get(k, k)}:{n}" for k, n in sorted(r.fault_hits.items())]
         + [f"{SHORT[k]}:{n}" for k, n in sorted(r.requests_done.items())]
     )
-    ended = sum(n for s, n in r.statuses.items() if s in NEEDS_REASON - {"duplicate"})
-    due = sum(n for s, n in r.statuses.items() if s in DUE)
+    ended = sum(n for s, n in r.statuses.items() if s in NEEDS_REASON - {Status.DUPLICATE})
+    due = sum(n for s, n in r.statuses.items() if s in Status.DUE)
     return (
         f"{r.plan.run:>4} {len(r.plan.order_ids):>6} {faults[:48]:<48} "
         f"{sum(r.fault_hits.values()):>4} {r.token_expiries:>3} {r.token_fetches:>5} "
-        f"{r.statuses.get('inserted', 0):>3} {r.statuses.get('duplicate', 0):>3} {ended:>3} "
+        f"{r.statuses.get(Status.INSERTED, 0):>3} {r.statuses.get(Status.DUPLICATE, 0):>3} "
+        f"{ended:>3} "
         f"{due:>3} {r.dag_runs:>3} {r.reruns:>2} {r.seconds:>5.1f}  {len(r.violations)}"
     )
 

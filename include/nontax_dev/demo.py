@@ -386,6 +386,8 @@ def choose_database(stack: contextlib.ExitStack, say: Callable[[str], None]) -> 
 
 def report_from_xcom(home: Path, run_id: str | None) -> dict[str, Any] | None:
     """The `report` task's return value from the run's metadata DB, if it is there."""
+    # Read from the table: the CLI has no command that shows an XCom, and the REST API needs an
+    # api-server the demo does not start (report_from_store recomputes it otherwise).
     if run_id is None:
         return None
     try:

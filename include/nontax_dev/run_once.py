@@ -27,8 +27,8 @@ def main() -> int:
     conf = json.loads(os.environ.get("NONTAX_RUN_CONF") or "{}")
     result = dags_test(env, conf, log_file=ROOT / ".airflow" / "run-once" / "last-run.log")
     for task in result.tasks:
-        label = task["rendered_map_index"] or ("" if task["map_index"] < 0 else task["map_index"])
-        print(f"{task['task_id']:<28} {label!s:<40} {task['state']}")
+        label = "" if task["map_index"] < 0 else task["map_index"]
+        print(f"{task['task_id']:<28} {label!s:<6} {task['state']}")
     print(f"run {result.run_id}: {result.run_state} (log: .airflow/run-once/last-run.log)")
     return 0 if result.run_state == "success" else 1
 

@@ -166,7 +166,7 @@ class Rig:
         return DagProcess(self.envs[home], conf, log_path, dag_id, run_at)
 
     def latest_run_id(self, home: int = 0) -> str | None:
-        return latest_run(self.homes[home])[0]
+        return latest_run(self.envs[home])[0]
 
     def rerun_instance(self, run_id: str, map_index: int, *, home: int = 0):
         """What a person's clear of one insert instance does: `airflow tasks test` of it."""

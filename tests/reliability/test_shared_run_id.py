@@ -71,7 +71,7 @@ def test_the_requests_run_of_the_same_run_id_leaves_the_batches_holds_alone(make
         wait_until(lambda: not issuing.alive(), timeout=600, what="the issuing run's end")
         output = issuing.output()
 
-    issuing_run, issuing_state, tasks = latest_run(rig.homes[0])
+    issuing_run, issuing_state, tasks = latest_run(rig.envs[0], output=output)
     assert (issuing_run, requests.run_id) == (RUN_ID, RUN_ID)
     assert requests.run_state == "success", requests.output[-3000:]
     assert max(unheld) == 0, f"orders of the running batch lost their hold: {max(unheld)}"
@@ -111,7 +111,7 @@ def test_a_batch_that_loses_its_hold_ends_failed_and_says_how_many_and_why(make_
         wait_until(lambda: not issuing.alive(), timeout=300, what="the issuing run's end")
         output = issuing.output()
 
-    _, _, tasks = latest_run(rig.homes[0])
+    _, _, tasks = latest_run(rig.envs[0], output=output)
     batch = [t for t in tasks if t["task_id"] == "issue_bills"]
     assert [(t["state"], t["try_number"]) for t in batch] == [("failed", 1)], output[-3000:]
     sent = {oid for oid in ids if rig.sandbox.order_answers(oid).get("insertbill")}
