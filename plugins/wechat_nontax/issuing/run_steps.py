@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from wechat_nontax.settings import DEFAULT_LEASE_S, default_hold_s
-from wechat_nontax.store.holds import ClaimScope, RunClaim
+from wechat_nontax.store.holds import RunClaim
 from wechat_nontax.wechat.policy import Status
 
 # Airflow refuses to map past max_map_length (1024 by default); batches stay far below it.
@@ -64,13 +64,12 @@ def claim_orders(
     min_batches: int = 1,
     max_orders: int | None = None,
     order_ids: Sequence[str] | None = None,
-    scope: ClaimScope = ClaimScope.DUE,
     lease_s: int = DEFAULT_LEASE_S,
     dry_run: bool = False,
     run_state: Callable[[str], str | None] = lambda key: None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> RunClaim:
-    """Claim this run's due orders of `scope` (all of them, at most `max_orders`, or just
+    """Claim this run's due orders (all of them, at most `max_orders`, or just
     `order_ids`) under its run key `run` (`store.run_key`).
 
     First, orders claimed by runs that have ended (marked failed or success by a person, or
@@ -84,7 +83,7 @@ def claim_orders(
     store = OrderStore(connect(orders_conn_id, application_name="nontax-claim"))
     try:
         if dry_run:
-            return store.peek_due(limit=max_orders or None, order_ids=order_ids, scope=scope)
+            return store.peek_due(limit=max_orders or None, order_ids=order_ids)
         _free_ended_runs(store, run, run_state, sleep)
         return store.claim_run(
             run,
@@ -92,7 +91,6 @@ def claim_orders(
             split=lambda claimed: split_batches(claimed, batch_size, min_batches=min_batches),
             limit=max_orders or None,
             order_ids=order_ids,
-            scope=scope,
         )
     finally:
         store.close()
