@@ -168,3 +168,11 @@ def test_nontax_link_and_status_from_the_command_line(store, orders_db, wechat_c
     assert "unknown order" in capsys.readouterr().err
     assert main(["status"]) == 0
     assert "0 without a valid link" in capsys.readouterr().out
+
+
+def test_a_reset_never_makes_an_order_waiting_for_its_payer_due(store, orders_db):
+    order = make_order(1)
+    load_lines(store, [order_line(order, authorized=False)])
+    assert not store.reset(order.order_id)
+    assert row(orders_db, order.order_id)[:3] == ("unauthorized", order.fee, 1)
+    assert store.claim_due("run-1", lease_s=60) == []

@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             for order_id in failed:
                 print(
                     f"{order_id}: not reset (unknown, already finished, mismatched: its bill "
-                    "is in the card package, or held by a run right now)",
+                    "is in the card package, waiting for its payer's authorisation, or held "
+                    "by a run right now)",
                     file=sys.stderr,
                 )
             print(f"{len(args.order_ids) - len(failed)} orders are due again")
