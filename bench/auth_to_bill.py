@@ -19,6 +19,7 @@ others; `make bench` runs it after bench/run.py.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import shutil
@@ -31,6 +32,8 @@ import psycopg2
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 TARGET_P95_S = 300.0
+# Databases marked by this checkout, as bench/run.py marks its own: two checkouts never share one.
+CHECKOUT = hashlib.sha1(str(ROOT).encode()).hexdigest()[:6]  # noqa: S324 (a name, not a secret)
 
 
 def load_waiting(dsn: str, pdf_root: Path, n: int) -> list[str]:
@@ -89,8 +92,8 @@ def measure(args, say) -> dict:
     for name in ("nontax_insertbill.py", "nontax_waiting.py"):
         (dags / name).symlink_to(ROOT / "dags" / name)
     config = StackConfig(
-        state_dir=state / "stack", orders_db_name="nontax_bench_auth",
-        meta_db_name="airflow_bench_auth_meta", sandbox_port=None, port=free_port(),
+        state_dir=state / "stack", orders_db_name=f"nontax_bench_auth_{CHECKOUT}",
+        meta_db_name=f"airflow_bench_auth_meta_{CHECKOUT}", sandbox_port=None, port=free_port(),
         worker_log_port=free_port(), scheduler_health_port=free_port(),
         drop_databases_on_down=True, fresh_databases=True, unpause=False,
         extra_env={"AIRFLOW__CORE__DAGS_FOLDER": str(dags), "NONTAX_SCHEDULE": "0 0 29 2 *"},
