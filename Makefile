@@ -103,8 +103,9 @@ chaos: $(STAMP)  ## RUNS runs under random WeChat faults, the promise checked: m
 sandbox: $(STAMP)  ## run the WeChat sandbox in the foreground on WECHAT_SANDBOX_PORT
 	$(PY) -m wechat_sandbox --port $(WECHAT_SANDBOX_PORT)
 
-bench: $(STAMP)  ## pipeline vs ceiling vs per-order DAG, Celery, CPU per order, costs, the receiver; BENCH_ARGS="--large 5000"
+bench: $(STAMP)  ## pipeline vs ceiling vs per-order DAG, Celery, CPU per order, costs, authorisation to bill, the receiver; BENCH_ARGS="--large 5000" AUTH_BENCH_ARGS="--minutes 3"
 	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/auth_to_bill.py $(AUTH_BENCH_ARGS)
 	$(PY) bench/receiver.py $(RECEIVER_BENCH_ARGS)
 
 up: $(STAMP)  ## the local Airflow in the background (UI :8080); make up EXECUTOR=celery WORKERS=2 STATSD=host:port

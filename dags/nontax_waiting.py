@@ -1,16 +1,24 @@
-"""Issue the bills of waiting orders as soon as their payers have authorised them: every 15
-minutes at NONTAX_WAITING_SCHEDULE (cron, Asia/Shanghai; default `*/15 * * * *`), and by hand.
+"""Issue, within minutes, the bills of orders whose payers have just authorised them: every
+2 minutes at NONTAX_WAITING_SCHEDULE (cron, Asia/Shanghai; default `*/2 * * * *`), and by hand.
 
-An insert answered 72038 (the payer's authorisation not seen yet) leaves its order
-`awaiting_auth`, to be looked at again 15 minutes later (`not_before`) and failed 24 h after the
-first such answer. This DAG claims only the waiting orders whose next look is due (claim scope
-`authorization_look_due`: when none is, the run reads no other row and sends nothing), asks
-getauthdata for each and inserts those the payer has authorised, with the issuing DAG's own
-operators: the same Connections, pool, token cache, holds and write-backs. The daily run of
-`nontax_insertbill` stays the backstop: it claims the same orders when their look is due.
+An order loaded before its payer authorised (`unauthorized`) becomes due the moment the payer's
+authorisation event is recorded (`nontax.record_authorization_event`); an order WeChat answered
+72038 (`awaiting_auth`) becomes due when its next getauthdata look is (every 15 minutes, or at
+once when the payer's event arrives). Each run claims what is due at that moment with the
+issuing DAG's own operators: the same claim and holds (two runs of the two DAGs never take one
+order: the claim skips locked rows and live leases, each write names its holder), the same
+Connections, pool and token cache. When nothing is due the claim reads the due index's empty
+range only, and the run sends nothing (no token step: a batch fetches the shared token). The
+daily run of `nontax_insertbill` stays the backstop (this DAG paused, WeChat away for a while).
+
+Why a schedule and not an Asset-triggered DAG: in Airflow 3.3.2 asset events can stay queued
+for a consumer with `max_active_runs=1` (apache/airflow#56050) and one run consumes every
+queued event (#55956), so an event can only mean "sweep what is due" anyway; a schedule sweeps
+the same way without a trigger to keep alive, and bounds the wait from an authorisation to its
+bill by the interval plus a run's own time (`bench/auth_to_bill.py`).
 
 Its report judges the run's own orders only: an order of another run that needs a person keeps
-the daily run red, not this one every 15 minutes.
+the daily run red, not this one every 2 minutes.
 """
 
 from __future__ import annotations
@@ -21,18 +29,24 @@ from airflow.sdk import DAG
 
 from wechat_nontax.issuing.dag_parts import issue_claimed_batches, issuing_dag_args
 from wechat_nontax.issuing.operators import ClaimOrdersOperator
-from wechat_nontax.settings import ORDERS_CONN_ID, POOL_SLOTS, WAITING_DAG_ID, dag_settings
+from wechat_nontax.settings import (
+    ORDERS_CONN_ID,
+    POOL_SLOTS,
+    WAITING_DAG_ID,
+    WAITING_SCHEDULE_DEFAULT,
+    WAITING_SCHEDULE_ENV,
+    dag_settings,
+)
 
 with DAG(
     dag_id=WAITING_DAG_ID,
-    **dag_settings("NONTAX_WAITING_SCHEDULE", "*/15 * * * *"),
+    **dag_settings(WAITING_SCHEDULE_ENV, WAITING_SCHEDULE_DEFAULT),
     **issuing_dag_args(),
     doc_md=__doc__,
 ):
     claim = ClaimOrdersOperator(
         task_id="claim_orders",
         orders_conn_id=ORDERS_CONN_ID,
-        scope="authorization_look_due",
         batch_size=2500,
         min_batches=POOL_SLOTS,
         max_orders="{{ params.max_orders }}",

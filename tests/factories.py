@@ -100,3 +100,21 @@ def request_runner(env, requests_store, *, run_id, try_number=1, **kwargs):
         holder=f"nontax_requests|{run_id}|carry_out_requests|-1|{try_number}", hold_s=120,
         sleep=lambda s: None, **kwargs,
     )  # fmt: skip
+
+
+def insert_orders_plainly(dsn: str, orders: list[Order]) -> None:
+    """Orders inserted as an older schema's load did: only the seed's columns and `pdf_path`
+    (today's load also writes columns an older schema does not have yet)."""
+    import psycopg2.extras
+
+    from wechat_nontax.store.sql import ORDER_COLUMNS
+
+    fields = [name.strip() for name in ORDER_COLUMNS.split(",")]
+    conn = psycopg2.connect(dsn)
+    with conn, conn.cursor() as cur:
+        psycopg2.extras.execute_values(
+            cur,
+            f"INSERT INTO nontax.bill_order ({ORDER_COLUMNS}) VALUES %s",
+            [tuple(getattr(order, name) for name in fields) for order in orders],
+        )
+    conn.close()

@@ -111,7 +111,7 @@ from typing import IO, Any
 
 from nontax_dev.chaos_airflow import ChaosAirflow, check_private_loop
 from wechat_nontax.settings import INSERTBILL_DAG_ID, ISSUE_TASK_ID
-from wechat_nontax.wechat.policy import Status
+from wechat_nontax.wechat.statuses import Status
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DAG_ID = INSERTBILL_DAG_ID

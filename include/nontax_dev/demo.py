@@ -14,6 +14,9 @@
 5. The run's report, task states and the orders' end states, checked against what was planted.
 6. One issued bill's void is asked for (`make void`), and one run of the DAG `nontax_requests`
    refuses the one order and voids the other bill (log in .run/demo/requests-test.log).
+7. Payers who authorise after the load (`demo_payers`): six orders loaded unauthorised, their
+   links made, four payers authorise, one declines, and one run of `nontax_waiting` issues the
+   four (log in .run/demo/waiting-test.log).
 
 Everything started is stopped again, also on Ctrl-C. The run itself ends "failed" by design: the
 planted problems need a person. The demo succeeds (exit 0) when every good order's bill is in
@@ -44,6 +47,7 @@ from typing import Any
 from nontax_dev.airflow_run import (
     REQUESTS_DAG_ID,
     ROOT,
+    WAITING_DAG_ID,
     DagTestResult,
     airflow_env,
     dags_test,
@@ -793,6 +797,17 @@ def run_demo(console: Console) -> int:
         verdict.expect(
             carried.run_state == "success", f"the requests run ended {carried.run_state}"
         )
+
+        # 7. Payers who authorise after the load: links, events, the fast DAG.
+        from nontax_dev.demo_payers import run_payer_flow
+
+        console.section("Payers who authorise after the load")
+        flow = {"store": store, "dsn": db.dsn, "admin": admin, "env": env}
+        problems = run_payer_flow(say=console.say, run_dir=RUN_DIR, pdf_root=PDF_ROOT, now=now,
+                                  **flow)  # fmt: skip
+        for problem in problems:
+            verdict.expect(False, problem)
+
         console.section("Verdict")
         if verdict.problems:
             print("  DEMO FAILED:")
@@ -803,6 +818,8 @@ def run_demo(console: Console) -> int:
             f"  OK: {len(demo.good)} good orders, each bill inserted exactly once in the sandbox;\n"
             f"  {len(demo.planted)} planted problems, each ended as expected with its reason;\n"
             f"  one order refused and one bill voided by the requests DAG, each once on WeChat;\n"
+            f"  four payers' bills issued by {WAITING_DAG_ID} after their authorisation, each "
+            "once; the declined and the unanswered order never sent;\n"
             f"  {len(demo.unloadable)} unloadable lines refused at load with their line numbers.\n"
             f"  The run is '{result.run_state}' on purpose: orders that need a person turn it red."
         )

@@ -26,6 +26,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from wechat_sandbox import errors as E
+from wechat_sandbox.auth_links import AuthLinks
 from wechat_sandbox.config import ADMIN_TOKEN_HEADER, Settings, SettingsError
 from wechat_sandbox.faults import FaultRuleError, FaultSet
 from wechat_sandbox.state import AUTH_STATUSES, REIMBURSE_STATUSES, SandboxState
@@ -110,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """A fresh sandbox application with its own state, from `settings` (default: environment)."""
     settings = settings if settings is not None else Settings.from_env()
     state = SandboxState(settings)
+    links = AuthLinks(state.clock)
     faults = FaultSet()
     _install_log_filter()
 
@@ -120,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url=None,
     )
     app.state.sandbox = state
+    app.state.auth_links = links
     app.state.faults = faults
 
     # ------------------------------------------------------------ the call pipeline
@@ -243,6 +246,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return problem
         return state.auth_data(None if body is _INVALID else body)
 
+    async def h_getticket(request: Request, body: Any) -> dict[str, Any]:
+        token, problem = token_of(request)
+        if problem is not None:
+            return problem
+        return links.get_ticket(token.appid, request.query_params.get("type"))
+
+    async def h_getbillauthurl(request: Request, body: Any) -> dict[str, Any]:
+        token, problem = token_of(request)
+        if problem is not None:
+            return problem
+        return links.auth_url(token.appid, None if body is _INVALID else body)
+
     def wechat(endpoint: str, handler: Any, *, json_body: bool = True) -> Any:
         async def route(request: Request) -> Response:
             return await serve(endpoint, request, handler, json_body=json_body)
@@ -259,6 +274,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_route(
         "/nontax/insertbill", wechat("insertbill", with_token(state.insert_bill)), ["POST"]
     )
+    app.add_route(
+        "/cgi-bin/ticket/getticket", wechat("getticket", h_getticket, json_body=False), ["GET"]
+    )
+    app.add_route("/nontax/getbillauthurl", wechat("getbillauthurl", h_getbillauthurl), ["POST"])
     app.add_route("/card/invoice/getauthdata", wechat("getauthdata", h_getauthdata), ["POST"])
     app.add_route(
         "/card/invoice/rejectinsert",
@@ -333,8 +352,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     async def a_reset(request: Request) -> Any:
         state.reset()
+        links.reset()
         faults.reset()
         return {"ok": True, "config": state.settings.to_dict()}
+
+    async def a_links(request: Request) -> Any:
+        return links.links_list()
+
+    async def a_expire_tickets(request: Request) -> Any:
+        return {"expired": links.expire_tickets()}
 
     async def a_get_config(request: Request) -> Any:
         return state.settings.to_dict()
@@ -447,6 +473,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         (f"{p}/statuses", a_statuses, ["GET"]),
         (f"{p}/statuses/{{order_id}}", a_put_status, ["PUT"]),
         (f"{p}/reset", a_reset, ["POST"]),
+        (f"{p}/links", a_links, ["GET"]),
+        (f"{p}/tickets/expire", a_expire_tickets, ["POST"]),
         (f"{p}/config", a_get_config, ["GET"]),
         (f"{p}/config", a_config, ["POST"]),
         (f"{p}/authorizations", a_authorizations, ["GET"]),

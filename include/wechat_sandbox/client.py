@@ -179,6 +179,13 @@ class SandboxAdmin:
     def set_authorizations(self, statuses: Mapping[str, str]) -> None:
         self._call("POST", "authorizations", json={"orders": dict(statuses)})
 
+    def links(self) -> list[dict[str, Any]]:
+        """Every authorisation link made (getbillauthurl), oldest first."""
+        return self._call("GET", "links")
+
+    def expire_tickets(self) -> int:
+        return self._call("POST", "tickets/expire")["expired"]
+
     def expire_tokens(self) -> int:
         """Expire every token now (they answer 42001); returns how many were valid."""
         return self._call("POST", "tokens/expire")["expired"]

@@ -27,6 +27,7 @@ TOKEN_EXPIRED = 42001
 DAILY_QUOTA = 45009
 MINUTE_QUOTA = 45011
 DATA_FORMAT = 47001
+INVALID_ARGS = 40097
 BUSINESS_REJECTED = 72035
 INVOICE_BUSY = 72036
 ORDER_NOT_AUTHORISED = 72038
@@ -58,6 +59,7 @@ MESSAGES: dict[int, str] = {
     DAILY_QUOTA: "reach max api daily quota limit",
     MINUTE_QUOTA: "api minute-quota reach limit, must slower, retry next minute",
     DATA_FORMAT: "data format error",
+    INVALID_ARGS: "invalid args",
     BUSINESS_REJECTED: "business rejected",
     INVOICE_BUSY: "invoice is busy, try again please",
     ORDER_NOT_AUTHORISED: "order not authorised",

@@ -39,6 +39,8 @@ FAULT_ENDPOINTS = frozenset(
         "getauthdata",
         "rejectinsert",
         "updatestatus",
+        "getticket",
+        "getbillauthurl",
         "*",
     }
 )

@@ -32,6 +32,8 @@ ENDPOINTS = (
     "getauthdata",
     "rejectinsert",
     "updatestatus",
+    "getticket",
+    "getbillauthurl",
 )
 
 # How many calls the call log keeps (a chaos run makes a few hundred).

@@ -18,7 +18,10 @@ from zoneinfo import ZoneInfo
 # -- the DAGs, their tasks and what they update --------------------------------------------------
 INSERTBILL_DAG_ID = "nontax_insertbill"  # issues the due bills, daily
 REQUESTS_DAG_ID = "nontax_requests"  # carries out refusals and voids
-WAITING_DAG_ID = "nontax_waiting"  # issues waiting orders between daily runs
+WAITING_DAG_ID = "nontax_waiting"  # issues, within minutes, orders whose payers just authorised
+# Its schedule: the wait from a payer's authorisation to the bill is this interval plus a run.
+WAITING_SCHEDULE_ENV = "NONTAX_WAITING_SCHEDULE"
+WAITING_SCHEDULE_DEFAULT = "*/2 * * * *"
 ISSUE_TASK_ID = "issue_bills"  # one mapped instance a batch, in both issuing DAGs
 REQUESTS_TASK_ID = "carry_out_requests"
 # Updated by every issuing run that inserted bills.

@@ -1,16 +1,24 @@
 """End to end: the DAG `nontax_waiting` run by Airflow (`airflow dags test`), real Postgres, the
-sandbox: a waiting order is looked at again when its look is due, not before; inserted once its
-payer authorised; failed once it has waited past the deadline."""
+sandbox: orders whose payers authorise between runs are inserted by the next run, each once,
+and those still waiting for their payer are never sent; a waiting order is looked at again when
+its look is due, not before; inserted once its payer authorised; failed once it has waited past
+the deadline; a run of each issuing DAG at once sends no order twice."""
 
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from airflow_desk import AirflowDesk
 from dag_files import parse_frequent_dag
 from factories import make_order, write_pdf
-from nontax_dev.airflow_run import DAG_ID, WAITING_DAG_ID
+from nontax_dev.airflow_run import DAG_ID, WAITING_DAG_ID, airflow_env
+from nontax_dev.payers import payer_answers
+from wechat_nontax.issuing.auth_links import make_links
+from wechat_nontax.wechat.hook import WeChatNonTaxHook
 from wechat_nontax.wechat.rules import AUTHORIZATION_RECHECK_S
+from wechat_sandbox.client import DEFAULT_APPID
 
 pytestmark = pytest.mark.e2e
 
@@ -18,10 +26,21 @@ pytestmark = pytest.mark.e2e
 class Desk(AirflowDesk):
     """The order database, the sandbox and one Airflow home for both issuing DAGs."""
 
-    def load(self, *orders):
+    def load(self, *orders, unauthorized=False):
         for order in orders:
             write_pdf(self.pdf_root, order)
-        self.store.upsert_orders(orders)
+        waiting = {o.order_id for o in orders} if unauthorized else set()
+        self.store.upsert_orders(orders, waiting_for_payer=waiting)
+
+    def links(self, orders):
+        """Each order's authorisation link, made as `nontax link` makes it: {order_id: url}."""
+        hook = WeChatNonTaxHook()
+        try:
+            made = make_links(self.store, hook, [o.order_id for o in orders])
+        finally:
+            hook.close()
+        assert [r.outcome for r in made] == ["made"] * len(orders)
+        return {r.order_id: r.auth_url for r in made}
 
     def look_due(self, order_id, *, waited_h=None):
         """The order's next look has come (its 15 minutes passed); with `waited_h`, WeChat first
@@ -54,12 +73,87 @@ def waiting(desk, order):
     assert row["status"] == "awaiting_auth" and row["last_errcode"] == 72038
 
 
-def test_the_waiting_dag_imports_cleanly_and_runs_alone_every_15_minutes():
-    dag = parse_frequent_dag("nontax_waiting.py", WAITING_DAG_ID, "*/15 * * * *")
+def test_the_waiting_dag_imports_cleanly_and_runs_alone_every_2_minutes():
+    dag = parse_frequent_dag("nontax_waiting.py", WAITING_DAG_ID, "*/2 * * * *")
     assert int(AUTHORIZATION_RECHECK_S) == 15 * 60  # a look at every run once due
     assert set(dag.params) == {"max_orders", "workers"}
-    assert dag.get_task("claim_orders").scope == "authorization_look_due"
+    assert not hasattr(dag.get_task("claim_orders"), "scope")  # all that is due
     assert dag.get_task("issue_bills").pool == "wechat_nontax"
+
+
+def test_payers_who_authorise_between_runs_get_their_bills_from_the_next_run_each_once(
+    desk, wechat_conn
+):
+    desk.sandbox.configure(authorize_by_default=False)  # WeChat's side knows only the events
+    a, b, c, d = orders = [make_order(n) for n in range(4)]
+    desk.load(*orders, unauthorized=True)
+    links = desk.links(orders)
+
+    # Nobody has authorised: the run claims nothing and calls nothing.
+    before = desk.sandbox.calls()
+    idle = desk.run(WAITING_DAG_ID)
+    assert idle.run_state == "success", idle.output[-3000:]
+    assert idle.states("issue_bills") == {-1: "skipped"}
+    assert desk.sandbox.calls() == before
+    assert before["insertbill"] == before["setpdf"] == 0
+
+    # a and b authorise, d declines; c waits.
+    for order in (a, b):
+        assert payer_answers(desk.dsn, links[order.order_id], appid=DEFAULT_APPID,
+                             sandbox=desk.sandbox) == "authorized: due now"  # fmt: skip
+    assert payer_answers(desk.dsn, links[d.order_id], authorized=False, appid=DEFAULT_APPID,
+                         sandbox=desk.sandbox) == "declined"  # fmt: skip
+    first = desk.run(WAITING_DAG_ID)
+    assert first.run_state == "success", first.output[-3000:]
+    status = {o.order_id: desk.store.get_row(o.order_id)["status"] for o in orders}
+    assert status == {a.order_id: "inserted", b.order_id: "inserted",
+                      c.order_id: "unauthorized", d.order_id: "declined"}  # fmt: skip
+
+    # c authorises later: the next run inserts it, and sends a and b nothing again.
+    payer_answers(desk.dsn, links[c.order_id], appid=DEFAULT_APPID, sandbox=desk.sandbox)
+    second = desk.run(WAITING_DAG_ID)
+    assert second.run_state == "success", second.output[-3000:]
+    assert desk.store.get_row(c.order_id)["status"] == "inserted"
+    assert sorted(b["order_id"] for b in desk.sandbox.bills()) == [a.order_id, b.order_id,
+                                                                    c.order_id]  # fmt: skip
+    for order in (a, b, c):
+        assert desk.answers(order.order_id, "insertbill") == {"0": 1}
+    assert desk.answers(d.order_id, "insertbill") == {} and desk.answers(d.order_id, "setpdf") == {}
+    # Nothing sent for an order before its payer's event was recorded.
+    sent = dict(desk.sql(
+        "SELECT a.order_id, min(a.at) FROM nontax.bill_attempt a "
+        "WHERE a.step = 'insert' GROUP BY a.order_id"
+    ))  # fmt: skip
+    answered = dict(desk.sql(
+        "SELECT order_id, min(received_at) FROM nontax.authorization_event "
+        "WHERE authorized GROUP BY order_id"
+    ))  # fmt: skip
+    assert set(sent) == {a.order_id, b.order_id, c.order_id}
+    assert all(sent[o] > answered[o] for o in sent)
+
+
+def test_a_run_of_each_issuing_dag_at_once_sends_no_order_twice(desk, tmp_path_factory):
+    orders = [make_order(n) for n in range(60)]
+    desk.load(*orders)
+    desk.sandbox.add_fault(endpoint="insertbill", kind="latency", latency_ms=30)
+    daily_env = airflow_env(tmp_path_factory.mktemp("airflow-daily"), base=desk.env)
+    daily = Desk(desk.dsn, desk.sandbox, tmp_path_factory.mktemp("unused"), desk.pdf_root)
+    daily.env = {**daily_env, "AIRFLOW__CORE__FERNET_KEY": desk.env["AIRFLOW__CORE__FERNET_KEY"]}
+    with ThreadPoolExecutor(2) as pool:
+        fast = pool.submit(desk.run, WAITING_DAG_ID)
+        slow = pool.submit(daily.run, DAG_ID, {"batch_size": 10})
+        runs = [fast.result(), slow.result()]
+    daily.store.close()
+    assert [r.run_state for r in runs] == ["success", "success"], [r.output[-2000:] for r in runs]
+    assert {desk.store.get_row(o.order_id)["status"] for o in orders} == {"inserted"}
+    stats = desk.sandbox.orders()
+    assert len(stats) == 60
+    assert all(s["attempts"] == 1 and s["successes"] == 1 for s in stats.values())
+    shared = desk.sql(
+        "SELECT order_id FROM nontax.bill_attempt WHERE step IN ('upload', 'insert') "
+        "GROUP BY order_id HAVING count(DISTINCT run_id) > 1"
+    )
+    assert shared == []
 
 
 def test_a_payer_who_authorises_after_the_first_look_is_issued_by_the_next_waiting_run(desk):

@@ -1,9 +1,13 @@
-"""Loading orders from JSON Lines into the order store, as authorized.
+"""Loading orders from JSON Lines into the order store.
 
 Each line is an object with the seed's fields (`order_id, card_id, appid, fee, title,
-billing_time, billing_no, billing_code`) plus `pdf_path` (relative to the PDF root). A line that
-is not valid is reported with its number and reason, and the valid lines load all the same.
-A reload never changes an order that is already inserted (see `OrderStore.upsert_orders`).
+billing_time, billing_no, billing_code`) plus `pdf_path` (relative to the PDF root) and, when
+the unit's export knows it, `authorized`: `false` for an order whose payer has not authorised
+yet (loaded `unauthorized`: its link is made with `nontax link`, and it is issued once the
+payer's authorisation event arrives); `true` or absent for one already authorised (due at once).
+A line that is not valid is reported with its number and reason, and the valid lines load all
+the same. A reload never changes an order that is already inserted, and never takes back an
+authorisation (see `OrderStore.upsert_orders`).
 """
 
 from __future__ import annotations
@@ -59,13 +63,19 @@ class LoadReport:
 
 def parse_line(text: str, *, now: int) -> Order:
     """One JSON Lines record as an Order; raises ValueError with a readable reason."""
+    return parse_record(text, now=now)[0]
+
+
+def parse_record(text: str, *, now: int) -> tuple[Order, bool]:
+    """One JSON Lines record: (the Order, whether its payer has authorised it); raises
+    ValueError with a readable reason."""
     try:
         record = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(record, dict):
         raise ValueError("not a JSON object")
-    unknown = sorted(set(record) - set(BILL_FIELDS) - {"pdf_path"})
+    unknown = sorted(set(record) - set(BILL_FIELDS) - {"pdf_path", "authorized"})
     if unknown:
         raise ValueError(f"unknown fields: {', '.join(unknown)}")
     problems = check_order_fields(record, now=now)
@@ -74,7 +84,11 @@ def parse_line(text: str, *, now: int) -> Order:
     pdf_path = record.get("pdf_path")
     if pdf_path is not None and (reason := pdf_path_problem(pdf_path)) is not None:
         raise ValueError(f"pdf_path: {reason}")  # the reason issuing would give, found early
-    return Order(**{name: record[name] for name in BILL_FIELDS}, pdf_path=pdf_path)
+    authorized = record.get("authorized", True)
+    if not isinstance(authorized, bool):
+        raise ValueError(f"authorized: must be true or false, got {json.dumps(authorized)[:40]}")
+    order = Order(**{name: record[name] for name in BILL_FIELDS}, pdf_path=pdf_path)
+    return order, authorized
 
 
 def decode_line(raw: bytes, number: int) -> str:
@@ -97,14 +111,14 @@ def load_lines(
     that one badly encoded line is reported while the others load)."""
     now = int(time.time()) if now is None else now
     report = LoadReport()
-    chunk: list[tuple[int, Order]] = []
+    chunk: list[tuple[int, Order, bool]] = []
     for number, line in enumerate(lines, start=1):
         report.lines = number
         try:
             text = decode_line(line, number) if isinstance(line, bytes) else line
             if not text.strip():
                 continue
-            chunk.append((number, parse_line(text, now=now)))
+            chunk.append((number, *parse_record(text, now=now)))
         except ValueError as exc:
             report.rejected.append((number, str(exc)))
         if len(chunk) >= CHUNK:
@@ -115,24 +129,29 @@ def load_lines(
     return report
 
 
-def _load_chunk(store: OrderStore, chunk: list[tuple[int, Order]], report: LoadReport) -> None:
+def _load_chunk(
+    store: OrderStore, chunk: list[tuple[int, Order, bool]], report: LoadReport
+) -> None:
     if not chunk:
         return
     seen: dict[str, int] = {}
     unique: list[tuple[int, Order]] = []
-    for number, order in chunk:
+    waiting: set[str] = set()
+    for number, order, authorized in chunk:
         if order.order_id in seen:
             report.rejected.append((number, f"order_id repeats line {seen[order.order_id]}"))
             continue
         seen[order.order_id] = number
         unique.append((number, order))
+        if not authorized:
+            waiting.add(order.order_id)
     try:
-        report.add(store.upsert_orders([order for _, order in unique]))
+        report.add(store.upsert_orders([o for _, o in unique], waiting_for_payer=waiting))
     except psycopg2.IntegrityError:
         # One bad row fails the whole statement: load the chunk row by row to find it.
         for number, order in unique:
             try:
-                report.add(store.upsert_orders([order]))
+                report.add(store.upsert_orders([order], waiting_for_payer=waiting))
             except psycopg2.IntegrityError as exc:
                 report.rejected.append((number, _integrity_reason(exc)))
 

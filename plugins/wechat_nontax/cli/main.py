@@ -6,6 +6,10 @@
     attention               the orders that need a person, with their reasons
     history ORDER_ID        an order's row and its attempt history
     reset ORDER_ID...       make orders due again after fixing their data
+    link ORDER_ID... | --unauthorized [--limit N] [--source web|app] [--redirect-url URL]
+                            the authorisation link of each order waiting for its payer: made
+                            (nontax/getbillauthurl) and recorded on the order, or reused while
+                            valid; prints one line per order with its URL
     refuse ORDER_ID --reason TEXT [--by NAME]
                             ask for the order to be refused (rejectinsert: the payer is told
                             TEXT, at most 100 characters; it never gets a bill)
@@ -19,7 +23,9 @@ refuse and void only record the request (checked first: a bad one is refused wit
 and exit code 1); the DAG `nontax_requests` carries it out within minutes. `attention` and
 `history` show where it stands.
 
-The database is `AIRFLOW_CONN_NONTAX_ORDERS_DB` (the same Connection the DAG uses) or --dsn.
+The database is `AIRFLOW_CONN_NONTAX_ORDERS_DB` (the same Connection the DAG uses) or --dsn;
+`link` calls WeChat through the WeChat Connection (`AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT`) and its
+shared token and ticket, which need Airflow's Fernet key (`AIRFLOW__CORE__FERNET_KEY`).
 """
 
 from __future__ import annotations
@@ -44,6 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     reset = sub.add_parser("reset")
     reset.add_argument("order_ids", nargs="+")
     reset.add_argument("--note", default="reset by operator")
+    link = sub.add_parser("link")
+    link.add_argument("order_ids", nargs="*")
+    link.add_argument("--unauthorized", action="store_true",
+                      help="every order waiting for its payer without a valid link")  # fmt: skip
+    link.add_argument("--limit", type=int, default=None, help="at most this many (1000)")
+    link.add_argument("--source", choices=("web", "app"), default="web")
+    link.add_argument("--redirect-url", default=None)
     for kind in ("refuse", "void"):
         request = sub.add_parser(kind)
         request.add_argument("order_id")
@@ -91,9 +104,18 @@ def main(argv: list[str] | None = None) -> int:
             report = load_lines(store, read_lines(args.file))
             print(report)
             return 1 if report.rejected or report.held else 0
+        if args.command == "link":
+            return _links(store, args)
         if args.command == "status":
             for status, count in sorted(store.count_by_status().items()):
                 print(f"{status:<14} {count}")
+            waiting, unlinked, oldest = store.waiting_for_payer()
+            if waiting:
+                print(
+                    f"{waiting} orders wait for their payer (the oldest loaded "
+                    f"{beijing_time(oldest)}), {unlinked} without a valid link: "
+                    "nontax link --unauthorized"
+                )
             asked = requests.count_by_status()
             if asked:
                 print("requests:")
@@ -140,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             for order_id in failed:
                 print(
                     f"{order_id}: not reset (unknown, already finished, mismatched: its bill "
-                    "is in the card package, or held by a run right now)",
+                    "is in the card package, waiting for its payer's authorisation, or held "
+                    "by a run right now)",
                     file=sys.stderr,
                 )
             print(f"{len(args.order_ids) - len(failed)} orders are due again")
@@ -149,6 +172,38 @@ def main(argv: list[str] | None = None) -> int:
         store.close()
         requests.close()
     return 2
+
+
+def _links(store, args: argparse.Namespace) -> int:
+    from wechat_nontax.issuing.auth_links import DEFAULT_LINK_LIMIT, REUSE_MARGIN_S, make_links
+    from wechat_nontax.wechat.hook import WeChatNonTaxHook
+    from wechat_nontax.wechat.timing import beijing_time
+
+    if bool(args.order_ids) == args.unauthorized:
+        print("link: name the orders, or --unauthorized (not both)", file=sys.stderr)
+        return 2
+    limit = args.limit if args.limit is not None else DEFAULT_LINK_LIMIT
+    if not 1 <= limit <= 100_000:
+        print("link: --limit must be between 1 and 100000", file=sys.stderr)
+        return 2
+    order_ids = list(dict.fromkeys(args.order_ids))[:limit] or store.unauthorized_needing_link(
+        limit=limit, margin_s=REUSE_MARGIN_S
+    )
+    hook = WeChatNonTaxHook()
+    try:
+        results = make_links(store, hook, order_ids, source=args.source,
+                             redirect_url=args.redirect_url)  # fmt: skip
+    finally:
+        hook.close()
+    for r in results:
+        if r.auth_url is not None:
+            print(f"{r.order_id}  {r.auth_url}  ({r.outcome}, valid until "
+                  f"{beijing_time(r.expires_at)})")  # fmt: skip
+        else:
+            print(f"{r.order_id}  [{r.outcome}] {r.note}", file=sys.stderr)
+    linked = sum(1 for r in results if r.auth_url is not None)
+    print(f"{linked} of {len(results)} orders have a valid link")
+    return 0 if linked == len(results) else 1
 
 
 def _request(dsn: str, args: argparse.Namespace) -> int:

@@ -20,8 +20,7 @@ from wechat_nontax.settings import ISSUE_TASK_ID, ORDERS_CONN_ID, WECHAT_CONN_ID
 
 class ClaimOrdersOperator(BaseOperator):
     """Claim the run's due orders (row locks that skip locked rows, a lease) and split them into
-    batches; returns the batches of order ids (XCom), which the issuing step maps over.
-    `scope` (a `store.ClaimScope` value) says which due orders: all of them by default."""
+    batches; returns the batches of order ids (XCom), which the issuing step maps over."""
 
     template_fields: Sequence[str] = ("batch_size", "min_batches", "max_orders", "order_ids")
     ui_color = "#f6ecc9"
@@ -34,11 +33,9 @@ class ClaimOrdersOperator(BaseOperator):
         max_orders: int | str | None = None,
         order_ids: Sequence[str] | str = (),
         orders_conn_id: str = ORDERS_CONN_ID,
-        scope: str = "due",
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        self.scope = scope
         self.batch_size = batch_size
         self.min_batches = min_batches
         self.max_orders = max_orders
@@ -47,7 +44,7 @@ class ClaimOrdersOperator(BaseOperator):
 
     def execute(self, context: Any) -> list[list[str]]:
         from wechat_nontax.issuing.run_steps import claim_orders
-        from wechat_nontax.store.holders import ClaimScope, split_run_key
+        from wechat_nontax.store.holders import split_run_key
 
         _refuse_unknown_params(context)
         dry_run = as_bool(context["params"].get("dry_run", False))
@@ -61,7 +58,6 @@ class ClaimOrdersOperator(BaseOperator):
             min_batches=int(self.min_batches),
             max_orders=int(self.max_orders) if self.max_orders else None,
             order_ids=[str(order_id) for order_id in self.order_ids] or None,
-            scope=ClaimScope(self.scope),
             dry_run=dry_run,
             # A claim of another run names that run's DAG (an older one: this DAG's run).
             run_state=lambda key: _run_state(*split_run_key(key, dag_id)),

@@ -13,7 +13,7 @@ from typing import Any
 
 from wechat_nontax.observability import metrics
 from wechat_nontax.settings import DEFAULT_LEASE_S, default_hold_s
-from wechat_nontax.store.holders import ClaimScope, RunClaim
+from wechat_nontax.store.holders import RunClaim
 from wechat_nontax.wechat.statuses import Status
 
 # Airflow refuses to map past max_map_length (1024 by default); batches stay far below it.
@@ -65,13 +65,12 @@ def claim_orders(
     min_batches: int = 1,
     max_orders: int | None = None,
     order_ids: Sequence[str] | None = None,
-    scope: ClaimScope = ClaimScope.DUE,
     lease_s: int = DEFAULT_LEASE_S,
     dry_run: bool = False,
     run_state: Callable[[str], str | None] = lambda key: None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> RunClaim:
-    """Claim this run's due orders of `scope` (all of them, at most `max_orders`, or just
+    """Claim this run's due orders (all of them, at most `max_orders`, or just
     `order_ids`) under its run key `run` (`store.run_key`).
 
     First, orders claimed by runs that have ended (marked failed or success by a person, or
@@ -85,7 +84,7 @@ def claim_orders(
     store = OrderStore(connect(orders_conn_id, application_name="nontax-claim"))
     try:
         if dry_run:
-            return store.peek_due(limit=max_orders or None, order_ids=order_ids, scope=scope)
+            return store.peek_due(limit=max_orders or None, order_ids=order_ids)
         _free_ended_runs(store, run, run_state, sleep)
         return store.claim_run(
             run,
@@ -93,7 +92,6 @@ def claim_orders(
             split=lambda claimed: split_batches(claimed, batch_size, min_batches=min_batches),
             limit=max_orders or None,
             order_ids=order_ids,
-            scope=scope,
         )
     finally:
         store.close()

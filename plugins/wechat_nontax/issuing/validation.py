@@ -314,6 +314,28 @@ def check_refusal(order_id: object, reason: object, url: object = None) -> list[
     )
 
 
+AUTH_LINK_SOURCES = ("web", "app")  # getbillauthurl's `source`: official account or app
+
+
+def check_auth_link(
+    order_id: object, money_fen: object, source: object, redirect_url: object = None
+) -> list[Problem]:
+    """Every problem with a request for an order's authorisation link (getbillauthurl)."""
+    return _problems(
+        [
+            ("order_id", _FIELD_CHECKS["order_id"](order_id, now=0, limits=DEFAULT_LIMITS)),
+            ("money", _check_fee(money_fen, now=0, limits=DEFAULT_LIMITS)),
+            (
+                "source",
+                None
+                if source in AUTH_LINK_SOURCES
+                else f"must be one of {', '.join(AUTH_LINK_SOURCES)}, got {shown(source)}",
+            ),
+            ("redirect_url", None if redirect_url is None else _check_url(redirect_url)),
+        ]
+    )
+
+
 def check_status_change(card_id: object, code: object, status: object) -> list[Problem]:
     """Every problem with a request to set a bill's reimburse status (platform/updatestatus)."""
     wanted = reimburse_status(status)

@@ -6,7 +6,6 @@ statements that take, renew and end holds are `holds`'.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from wechat_nontax.wechat.statuses import Status
@@ -85,15 +84,6 @@ class RunClaim:
         return [order_id for batch in self.batches for order_id in batch]
 
 
-class ClaimScope(StrEnum):
-    """Which of the due orders a run claims."""
-
-    DUE = "due"  # every due order (the daily issuing run)
-    # Orders waiting for their payer's authorisation whose next look is due (`not_before`,
-    # set AUTHORIZATION_RECHECK_S after each look): the frequent run of `nontax_waiting`.
-    AUTHORIZATION_LOOK_DUE = "authorization_look_due"
-
-
 def why_not_taken(
     status: str | None,
     *,
@@ -113,6 +103,12 @@ def why_not_taken(
             "refusing",
             "a refusal of it is pending, or was not carried out and waits for a person to "
             "withdraw it or ask again: it is not issued",
+        )
+    if status in Status.WAITING_FOR_PAYER:
+        return NotHeld(
+            "not_yet",
+            f"{status}: its payer has not authorised it yet; issued once the payer's "
+            "authorisation arrives (its link: `nontax link`)",
         )
     if status in Status.NEEDS_ATTENTION:
         return NotHeld(

@@ -16,7 +16,6 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from wechat_nontax.store.holders import (
-    ClaimScope,
     HoldResult,
     NotHeld,
     RunClaim,
@@ -30,7 +29,6 @@ from wechat_nontax.store.sql import (
     TIME_HAS_COME,
     WORKABLE_SQL,
 )
-from wechat_nontax.wechat.statuses import Status
 
 # A write-back that ends the order's journey for now also ends its claim and hold (the
 # requests' write-backs too: `requests.store`).
@@ -52,29 +50,23 @@ def held_guard(holder: str, version: str) -> str:
     return f"held_by = %({holder})s AND row_version = %({version})s AND status NOT IN {SETTLED_SQL}"
 
 
-# Each scope's rows, due now. The waiting rows are found through bill_order_status_updated_idx
-# (status first): a run that finds none reads no row of the others.
-_SCOPE_ROWS = {
-    ClaimScope.DUE: f"status IN {DUE_SQL} AND {TIME_HAS_COME}",
-    ClaimScope.AUTHORIZATION_LOOK_DUE: f"status = '{Status.AWAITING_AUTH}' AND {TIME_HAS_COME}",
-}
+# The rows due now. The waiting rows are found through bill_order_due_idx (status first): a run
+# that finds none due reads no row of the others (the frequent run of `nontax_waiting` at idle).
+_DUE_ROWS = f"status IN {DUE_SQL} AND {TIME_HAS_COME}"
 
 # The rows a claim takes, in claim order: due now, no live lease of anyone.
 _CLAIMABLE = """
     FROM nontax.bill_order
-    WHERE {scope}
+    WHERE {due}
       AND (claim_expires_at IS NULL OR claim_expires_at < now())
       AND NOT {refusal_blocks}
       AND (NOT %(targeted)s OR order_id = ANY(%(order_ids)s))
     ORDER BY authorized_at, order_id
     LIMIT %(limit)s
 """
-
-
-def _claimable(scope: ClaimScope) -> str:
-    return _CLAIMABLE.format(
-        scope=_SCOPE_ROWS[scope], refusal_blocks=REFUSAL_BLOCKS.format(table="bill_order")
-    )
+_CLAIMABLE_DUE = _CLAIMABLE.format(
+    due=_DUE_ROWS, refusal_blocks=REFUSAL_BLOCKS.format(table="bill_order")
+)
 
 
 # Where an order's journey and lease stand, for why a claim or a hold did not take it.
@@ -102,13 +94,11 @@ _CLAIM_SQL = """
     RETURNING o.order_id, o.authorized_at
 """
 
-CLAIM_SQLS = {scope: _CLAIM_SQL.format(claimable=_claimable(scope)) for scope in ClaimScope}
-
-# The daily run's claim, public so that the benchmark can EXPLAIN it.
-CLAIM_SQL = CLAIM_SQLS[ClaimScope.DUE]
+# The issuing runs' claim, public so that the benchmark can EXPLAIN it.
+CLAIM_SQL = _CLAIM_SQL.format(claimable=_CLAIMABLE_DUE)
 
 # What a dry run would claim: the same rows, read only.
-_PEEK_SQLS = {scope: f"SELECT order_id {_claimable(scope)}" for scope in ClaimScope}
+_PEEK_SQL = f"SELECT order_id {_CLAIMABLE_DUE}"
 
 
 def _why_not(
@@ -160,9 +150,8 @@ class ClaimsAndHolds:
         split: Callable[[list[str]], list[list[str]]],
         limit: int | None = None,
         order_ids: Sequence[str] | None = None,
-        scope: ClaimScope = ClaimScope.DUE,
     ) -> RunClaim:
-        """Claim the run's due orders (those of `scope`), split them into batches and record
+        """Claim the run's due orders, split them into batches and record
         the run's claim, in one transaction; `run` is its run key (`run_key`). A second claim in
         the same run (its claim step cleared and run again) takes back that run's own orders
         that are not finished, in the same batches, and no new ones: new orders belong to the
@@ -178,7 +167,7 @@ class ClaimsAndHolds:
             if earlier is not None:
                 return self._reclaim(cur, run, earlier[0], earlier[1], lease_s=lease_s)
             cur.execute(
-                CLAIM_SQLS[scope],
+                CLAIM_SQL,
                 {
                     "run_id": run,
                     "lease_s": lease_s,
@@ -204,13 +193,10 @@ class ClaimsAndHolds:
         lease_s: int,
         limit: int | None = None,
         order_ids: Sequence[str] | None = None,
-        scope: ClaimScope = ClaimScope.DUE,
     ) -> list[str]:
         """`claim_run` in one batch: the claimed order ids in claim order."""
         split = lambda claimed: [claimed] if claimed else []  # noqa: E731
-        claim = self.claim_run(
-            run, lease_s=lease_s, split=split, limit=limit, order_ids=order_ids, scope=scope
-        )
+        claim = self.claim_run(run, lease_s=lease_s, split=split, limit=limit, order_ids=order_ids)
         return claim.order_ids
 
     def _reclaim(self, cur, run, batches, not_taken, *, lease_s: int) -> RunClaim:
@@ -255,12 +241,11 @@ class ClaimsAndHolds:
         *,
         limit: int | None = None,
         order_ids: Sequence[str] | None = None,
-        scope: ClaimScope = ClaimScope.DUE,
     ) -> RunClaim:
         """What a claim would take, without taking it (a dry run changes nothing)."""
         with self._connected(), self._lock, self._conn, self._conn.cursor() as cur:
             cur.execute(
-                _PEEK_SQLS[scope],
+                _PEEK_SQL,
                 {"limit": limit, "targeted": order_ids is not None,
                  "order_ids": list(order_ids or [])},
             )  # fmt: skip

@@ -4,8 +4,8 @@ Operators, tools and tests go through `OrderStore`; nowhere else holds SQL about
 `requests.contract` and `requests.store`, for the requests to refuse or void one). Its parts, one
 idea each: `holds` (claims and holds) and `holders` (their keys and values), `loads`,
 `writes` (write-backs), `history` (the one writer of the order's history, for both
-pipelines), `quotas`, `reads`, and `sql` (what they share); this module joins them over one
-connection.
+pipelines), `quotas`, `reads`, `links` (the orders' authorisation links), and `sql` (what they
+share); this module joins them over one connection.
 
 Who may write what:
 - a run CLAIMS its due orders (`claimed_by`, a lease in `claim_expires_at`) and records the
@@ -43,6 +43,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from wechat_nontax.store.holds import ClaimsAndHolds
+from wechat_nontax.store.links import AuthLinkRecords
 from wechat_nontax.store.loads import OrderLoads
 from wechat_nontax.store.quotas import QuotaStops
 from wechat_nontax.store.reads import Reads
@@ -53,7 +54,7 @@ from wechat_nontax.wechat.retry import Backoff
 log = logging.getLogger(__name__)
 
 
-class OrderStore(ClaimsAndHolds, OrderLoads, WriteBacks, QuotaStops, Reads):
+class OrderStore(ClaimsAndHolds, OrderLoads, WriteBacks, QuotaStops, Reads, AuthLinkRecords):
     """The order table and its history over one connection, shared safely by a task's threads.
 
     `reconnect` (a callable that opens a new connection) lets a write that lost its connection

@@ -305,8 +305,9 @@ class WriteBacks:
 
     def reset(self, order_id: str, *, note: str = "reset by operator") -> bool:
         """Make an order due again after a person fixed its data (never a finished one, nor
-        one a task try holds right now: it may be sending it). The authorisation wait starts
-        afresh; a run that only claimed it reads the new version when its batch holds it."""
+        one waiting for its payer: only the payer's authorisation makes that due, nor one a
+        task try holds right now: it may be sending it). The authorisation wait starts afresh;
+        a run that only claimed it reads the new version when its batch holds it."""
         with self._lock, self._conn, self._conn.cursor() as cur:
             cur.execute(
                 f"""
@@ -315,6 +316,7 @@ class WriteBacks:
                        s_pdf_media_id = NULL, pdf_uploaded_at = NULL, auth_wait_since = NULL,
                        row_version = row_version + 1, {UNHOLD}, updated_at = now()
                  WHERE order_id = %s AND status NOT IN {SETTLED_SQL}
+                   AND status <> '{Status.UNAUTHORIZED.value}'
                    AND (held_by IS NULL OR claim_expires_at < now())
                 RETURNING 1
                 """,

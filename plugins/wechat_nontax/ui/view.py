@@ -35,7 +35,7 @@ ATTENTION = "attention"
 
 
 STATUS_CHOICES = [ATTENTION, *sorted(Status.NEEDS_ATTENTION), *sorted(Status.DUE),
-                  *sorted(Status.FINISHED), "all"]  # fmt: skip
+                  *sorted(Status.WAITING_FOR_PAYER), *sorted(Status.FINISHED), "all"]  # fmt: skip
 
 
 def yuan(fee_fen: int | None) -> str:
@@ -206,6 +206,11 @@ def _not_finished(row: dict[str, Any]) -> str | None:
         )
     if row["status"] in Status.FINISHED:
         return f"The order is finished ({row['status']}): it is never sent again."
+    if row["status"] in Status.WAITING_FOR_PAYER:
+        return (
+            "The order waits for its payer's authorisation: it is sent once the payer "
+            "authorises, never before."
+        )
     return None
 
 

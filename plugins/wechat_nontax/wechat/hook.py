@@ -19,8 +19,12 @@ password = app secret, extras:
   timeout           seconds per call (default 15), as HttpHook reads it
   card_ids          optional: the account's card ids (a list, or comma-separated); an order
                     naming another card ends invalid before any call (else WeChat answers 40078)
-  s_pappid          the fiscal platform's id that getauthdata and rejectinsert name (part of
-                    the invoice_url that /card/invoice/seturl returns); default: the appid
+  s_pappid          the fiscal platform's id that getbillauthurl, getauthdata and rejectinsert
+                    name (part of the invoice_url that /card/invoice/seturl returns, which the
+                    finance bureau's platform calls once); default: the appid
+
+The `wx_card` ticket that getbillauthurl signs with is cached like the access token, in its own
+row of the same table (`token_cache.TICKET_SOURCE`), fetched with the cached access token.
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ from wechat_nontax.issuing import validation
 from wechat_nontax.issuing.bill import Order, insertbill_body
 from wechat_nontax.observability import metrics
 from wechat_nontax.wechat import errors
+from wechat_nontax.wechat.rules import TICKET_REFUSED
 from wechat_nontax.wechat.statuses import Step
-from wechat_nontax.wechat.token_cache import TokenCache
+from wechat_nontax.wechat.token_cache import TICKET_SOURCE, TokenCache
 from wechat_nontax.wechat.wire import describe, prepared_request, read_answer
 
 TOKEN_MODES = ("stable_token", "token", "service")
@@ -55,6 +60,14 @@ DEFAULT_TIMEOUT_S = 15.0
 class InsertedBill:
     code: str
     openid: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthLink:
+    """An order's authorisation link (getbillauthurl): the payer opens `auth_url` in WeChat."""
+
+    auth_url: str
+    expire_time: int  # seconds the link stays valid, as WeChat answered
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +88,7 @@ class WeChatNonTaxHook(HttpHook):
         self,
         wechat_conn_id: str = default_conn_name,
         *,
-        token_cache_factory: Callable[[str, str, int], TokenCache] | None = None,
+        token_cache_factory: Callable[..., TokenCache] | None = None,
         pool_size: int = 32,
     ) -> None:
         super().__init__(
@@ -87,6 +100,7 @@ class WeChatNonTaxHook(HttpHook):
         self._token_cache_factory = token_cache_factory or _orders_db_token_cache
         self._session: requests.Session | None = None
         self._token_cache: TokenCache | None = None
+        self._ticket_cache: TokenCache | None = None
         self._appid = ""
         self._secret = ""
         self._extras: dict[str, Any] = {}
@@ -150,8 +164,9 @@ class WeChatNonTaxHook(HttpHook):
     def close(self) -> None:
         if self._session is not None:
             self._session.close()
-        if self._token_cache is not None:
-            self._token_cache.close()
+        for cache in (self._token_cache, self._ticket_cache):
+            if cache is not None:
+                cache.close()
 
     # -- the token ----------------------------------------------------------------------------
 
@@ -172,6 +187,39 @@ class WeChatNonTaxHook(HttpHook):
             margin = int(self._extras.get("token_margin_s", 300))
             self._token_cache = self._token_cache_factory(self.appid, source, margin)
         return self._token_cache
+
+    @property
+    def ticket_cache(self) -> TokenCache:
+        """The wx_card ticket's cache: the token's mechanism, its own row."""
+        if self._ticket_cache is None:
+            margin = int(self._extras.get("token_margin_s", 300))
+            self._ticket_cache = self._token_cache_factory(
+                self.appid, TICKET_SOURCE, margin, step=Step.TICKET, can_force=False
+            )
+        return self._ticket_cache
+
+    def get_card_ticket(self) -> str:
+        """A valid wx_card ticket from the shared cache, fetched once for everyone when stale."""
+        ticket = self.ticket_cache.get(self.fetch_card_ticket)
+        self._mask_once(ticket)
+        return ticket
+
+    def fetch_card_ticket(self, force_refresh: bool = False) -> tuple[str, int]:
+        """cgi-bin/ticket/getticket?type=wx_card: (ticket, expires_in). WeChat has no forced
+        refresh of a ticket: `force_refresh` is ignored."""
+        answer = self._call(
+            Step.TICKET, "/cgi-bin/ticket/getticket", method="GET", params={"type": "wx_card"}
+        )
+        ticket, expires_in = answer.get("ticket"), answer.get("expires_in", 7200)
+        if not isinstance(ticket, str) or not ticket:
+            raise errors.error_for("malformed_answer", "no ticket in the answer", step=Step.TICKET)
+        self._mask_once(ticket)
+        if not isinstance(expires_in, int) or isinstance(expires_in, bool):
+            raise errors.error_for(
+                "malformed_answer", "expires_in is not an integer number of seconds",
+                step=Step.TICKET,
+            )  # fmt: skip
+        return ticket, expires_in
 
     def get_access_token(self) -> str:
         """A valid access token from the shared cache, fetched once for everyone when stale."""
@@ -253,6 +301,64 @@ class WeChatNonTaxHook(HttpHook):
             )
         return InsertedBill(str(code), str(openid))
 
+    def get_bill_auth_url(
+        self,
+        order_id: str,
+        money_fen: int,
+        *,
+        timestamp: int,
+        source: str = "web",
+        redirect_url: str | None = None,
+    ) -> AuthLink:
+        """nontax/getbillauthurl: the link where the payer authorises this order's bill.
+
+        Checked first (`validation.check_auth_link`): `errors.InvalidRequestError` without a
+        call. A 40097 (a stale ticket, assumed) is asked again once with a fresh ticket; the
+        second one fails (`policy.STEP_POLICY`)."""
+        problems = validation.check_auth_link(order_id, money_fen, source, redirect_url)
+        if problems:
+            raise errors.InvalidRequestError(problems)
+        body: dict[str, Any] = {
+            "s_pappid": self.s_pappid, "order_id": order_id, "money": money_fen,
+            "timestamp": timestamp, "source": source,
+        }  # fmt: skip
+        if redirect_url is not None:
+            body["redirect_url"] = redirect_url
+
+        def ask(ticket: str) -> dict[str, Any]:
+            return self._call(
+                Step.AUTH_LINK, "/nontax/getbillauthurl", json_body={**body, "ticket": ticket},
+                secrets=(ticket,),
+            )  # fmt: skip
+
+        ticket = self.get_card_ticket()
+        try:
+            answer = ask(ticket)
+        except errors.WeChatError as refused:
+            if refused.signal != TICKET_REFUSED:
+                raise
+            ticket = self.ticket_cache.invalidate(ticket, self.fetch_card_ticket)
+            self._mask_once(ticket)
+            try:
+                answer = ask(ticket)
+            except errors.WeChatError as again:
+                if again.signal != TICKET_REFUSED:
+                    raise
+                raise errors.error_for(
+                    again.signal, again.errmsg, step=Step.AUTH_LINK, answers=2
+                ) from None
+        auth_url, expire_time = answer.get("auth_url"), answer.get("expire_time", 7200)
+        if not isinstance(auth_url, str) or not auth_url.startswith(("https://", "http://")):
+            raise errors.error_for(
+                "malformed_answer", "no auth_url in the answer", step=Step.AUTH_LINK
+            )
+        if not isinstance(expire_time, int) or isinstance(expire_time, bool) or expire_time <= 0:
+            raise errors.error_for(
+                "malformed_answer", "expire_time is not a positive number of seconds",
+                step=Step.AUTH_LINK,
+            )  # fmt: skip
+        return AuthLink(auth_url, expire_time)
+
     def get_auth_data(self, order_id: str, s_pappid: str | None = None) -> AuthData:
         """getauthdata: where the payer's authorization of this order stands."""
         answer = self._call(
@@ -292,17 +398,17 @@ class WeChatNonTaxHook(HttpHook):
         body = {"card_id": card_id, "code": code, "reimburse_status": wanted}
         self._call(step, "/card/invoice/platform/updatestatus", json_body=body)
 
-    def _call(self, step: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    def _call(self, step: str, path: str, *, method: str = "POST", **kwargs: Any) -> dict[str, Any]:
         """A call with the access token; on a refused token: invalidate-if-same, refresh,
         retry once."""
         token = self.get_access_token()
         try:
-            return self._send(step, "POST", path, token=token, **kwargs)
+            return self._send(step, method, path, token=token, **kwargs)
         except errors.TokenInvalidError:
             token = self.token_cache.invalidate(token, self.fetch_access_token)
             self._mask_once(token)
         try:
-            return self._send(step, "POST", path, token=token, **kwargs)
+            return self._send(step, method, path, token=token, **kwargs)
         except errors.TokenInvalidError as again:
             # Refused right after a refresh: a token problem, not this order's. Step "token"
             # stops the batch and leaves its orders due instead of failing each of them.
@@ -327,6 +433,7 @@ class WeChatNonTaxHook(HttpHook):
         json_body: Any = None,
         files: Any = None,
         absolute: bool = False,
+        secrets: tuple[str, ...] = (),
     ) -> dict[str, Any]:
         session = self.session
         url = path if absolute else self.url_from_endpoint(path)
@@ -338,7 +445,7 @@ class WeChatNonTaxHook(HttpHook):
             # WeChat reads UTF-8 JSON; ensure_ascii=False keeps Chinese titles as they are.
             body = json.dumps(json_body, ensure_ascii=False).encode()
             headers = {"Content-Type": "application/json; charset=utf-8"}
-        secrets = (token, self._secret)
+        secrets = (token, self._secret, *secrets)
         try:
             prepared = prepared_request(session, method, url, query, body, headers, files)
             # Never a redirect: it would re-send the app secret (a stable_token body) or the
@@ -390,7 +497,7 @@ def _mask(token: str) -> None:
     mask_secret(token)
 
 
-def _orders_db_token_cache(appid: str, source: str, margin_s: int) -> TokenCache:
+def _orders_db_token_cache(appid: str, source: str, margin_s: int, **kinds: Any) -> TokenCache:
     from wechat_nontax.store.connection import connect
 
     return TokenCache(
@@ -398,4 +505,5 @@ def _orders_db_token_cache(appid: str, source: str, margin_s: int) -> TokenCache
         appid=appid,
         source=source,
         margin_s=margin_s,
+        **kinds,
     )

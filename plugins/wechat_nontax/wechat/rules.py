@@ -76,6 +76,9 @@ AUTHORIZATION_DEADLINE_S = 24 * 3600.0
 INSERT_IN_PROGRESS_WAIT_S = 10.0
 INSERT_IN_PROGRESS_LIMIT = 6
 
+# WeChat's global "invalid args"; what getbillauthurl is assumed to answer a stale ticket with.
+TICKET_REFUSED = 40097
+
 
 def _token_rule(meaning: str) -> Rule:
     # 40001/40014/41001/42001 share one remedy (spec: invalidate-if-same, refresh, retry once).
@@ -329,6 +332,24 @@ STEP_POLICY: Mapping[str, Mapping[int | str, Rule]] = MappingProxyType(
                     "to getauthdata for this order: if it persists, check the WeChat "
                     "Connection's s_pappid and that this order_id is the one the payer "
                     "authorised, then reset the order",
+                ),
+            }
+        ),
+        # Assumed (WeChat documents no errcode of getbillauthurl): a ticket it no longer takes
+        # is answered like any bad argument, 40097. Making a link twice is harmless, so the
+        # link is asked again once with a fresh ticket; a second 40097 is the request's fault.
+        Step.AUTH_LINK: MappingProxyType(
+            {
+                TICKET_REFUSED: Rule(
+                    Action.RETRY,
+                    "invalid args (or a wx_card ticket WeChat no longer takes)",
+                    "WeChat refused the link's arguments or its wx_card ticket: fetch a fresh "
+                    "ticket and ask again once",
+                    retry_delay_s=0.0,
+                    max_retries=1,
+                    exhausted_reason="WeChat refused the link's arguments {answers} times, the "
+                    "second time with a fresh wx_card ticket: check the WeChat Connection's "
+                    "s_pappid, the order's fee and the redirect_url",
                 ),
             }
         ),

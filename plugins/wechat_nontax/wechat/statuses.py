@@ -39,6 +39,8 @@ class Step(StrEnum):
     REFUSE = "refuse"  # rejectinsert
     VOID = "void"  # platform/updatestatus to INVOICE_REIMBURSE_CANCEL
     STATUS = "status"  # platform/updatestatus to any other reimburse status
+    TICKET = "ticket"  # cgi-bin/ticket/getticket?type=wx_card
+    AUTH_LINK = "auth_link"  # nontax/getbillauthurl
 
 
 class Status(StrEnum):

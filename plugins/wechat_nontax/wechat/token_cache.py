@@ -1,4 +1,10 @@
-"""The access token, cached once in the order database for every worker and run.
+"""The access token and the `wx_card` ticket, each cached once in the order database for every
+worker and run.
+
+Both are credentials of the account that WeChat issues for 7200 s and keeps one of valid at a
+time, so both go through this one mechanism: a row of `nontax.access_token` each, keyed by
+(appid, source): the token's source is its mode (`stable_token`, `token`, `service:<url>`), the
+ticket's is `TICKET_SOURCE`. What follows says "token" for either.
 
 Why in Postgres: WeChat keeps one valid token per account, and processes that each refresh on
 their own overwrite each other's tokens (the 40001 storms of the public SDKs). Here a refresh
@@ -45,6 +51,8 @@ Fetch = Callable[[bool], tuple[str, int]]
 
 # WeChat documents ~7200 s. Anything outside this range is clamped: a huge value would keep a
 # dead token for ever (and overflow Postgres' interval), a tiny one would refresh at every call.
+# The `wx_card` ticket's row (cgi-bin/ticket/getticket?type=wx_card, what getbillauthurl signs).
+TICKET_SOURCE = "ticket:wx_card"
 MIN_EXPIRES_IN_S = 60
 MAX_EXPIRES_IN_S = 7200
 # At most one forced refresh per appid in this window (WeChat: 30 s apart), and at most this
@@ -103,7 +111,11 @@ class CachedToken:
 
 
 class TokenCache:
-    """One (appid, source) token, shared through the `nontax.access_token` row."""
+    """One (appid, source) token, shared through the `nontax.access_token` row.
+
+    `step` names the call that fetches it in errors and quota records ("token", or "ticket" for
+    the wx_card ticket). `can_force`: whether the source can be forced to hand out another (the
+    ticket cannot: a refused ticket handed back is used as it is, WeChat's current one)."""
 
     def __init__(
         self,
@@ -113,6 +125,8 @@ class TokenCache:
         source: str,
         margin_s: int = 300,
         cipher: Cipher | None = None,
+        step: str = Step.TOKEN,
+        can_force: bool = True,
     ):
         self._connect = connect
         self._conn: psycopg2.extensions.connection | None = None
@@ -120,6 +134,8 @@ class TokenCache:
         self._source = source
         self._margin = timedelta(seconds=margin_s)
         self._cipher = cipher
+        self._step = step
+        self._can_force = can_force
         self._memo: CachedToken | None = None
         self._lock = threading.Lock()  # one refresh per process; the row lock does the rest
 
@@ -197,7 +213,7 @@ class TokenCache:
             self._refuse_past_daily_quota(cur)
             token, expires_in = self._fetch(conn, cur, fetch, False)
             forced = False
-            if stale is not None and token == stale:
+            if stale is not None and token == stale and self._can_force:
                 # The source hands back the token WeChat just refused (stable_token does while
                 # it thinks it valid): only a forced refresh gives another, and they are few.
                 self._claim_forced_refresh(cur)
@@ -220,7 +236,7 @@ class TokenCache:
         metrics.token_refreshed(forced=forced)
         if forced and token == stale:  # raised once the forced refresh is counted, committed
             raise errors.error_for(
-                40001, "a forced refresh handed back the refused token", step="token"
+                40001, "a forced refresh handed back the refused token", step=self._step
             )
         return cached
 
@@ -240,7 +256,7 @@ class TokenCache:
                 cur.execute(
                     QUOTA_STOP_SQL,
                     {
-                        "appid": self._appid, "api": Step.TOKEN, "errcode": exc.errcode,
+                        "appid": self._appid, "api": self._step, "errcode": exc.errcode,
                         "errmsg": exc.errmsg, "run_id": None,
                         "seconds": seconds_until_quota_reset(time.time()),
                     },
@@ -255,15 +271,15 @@ class TokenCache:
         cur.execute(
             "SELECT stopped_until, errcode FROM nontax.api_quota "
             "WHERE appid = %s AND api = %s AND stopped_until > now()",
-            (self._appid, Step.TOKEN),
+            (self._appid, self._step),
         )
         row = cur.fetchone()
         if row is not None:
             raise errors.error_for(
                 45009,
-                f"the token endpoint's daily quota is used up (errcode {row[1]}, recorded): no "
-                f"fetch before {row[0].isoformat(timespec='minutes')}",
-                step="token",
+                f"the {self._step} endpoint's daily quota is used up (errcode {row[1]}, "
+                f"recorded): no fetch before {row[0].isoformat(timespec='minutes')}",
+                step=self._step,
             )
 
     def _claim_forced_refresh(self, cur: psycopg2.extensions.cursor) -> None:
@@ -294,7 +310,7 @@ class TokenCache:
             "the refused token is handed back again and no forced refresh is allowed now "
             f"(last {forced_at.isoformat(timespec='seconds')}, {count} today; at most one per "
             f"{FORCE_WINDOW_S} s, {FORCE_MAX_PER_DAY} a day)",
-            step="token",
+            step=self._step,
         )
 
 

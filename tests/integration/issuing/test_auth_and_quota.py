@@ -420,9 +420,7 @@ def test_a_getauthdata_busy_past_its_retries_fails_with_its_own_hint(env):
     assert insert_calls(env, oid) == 1  # the first insert's 72038 only
 
 
-def test_the_authorization_look_scope_claims_only_waiting_orders_whose_look_is_due(env):
-    from wechat_nontax.store.holders import ClaimScope
-
+def test_the_claim_takes_waiting_orders_whose_look_is_due_never_those_of_unpaid_payers(env):
     due_look = waiting_order(env, n=100)
     not_yet = waiting_order(env, n=101)
     env.sql(
@@ -430,10 +428,16 @@ def test_the_authorization_look_scope_claims_only_waiting_orders_whose_look_is_d
         "WHERE order_id = %s",
         (not_yet.order_id,),
     )
-    authorised = env.orders(3)  # the daily run's
-    scope = ClaimScope.AUTHORIZATION_LOOK_DUE
-    assert env.store.peek_due(scope=scope).order_ids == [due_look.order_id]
-    assert env.store.claim_due("run-w", lease_s=60, scope=scope) == [due_look.order_id]
-    # The daily run's claim takes the authorised ones, not the one claimed above.
-    daily = env.store.claim_due("run-d", lease_s=60)
-    assert sorted(daily) == [o.order_id for o in authorised]
+    authorised = env.orders(3)
+    unauthorized = env.orders(1, start=200)[0]
+    env.sql("UPDATE nontax.bill_order SET status = 'unauthorized' WHERE order_id = %s",
+            (unauthorized.order_id,))  # fmt: skip
+    expected = sorted([due_look.order_id, *(o.order_id for o in authorised)])
+    assert sorted(env.store.peek_due().order_ids) == expected
+    asked = [due_look.order_id, not_yet.order_id, unauthorized.order_id]
+    claim = env.store.claim_run("run-w", lease_s=60, split=lambda c: [c] if c else [],
+                                order_ids=asked)  # fmt: skip
+    assert claim.order_ids == [due_look.order_id]
+    reasons = {n["order_id"]: n["reason"] for n in claim.not_taken}
+    assert "not due for another" in reasons[not_yet.order_id]
+    assert "has not authorised it yet" in reasons[unauthorized.order_id]

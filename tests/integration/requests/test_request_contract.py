@@ -13,7 +13,7 @@ from datetime import timedelta
 import psycopg2
 import pytest
 
-from factories import ask, make_order, request_runner
+from factories import ask, insert_orders_plainly, make_order, request_runner
 from nontax_dev.pg import drop_database, fresh_database, run_sql
 from wechat_nontax.cli.main import main as tools_main
 from wechat_nontax.issuing.order_calls import LEFT_TO_REFUSAL, REFUSAL_RECHECK_S
@@ -208,7 +208,7 @@ def test_rows_an_older_schema_took_with_a_bad_reason_end_refused_and_keep_their_
     try:
         migrate(dsn, tmp_path)
         store = OrderStore(connect_dsn(dsn))
-        store.upsert_orders([make_order(0), make_order(1)])
+        insert_orders_plainly(dsn, [make_order(0), make_order(1)])
         run_sql(
             dsn,
             "INSERT INTO nontax.bill_request (order_id, kind, reason, requested_by) VALUES "

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg2
 import pytest
 
-from factories import held, make_order
+from factories import held, insert_orders_plainly, make_order
 from nontax_dev.pg import run_sql, scratch_database, with_dbname
 from wechat_nontax.store.connection import connect_dsn
 from wechat_nontax.store.orders import OrderStore
@@ -274,7 +274,7 @@ def test_the_migration_counts_the_orders_a_database_already_has(orders_db_uri, t
     try:
         migrate(dsn, tmp_path)  # a database from before the kept counts, with orders
         old = OrderStore(connect_dsn(dsn))
-        old.upsert_orders([make_order(n) for n in range(1, 6)])
+        insert_orders_plainly(dsn, [make_order(n) for n in range(1, 6)])
         hold = held(old, "T00000001")
         old.record_end("T00000001", "invalid", "why", hold=hold, run_id="r", step="validate")
         old.close()

@@ -319,6 +319,7 @@ EXPECTED_BY_STEP = {
     ("refuse", 72056): Action.ALREADY_INSERTED,  # the order has a bill: cannot be refused
     ("void", 72060): Action.ALREADY_DONE,  # red-reversed already (an earlier try's call)
     ("authorization", -1): Action.RETRY,  # busy, with getauthdata's own hint once it persists
+    ("auth_link", 40097): Action.RETRY,  # a stale wx_card ticket (assumed): a fresh one, once
 }
 
 
@@ -334,7 +335,7 @@ def test_every_step_row(key, action):
     assert rule is STEP_POLICY[step][signal]
     assert rule.action is action and rule.reason and rule.meaning
     assert rule.waits is (action is Action.RETRY)
-    assert rule is not POLICY[signal]  # the same answer after another call is the table's
+    assert rule is not POLICY.get(signal)  # the same answer after another call is the table's
 
 
 @pytest.mark.parametrize("step", [None, *Step])
@@ -342,6 +343,13 @@ def test_every_step_row(key, action):
 def test_steps_without_a_row_get_the_tables_rule(step, signal):
     if (step, signal) not in EXPECTED_BY_STEP:
         assert classify(signal, step) is POLICY[signal]
+
+
+def test_a_refused_link_is_asked_again_once_then_fails_with_what_to_check():
+    assert classify_attempt(40097, 1, "auth_link").action is Action.RETRY
+    failed = classify_attempt(40097, 2, "auth_link")
+    assert failed.action is Action.FAIL and "s_pappid" in failed.reason
+    assert classify(40097, "insert").action is Action.FAIL  # unknown after any other call
 
 
 @pytest.mark.parametrize("step", ["token", "upload", "insert", "authorization"])
