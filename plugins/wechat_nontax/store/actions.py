@@ -121,12 +121,10 @@ class BillActions:
                     fit.append((order_id, row["row_version"]))
                 else:
                     refused[order_id] = why
-            done = sorted(
-                order_id
-                for (order_id,) in psycopg2.extras.execute_values(
-                    cur, _RESET_SQL, fit, page_size=max(1, len(fit)), fetch=True
-                )
+            changed = psycopg2.extras.execute_values(
+                cur, _RESET_SQL, fit, page_size=max(1, len(fit)), fetch=True
             ) if fit else []  # fmt: skip
+            done = sorted(row["order_id"] for row in changed)
             # Read and locked above: a row that changed all the same is refused, not guessed.
             for order_id, _ in fit:
                 if order_id not in set(done):
