@@ -51,10 +51,18 @@ def test_many_orders_are_made_due_as_one_action_and_each_refusal_says_why(
     ids = [o.order_id for o in orders]
     _red(orders_db, ids)
     inserted, held, refused, waiting = ids[6], ids[7], ids[8], ids[9]
-    _sql(orders_db, "UPDATE nontax.bill_order SET status = 'inserted', reason = NULL, "
-         "code = 'C1', openid = 'o1', inserted_at = now() WHERE order_id = %s", (inserted,))  # fmt: skip
-    _sql(orders_db, "UPDATE nontax.bill_order SET held_by = 'd|r|issue_bills|0|1', claimed_by = "
-         "'r', claim_expires_at = now() + interval '5 minutes' WHERE order_id = %s", (held,))  # fmt: skip
+    _sql(
+        orders_db,
+        "UPDATE nontax.bill_order SET status = 'inserted', reason = NULL, code = 'C1', "
+        "openid = 'o1', inserted_at = now() WHERE order_id = %s",
+        (inserted,),
+    )
+    _sql(
+        orders_db,
+        "UPDATE nontax.bill_order SET held_by = 'd|r|issue_bills|0|1', claimed_by = 'r', "
+        "claim_expires_at = now() + interval '5 minutes' WHERE order_id = %s",
+        (held,),
+    )
     conn = connect_dsn(orders_db)
     try:
         assert request_action(conn, refused, RequestKind.REFUSE, "退费", "admin").accepted
