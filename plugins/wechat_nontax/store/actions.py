@@ -19,9 +19,17 @@ import psycopg2.extras
 
 from wechat_nontax.store.history import append_history, history_row
 from wechat_nontax.store.holds import UNHOLD
-from wechat_nontax.store.sql import REFUSAL_BLOCKS, SETTLED_SQL
+from wechat_nontax.store.sql import REFUSAL_BLOCKS, SETTLED_SQL, sql_list
+from wechat_nontax.wechat.policy import Status
 
 HELD = "a task try holds it right now (it may be sending it): try again when its run is over"
+
+# The orders that need a person for one reason (bill_order_attention_reason_idx, 0015).
+RED_OF_REASON_SQL = (
+    "SELECT order_id FROM nontax.bill_order "
+    f"WHERE reason = %s AND status IN {sql_list(Status.NEEDS_ATTENTION)} "
+    "ORDER BY reason, order_id LIMIT %s"
+)
 
 # What the rules read of each order: the same for the confirmation page and the action.
 _FACTS_SQL = f"""
@@ -73,12 +81,7 @@ class BillActions:
     def red_orders_of_reason(self, reason: str, limit: int) -> list[str]:
         """The orders that need a person for exactly `reason` (the partial index of 0015)."""
         with self._conn, self._conn.cursor() as cur:
-            cur.execute(
-                "SELECT order_id FROM nontax.bill_order "
-                "WHERE reason = %s AND status IN ('invalid', 'failed', 'mismatched') "
-                "ORDER BY reason, order_id LIMIT %s",
-                (reason, limit),
-            )
+            cur.execute(RED_OF_REASON_SQL, (reason, limit))
             return [order_id for (order_id,) in cur.fetchall()]
 
     def facts(self, order_ids: Sequence[str]) -> list[dict[str, Any]]:

@@ -25,4 +25,4 @@ CREATE TABLE nontax.bill_action_order (
 -- "All that need a person for this reason": the red orders of one reason, from an index as
 -- small as the red orders are few (the Bills page answers in under 300 ms at a million orders).
 CREATE INDEX bill_order_attention_reason_idx ON nontax.bill_order (reason, order_id)
-    WHERE status IN ('invalid', 'failed', 'mismatched');
+    WHERE status IN ('failed', 'invalid', 'mismatched');
