@@ -122,6 +122,10 @@ def test_a_cashiers_day_in_chinese_at_plus_8_in_dark_mode(stack: Stack, day: dic
 
         # Today's red orders under "today", the one red since 00:01 Shanghai time included.
         frame.get_by_role("link", name="今天").click()
+        frame.get_by_text("第 1 页").wait_for()
+        # Newest first: the one red since 00:01 is on the last of today's pages.
+        for _ in range(len(RED) // 50):
+            frame.get_by_role("link", name="较早").click()
         frame.get_by_role("link", name=oid(EARLY)).wait_for()
         early = day["early"].strftime("%Y-%m-%d %H:%M:%S")
         frame.get_by_text(early).first.wait_for()
