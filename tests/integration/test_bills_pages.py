@@ -7,9 +7,12 @@ Server Error"."""
 
 from __future__ import annotations
 
+import html
+import re
 import socket
 from collections.abc import Iterator
 
+import psycopg2
 import pytest
 from airflow.api_fastapi.core_api.security import get_user
 from fastapi.testclient import TestClient
@@ -75,3 +78,43 @@ def test_bad_input_is_a_400_page(client):
     assert many.status_code == 400 and "action: reset or issue" in many.text
     too_many = client.get("/many?" + "&".join(f"id=T{i}" for i in range(1001)))
     assert too_many.status_code == 400 and "at most 1000" in too_many.text
+
+
+def test_an_action_on_many_orders_through_its_pages(client, store, orders_db, monkeypatch):
+    """The confirmation lists every order and what will happen to it; the POST acts once and
+    leads to the action's page, which says what happened to each."""
+    from factories import make_order
+
+    monkeypatch.setattr("wechat_nontax.ui.bulk.allowed", lambda user: frozenset({"edit"}))
+    orders = [make_order(n) for n in range(1, 5)]
+    store.upsert_orders(orders)
+    ids = [o.order_id for o in orders]
+    with psycopg2.connect(orders_db) as conn, conn.cursor() as cur:  # the test's own
+        cur.execute(
+            "UPDATE nontax.bill_order SET status = 'invalid', reason = 'pdf: PDF not found' "
+            "WHERE order_id = ANY(%s)",
+            (ids[:3],),
+        )
+        cur.execute(
+            "UPDATE nontax.bill_order SET status = 'unauthorized' WHERE order_id = %s", (ids[3],)
+        )
+    chinese = {"Accept-Language": "zh-CN", "Origin": "http://testserver"}
+    confirm = client.get(
+        "/many", params={"action": "reset", "reason": "pdf: PDF not found"}, headers=chinese
+    )
+    assert confirm.status_code == 200, confirm.text
+    assert "重新设为待开具：3 个订单" in confirm.text
+    picked = client.get("/many", params=[("action", "reset"), *[("id", i) for i in ids]])
+    assert "Make due again: 3 orders" in picked.text and "left as it is:" in picked.text
+    orders_field = re.search(r'name="orders" value="([^"]*)"', picked.text)[1]
+    answer = client.post(
+        "/many",
+        data={"action": "reset", "orders": html.unescape(orders_field), "picked": "by hand"},
+        headers=chinese,
+        follow_redirects=False,
+    )
+    assert answer.status_code == 303, answer.text
+    page = client.get(answer.headers["location"], headers=chinese)
+    assert page.status_code == 200, page.text
+    assert "3 个已重新设为待开具，1 个保持原样。" in page.text
+    assert {store.get_row(i)["status"] for i in ids[:3]} == {"authorized"}

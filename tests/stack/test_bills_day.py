@@ -151,7 +151,12 @@ def test_a_cashiers_day_in_chinese_at_plus_8_in_dark_mode(stack: Stack, day: dic
         button.wait_for()
         _shot(page, "4-confirm-many")
         button.click()
-        frame.get_by_text(f"{len(RED)} 个已重新设为待开具，0 个保持原样。").wait_for()
+        try:
+            frame.get_by_text(f"{len(RED)} 个已重新设为待开具，0 个保持原样。").wait_for()
+        except Exception:
+            _shot(page, "5-action-failed")
+            print(page.frames[-1].url, page.frames[-1].content()[:3000])
+            raise
         _shot(page, "5-action")
         action_id = int(re.search(r"id=(\d+)", page.frames[-1].url)[1])
 

@@ -104,4 +104,5 @@ def overview(
         bulk_max=BULK_MAX,
         run_link=Airflow(request).run_link,
         picks=Status.NEEDS_ATTENTION,
+        pickable=any(r["status"] in Status.NEEDS_ATTENTION for r in rows),
     )
