@@ -121,5 +121,5 @@ def test_an_action_on_many_orders_through_its_pages(client, store, orders_db, mo
     assert answer.status_code == 303, answer.text
     page = client.get(answer.headers["location"], headers=chinese)
     assert page.status_code == 200, page.text
-    assert "3 个已重新设为待开具，1 个保持原样。" in page.text
+    assert "3 个已重新设为待开具，1 个保持原样。" in page.text and "订单为手工选择。" in page.text
     assert {store.get_row(i)["status"] for i in ids[:3]} == {"authorized"}

@@ -24,7 +24,16 @@ from wechat_nontax.ui.database import order_db
 from wechat_nontax.ui.guards import CanEdit, CanRead, SameOrigin, allowed
 from wechat_nontax.ui.i18n import N_
 from wechat_nontax.ui.pages import message_page, render
-from wechat_nontax.ui.view import ACTIONS, BULK_MAX, bad_input, printable, run_url
+from wechat_nontax.ui.view import (
+    ACTIONS,
+    BULK_MAX,
+    PICKED_BY_HAND,
+    PICKED_BY_REASON,
+    bad_input,
+    picked_reason,
+    printable,
+    run_url,
+)
 
 router = APIRouter()
 
@@ -67,10 +76,10 @@ def many_confirm(
                 printable(reason, "reason"), BULK_MAX + 1
             )
             ids, more = found[:BULK_MAX], len(found) > BULK_MAX
-            picked = f"need a person for the reason: {reason}"
+            picked = f"{PICKED_BY_REASON}{reason}"
         else:
             ids = _ids(order_ids)
-            picked = "picked on the Bills page"
+            picked = PICKED_BY_HAND
         rows = BillActions(conn).facts(ids)
     for row in rows:
         row["why_not"] = _why_not(row)
@@ -150,6 +159,7 @@ def action_page(
     return render(
         request, "bills_action.html", user=user.get_name(), record=record, done=done,
         refused=refused, no_run=printable(no_run, "no_run"), title=TITLES[record.kind],
+        picked_reason=picked_reason(record.picked),
         run_link=run_url(record.run_id) if record.run_id else None,
         order_url=lambda order_id: f"order?{urlencode({'id': order_id})}",
     )  # fmt: skip

@@ -46,6 +46,16 @@ EVERY_STATUS = sorted(str(s) for s in Status)
 # At most this many orders in one action on many (its confirmation page lists them all).
 BULK_MAX = 1000
 
+# How the orders of an action on many were picked, as the action keeps it: by hand, or every
+# order that needed a person for one reason (the reason follows the prefix).
+PICKED_BY_HAND = "by hand"
+PICKED_BY_REASON = "reason: "
+
+
+def picked_reason(picked: str) -> str | None:
+    """The reason the orders of an action were picked by; None when picked by hand."""
+    return picked.removeprefix(PICKED_BY_REASON) if picked.startswith(PICKED_BY_REASON) else None
+
 
 def yuan(fee_fen: int | None) -> str:
     """1234 fen -> '12.34' (yuan); exact, no float."""

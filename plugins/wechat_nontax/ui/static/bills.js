@@ -64,6 +64,22 @@
   }
   window.sessionStorage.removeItem("bills_followed");
 
+  // A link to an Airflow page (target _top) opens in the UI's own window, not inside this frame.
+  // The UI frames the page sandboxed without top navigation, so the link is followed by the UI's
+  // document (same origin): one Airflow UI, at the run or task asked for.
+  document.addEventListener("click", function (event) {
+    var link = event.target.closest ? event.target.closest("a[target=_top]") : null;
+    if (!link || window.parent === window || event.button !== 0 || event.ctrlKey || event.metaKey) return;
+    try {
+      var top = window.parent.document;
+      var followed = top.createElement("a");
+      followed.href = link.href;
+      top.body.appendChild(followed);
+      followed.click();
+      event.preventDefault();
+    } catch (e) { /* not the UI's frame: the link's own target */ }
+  });
+
   // "Every order on this page" on the overview.
   var all = document.getElementById("pick-all");
   if (all) {
