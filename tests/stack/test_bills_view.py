@@ -372,7 +372,7 @@ def test_a_browser_opens_browse_bills_finds_a_red_order_and_makes_it_due_again(d
         frame.get_by_role("button", name="Make due again").wait_for()
         page.screenshot(path=str(ARTIFACTS / "bills-confirm-reset.png"))
         frame.get_by_role("button", name="Make due again").click()
-        frame.get_by_text("Made due again").wait_for()
+        frame.locator(".flash", has_text="Made due again").wait_for()
         page.screenshot(path=str(ARTIFACTS / "bills-after-reset.png"))
     row = desk.store.get_row(order_id)
     assert (row["status"], row["reason"]) == ("authorized", None)
