@@ -59,6 +59,17 @@ def test_every_status_has_its_chinese_name(name):
     assert Reader(ENGLISH, ZH.zone).status(str(name)) == str(name)
 
 
+# The steps of an order's history (nontax.bill_attempt's constraint, migration 0012).
+STEPS = ("load", "validate", "upload", "insert", "authorization", "reset", "pdf", "recover",
+         "operator", "request", "refuse", "void", "auth_link", "payer")  # fmt: skip
+
+
+def test_every_step_of_the_history_has_its_chinese_name():
+    missing = [step for step in STEPS if ZH.step(step) == step]
+    assert missing == []
+    assert Reader(ENGLISH, ZH.zone).step("validate") == "validate" and ZH.step(None) == ""
+
+
 def test_the_new_statuses_are_named_in_both_languages():
     assert ZH.status("unauthorized") == "待缴款人授权"
     assert ZH.status("declined") == "缴款人已拒绝"

@@ -143,6 +143,10 @@ class Reader:
         """A status's name (the catalogue's context "status": a status is one word of its own)."""
         return catalogue(self.language).pgettext("status", name)
 
+    def step(self, name: str | None) -> str:
+        """A history step's name (the catalogue's context "step")."""
+        return catalogue(self.language).pgettext("step", name) if name else ""
+
     def reason(self, text: str | None) -> str:
         """A stored reason in the reader's language where the catalogue knows its parts."""
         if not text or self.language == ENGLISH:
