@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DB_NAME = "nontax_bench_bills"
 REPEATS = 15
 PAGE_SIZE = 50  # wechat_nontax.ui.view.PAGE_SIZE, +1 read to know there is more
+RED_REASON = "pdf_path: no such file"  # the reason of every invalid order made here (1%)
 
 # %(n)s orders, order i changed (30 * (n - i)) s ago; the status cycles every 1,000 orders.
 MAKE_ORDERS_SQL = """
@@ -321,6 +322,10 @@ def _pages(sample: dict) -> dict[str, tuple[str, dict]]:
         "overview": ("/bills/", {}),
         "order": ("/bills/order", {"id": sample["failed"]}),
         "search": ("/bills/", {"status": "all", "q": sample["billing_no"]}),
+        # From the opening page (its filter "need a person"): the search looks in every status.
+        "search_opening": ("/bills/", {"q": sample["billing_no"]}),
+        # The confirmation of "all that need a person for this reason": 1,000 orders listed.
+        "many_of_reason": ("/bills/many", {"action": "reset", "reason": RED_REASON}),
         "filtered": ("/bills/", {"status": "inserted", "since": day, "until": day}),
         "deep_page": (
             "/bills/",
@@ -331,6 +336,7 @@ def _pages(sample: dict) -> dict[str, tuple[str, dict]]:
 
 def _queries(sample: dict) -> dict[str, tuple[str, object]]:
     """The SQL each page runs, with its parameters (the store's own statements)."""
+    from wechat_nontax.store.actions import RED_OF_REASON_SQL
     from wechat_nontax.store.reads import (
         COUNTS_SQL,
         HISTORY_SQL,
@@ -338,7 +344,7 @@ def _queries(sample: dict) -> dict[str, tuple[str, object]]:
         BillsPage,
         PageMark,
     )
-    from wechat_nontax.ui.view import ATTENTION, statuses_of
+    from wechat_nontax.ui.view import ATTENTION, BULK_MAX, statuses_of
 
     day = datetime.combine(sample["day"], datetime.min.time(), UTC)
     limit = PAGE_SIZE + 1
@@ -348,6 +354,7 @@ def _queries(sample: dict) -> dict[str, tuple[str, object]]:
         "order_row": (ORDER_ROW_SQL, (sample["failed"],)),
         "order_history": (HISTORY_SQL, (sample["failed"],)),
         "search": BillsPage(statuses_of("all"), search=sample["billing_no"], limit=limit).sql(),
+        "red_of_reason": (RED_OF_REASON_SQL, (RED_REASON, BULK_MAX + 1)),
         "filtered": BillsPage(
             ["inserted"], since=day, until=day + timedelta(days=1), limit=limit
         ).sql(),

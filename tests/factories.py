@@ -24,7 +24,8 @@ def empty_order_database(dsn: str) -> None:
             cur.execute("ALTER TABLE nontax.bill_attempt DISABLE TRIGGER USER")
             cur.execute(
                 "TRUNCATE nontax.bill_request, nontax.bill_attempt, nontax.bill_order, "
-                "nontax.access_token, nontax.run_claim, nontax.authorization_event"
+                "nontax.access_token, nontax.run_claim, nontax.authorization_event, "
+                "nontax.bill_action, nontax.bill_action_order"
             )
             cur.execute("ALTER TABLE nontax.bill_attempt ENABLE TRIGGER USER")
             cur.execute("TRUNCATE nontax.api_quota")

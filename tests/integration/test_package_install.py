@@ -56,6 +56,8 @@ def test_the_wheel_holds_the_package_its_data_and_none_of_the_harness(wheel: Pat
         "wechat_nontax/cli/main.py",
         "wechat_nontax/store/migrations/0001_order_schema.sql",
         "wechat_nontax/ui/templates/bills_overview.html",
+        "wechat_nontax/ui/static/bills.js",
+        "wechat_nontax/ui/locale/zh_CN/LC_MESSAGES/bills.mo",
         "wechat_nontax/preload.py",
     }
     assert expected <= set(names)

@@ -84,9 +84,18 @@ def run_in(stack: Stack, command: list[str]) -> str:
 
 
 @contextlib.contextmanager
-def logged_in_page(stack: Stack, next_path: str = "/") -> Iterator[Any]:
+def logged_in_page(
+    stack: Stack,
+    next_path: str = "/",
+    *,
+    username: str = "admin",
+    password: str | None = None,
+    **browser_context: Any,
+) -> Iterator[Any]:
     """A headless Chromium page (Playwright) that has just signed in to the stack's UI as
-    `admin`, on its way to `next_path`; skips the test where there is no Chromium."""
+    `username` (`admin` with the stack's password by default), on its way to `next_path`;
+    `browser_context` are Playwright's (time zone, color scheme...). Skips the test where there
+    is no Chromium."""
     executable = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
     if executable is None:
         pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; .ci/run does)")
@@ -94,11 +103,14 @@ def logged_in_page(stack: Stack, next_path: str = "/") -> Iterator[Any]:
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            context = browser.new_context(
+                **{"viewport": {"width": 1600, "height": 1000}, **browser_context}
+            )
+            page = context.new_page()
             page.set_default_timeout(60_000)
             page.goto(f"{stack.url}/auth/login?next={quote(next_path, safe='')}")
-            page.get_by_label("Username").fill("admin")
-            page.get_by_label("Password").fill(stack.password)
+            page.get_by_label("Username").fill(username)
+            page.get_by_label("Password").fill(password or stack.password)
             page.get_by_role("button", name="Sign in").click()
             yield page
         finally:

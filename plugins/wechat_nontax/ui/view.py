@@ -1,13 +1,14 @@
-"""What the Bills pages show and what their input means, free of I/O: money, times and ages,
-links into the Airflow UI, the actions each status offers, the query's filters and page marks,
-and what a person's action recorded."""
+"""What the Bills pages show and what their input means, free of I/O: money, links into the
+Airflow UI, the actions each status offers, the query's filters and page marks, and what a
+person's action recorded. Times, languages and their texts: `wechat_nontax.ui.i18n`."""
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -26,6 +27,7 @@ from wechat_nontax.settings import (
     WAITING_DAG_ID,
 )
 from wechat_nontax.store.reads import PageMark
+from wechat_nontax.ui.i18n import N_, Reader
 from wechat_nontax.wechat.statuses import Status
 
 PAGE_SIZE = 50
@@ -34,8 +36,25 @@ PAGE_SIZE = 50
 ATTENTION = "attention"
 
 
-STATUS_CHOICES = [ATTENTION, *sorted(Status.NEEDS_ATTENTION), *sorted(Status.DUE),
-                  *sorted(Status.WAITING_FOR_PAYER), *sorted(Status.FINISHED), "all"]  # fmt: skip
+# The status filter's choices, in the order of an order's journey's groups.
+STATUS_CHOICES = [ATTENTION, *sorted(Status.NEEDS_ATTENTION), *sorted(Status.WAITING_FOR_PAYER),
+                  *sorted(Status.DUE), *sorted(Status.FINISHED), "all"]  # fmt: skip
+
+# The statuses a search looks in: every one (an order's id finds it wherever it stands).
+EVERY_STATUS = sorted(str(s) for s in Status)
+
+# At most this many orders in one action on many (its confirmation page lists them all).
+BULK_MAX = 1000
+
+# How the orders of an action on many were picked, as the action keeps it: by hand, or every
+# order that needed a person for one reason (the reason follows the prefix).
+PICKED_BY_HAND = "by hand"
+PICKED_BY_REASON = "reason: "
+
+
+def picked_reason(picked: str) -> str | None:
+    """The reason the orders of an action were picked by; None when picked by hand."""
+    return picked.removeprefix(PICKED_BY_REASON) if picked.startswith(PICKED_BY_REASON) else None
 
 
 def yuan(fee_fen: int | None) -> str:
@@ -45,31 +64,6 @@ def yuan(fee_fen: int | None) -> str:
     sign = "-" if fee_fen < 0 else ""
     fen = abs(fee_fen)
     return f"{sign}{fen // 100:,}.{fen % 100:02d}"
-
-
-def when(value: datetime | None) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value else ""
-
-
-def age(value: datetime | None, now: datetime) -> str:
-    if value is None:
-        return ""
-    seconds = max(0, int((now - value).total_seconds()))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes = rest // 60
-    if days:
-        return f"{days} d {hours} h"
-    if hours:
-        return f"{hours} h {minutes} min"
-    return f"{minutes} min"
-
-
-def beijing(unix_time: int | None) -> str:
-    if not unix_time:
-        return ""
-    at = datetime.fromtimestamp(unix_time, timezone(timedelta(hours=8)))
-    return at.strftime("%Y-%m-%d %H:%M:%S") + " Beijing"
 
 
 def run_url(run_id: str, dag_id: str = INSERTBILL_DAG_ID) -> str:
@@ -151,15 +145,17 @@ def printable(value: str | None, name: str) -> str | None:
     return value
 
 
-def _day(value: str | None, name: str, *, days_after: int = 0) -> datetime | None:
-    """The start of the day `value` names (plus `days_after` days), in UTC."""
+def day_start(
+    value: str | None, name: str, reader: Reader, *, days_after: int = 0
+) -> datetime | None:
+    """The start of the day `value` names (plus `days_after` days) in the reader's zone."""
     if not value:
         return None
     try:
         day = date.fromisoformat(value) + timedelta(days=days_after)
     except (ValueError, OverflowError) as exc:
         raise bad_input(f"{name}: a date as YYYY-MM-DD, at most 9999-12-30") from exc
-    return datetime.combine(day, datetime.min.time(), UTC)
+    return reader.day_start(day)
 
 
 # A page mark in a link: the ISO time of the change, "|", the order_id (which may hold anything).
@@ -183,14 +179,26 @@ def page_mark(value: str | None) -> PageMark | None:
     return PageMark(updated_at, order_id)
 
 
-def statuses_of(choice: str) -> list[str]:
+def statuses_of(choice: str, search: str | None = None) -> list[str]:
+    """The statuses a page lists: the filter's, or every one for a search."""
+    if search:
+        return EVERY_STATUS
     if choice == ATTENTION:
         return sorted(Status.NEEDS_ATTENTION)
     if choice == "all":
-        return [str(s) for s in Status]
+        return EVERY_STATUS
     if choice in {str(s) for s in Status}:
         return [choice]
     raise bad_input("unknown status")
+
+
+_ACTION_NOTE = re.compile(r"action #(\d+)$")
+
+
+def action_of(note: str | None) -> int | None:
+    """The action on many orders a history row's note names (`... action #12`), if any."""
+    found = _ACTION_NOTE.search(note or "")
+    return int(found[1]) if found else None
 
 
 def _needs_person(row: dict[str, Any]) -> bool:
@@ -198,7 +206,19 @@ def _needs_person(row: dict[str, Any]) -> bool:
 
 
 def _not_finished(row: dict[str, Any]) -> str | None:
-    """Why reset and issue-now do not fit the order: a finished one is never sent again."""
+    """Why reset and issue-now do not fit the order: a finished one is never sent again, one
+    waiting for its payer's authorisation is not sent before it, and one a refusal stands
+    against is never issued (the refusal is carried out, or withdrawn, first)."""
+    if row["status"] in Status.WAITING_FOR_PAYER:
+        return N_(
+            "The order waits for its payer's authorisation in WeChat: it becomes due by "
+            "itself when the payer authorises it."
+        )
+    if row.get("refusal_pending"):
+        return N_(
+            "A refusal of this order is asked for: it is never issued while the refusal "
+            "stands (withdraw the refusal first if it was a mistake)."
+        )
     if row["status"] == Status.MISMATCHED:
         return (
             "The order's bill is in the card package, issued from an older version of the "
@@ -210,6 +230,19 @@ def _not_finished(row: dict[str, Any]) -> str | None:
         return (
             "The order waits for its payer's authorisation: it is sent once the payer "
             "authorises, never before."
+        )
+    return None
+
+
+def _issue_helps(row: dict[str, Any]) -> str | None:
+    """Why issue-now would not help: a run takes due orders only, so one that needs a person
+    would end the run red and stay as it is."""
+    if (why := _not_finished(row)) is not None:
+        return why
+    if row["status"] not in Status.DUE:
+        return N_(
+            "A run issues due orders only: this one needs a person. Fix its cause, make it due "
+            "again, then issue it now (or let the next run issue it)."
         )
     return None
 
@@ -226,40 +259,65 @@ class Action:
     why_not: Callable[[dict[str, Any]], str | None]
     # Asked for a reason: who reads it (empty: no reason asked).
     reason_for: str = ""
+    # What the person needs beyond editing the DAG ("trigger": a run of it).
+    needs: str = "edit"
+
+
+def offered(row: dict[str, Any], may: frozenset[str]) -> dict[str, Action]:
+    """The actions a page offers on the order: those that fit it and the person may do."""
+    return {
+        name: action
+        for name, action in ACTIONS.items()
+        if "edit" in may and action.needs in may and action.why_not(row) is None
+    }
 
 
 # Every action, in the order the order page offers them. An action is this entry, its two
 # routes in `create_app` (the confirmation through `_confirm`) and its write in the store.
 ACTIONS = {
     "reset": Action(
-        "Make due again",
-        "The order becomes due again (authorized, media id dropped, authorisation wait from "
-        "zero): the next run of the DAG issues it. Do this after fixing the cause shown as its "
-        "reason.",
+        N_("Make due again"),
+        N_(
+            "The order becomes due again (authorized, media id dropped, authorisation wait from "
+            "zero): the next run of the DAG issues it. Do this after fixing the cause shown as "
+            "its reason."
+        ),
         _not_finished,
     ),
     "issue": Action(
-        "Issue now",
-        f"Triggers a run of {INSERTBILL_DAG_ID} for this order alone (param order_ids). An order "
-        "that needs a person is not taken by the run: make it due again first.",
-        _not_finished,
+        N_("Issue now"),
+        N_(
+            "Starts a run of the issuing DAG for this order alone, now rather than at the next "
+            "scheduled run. The run's colour is the whole run's: it is red while other orders "
+            "of earlier runs still need a person, even when this one is issued; this order's "
+            "own outcome shows on its page."
+        ),
+        _issue_helps,
+        needs="trigger",
     ),
     RequestKind.REFUSE: Action(
-        "Refuse",
-        "The order will never get a bill (refunded before issue, data that cannot be fixed): "
-        "WeChat is told (rejectinsert) and shows the payer the reason instead of a pending bill. "
-        f"It cannot be undone: WeChat refuses this order_id for good. {REQUESTS_DAG_ID} carries "
-        "it out; a run of it is started now.",
+        N_("Refuse"),
+        N_(
+            "The order will never get a bill (refunded before issue, data that cannot be "
+            "fixed): WeChat is told (rejectinsert) and shows the payer the reason instead of a "
+            "pending bill. It cannot be undone: WeChat refuses this order_id for good. The "
+            "requests DAG carries it out; a run of it is started now."
+        ),
         lambda row: why_not_carried_out(RequestKind.REFUSE, row["status"], facts_of(row)),
-        reason_for="WeChat shows it to the payer; kept with the request",
+        reason_for=N_("the payer's reason: WeChat shows it to the payer; kept with the request"),
     ),
     RequestKind.VOID: Action(
-        "Void the bill",
-        "The fiscal platform red-reversed this bill (冲红): it is set to INVOICE_REIMBURSE_CANCEL "
-        "in the payer's card package (platform/updatestatus). It cannot be undone. "
-        f"{REQUESTS_DAG_ID} carries it out; a run of it is started now.",
+        N_("Void the bill"),
+        N_(
+            "The fiscal platform red-reversed this bill (冲红): it is set to "
+            "INVOICE_REIMBURSE_CANCEL in the payer's card package (platform/updatestatus). It "
+            "cannot be undone. The requests DAG carries it out; a run of it is started now."
+        ),
         lambda row: why_not_carried_out(RequestKind.VOID, row["status"], facts_of(row)),
-        reason_for="kept with the request and in the order's history; WeChat is not told it",
+        reason_for=N_(
+            "the reason of the void: kept with the request and in the order's history; "
+            "WeChat is not told it"
+        ),
     ),
 }
 
@@ -282,6 +340,7 @@ def what_was_done(
     requests_: list[Any],
     request_id: int | None,
     run: str | None,
+    reader: Reader,
 ) -> Recorded | None:
     """The recorded action a link's `done` names (None when nothing of the kind is recorded):
     the order's last reset; the issue-now of the run `run`; the request `request_id` of the
@@ -290,7 +349,9 @@ def what_was_done(
         reset = next((h for h in reversed(history) if h["step"] == "reset"), None)
         if reset is None:
             return None
-        text = f"Made due again {when(reset['at'])} ({reset['errmsg']}): the next run issues it."
+        text = reader.gettext("Made due again %(at)s (%(note)s): the next run issues it.") % {
+            "at": reader.when(reset["at"]), "note": reset["errmsg"],
+        }  # fmt: skip
         return Recorded("reset", text)
     if done == "issue":
         issued = next(
@@ -300,16 +361,21 @@ def what_was_done(
         )  # fmt: skip
         if issued is None or run is None:
             return None
-        return Recorded("issue", f"Run triggered {when(issued['at'])}:", run_id=run)
+        text = reader.gettext("Run started %(at)s:") % {"at": reader.when(issued["at"])}
+        return Recorded("issue", text, run_id=run)
     if done in set(RequestKind) and request_id is not None:
         asked = next((r for r in requests_ if r.request_id == request_id and r.kind == done), None)
         if asked is None:
             return None
-        name = "Refusal" if done == RequestKind.REFUSE else "Void"
-        text = (
-            f"{name} #{asked.request_id} asked for by {asked.requested_by} "
-            f"{when(asked.requested_at)}: {asked.status}."
+        said = (
+            N_("Refusal #%(id)s asked for by %(by)s %(at)s: %(status)s.")
+            if done == RequestKind.REFUSE
+            else N_("Void #%(id)s asked for by %(by)s %(at)s: %(status)s.")
         )
+        text = reader.gettext(said) % {
+            "id": asked.request_id, "by": asked.requested_by,
+            "at": reader.when(asked.requested_at), "status": reader.status(asked.status),
+        }  # fmt: skip
         pending = asked.status == RequestStatus.PENDING
         return Recorded(done, text, REQUESTS_DAG_ID, run if pending else None, pending)
     return None

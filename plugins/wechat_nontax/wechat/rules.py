@@ -96,7 +96,7 @@ def _token_rule(meaning: str) -> Rule:
 
 
 _CONFIGURATION = "fix the account configuration (appid, app secret, card, interface permission)"
-_DATA = "fix the order's data, then re-run it"
+_DATA = "fix the order's data, then make it due again"
 
 POLICY: Mapping[int | str, Rule] = MappingProxyType(
     {
@@ -211,8 +211,8 @@ POLICY: Mapping[int | str, Rule] = MappingProxyType(
             Action.FAIL,
             "insert too many, need auth again",
             "WeChat wants the payer to authorise this order again: have the payer authorise it "
-            "again (a new authorisation link from the unit's payment service), then reset the "
-            "order; until then every insert is refused, so it is not retried",
+            "again (a new authorisation link from the unit's payment service), then make the "
+            "order due again; until then every insert is refused, so it is not retried",
         ),
         # 72054: an insert of this order is in progress; never a second one alongside it: the
         # same holder asks again after a fixed wait, and a finished insert then answers 72056.
@@ -224,8 +224,8 @@ POLICY: Mapping[int | str, Rule] = MappingProxyType(
             retry_delay_s=INSERT_IN_PROGRESS_WAIT_S,
             max_retries=INSERT_IN_PROGRESS_LIMIT,
             exhausted_reason="WeChat said {answers} times in a row that an insert of this order "
-            "is in progress: re-run it later (if that insert went through, the re-run records "
-            "it as duplicate)",
+            "is in progress: make it due again later (if that insert went through, the next try "
+            "records it as duplicate)",
         ),
         # 72057: a daily limit on inserts, handled like the daily API quota 45009.
         72057: Rule(
@@ -331,7 +331,7 @@ STEP_POLICY: Mapping[str, Mapping[int | str, Rule]] = MappingProxyType(
                     exhausted_reason="WeChat answered -1 (system busy) {answers} times in a row "
                     "to getauthdata for this order: if it persists, check the WeChat "
                     "Connection's s_pappid and that this order_id is the one the payer "
-                    "authorised, then reset the order",
+                    "authorised, then make the order due again",
                 ),
             }
         ),

@@ -23,9 +23,11 @@ import pytest
 
 from factories import held, insert_orders_plainly, make_order
 from nontax_dev.pg import run_sql, scratch_database, with_dbname
+from wechat_nontax.store.actions import RED_OF_REASON_SQL
 from wechat_nontax.store.connection import connect_dsn
 from wechat_nontax.store.orders import OrderStore
 from wechat_nontax.store.reads import COUNTS_SQL, HISTORY_SQL, ORDER_ROW_SQL, BillsPage, PageMark
+from wechat_nontax.ui.view import statuses_of
 from wechat_nontax.wechat.statuses import Status
 
 BIG = 100_000
@@ -105,6 +107,10 @@ def test_every_query_of_the_pages_reads_indexes_not_the_table(big_db: str):
         counts=(COUNTS_SQL, ()),
         order=(ORDER_ROW_SQL, ("B0050000",)),
         history=(HISTORY_SQL, ("B0050000",)),
+        # "All that need a person for this reason" (1,000 of 2,000 red orders of one reason).
+        red_of_reason=(RED_OF_REASON_SQL, ("why", 1001)),
+        # The search from the opening page: every status, whatever the filter.
+        search_opening=BillsPage(statuses_of("attention", "N50000"), search="N50000").sql(),
     )
     for name, (sql, params) in queries.items():
         plan = _plan(big_db, sql, params)
@@ -114,6 +120,8 @@ def test_every_query_of_the_pages_reads_indexes_not_the_table(big_db: str):
     # The deep page reads its page's worth of the index, not the 90,000 entries above it.
     plan = _plan(big_db, *queries["deep page"])
     assert "Index Only Scan Backward using bill_order_status_updated_idx" in plan, plan
+    plan = _plan(big_db, *queries["red_of_reason"])
+    assert "bill_order_attention_reason_idx" in plan, plan
 
 
 def test_page_marks_walk_a_whole_status_forwards_and_back(big_db: str):

@@ -1,11 +1,13 @@
-"""The Bills view's pure parts: amounts in yuan, times, links to Airflow pages, the same-origin
-check of a POST, and that the plugin module stays cheap to import (every worker imports it)."""
+"""The Bills view's pure parts: amounts in yuan, times in the reader's zone, links to Airflow
+pages, the same-origin check of a POST, the actions each order and person are offered, and that
+the plugin module stays cheap to import (every worker imports it)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 from fastapi import HTTPException
@@ -13,15 +15,20 @@ from starlette.requests import Request
 
 from wechat_nontax.requests.store import RequestRow
 from wechat_nontax.store.reads import PageMark
-from wechat_nontax.ui.routes import same_origin
+from wechat_nontax.ui.guards import same_origin
+from wechat_nontax.ui.i18n import Reader
 from wechat_nontax.ui.view import (
     ACTIONS,
-    _day,
-    beijing,
+    EVERY_STATUS,
+    STATUS_CHOICES,
+    action_of,
     dags_of_step,
+    day_start,
     mark_of,
+    offered,
     page_mark,
     printable,
+    statuses_of,
     task_url,
     what_was_done,
     yuan,
@@ -36,8 +43,43 @@ def test_fen_are_shown_as_yuan_exactly(fen, text):
     assert yuan(fen) == text
 
 
-def test_billing_time_is_shown_in_beijing_time():
-    assert beijing(1700000000) == "2023-11-15 06:13:20 Beijing"
+SHANGHAI = Reader("en", ZoneInfo("Asia/Shanghai"))
+UTC_READER = Reader("en", ZoneInfo("UTC"))
+
+
+def test_every_time_is_shown_in_the_readers_zone_the_billing_time_too():
+    at = datetime(2026, 12, 6, 23, 30, tzinfo=UTC)
+    assert SHANGHAI.when(at) == "2026-12-07 07:30:00"
+    assert UTC_READER.when(at) == "2026-12-06 23:30:00"
+    assert SHANGHAI.when_unix(1700000000) == "2023-11-15 06:13:20"
+    assert UTC_READER.when_unix(1700000000) == "2023-11-14 22:13:20"
+    assert SHANGHAI.zone_label() == "Asia/Shanghai (UTC+08:00)"
+
+
+def test_a_day_of_the_filter_is_a_day_of_the_readers_zone():
+    """An order that went red at 07:30 in Shanghai on 7 December (23:30 UTC on the 6th) is in
+    the day 2026-12-07 of a reader in Shanghai."""
+    since = day_start("2026-12-07", "since", SHANGHAI)
+    until = day_start("2026-12-07", "until", SHANGHAI, days_after=1)
+    red_at = datetime(2026, 12, 6, 23, 30, tzinfo=UTC)
+    assert since <= red_at < until
+    assert since == datetime(2026, 12, 6, 16, 0, tzinfo=UTC)
+    assert not day_start("2026-12-07", "since", UTC_READER) <= red_at
+    assert SHANGHAI.today() == datetime.now(ZoneInfo("Asia/Shanghai")).date()
+    assert isinstance(SHANGHAI.yesterday(), date)
+
+
+def test_a_search_looks_in_every_status_whatever_the_filter():
+    assert statuses_of("attention", "T1") == EVERY_STATUS
+    assert statuses_of("inserted", "T1") == EVERY_STATUS
+    assert statuses_of("inserted") == ["inserted"]
+    assert {"unauthorized", "declined"} <= set(EVERY_STATUS)
+    assert {"unauthorized", "declined"} <= set(STATUS_CHOICES)
+
+
+def test_an_action_on_many_is_named_in_each_orders_history_note():
+    assert action_of("made due again by admin (Airflow user) in the Bills page, action #12") == 12
+    assert action_of("reset by admin") is None and action_of(None) is None
 
 
 RUN = "manual__2026-01-01T00:00:00+00:00"
@@ -91,21 +133,26 @@ def _request(request_id: int, kind: str, status: str) -> RequestRow:
 def test_a_message_of_success_is_what_the_history_or_requests_recorded():
     load = [_history("load", "new")]
     # Nothing recorded: no message, whatever the link says.
-    assert what_was_done("reset", load, [], None, None) is None
-    assert what_was_done("issue", load, [], None, RUN) is None
-    assert what_was_done("refuse", load, [], 1, RUN) is None
-    assert what_was_done("refuse", load, [_request(1, "void", "pending")], 1, RUN) is None
-    assert what_was_done("refuse", load, [_request(1, "refuse", "pending")], 2, RUN) is None
-    assert what_was_done("elsewhere", load, [], None, None) is None
-    reset = what_was_done("reset", [*load, _history("reset", "authorized")], [], None, None)
-    assert reset and "Made due again 2026-12-01 08:00:00 UTC (by admin)" in reset.text
+    r = SHANGHAI
+    assert what_was_done("reset", load, [], None, None, r) is None
+    assert what_was_done("issue", load, [], None, RUN, r) is None
+    assert what_was_done("refuse", load, [], 1, RUN, r) is None
+    assert what_was_done("refuse", load, [_request(1, "void", "pending")], 1, RUN, r) is None
+    assert what_was_done("refuse", load, [_request(1, "refuse", "pending")], 2, RUN, r) is None
+    assert what_was_done("elsewhere", load, [], None, None, r) is None
+    reset = what_was_done("reset", [*load, _history("reset", "authorized")], [], None, None, r)
+    assert reset and "Made due again 2026-12-01 16:00:00 (by admin)" in reset.text
     issued = [*load, _history("operator", "issue_now", RUN)]
-    assert what_was_done("issue", issued, [], None, "other") is None
-    assert what_was_done("issue", issued, [], None, RUN).run_id == RUN
-    asked = what_was_done("refuse", load, [_request(1, "refuse", "pending")], 1, RUN)
+    assert what_was_done("issue", issued, [], None, "other", r) is None
+    assert what_was_done("issue", issued, [], None, RUN, r).run_id == RUN
+    asked = what_was_done("refuse", load, [_request(1, "refuse", "pending")], 1, RUN, r)
     assert asked.text.startswith("Refusal #1 asked for by admin") and asked.pending
     assert (asked.dag_id, asked.run_id) == ("nontax_requests", RUN)
-    over = what_was_done("void", load, [_request(1, "void", "done")], 1, RUN)
+    chinese = what_was_done(
+        "refuse", load, [_request(1, "refuse", "pending")], 1, RUN, Reader("zh_CN", r.zone)
+    )
+    assert chinese.text == "拒绝开具申请 #1，由 admin 于 2026-12-01 16:00:00 提交：待处理。"
+    over = what_was_done("void", load, [_request(1, "void", "done")], 1, RUN, r)
     assert over.text.endswith(": done.") and not over.pending and over.run_id is None
 
 
@@ -119,9 +166,11 @@ def test_control_characters_in_input_are_a_400(value):
 
 def test_the_last_day_cannot_be_ended_past_the_calendar_and_is_a_400():
     with pytest.raises(HTTPException) as refused:
-        _day("9999-12-31", "until", days_after=1)
+        day_start("9999-12-31", "until", UTC_READER, days_after=1)
     assert refused.value.status_code == 400
-    assert _day("2026-12-31", "until", days_after=1) == datetime(2027, 1, 1, tzinfo=UTC)
+    assert day_start("2026-12-31", "until", UTC_READER, days_after=1) == datetime(
+        2027, 1, 1, tzinfo=UTC
+    )
 
 
 def test_a_page_mark_goes_into_a_link_and_comes_back_exactly():
@@ -193,27 +242,51 @@ def test_behind_a_proxy_the_public_host_of_base_url_passes_too(monkeypatch):
         same_origin(_post(Host="10.0.0.5:8080", Origin="https://evil.example"))
 
 
+EVERYTHING = frozenset({"edit", "trigger"})
+
+
 @pytest.mark.parametrize(
-    ("status", "offered"),
+    ("status", "fit"),
     [
         ("authorized", {"reset", "issue", "refuse"}),
         ("awaiting_auth", {"reset", "issue", "refuse"}),
-        ("invalid", {"reset", "issue", "refuse"}),
-        ("failed", {"reset", "issue", "refuse"}),
+        # Issue-now takes due orders only: on a red one the run would end red, the order as
+        # it was.
+        ("invalid", {"reset", "refuse"}),
+        ("failed", {"reset", "refuse"}),
         ("inserted", {"void"}),
         ("duplicate", set()),
         ("rejected", set()),
         ("refused", set()),
         ("cancelled", set()),
+        ("declined", set()),
+        # Waiting for the payer: neither made due nor issued before the payer authorises.
+        ("unauthorized", set()),
     ],
 )
-def test_each_status_offers_the_actions_that_fit_it(status, offered):
-    from wechat_nontax.ui.view import ACTIONS
-
+def test_each_status_offers_the_actions_that_fit_it(status, fit):
     row = {"status": status}
-    assert {name for name, a in ACTIONS.items() if a.why_not(row) is None} == offered
+    assert set(offered(row, EVERYTHING)) == fit
     # Every action that does not fit says why, for the confirmation page.
-    assert all(a.why_not(row) for name, a in ACTIONS.items() if name not in offered)
+    assert all(a.why_not(row) for name, a in ACTIONS.items() if name not in fit)
+
+
+def test_a_pending_refusal_rules_out_make_due_and_issue_now():
+    row = {"status": "invalid", "refusal_pending": True}
+    assert set(offered(row, EVERYTHING)) == {"refuse"}
+    assert "refusal" in ACTIONS["reset"].why_not(row)
+
+
+@pytest.mark.parametrize(
+    ("may", "fit"),
+    [
+        (frozenset(), set()),  # a viewer is offered nothing
+        (frozenset({"edit"}), {"reset", "refuse"}),  # no run may be asked: no issue-now
+        (EVERYTHING, {"reset", "issue", "refuse"}),
+    ],
+)
+def test_a_person_is_offered_only_what_they_may_do(may, fit):
+    assert set(offered({"status": "authorized"}, may)) == fit
 
 
 @pytest.mark.parametrize("kind", ["refuse", "void"])

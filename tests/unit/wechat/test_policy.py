@@ -381,7 +381,7 @@ def test_72057_is_a_daily_quota_like_45009():
 def test_72048_needs_a_person_to_have_the_payer_authorise_again():
     rule = POLICY[72048]
     assert rule.action is Action.FAIL and status_for(rule.action) is Status.FAILED
-    assert "authorise it again" in rule.reason and "reset" in rule.reason
+    assert "authorise it again" in rule.reason and "make the order due again" in rule.reason
 
 
 def test_72082_is_a_pdf_failure_like_72040():
