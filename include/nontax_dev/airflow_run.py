@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -263,6 +264,7 @@ def task_instances(
     states-for-dag-run` shows them, each
     one's `try_number` counted in `output` (the console of the `DAG.test()` that ran it)."""
     tasks = []
+    labels = _rendered_map_indexes(env, dag_id, run_id)
     for ti in _cli_json(env, "tasks", "states-for-dag-run", dag_id, run_id):
         map_index = int(ti.get("map_index") or -1)
         tasks.append(
@@ -270,10 +272,33 @@ def task_instances(
                 "task_id": ti["task_id"],
                 "map_index": map_index,
                 "state": ti["state"] or None,
+                "rendered_map_index": labels.get((ti["task_id"], map_index)),
                 "try_number": tries_in_output(output, ti["task_id"], map_index),
             }
         )
     return sorted(tasks, key=lambda t: (t["task_id"], t["map_index"]))
+
+
+def _rendered_map_indexes(env: dict[str, str], dag_id: str, run: str) -> dict[tuple[str, int], str]:
+    """Each mapped instance's rendered label (`map_index_template`) of a run (its run id or
+    logical date). Read from the metadata database itself: neither the CLI's
+    `states-for-dag-run` nor anything else public shows it without an api-server, and
+    `airflow dags test` runs without one; read only, this one column."""
+    db = Path(env["AIRFLOW_HOME"]) / "airflow.db"
+    if not db.exists():
+        return {}
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT ti.task_id, ti.map_index, ti.rendered_map_index FROM task_instance ti "
+            "JOIN dag_run r ON r.dag_id = ti.dag_id AND r.run_id = ti.run_id "
+            "WHERE ti.dag_id = ? AND (r.run_id = ? OR replace(r.logical_date, ' ', 'T') "
+            "|| '+00:00' = ?)",
+            (dag_id, run, run.replace("+00:00", "") + "+00:00"),
+        ).fetchall()
+    finally:
+        conn.close()
+    return {(task_id, map_index): label for task_id, map_index, label in rows if label}
 
 
 def tries_in_output(output: str, task_id: str, map_index: int = -1) -> int:
