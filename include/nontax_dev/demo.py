@@ -15,8 +15,9 @@
 6. One issued bill's void is asked for (`make void`), and one run of the DAG `nontax_requests`
    refuses the one order and voids the other bill (log in .run/demo/requests-test.log).
 7. Payers who authorise after the load (`demo_payers`): six orders loaded unauthorised, their
-   links made, four payers authorise, one declines, and one run of `nontax_waiting` issues the
-   four (log in .run/demo/waiting-test.log).
+   links made, four payers authorise, one declines (WeChat's events pushed by the sandbox's
+   pusher to a receiver process, log in .run/demo/receiver/receiver.log), and one run of
+   `nontax_waiting` issues the four (log in .run/demo/waiting-test.log).
 
 Everything started is stopped again, also on Ctrl-C. The run itself ends "failed" by design: the
 planted problems need a person. The demo succeeds (exit 0) when every good order's bill is in
@@ -818,7 +819,8 @@ def run_demo(console: Console) -> int:
             f"  OK: {len(demo.good)} good orders, each bill inserted exactly once in the sandbox;\n"
             f"  {len(demo.planted)} planted problems, each ended as expected with its reason;\n"
             f"  one order refused and one bill voided by the requests DAG, each once on WeChat;\n"
-            f"  four payers' bills issued by {WAITING_DAG_ID} after their authorisation, each "
+            f"  four payers' bills issued by {WAITING_DAG_ID} after WeChat pushed their "
+            "authorisation to the receiver, each "
             "once; the declined and the unanswered order never sent;\n"
             f"  {len(demo.unloadable)} unloadable lines refused at load with their line numbers.\n"
             f"  The run is '{result.run_state}' on purpose: orders that need a person turn it red."
