@@ -15,8 +15,9 @@
 6. One issued bill's void is asked for (`make void`), and one run of the DAG `nontax_requests`
    refuses the one order and voids the other bill (log in .run/demo/requests-test.log).
 7. Payers who authorise after the load (`demo_payers`): six orders loaded unauthorised, their
-   links made, four payers authorise, one declines, and one run of `nontax_waiting` issues the
-   four (log in .run/demo/waiting-test.log).
+   links made, four payers authorise, one declines (WeChat's events pushed by the sandbox's
+   pusher to a receiver process, log in .run/demo/receiver/receiver.log), and one run of
+   `nontax_waiting` issues the four (log in .run/demo/waiting-test.log).
 
 Everything started is stopped again, also on Ctrl-C. The run itself ends "failed" by design: the
 planted problems need a person. The demo succeeds (exit 0) when every good order's bill is in
@@ -559,9 +560,10 @@ def print_tasks(console: Console, result: DagTestResult) -> None:
     console.section(f"Task states of run {result.run_id} ({result.run_state})")
     rows = []
     for task in result.tasks:
-        label = task["rendered_map_index"] or ("" if task["map_index"] < 0 else task["map_index"])
-        rows.append((task["task_id"], task["state"], task["try_number"], label))
-    print(table(("task", "state", "tries", "label"), rows))
+        # The airflow CLI's task states name a mapped instance by its index alone.
+        index = "" if task["map_index"] < 0 else task["map_index"]
+        rows.append((task["task_id"], task["state"], task["try_number"], index))
+    print(table(("task", "state", "tries", "map index"), rows))
 
 
 def print_orders(
@@ -818,7 +820,8 @@ def run_demo(console: Console) -> int:
             f"  OK: {len(demo.good)} good orders, each bill inserted exactly once in the sandbox;\n"
             f"  {len(demo.planted)} planted problems, each ended as expected with its reason;\n"
             f"  one order refused and one bill voided by the requests DAG, each once on WeChat;\n"
-            f"  four payers' bills issued by {WAITING_DAG_ID} after their authorisation, each "
+            f"  four payers' bills issued by {WAITING_DAG_ID} after WeChat pushed their "
+            "authorisation to the receiver, each "
             "once; the declined and the unanswered order never sent;\n"
             f"  {len(demo.unloadable)} unloadable lines refused at load with their line numbers.\n"
             f"  The run is '{result.run_state}' on purpose: orders that need a person turn it red."

@@ -2,9 +2,10 @@
 
 Six orders are loaded as a unit's export gives them before payment is confirmed in WeChat
 (`"authorized": false`), their links are made with `nontax link --unauthorized` as a person
-would type it, four payers authorise, one declines and one does nothing (`payers.payer_answers`,
-which stands for the sandbox pushing the event to the receiver), then one run of the fast DAG
-`nontax_waiting` issues the four, each once; the declined and the waiting one are never sent.
+would type it, four payers authorise, one declines and one does nothing: WeChat (the sandbox's
+pusher, `payers.payer_answers`) pushes each answer to a receiver process of the demo's own,
+which records it; then one run of the fast DAG `nontax_waiting` issues the four, each once; the
+declined and the waiting one are never sent.
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ import dataclasses
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from nontax_dev.airflow_run import WAITING_DAG_ID, dags_test
-from nontax_dev.payers import payer_answers
+from nontax_dev.payers import own_receiver, payer_answers
 from wechat_nontax.issuing.bill import Order
 from wechat_sandbox.client import DEFAULT_APPID, DEFAULT_CARD_ID
+from wechat_sandbox.pusher import PushResult
 
 PAYER_ORDERS = 6
 AUTHORISING = 4  # the first four authorise; the fifth declines; the sixth does nothing
@@ -76,14 +77,23 @@ def run_payer_flow(
     if len(links) != len(orders):
         return [f"nontax link made {len(links)} links of {len(orders)}: {linked.stderr[-500:]}"]
 
-    authorised_at = {}
-    for order in orders[:AUTHORISING]:
-        authorised_at[order.order_id] = time.time()
-        payer_answers(dsn, links[order.order_id], appid=DEFAULT_APPID, sandbox=admin)
     declined = orders[AUTHORISING]
-    payer_answers(dsn, links[declined.order_id], authorized=False, appid=DEFAULT_APPID,
-                  sandbox=admin)  # fmt: skip
-    say(f"{AUTHORISING} payers authorised, {declined.order_id} declined, "
+    answering = [(o, True) for o in orders[:AUTHORISING]] + [(declined, False)]
+    authorised_at: dict[str, float] = {}
+    pushes: list[PushResult] = []
+    with own_receiver(dsn, run_dir / "receiver") as receiver:
+        for order, authorized in answering:
+            answer = payer_answers(links[order.order_id], receiver=receiver,
+                                   authorized=authorized, sandbox=admin)  # fmt: skip
+            pushes.append(answer.push)
+            if authorized:
+                authorised_at[order.order_id] = answer.pushed_at
+            if not answer.delivered:
+                problems.append(f"{order.order_id}: the receiver answered {answer.push}")
+    slowest = max(p.seconds for p in pushes)
+    say(f"WeChat pushed {len(pushes)} events to the receiver: "
+        f"{sum(p.delivered for p in pushes)} answered 'success' (slowest {slowest * 1000:.0f} ms); "
+        f"{AUTHORISING} payers authorised, {declined.order_id} declined, "
         f"{orders[-1].order_id} has not answered; airflow dags test {WAITING_DAG_ID}")  # fmt: skip
     result = dags_test(env, log_file=run_dir / "waiting-test.log", timeout=300,
                        dag_id=WAITING_DAG_ID)  # fmt: skip
@@ -96,7 +106,7 @@ def run_payer_flow(
         row = store.get_row(order.order_id) or {}
         bill = bills.get(order.order_id)
         after = (f"{bill['inserted_at'] - authorised_at[order.order_id]:.1f} s after the "
-                 "authorisation") if bill and order.order_id in authorised_at else ""  # fmt: skip
+                 "event's push") if bill and order.order_id in authorised_at else ""  # fmt: skip
         say(f"  {order.order_id}  {row.get('status')}  {after}")
         sent = sandbox_orders.get(order.order_id, {}).get("attempts", 0)
         if order.order_id in authorised_at:
@@ -104,6 +114,11 @@ def run_payer_flow(
                 problems.append(f"{order.order_id}: {row.get('status')}, {sent} inserts sent")
         elif sent:
             problems.append(f"{order.order_id} was sent without its payer's authorisation")
+    issued = [o for o in authorised_at if o in bills]
+    sent_unauthorised = sum(sandbox_orders.get(o.order_id, {}).get("attempts", 0)
+                 for o in orders[AUTHORISING:])  # fmt: skip
+    say(f"bills in at the sandbox: {len(issued)} of the {len(authorised_at)} authorised; "
+        f"inserts sent for the declined and the silent order: {sent_unauthorised}")  # fmt: skip
     if (store.get_row(declined.order_id) or {}).get("status") != "declined":
         problems.append(f"{declined.order_id} did not end declined")
     return problems

@@ -14,11 +14,10 @@ from airflow_desk import AirflowDesk
 from dag_files import parse_frequent_dag
 from factories import make_order, write_pdf
 from nontax_dev.airflow_run import DAG_ID, WAITING_DAG_ID, airflow_env
-from nontax_dev.payers import payer_answers
+from nontax_dev.payers import own_receiver, payer_answers, recorded_outcome
 from wechat_nontax.issuing.auth_links import make_links
 from wechat_nontax.wechat.hook import WeChatNonTaxHook
 from wechat_nontax.wechat.rules import AUTHORIZATION_RECHECK_S
-from wechat_sandbox.client import DEFAULT_APPID
 
 pytestmark = pytest.mark.e2e
 
@@ -63,6 +62,13 @@ def desk(orders_db, sandbox, tmp_path_factory, tmp_path):
     d.store.close()
 
 
+@pytest.fixture
+def receiver(desk, tmp_path):
+    """The unit's receiver of WeChat's events, a process of its own on the test's database."""
+    with own_receiver(desk.dsn, tmp_path / "receiver") as running:
+        yield running
+
+
 def waiting(desk, order):
     """The order loaded and issued by the daily DAG while its payer has not authorised: 72038."""
     desk.load(order)
@@ -82,12 +88,19 @@ def test_the_waiting_dag_imports_cleanly_and_runs_alone_every_2_minutes():
 
 
 def test_payers_who_authorise_between_runs_get_their_bills_from_the_next_run_each_once(
-    desk, wechat_conn
+    desk, wechat_conn, receiver
 ):
     desk.sandbox.configure(authorize_by_default=False)  # WeChat's side knows only the events
     a, b, c, d = orders = [make_order(n) for n in range(4)]
     desk.load(*orders, unauthorized=True)
     links = desk.links(orders)
+
+    def answer(order, authorized=True):
+        """WeChat pushes the payer's event to the receiver; what recording it did."""
+        pushed = payer_answers(links[order.order_id], receiver=receiver, authorized=authorized,
+                               sandbox=desk.sandbox)  # fmt: skip
+        assert pushed.delivered and pushed.push.tries == 1, pushed.push
+        return recorded_outcome(desk.dsn, order.order_id)
 
     # Nobody has authorised: the run claims nothing and calls nothing.
     before = desk.sandbox.calls()
@@ -99,10 +112,8 @@ def test_payers_who_authorise_between_runs_get_their_bills_from_the_next_run_eac
 
     # a and b authorise, d declines; c waits.
     for order in (a, b):
-        assert payer_answers(desk.dsn, links[order.order_id], appid=DEFAULT_APPID,
-                             sandbox=desk.sandbox) == "authorized: due now"  # fmt: skip
-    assert payer_answers(desk.dsn, links[d.order_id], authorized=False, appid=DEFAULT_APPID,
-                         sandbox=desk.sandbox) == "declined"  # fmt: skip
+        assert answer(order) == "authorized: due now"
+    assert answer(d, authorized=False) == "declined"
     first = desk.run(WAITING_DAG_ID)
     assert first.run_state == "success", first.output[-3000:]
     status = {o.order_id: desk.store.get_row(o.order_id)["status"] for o in orders}
@@ -110,7 +121,7 @@ def test_payers_who_authorise_between_runs_get_their_bills_from_the_next_run_eac
                       c.order_id: "unauthorized", d.order_id: "declined"}  # fmt: skip
 
     # c authorises later: the next run inserts it, and sends a and b nothing again.
-    payer_answers(desk.dsn, links[c.order_id], appid=DEFAULT_APPID, sandbox=desk.sandbox)
+    assert answer(c) == "authorized: due now"
     second = desk.run(WAITING_DAG_ID)
     assert second.run_state == "success", second.output[-3000:]
     assert desk.store.get_row(c.order_id)["status"] == "inserted"

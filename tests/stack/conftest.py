@@ -18,13 +18,18 @@ from wechat_nontax.settings import REQUESTS_DAG_ID, WAITING_DAG_ID
 
 # SimpleAuthManager's users: `admin`, and `viewer` for the Bills page's read-only role.
 USERS = {"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer"}
+# nontax_waiting every minute rather than never: it stays paused but where a module unpauses it
+# (test_payer_events.py), whose scheduled runs then come without waiting 2 minutes for a tick.
+WAITING_EVERY_MINUTE = {"NONTAX_WAITING_SCHEDULE": "* * * * *"}
 
 
 @pytest.fixture(scope="session")
 def local_stack(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Stack, dict[str, bool]]]:
-    config = own_stack_config(tmp_path_factory.mktemp("stack"), "local", extra_env=USERS)
+    config = own_stack_config(
+        tmp_path_factory.mktemp("stack"), "local", extra_env={**USERS, **WAITING_EVERY_MINUTE}
+    )
     with running(config) as stack:
         paused = {
             d: stack.api.dag(d)["is_paused"] for d in (DAG_ID, REQUESTS_DAG_ID, WAITING_DAG_ID)

@@ -7,13 +7,12 @@ import psycopg2
 import pytest
 
 from factories import make_order, order_line
-from nontax_dev.payers import payer_answers
+from nontax_dev.payers import own_receiver, payer_answers, recorded_outcome
 from wechat_nontax.cli.load import load_lines
 from wechat_nontax.cli.main import main
 from wechat_nontax.issuing.auth_links import make_links
 from wechat_nontax.wechat.hook import WeChatNonTaxHook
 from wechat_sandbox.auth_links import order_of_link
-from wechat_sandbox.client import DEFAULT_APPID
 
 
 @pytest.fixture
@@ -82,13 +81,16 @@ def test_reloads_of_an_order_waiting_for_its_payer(store, orders_db, hook, wecha
     assert row(orders_db, order.order_id)[0] == "authorized"
 
 
-def test_a_declined_order_is_never_changed_by_a_reload(store, orders_db, hook, wechat_conn):
+def test_a_declined_order_is_never_changed_by_a_reload(
+    store, orders_db, hook, wechat_conn, tmp_path
+):
     order = make_order(1)
     load_lines(store, [order_line(order, authorized=False)])
     [made] = make_links(store, hook, [order.order_id])
-    assert payer_answers(orders_db, made.auth_url, authorized=False, appid=DEFAULT_APPID) == (
-        "declined"
-    )
+    with own_receiver(orders_db, tmp_path) as receiver:  # WeChat pushes the payer's refusal
+        answer = payer_answers(made.auth_url, receiver=receiver, authorized=False)
+    assert answer.delivered, answer.push
+    assert recorded_outcome(orders_db, order.order_id) == "declined"
     report = load_lines(store, [order_line(order, authorized=True, fee=order.fee + 5)])
     assert report.unchanged == 1 and row(orders_db, order.order_id)[:2] == ("declined", order.fee)
 
