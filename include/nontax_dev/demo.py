@@ -560,10 +560,9 @@ def print_tasks(console: Console, result: DagTestResult) -> None:
     console.section(f"Task states of run {result.run_id} ({result.run_state})")
     rows = []
     for task in result.tasks:
-        # The airflow CLI's task states name a mapped instance by its index alone.
-        index = "" if task["map_index"] < 0 else task["map_index"]
-        rows.append((task["task_id"], task["state"], task["try_number"], index))
-    print(table(("task", "state", "tries", "map index"), rows))
+        label = task["rendered_map_index"] or ("" if task["map_index"] < 0 else task["map_index"])
+        rows.append((task["task_id"], task["state"], task["try_number"], label))
+    print(table(("task", "state", "tries", "label"), rows))
 
 
 def print_orders(
