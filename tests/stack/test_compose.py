@@ -5,6 +5,7 @@ listed in NOT_RUN_HERE with the reason."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import os
@@ -267,13 +268,17 @@ def test_every_dag_is_scheduled_by_the_compose_file_and_unpaused_by_make_up(comp
     sets, with the DAG's own default; `make up` unpauses the daily DAG and the frequent ones."""
     from nontax_dev.airflow_api import DAG_ID
     from nontax_dev.stack import FREQUENT_DAG_IDS
+    from wechat_nontax import settings
 
     dag_files = sorted((ROOT / "dags").glob("*.py"))
     assert sorted({DAG_ID, *FREQUENT_DAG_IDS}) == [path.stem for path in dag_files]
     env = environment(compose["services"]["airflow-scheduler"])
     for path in dag_files:
-        [(variable, default)] = re.findall(
-            r'dag_settings\("(\w+)", "([^"]+)"\)', path.read_text(encoding="utf-8")
+        # Each argument is a string, or a name of the settings module that holds one.
+        [arguments] = re.findall(r"dag_settings\(([^)]*)\)", path.read_text(encoding="utf-8"))
+        variable, default = (
+            ast.literal_eval(arg) if arg.startswith('"') else getattr(settings, arg)
+            for arg in (part.strip() for part in arguments.split(","))
         )
         assert env[variable] == default, path.name
 
