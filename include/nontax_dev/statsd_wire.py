@@ -8,6 +8,7 @@ the metrics of real runs with it; beside `make up STATSD=127.0.0.1:9125` it show
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import threading
 import time
@@ -105,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("port", type=int, nargs="?", default=9125)
     parser.add_argument("--all", action="store_true", help="Airflow's own metrics too")
     args = parser.parse_args(argv)
+    # Ctrl-C ends it even when started in the background, where SIGINT comes ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     listener = StatsdListener(args.port)
     where = f"127.0.0.1:{listener.port}"
     print(f"listening on {where} (udp): make up STATSD={where}", flush=True)
