@@ -22,7 +22,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 
 from reportlab.lib import colors
@@ -33,8 +33,8 @@ from reportlab.pdfbase.ttfonts import TTFError, TTFont
 from reportlab.pdfgen.canvas import Canvas
 
 from wechat_nontax.issuing.bill import Order
+from wechat_nontax.settings import BEIJING_TIME
 
-UTC8 = timezone(timedelta(hours=8), "UTC+8")
 FONT_ENV = "NONTAX_BILL_FONT"
 CID_FONT = "STSong-Light"
 # TrueType CJK fonts in the usual places (Debian/Ubuntu packages, macOS). OpenType/CFF fonts
@@ -208,7 +208,7 @@ def render_bill_pdf(order: Order) -> bytes:
 
 def _draw_bill(canvas: Canvas, order: Order, font: str, page_w: float, page_h: float) -> None:
     unit, item = split_title(order.title)
-    day = datetime.fromtimestamp(order.billing_time, UTC8)
+    day = datetime.fromtimestamp(order.billing_time, BEIJING_TIME)
     left, right = 36.0, page_w - 36.0
 
     # The fiscal supervision seal above the title, and the title.

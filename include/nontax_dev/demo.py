@@ -41,7 +41,7 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ from nontax_dev.airflow_run import (
 )
 from nontax_dev.pg import LOCAL_SERVER, describe_dsn, fresh_database, server_answers
 from wechat_nontax.issuing.bill import Order
+from wechat_nontax.settings import BEIJING_TIME
 from wechat_sandbox.client import DEFAULT_APPID, DEFAULT_CARD_ID
 
 RUN_DIR = ROOT / ".run" / "demo"
@@ -69,7 +70,6 @@ DEMO_DB_NAME = "nontax_demo"
 ORDER_COUNT = 200
 BATCH_SIZE = 50
 SEED = 2026
-UTC8 = timezone(timedelta(hours=8), "UTC+8")  # bills are dated in China's calendar
 UNKNOWN_CARD_ID = "pjZ8Yt7xiy3b9UfffRIA4TmNoSuch"  # well formed, unknown to WeChat: 40078
 
 
@@ -236,7 +236,7 @@ def build_demo(now: int, count: int = ORDER_COUNT, seed: int = SEED) -> DemoData
         next_no[kind.billing_code] += 1
         billing_time = now - rng.randrange(3_600, 30 * 86_400)
         order_id = demo_order_id(number)
-        month = datetime.fromtimestamp(billing_time, UTC8).strftime("%Y%m")
+        month = datetime.fromtimestamp(billing_time, BEIJING_TIME).strftime("%Y%m")
         order = Order(
             order_id=order_id,
             card_id=DEFAULT_CARD_ID,

@@ -1,7 +1,10 @@
 """The append-only history of an order (`nontax.bill_attempt`): its one writer. Every step of
 both pipelines, a load, a reset, a person's action and a request's step append through here,
 either as rows (`append_history`) or as a statement's tail (`insert_history`, for a write-back
-that updates its order and appends its row in one statement)."""
+that updates its order and appends its row in one statement). The one other: the payer's
+authorisation event, applied inside the database (`nontax.apply_authorization_events`,
+migrations 0012-0013) in the receiver's or the load's one transaction, appends its `payer` row
+there."""
 
 from __future__ import annotations
 
