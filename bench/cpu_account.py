@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -272,6 +273,9 @@ class CpuTracker:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="cpu-tracker", daemon=True)
         self.machine_s = 0.0
+        # What its thread's sweeps cost: CPU of the process that runs the tracker, which a caller
+        # measuring its own CPU meanwhile (bench/batch_cpu.py) takes off.
+        self.reading_s = 0.0
 
     def sweep(self) -> None:
         stats = read_stats()
@@ -313,8 +317,10 @@ class CpuTracker:
         self.sweeps += 1
 
     def _loop(self) -> None:
+        started = time.thread_time()
         while not self._stop.wait(self.interval_s):
             self.sweep()
+        self.reading_s = time.thread_time() - started
 
     def __enter__(self) -> CpuTracker:
         self.machine_s = -machine_busy_s()
