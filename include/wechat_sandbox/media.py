@@ -82,6 +82,11 @@ class MediaStore:
             url = f"{base_url.rstrip('/')}/_sandbox/media/{media.media_id}/pdf"
             return E.ok(pdf_url=url, pdf_url_expire_time=7200)
 
+    def media_pdf(self, media_id: str) -> bytes | None:
+        with self._lock:
+            media = self.media.get(media_id)
+            return None if media is None else media.data
+
     def media_list(self) -> list[dict[str, Any]]:
         with self._lock:
             return [media.to_dict() for media in self.media.values()]
