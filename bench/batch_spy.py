@@ -80,7 +80,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from cpu_account import TASK_TITLE, read_title
-    from nontax_dev.stack import Stack
+    from nontax_dev.stack.stack import Stack
     from run import cpu_tracker, load_orders, stack_configs
 
     config, _ = stack_configs(BENCH.parent / ".run" / "bench-spy", pool_slots=4, celery_workers=0)
