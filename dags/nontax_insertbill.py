@@ -11,20 +11,22 @@ from datetime import timedelta
 
 from airflow.sdk import DAG, Param
 
+from wechat_nontax.dag_arguments import dag_arguments
 from wechat_nontax.issuing.dag_parts import issue_claimed_batches, issuing_dag_args
 from wechat_nontax.issuing.operators import ClaimOrdersOperator, RefreshTokenOperator
 from wechat_nontax.settings import (
     INSERTBILL_DAG_ID,
+    INSERTBILL_SCHEDULE_DEFAULT,
+    INSERTBILL_SCHEDULE_ENV,
     ORDERS_CONN_ID,
     POOL_SLOTS,
     WECHAT_CONN_ID,
     WECHAT_POOL,
-    dag_settings,
 )
 
 with DAG(
     dag_id=INSERTBILL_DAG_ID,
-    **dag_settings("NONTAX_SCHEDULE", "30 2 * * *"),
+    **dag_arguments(INSERTBILL_SCHEDULE_ENV, INSERTBILL_SCHEDULE_DEFAULT),
     **issuing_dag_args(
         order_ids=Param([], type="array", description="Only these orders (empty: all due)"),
         # Measured best on 2 cores (make bench): a run spread over one batch per pool slot.

@@ -15,19 +15,21 @@ from datetime import timedelta
 
 from airflow.sdk import DAG, Param
 
+from wechat_nontax.dag_arguments import dag_arguments
 from wechat_nontax.requests.operators import CarryOutRequestsOperator, RequestsReportOperator
 from wechat_nontax.settings import (
     ORDERS_CONN_ID,
     REQUESTS_DAG_ID,
+    REQUESTS_SCHEDULE_DEFAULT,
+    REQUESTS_SCHEDULE_ENV,
     REQUESTS_TASK_ID,
     WECHAT_CONN_ID,
     WECHAT_POOL,
-    dag_settings,
 )
 
 with DAG(
     dag_id=REQUESTS_DAG_ID,
-    **dag_settings("NONTAX_REQUESTS_SCHEDULE", "*/5 * * * *"),
+    **dag_arguments(REQUESTS_SCHEDULE_ENV, REQUESTS_SCHEDULE_DEFAULT),
     params={
         "max_requests": Param(None, type=["null", "integer"], minimum=1, description="At most"),
     },

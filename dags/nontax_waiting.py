@@ -27,6 +27,7 @@ from datetime import timedelta
 
 from airflow.sdk import DAG
 
+from wechat_nontax.dag_arguments import dag_arguments
 from wechat_nontax.issuing.dag_parts import issue_claimed_batches, issuing_dag_args
 from wechat_nontax.issuing.operators import ClaimOrdersOperator
 from wechat_nontax.settings import (
@@ -35,12 +36,11 @@ from wechat_nontax.settings import (
     WAITING_DAG_ID,
     WAITING_SCHEDULE_DEFAULT,
     WAITING_SCHEDULE_ENV,
-    dag_settings,
 )
 
 with DAG(
     dag_id=WAITING_DAG_ID,
-    **dag_settings(WAITING_SCHEDULE_ENV, WAITING_SCHEDULE_DEFAULT),
+    **dag_arguments(WAITING_SCHEDULE_ENV, WAITING_SCHEDULE_DEFAULT),
     **issuing_dag_args(),
     doc_md=__doc__,
 ):

@@ -2,24 +2,26 @@
 
 Names (DAGs, tasks, Connections, the pool, the Asset) are constants. What a deployment sets comes
 from the environment, each variable read here and nowhere else: the pool and its slots at import,
-the hold and the PDF root when asked (a test or a worker may set them after the import). Each DAG
-names its own schedule (a cron expression from the environment, in Beijing time); the rest of its
-arguments, the same for all of them, come from `dag_settings`, which imports Airflow only when a
-DAG file calls it so that the pure parts of the package can import this module.
+the hold, the PDF root, the schedules and the retry delay when asked (a test or a worker may set
+them after the import). The DAGs' arguments are built from them by `wechat_nontax.dag_arguments`.
 """
 
 from __future__ import annotations
 
 import os
 from datetime import timedelta
-from typing import Any
 from zoneinfo import ZoneInfo
 
 # -- the DAGs, their tasks and what they update --------------------------------------------------
 INSERTBILL_DAG_ID = "nontax_insertbill"  # issues the due bills, daily
 REQUESTS_DAG_ID = "nontax_requests"  # carries out refusals and voids
 WAITING_DAG_ID = "nontax_waiting"  # issues, within minutes, orders whose payers just authorised
-# Its schedule: the wait from a payer's authorisation to the bill is this interval plus a run.
+# Each DAG's schedule: the variable that sets it (a cron expression, Beijing time) and its default.
+INSERTBILL_SCHEDULE_ENV = "NONTAX_SCHEDULE"
+INSERTBILL_SCHEDULE_DEFAULT = "30 2 * * *"
+REQUESTS_SCHEDULE_ENV = "NONTAX_REQUESTS_SCHEDULE"
+REQUESTS_SCHEDULE_DEFAULT = "*/5 * * * *"
+# The wait from a payer's authorisation to the bill is this interval plus a run.
 WAITING_SCHEDULE_ENV = "NONTAX_WAITING_SCHEDULE"
 WAITING_SCHEDULE_DEFAULT = "*/2 * * * *"
 ISSUE_TASK_ID = "issue_bills"  # one mapped instance a batch, in both issuing DAGs
@@ -95,34 +97,13 @@ RETRY_DELAY_ENV = "NONTAX_RETRY_DELAY_S"
 MAX_RETRY_DELAY = timedelta(minutes=10)
 
 
-def dag_settings(schedule_env: str, default_cron: str) -> dict[str, Any]:
-    """DAG arguments: the schedule from `schedule_env` (else `default_cron`), no catch-up, one
-    run at a time, and the task defaults (four retries with backoff, the failure webhook)."""
-    import pendulum
-    from airflow.sdk import CronTriggerTimetable
+def retry_delay() -> timedelta:
+    return timedelta(seconds=float(os.environ.get(RETRY_DELAY_ENV, DEFAULT_RETRY_DELAY_S)))
 
-    from wechat_nontax.notify import notify_failure
 
-    return {
-        "schedule": CronTriggerTimetable(
-            os.environ.get(schedule_env, default_cron), timezone=TIMEZONE
-        ),
-        "start_date": pendulum.datetime(2026, 1, 1, tz=TIMEZONE),
-        "catchup": False,
-        "max_active_runs": 1,
-        "default_args": {
-            # A try the Celery executor could not send (the broker away) counts as a failed try
-            # though it never ran: four, 30 s doubling (each up to twice that, Airflow's spread),
-            # outlast a broker away for 7.5 minutes before a batch is left to the next run.
-            "retries": 4,
-            "retry_delay": timedelta(
-                seconds=float(os.environ.get(RETRY_DELAY_ENV, DEFAULT_RETRY_DELAY_S))
-            ),
-            "retry_exponential_backoff": 2.0,
-            "max_retry_delay": MAX_RETRY_DELAY,
-            "on_failure_callback": notify_failure,
-        },
-    }
+def schedule_of(schedule_env: str, default_cron: str) -> str:
+    """A DAG's cron expression: its variable's, else its default."""
+    return os.environ.get(schedule_env, default_cron)
 
 
 # -- the event receiver (a web service of its own: `nontax receiver`) ---------------------------

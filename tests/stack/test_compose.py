@@ -264,7 +264,7 @@ def test_the_compose_file_and_the_local_celery_stack_share_their_celery_settings
 
 
 def test_every_dag_is_scheduled_by_the_compose_file_and_unpaused_by_make_up(compose):
-    """Each DAG file reads its schedule from a variable (`dag_settings`) that the compose file
+    """Each DAG file reads its schedule from a variable (`dag_arguments`) that the compose file
     sets, with the DAG's own default; `make up` unpauses the daily DAG and the frequent ones."""
     from nontax_dev.airflow_api import DAG_ID
     from nontax_dev.stack.cli import FREQUENT_DAG_IDS
@@ -275,7 +275,7 @@ def test_every_dag_is_scheduled_by_the_compose_file_and_unpaused_by_make_up(comp
     env = environment(compose["services"]["airflow-scheduler"])
     for path in dag_files:
         # Each argument is a string, or a name of the settings module that holds one.
-        [arguments] = re.findall(r"dag_settings\(([^)]*)\)", path.read_text(encoding="utf-8"))
+        [arguments] = re.findall(r"dag_arguments\(([^)]*)\)", path.read_text(encoding="utf-8"))
         variable, default = (
             ast.literal_eval(arg) if arg.startswith('"') else getattr(settings, arg)
             for arg in (part.strip() for part in arguments.split(","))
