@@ -27,7 +27,8 @@ from nontax_dev.airflow_run import (
     latest_run,
     sandbox_connection,
 )
-from nontax_dev.chaos import check_invariants, take_snapshot
+from nontax_dev.chaos.checks import check_invariants
+from nontax_dev.chaos.snapshot import take_snapshot
 from wechat_nontax.store.connection import connect_dsn
 from wechat_nontax.store.orders import OrderStore
 

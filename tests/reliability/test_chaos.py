@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from nontax_dev.airflow_run import ROOT
-from nontax_dev.chaos import DEFAULT_PG
+from nontax_dev.pg import LOCAL_SERVER
 
 pytestmark = pytest.mark.e2e
 
@@ -23,7 +23,7 @@ def test_twenty_chaos_runs_keep_every_promise(tmp_path):
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(str(ROOT / d) for d in ("include", "dags")),
-        "NONTAX_TEST_PG": os.environ.get("NONTAX_TEST_PG", DEFAULT_PG),
+        "NONTAX_TEST_PG": os.environ.get("NONTAX_TEST_PG", LOCAL_SERVER),
     }
     command = [sys.executable, "-m", "nontax_dev.chaos", "--runs", str(RUNS), "--seed", "1"]
     proc = subprocess.Popen(

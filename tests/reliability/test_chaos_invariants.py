@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from nontax_dev.chaos import FAULT_KINDS, IN_FLIGHT_S, Snapshot, check_invariants, plan_run
+from nontax_dev.chaos.checks import IN_FLIGHT_S, Snapshot, check_invariants
+from nontax_dev.chaos.plan import FAULT_KINDS, plan_run
 from wechat_sandbox.faults import parse_rule
 
 
@@ -281,7 +282,7 @@ def test_a_call_after_the_recorded_quota_stop_is_a_violation_past_the_in_flight_
 def test_the_summary_says_each_thing_once_on_a_line_of_its_own():
     from collections import Counter
 
-    from nontax_dev.chaos import Summary
+    from nontax_dev.chaos.report import Summary
 
     text = str(
         Summary(

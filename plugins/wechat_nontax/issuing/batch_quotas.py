@@ -18,8 +18,9 @@ from wechat_nontax.wechat.statuses import Step
 from wechat_nontax.wechat.timing import seconds_until_quota_reset
 
 # The daily quota record is read at most this often by a batch (and at once when this batch
-# meets a quota): well inside the 2 s a call may follow a stop recorded elsewhere (chaos.py's
-# IN_FLIGHT_S), at one read per batch and half-second instead of one per call.
+# meets a quota): well inside the 2 s a call may follow a stop recorded elsewhere (the chaos
+# runner's IN_FLIGHT_S, nontax_dev/chaos/checks.py), at one read per batch and half-second
+# instead of one per call.
 QUOTA_RECHECK_S = 0.5
 
 # The calls whose quota a batch checks before each call.

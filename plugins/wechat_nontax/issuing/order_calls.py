@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 
 # A refusal asked this long before an order's upload or insert always keeps it from being sent
 # (a batch looks before the order's first such call and each retry, and before its next call
-# once this has passed: once per order when its calls go through at once). Within chaos.py's
-# IN_FLIGHT_S with a call's time.
+# once this has passed: once per order when its calls go through at once). Within the chaos
+# runner's IN_FLIGHT_S (nontax_dev/chaos/checks.py) with a call's time.
 REFUSAL_RECHECK_S = 1.0
 
 # The calls a refusal asked meanwhile keeps an order from: its upload and its insert.

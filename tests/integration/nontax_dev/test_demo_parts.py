@@ -16,14 +16,18 @@ import psycopg2
 import pytest
 
 from factories import make_order
-from nontax_dev import bill_pdf, demo, pg
+from nontax_dev import bill_pdf, pg
 from nontax_dev.airflow_run import orders_connection
+from nontax_dev.demo.database import choose_database
+from nontax_dev.demo.orders import VOIDED, DemoData, build_demo, demo_order_id, write_demo_files
+from nontax_dev.demo.verdict import judge
 from wechat_nontax.cli.load import load_lines, parse_line
 from wechat_nontax.issuing.pdfs import read_pdf
 from wechat_nontax.issuing.validation import check_pdf, validate_order
 from wechat_nontax.store.connection import connect_dsn
 from wechat_nontax.store.orders import OrderStore
 from wechat_nontax.wechat.errors import InvalidOrderError
+from wechat_sandbox.client import DEFAULT_CARD_ID
 
 NOW = 1_780_000_000  # 2026-05-29, a fixed clock for the demo's data
 PDFTOTEXT = shutil.which("pdftotext")
@@ -131,8 +135,8 @@ def test_a_missing_font_file_is_an_error(monkeypatch, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def data() -> demo.DemoData:
-    return demo.build_demo(NOW)
+def data() -> DemoData:
+    return build_demo(NOW)
 
 
 def test_two_hundred_orders_with_unique_ids_and_billing_pairs(data):
@@ -143,7 +147,7 @@ def test_two_hundred_orders_with_unique_ids_and_billing_pairs(data):
     assert len({(o.billing_no, o.billing_code) for o in orders}) == 200
     assert len({o.title for o in orders}) >= 5
     assert all(NOW - 30 * 86_400 <= o.billing_time < NOW for o in orders)
-    assert demo.build_demo(NOW) == data  # the same clock gives the same orders
+    assert build_demo(NOW) == data  # the same clock gives the same orders
 
 
 def test_the_good_orders_and_the_wechat_side_problems_pass_validation(data):
@@ -153,13 +157,13 @@ def test_the_good_orders_and_the_wechat_side_problems_pass_validation(data):
         if item.planted is None or item.planted.errcode is not None:
             assert validate_order(item.order, now=NOW) == [], item.order_id
     unknown = next(d.order for d in data.planted if d.planted.kind == "unknown_card")
-    assert unknown.card_id != demo.DEFAULT_CARD_ID
+    assert unknown.card_id != DEFAULT_CARD_ID
 
 
 def test_the_pdf_problems_are_caught_where_the_pipeline_reads_the_pdf(data, tmp_path, monkeypatch):
     monkeypatch.setattr(bill_pdf, "render_bill_pdf", lambda order: b"%PDF-1.4\n%%EOF\n")
     root = tmp_path / "pdfs"
-    written = demo.write_demo_files(data, orders_file=tmp_path / "orders.jsonl", pdf_root=root)
+    written = write_demo_files(data, orders_file=tmp_path / "orders.jsonl", pdf_root=root)
     assert written == 199  # every order but the one whose PDF is missing
     for item in data.orders:
         kind = item.planted.kind if item.planted else None
@@ -207,12 +211,12 @@ def test_the_demo_file_loads_with_a_line_number_for_each_refused_line(data, orde
 # -- the verdict --------------------------------------------------------------------------------
 
 
-def _perfect_outcome(data: demo.DemoData):
+def _perfect_outcome(data: DemoData):
     rows, bills, sandbox_orders = {}, [], {}
     for item in data.orders:
         oid, planted = item.order_id, item.planted
         if planted is None:
-            status = "cancelled" if oid == demo.demo_order_id(demo.VOIDED) else "inserted"
+            status = "cancelled" if oid == demo_order_id(VOIDED) else "inserted"
             rows[oid] = {"status": status, "code": f"C{oid}", "reason": None}
             bills.append({"order_id": oid, "code": f"C{oid}"})
             sandbox_orders[oid] = {"successes": 1}
@@ -228,8 +232,8 @@ def _perfect_outcome(data: demo.DemoData):
 
 def test_the_verdict_passes_the_planned_outcome(data):
     rejected, rows, bills, sandbox_orders = _perfect_outcome(data)
-    reimburse = {demo.demo_order_id(demo.VOIDED): "INVOICE_REIMBURSE_CANCEL"}
-    verdict = demo.judge(data, rejected, rows, bills, sandbox_orders, "failed", reimburse)
+    reimburse = {demo_order_id(VOIDED): "INVOICE_REIMBURSE_CANCEL"}
+    verdict = judge(data, rejected, rows, bills, sandbox_orders, "failed", reimburse)
     assert verdict.problems == []
 
 
@@ -238,7 +242,7 @@ def test_the_verdict_catches_a_bill_inserted_twice_and_a_planted_order_gone_wron
     bills.append({"order_id": "DEMO000001", "code": "CDEMO000001"})
     rows["DEMO000142"] = {"status": "failed", "reason": "x", "last_errcode": 72035}
     rejected = rejected[1:]
-    verdict = demo.judge(data, rejected, rows, bills, sandbox_orders, None, reimburse={})
+    verdict = judge(data, rejected, rows, bills, sandbox_orders, None, reimburse={})
     text = "\n".join(verdict.problems)
     assert "DEMO000180: voided, but its bill is None in the sandbox" in text
     assert "DEMO000001: status 'inserted', 2 bill(s)" in text
@@ -269,7 +273,7 @@ def test_connections_for_airflow_keep_a_socket_directory_and_hide_no_field():
 def test_nontax_demo_db_is_used_as_it_is(orders_db, monkeypatch):
     monkeypatch.setenv("NONTAX_DEMO_DB", orders_db)
     with contextlib.ExitStack() as stack:
-        chosen = demo.choose_database(stack, print)
+        chosen = choose_database(stack, print)
     assert chosen.dsn == orders_db
     assert "NONTAX_DEMO_DB" in chosen.where
 

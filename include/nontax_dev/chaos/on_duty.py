@@ -1,7 +1,7 @@
 """The chaos runner's Airflow: its DAG runs, and a person's look and clear through the REST API.
 
 A run is the public `DAG.test()` of the DAG file's DAG, in the runner's process, with only the
-clocks shortened (see nontax_dev.chaos). Everything a person on duty does goes through Airflow's
+clocks shortened (nontax_dev.chaos.dags). Everything a person on duty does goes through Airflow's
 REST API v2, as the UI does: an `airflow api-server` (the core API only) on the same SQLite
 metadata database answers which instances are red, what the claim handed to the batches
 (its XCom), what the runs rendered and kept (XCom, rendered fields: the secret check), and

@@ -21,6 +21,7 @@ from typing import Any
 from nontax_dev.airflow_run import WAITING_DAG_ID, dags_test
 from nontax_dev.payers import own_receiver, payer_answers
 from wechat_nontax.issuing.bill import Order
+from wechat_nontax.wechat.statuses import Status
 from wechat_sandbox.client import DEFAULT_APPID, DEFAULT_CARD_ID
 from wechat_sandbox.pusher import PushResult
 
@@ -110,7 +111,7 @@ def run_payer_flow(
         say(f"  {order.order_id}  {row.get('status')}  {after}")
         sent = sandbox_orders.get(order.order_id, {}).get("attempts", 0)
         if order.order_id in authorised_at:
-            if row.get("status") != "inserted" or sent != 1:
+            if row.get("status") != Status.INSERTED or sent != 1:
                 problems.append(f"{order.order_id}: {row.get('status')}, {sent} inserts sent")
         elif sent:
             problems.append(f"{order.order_id} was sent without its payer's authorisation")
@@ -119,6 +120,6 @@ def run_payer_flow(
                  for o in orders[AUTHORISING:])  # fmt: skip
     say(f"bills in at the sandbox: {len(issued)} of the {len(authorised_at)} authorised; "
         f"inserts sent for the declined and the silent order: {sent_unauthorised}")  # fmt: skip
-    if (store.get_row(declined.order_id) or {}).get("status") != "declined":
+    if (store.get_row(declined.order_id) or {}).get("status") != Status.DECLINED:
         problems.append(f"{declined.order_id} did not end declined")
     return problems
