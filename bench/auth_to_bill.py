@@ -84,8 +84,10 @@ def percentile(values: list[float], q: float) -> float:
 
 def measure(args, say) -> dict:
     from nontax_dev.payers import CallbackReceiver, payer_answers
-    from nontax_dev.stack import Stack, StackConfig, free_port
+    from nontax_dev.stack.config import StackConfig
+    from nontax_dev.stack.stack import Stack
     from wechat_nontax.settings import WAITING_DAG_ID, WAITING_SCHEDULE_DEFAULT
+    from wechat_sandbox.process import free_port
 
     state = ROOT / ".run" / "bench-auth"
     shutil.rmtree(state, ignore_errors=True)

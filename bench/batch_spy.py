@@ -23,6 +23,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import psutil
+
 from wechat_nontax.settings import ISSUE_TASK_ID
 
 BENCH = Path(__file__).resolve().parent
@@ -69,16 +71,6 @@ def report(inclusive: Counter, own: Counter, total: int, ms_per_order: float, to
     return "\n".join(out)
 
 
-def ancestors(stats: dict, pid: int) -> list[int]:
-    """The pids above a process, its parent first (a task process: its LocalExecutor worker,
-    with `mp_start_method = forkserver` the forkserver, then the scheduler)."""
-    found: list[int] = []
-    while (stat := stats.get(pid)) is not None and stat.ppid not in found and len(found) < 8:
-        found.append(stat.ppid)
-        pid = stat.ppid
-    return found
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--orders", type=int, default=10_000)
@@ -87,8 +79,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=BENCH / "batch_spy.txt")
     args = parser.parse_args()
 
-    from cpu_account import TASK_TITLE, read_stats, read_title
-    from nontax_dev.stack import Stack
+    from cpu_account import TASK_TITLE, read_title
+    from nontax_dev.stack.stack import Stack
     from run import cpu_tracker, load_orders, stack_configs
 
     config, _ = stack_configs(BENCH.parent / ".run" / "bench-spy", pool_slots=4, celery_workers=0)
@@ -97,18 +89,18 @@ def main() -> int:
     with Stack(config, say=print) as stack:
         stack.sandbox_admin().add_fault(endpoint="*", kind="latency", latency_ms=args.latency_ms)
         load_orders(stack.orders_dsn, stack.pdf_root, "SPY", args.orders)
-        scheduler = next(p.pid for p in stack.state.procs if p.name == "scheduler")
+        scheduler = psutil.Process(next(p.pid for p in stack.state.procs if p.name == "scheduler"))
         raw = config.state_dir / "spy"
         raw.mkdir()
         try:
             with cpu_tracker(stack) as cpu:
                 run_id = stack.api.trigger(conf)
                 while stack.api.run(run_id)["state"] not in ("success", "failed"):
-                    stats = read_stats()
-                    for pid in stats:
-                        title = read_title(pid) or ""
-                        below = scheduler in ancestors(stats, pid)
-                        if pid in spies or not below or not TASK_TITLE.search(title):
+                    # Its task processes: below a LocalExecutor worker, and with
+                    # `mp_start_method = forkserver` below the forkserver too.
+                    for process in scheduler.children(recursive=True):
+                        pid = process.pid
+                        if pid in spies or not TASK_TITLE.search(read_title(process) or ""):
                             continue
                         path = raw / f"{pid}.txt"
                         command = [str(PY_SPY), "record", "--pid", str(pid), "--gil",

@@ -1,16 +1,18 @@
 """CPU per order, by whom it is spent: the processes' own CPU accounting over a measured run.
 
-A `CpuTracker` reads /proc/<pid>/stat of a stack's processes (its leaders and all their
-descendants) and of the Postgres server processes of the stack's two databases, once before the
-run is triggered, every `interval_s` while it goes, and once after it ended. Each reading gives
-a process's own CPU (user + system, all its threads) and what its children that exited and were
-reaped used (cutime + cstime). A process's CPU in the window is its last reading minus its first
-(or its whole last reading when it started inside the window). What a process used between its
-last reading and its exit (the tail) shows up in its parent's children counter: the parent's
-growth in that counter, less what its reaped children had used at their last readings, is given
-to those children (in proportion to what each used), or, when no child of it was seen to go, to
-the parent itself (a child that lived between two readings). Postgres backends are children of
-the postmaster, which serves other databases too: an exited backend's tail is not recovered (it
+A `CpuTracker` reads, through psutil, the CPU times of a stack's processes (its leaders and all
+their descendants) and of the Postgres server processes of the stack's two databases, once before
+the run is triggered, every `interval_s` while it goes, and once after it ended. Each reading
+gives a process's own CPU (`cpu_times()`: user + system, all its threads) and what its children
+that exited and were reaped used (children_user + children_system). A process is its pid and its
+start time (a psutil `Process` is equal to another only when both are): a reused pid is a new
+process. A process's CPU in the window is its last reading minus its first (or its whole last
+reading when it started inside the window). What a process used between its last reading and
+its exit (the tail) shows up in its parent's children counter: the parent's growth in that
+counter, less what its reaped children had used at their last readings, is given to those
+children (in proportion to what each used), or, when no child of it was seen to go, to the
+parent itself (a child that lived between two readings). Postgres backends are children of the
+postmaster, which serves other databases too: an exited backend's tail is not recovered (it
 counts up to its last reading; the figure is a lower bound by at most one interval per backend,
 and the order database's connections live as long as their batch).
 
@@ -22,21 +24,30 @@ after Airflow's setproctitle), `other_tasks` (the run's other task processes), `
 `postgres_orders` and `postgres_meta` (the server processes connected to the order and the
 metadata database).
 
-The arithmetic (`Track`, `used`, `role_of`, `breakdown`) is pure and tested in tests/unit; the
-reading of /proc is `read_stats`.
+Why psutil: the harness reads processes with it already (the stack's, the workers' memory in
+bench/run.py), and it carries what a reader of /proc/<pid>/stat must get right: a command name
+that holds spaces or parentheses, clock ticks to seconds, a process gone between the listing and
+the read, and a process's identity, its pid and start time, checked on every sweep. That check
+costs: psutil makes a second `Process` for each process to compare start times, and a sweep
+takes about 2.5 times the CPU of the stat line parsed by hand (25 ms against 9 for 170
+processes on 2 cores). What psutil does not do is the hard part, the tails of exited processes
+(`used`): that arithmetic (`Track`, `used`, `role_of`, `breakdown`) is pure and tested in
+tests/unit; the reading is `read_stats`.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
+
+import psutil
 
 from wechat_nontax.settings import ISSUE_TASK_ID
 
-TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 # A task process after Airflow's setproctitle: "airflow worker -- <task instance id>".
 TASK_TITLE = re.compile(r"airflow worker -- ([0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12})")
 FORKSERVER = "from multiprocessing.forkserver import main"
@@ -59,26 +70,20 @@ LEADER_ROLES = {"api-server": "api_server", "scheduler": "scheduler",
 
 @dataclass(frozen=True)
 class Stat:
-    """One reading of /proc/<pid>/stat: CPU in seconds."""
+    """One reading of a process: CPU in seconds."""
 
-    pid: int
+    process: psutil.Process  # equal to another only with the same pid and start time
     ppid: int
-    start: int  # start time in clock ticks since boot: with the pid, the process's identity
-    own: float  # utime + stime
-    children: float  # cutime + cstime: reaped children, theirs included
+    own: float  # user + system
+    children: float  # children_user + children_system: reaped children, theirs included
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
 
-def parse_stat(pid: int, text: str) -> Stat:
-    """A /proc/<pid>/stat line (the command name, in parentheses, may hold spaces)."""
-    fields = text.rsplit(")", 1)[1].split()
-    # fields[0] is field 3 (state): ppid 4, utime 14, stime 15, cutime 16, cstime 17, start 22
-    return Stat(
-        pid=pid,
-        ppid=int(fields[1]),
-        start=int(fields[19]),
-        own=(int(fields[11]) + int(fields[12])) * TICK_S,
-        children=(int(fields[13]) + int(fields[14])) * TICK_S,
-    )
+# What a track is known by: a psutil.Process in a sweep; anything hashable in the arithmetic.
+Key = TypeVar("Key", bound=Hashable)
 
 
 @dataclass
@@ -112,12 +117,12 @@ class Track:
         return self.last_children - (0.0 if self.born_in_window else self.first_children)
 
 
-def used(tracks: Mapping[tuple[int, int], Track]) -> dict[tuple[int, int], float]:
+def used(tracks: Mapping[Key, Track]) -> dict[Key, float]:
     """Each process's CPU seconds in the window, the tails of exited ones included (see the
     module's docstring)."""
     result = {key: max(0.0, t.own_used) for key, t in tracks.items()}
     by_pid = {t.pid: key for key, t in tracks.items() if not t.gone}
-    reaped: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    reaped: dict[Key, list[Key]] = {}
     for key, t in tracks.items():
         parent = by_pid.get(t.ppid)
         if t.gone and parent is not None:
@@ -141,8 +146,8 @@ def used(tracks: Mapping[tuple[int, int], Track]) -> dict[tuple[int, int], float
     return result
 
 
-def _is_forkserver(pid: int) -> bool:
-    return FORKSERVER in (read_title(pid) or "")
+def _is_forkserver(process: psutil.Process) -> bool:
+    return FORKSERVER in (read_title(process) or "")
 
 
 def role_of(title: str, group: str, depth: int, task_ids: Mapping[str, str],
@@ -166,7 +171,7 @@ def role_of(title: str, group: str, depth: int, task_ids: Mapping[str, str],
     return LEADER_ROLES.get(group, "other")
 
 
-def breakdown(tracks: Mapping[tuple[int, int], Track], orders: int) -> dict:
+def breakdown(tracks: Mapping[Hashable, Track], orders: int) -> dict:
     """CPU by role (seconds, ms per order, processes seen), and the pipeline's and Airflow's
     sums."""
     seconds = used(tracks)
@@ -205,50 +210,50 @@ def mean_roles(reports: list[dict]) -> dict[str, float]:
     return dict(sorted(means.items(), key=lambda item: -item[1]))
 
 
-# -- reading /proc ---------------------------------------------------------------------------------
+# -- reading the processes -------------------------------------------------------------------------
 
 
-# psutil reads the same file for the same fields (`cpu_times()` has the children's too); one
-# line parsed here is all a sweep needs of each process, twice a second, and keeps the start in
-# clock ticks that, with the pid, names a process. The hard part, the tails of exited processes
-# (`used`), is arithmetic that psutil does not do either.
 def read_stats() -> dict[int, Stat]:
-    """Every process's stat, one read each (a process gone meanwhile is left out)."""
+    """Every process's reading (a process gone meanwhile is left out). psutil keeps one
+    `Process` per pid between calls; its `ppid()` checks that the pid was not reused meanwhile
+    and has the cached one dropped when it was, so a process that took a pid over is read as
+    itself from the next sweep on."""
     stats = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
+    for process in psutil.process_iter(["ppid", "cpu_times"]):
+        times = process.info["cpu_times"]
+        if times is None:  # access denied
             continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                stats[int(name)] = parse_stat(int(name), f.read())
-        except (OSError, ValueError, IndexError):
-            continue
+        stats[process.pid] = Stat(
+            process=process,
+            ppid=process.info["ppid"],
+            own=times.user + times.system,
+            children=times.children_user + times.children_system,
+        )
     return stats
 
 
-def read_title(pid: int) -> str | None:
+def read_title(process: psutil.Process) -> str | None:
+    """Its command line as one line: the title Airflow's and Postgres's processes give
+    themselves."""
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            raw = f.read()
-    except OSError:
+        return " ".join(process.cmdline()).strip() or None
+    except psutil.Error:
         return None
-    return raw.replace(b"\0", b" ").decode("utf-8", "replace").strip() or None
 
 
 def machine_busy_s() -> float:
-    """CPU seconds all cores spent busy since boot (/proc/stat: all but idle and iowait)."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) * TICK_S
+    """CPU seconds all cores spent busy since boot (all but idle and iowait)."""
+    times = psutil.cpu_times()
+    return times.user + times.nice + times.system + times.irq + times.softirq + times.steal
 
 
 def own_cpu_s(pid: int) -> float | None:
     """One process's own CPU seconds (all its threads), or None when it is gone."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return parse_stat(pid, f.read()).own
-    except (OSError, ValueError, IndexError):
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
         return None
+    return times.user + times.system
 
 
 class CpuTracker:
@@ -262,38 +267,42 @@ class CpuTracker:
         self.postmaster = postmaster
         self.databases = dict(databases)
         self.interval_s = interval_s
-        self.tracks: dict[tuple[int, int], Track] = {}
+        self.tracks: dict[psutil.Process, Track] = {}
         self.sweeps = 0
         self._first = True
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="cpu-tracker", daemon=True)
         self.machine_s = 0.0
+        # What its thread's sweeps cost: CPU of the process that runs the tracker, which a caller
+        # measuring its own CPU meanwhile (bench/batch_cpu.py) takes off.
+        self.reading_s = 0.0
 
     def sweep(self) -> None:
         stats = read_stats()
         children: dict[int, list[int]] = {}
         for stat in stats.values():
             children.setdefault(stat.ppid, []).append(stat.pid)
-        seen: dict[tuple[int, int], tuple[Stat, str, int]] = {}
+        seen: dict[psutil.Process, tuple[Stat, str, int]] = {}
         for leader, name in self.leaders.items():
             todo = [(leader, 0)]
             while todo:
                 pid, depth = todo.pop()
-                if pid in stats:
-                    seen[(pid, stats[pid].start)] = (stats[pid], name, depth)
+                stat = stats.get(pid)
+                if stat is not None:
+                    seen[stat.process] = (stat, name, depth)
                     # A forkserver (`[scheduler] mp_start_method = forkserver`) stands
                     # between the scheduler and its LocalExecutor workers: counted as one of
                     # them, its children keep the place workers have under a forking scheduler.
-                    below = depth + (0 if depth == 1 and _is_forkserver(pid) else 1)
+                    below = depth + (0 if depth == 1 and _is_forkserver(stat.process) else 1)
                     todo += [(child, below) for child in children.get(pid, [])]
         for pid in children.get(self.postmaster, []) if self.postmaster else []:
-            seen[(pid, stats[pid].start)] = (stats[pid], "postgres", 1)
+            seen[stats[pid].process] = (stats[pid], "postgres", 1)
         for key, (stat, group, depth) in seen.items():
             track = self.tracks.get(key)
             # A Postgres backend keeps its database in its title once it has one; Airflow's
             # processes change theirs (setproctitle), so they are read again every time.
             known = track and group == "postgres" and BACKEND_TITLE.match(track.title)
-            title = None if known else read_title(stat.pid)
+            title = None if known else read_title(stat.process)
             if track is None:
                 track = self.tracks[key] = Track(
                     pid=stat.pid, ppid=stat.ppid, title=title or "", born_in_window=not self._first,
@@ -308,8 +317,10 @@ class CpuTracker:
         self.sweeps += 1
 
     def _loop(self) -> None:
+        started = time.thread_time()
         while not self._stop.wait(self.interval_s):
             self.sweep()
+        self.reading_s = time.thread_time() - started
 
     def __enter__(self) -> CpuTracker:
         self.machine_s = -machine_busy_s()

@@ -374,7 +374,10 @@ def stack_configs(state: Path, pool_slots: int, celery_workers: int) -> tuple:
     """The benchmark's two stacks (LocalExecutor, and Celery with `celery_workers`), under a
     fresh state directory whose dags folder holds the pipeline's DAG and the per-order one, on
     fresh databases: an interrupted benchmark's stacks are stopped, its databases dropped."""
-    from nontax_dev.stack import StackConfig, StackState, free_port, stop_stack
+    from nontax_dev.stack.config import StackConfig
+    from nontax_dev.stack.records import StackState
+    from nontax_dev.stack.stack import stop_stack
+    from wechat_sandbox.process import free_port
 
     for leftover in state.glob("*/stack.json"):
         recorded = StackState.load(leftover)
@@ -445,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     from ceiling import ceiling, demo_orders
     from claim_cost import claim_cost
     from nontax_dev.bill_pdf import render_bill_pdf
-    from nontax_dev.stack import Stack
+    from nontax_dev.stack.stack import Stack
     from parse_time import parse_ms
 
     state = ROOT / ".run" / "bench"

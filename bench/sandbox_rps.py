@@ -26,6 +26,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "include"))
 
+from cpu_account import own_cpu_s
 from wechat_sandbox.client import SandboxAdmin, SandboxWeChat, insertbill_body
 from wechat_sandbox.process import start_sandbox
 
@@ -68,18 +69,6 @@ def run_pool(
         for future in [pool.submit(worker) for _ in range(threads)]:
             future.result()
     return time.perf_counter() - started, codes, latencies
-
-
-def process_cpu_s(pid: int | None) -> float | None:
-    """User + system CPU seconds of a process (Linux /proc), or None."""
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -129,9 +118,9 @@ def main() -> int:
             )
             return answer.json()["errcode"]
 
-        cpu_before = process_cpu_s(proc.pid if proc else None)
+        cpu_before = own_cpu_s(proc.pid) if proc else None
         insert_s, insert_codes, latencies = run_pool(args.threads, bodies, insertbill)
-        cpu_after = process_cpu_s(proc.pid if proc else None)
+        cpu_after = own_cpu_s(proc.pid) if proc else None
         server_cpu = None
         if cpu_before is not None and cpu_after is not None:
             used = cpu_after - cpu_before

@@ -25,8 +25,8 @@ import argparse
 import json
 import os
 import time
-from pathlib import Path
 
+import psutil
 import psycopg2
 
 from ceiling import demo_orders
@@ -109,8 +109,8 @@ def one_round(dsn: str, way: str, prefix: str, n_load: int, n_write: int) -> dic
     }
 
 
-# On the server alone, in the backend's own CPU time (read from /proc: what the load of a shared
-# machine does not add to): N single-row updates that change the status, as write-backs do; an
+# On the server alone, in the backend process's own CPU time (what the load of a shared machine
+# does not add to): N single-row updates that change the status, as write-backs do; an
 # update of N rows that changes none, as a claim or a hold does, 5 times; a load of N orders in
 # statements of 1,000, as `upsert_orders` sends them.
 STATUS_CHANGES_SQL = """
@@ -153,8 +153,8 @@ $$
 def _backend_cpu_ms(cur) -> float:
     """The CPU time (user + system) the connection's backend process has used so far."""
     cur.execute("SELECT pg_backend_pid()")
-    fields = Path(f"/proc/{cur.fetchone()[0]}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+    times = psutil.Process(cur.fetchone()[0]).cpu_times()
+    return (times.user + times.system) * 1000
 
 
 def server_round(dsn: str, way: str, n: int, prefix: str) -> dict:

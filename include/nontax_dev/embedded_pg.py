@@ -17,9 +17,10 @@ import atexit
 import contextlib
 import json
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote
+
+from wechat_sandbox.process import StoppedOnExit
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_PGDATA = ROOT / ".run" / "pgdata"
@@ -27,7 +28,7 @@ DEFAULT_PGDATA = ROOT / ".run" / "pgdata"
 _HOLDERS_FILE = ".handle_pids.json"
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(StoppedOnExit):
     """A running pgserver instance: `.uri(dbname)`, `.stop()`; also a context manager."""
 
     def __init__(self, server: Any, pgdata: Path) -> None:
@@ -70,17 +71,6 @@ class EmbeddedPostgres:
                     user=self._server.system_user,
                     timeout=30,
                 )
-
-    def __enter__(self) -> EmbeddedPostgres:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"EmbeddedPostgres(pgdata={str(self.pgdata)!r}, pid={self.pid})"

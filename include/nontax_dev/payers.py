@@ -41,7 +41,7 @@ class CallbackReceiver:
 
     @classmethod
     def of_stack(cls, stack: Any) -> CallbackReceiver:
-        """The receiver of a running `nontax_dev.stack.Stack` (what its env.sh exports)."""
+        """The receiver of a running `nontax_dev.stack.stack.Stack` (what its env.sh exports)."""
         if stack.state is None or not stack.state.receiver_url:
             raise RuntimeError("the stack runs no receiver")
         return cls(stack.state.receiver_url, secrets_of_connection(stack.callback_connection()))

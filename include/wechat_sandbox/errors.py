@@ -87,3 +87,8 @@ def error(errcode: int, errmsg: str | None = None) -> dict[str, Any]:
 
 def ok(**fields: Any) -> dict[str, Any]:
     return {"errcode": OK, "errmsg": "ok", **fields}
+
+
+def is_text(value: Any) -> bool:
+    """What a call's text field must be, else 47001: a JSON string, not empty."""
+    return isinstance(value, str) and value != ""

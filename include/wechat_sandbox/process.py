@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Self
 
 import requests
 
@@ -56,7 +56,28 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-class SandboxProcess:
+class StoppedOnExit:
+    """Something running that a `with` block stops again at its end, also when the body
+    fails, by the subclass's `stop()`. Here, at the bottom of the harness, so that the sandbox's
+    process and the harness's running things (the embedded Postgres, the stack) share one copy:
+    the harness imports the sandbox, never the other way round."""
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class SandboxProcess(StoppedOnExit):
     """A running sandbox: `.url`, `.port`, `.pid`, `.stop()`; also a context manager.
     `.admin()` is a client of its admin API, with the admin token this process was given."""
 
@@ -123,17 +144,6 @@ class SandboxProcess:
         self._final_stderr = self.stderr_text()
         with contextlib.suppress(OSError):
             self._stderr_file.close()
-
-    def __enter__(self) -> SandboxProcess:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"SandboxProcess(url={self.url!r}, pid={self.pid})"

@@ -1,4 +1,5 @@
-"""Fixtures of the issuing tests: a batch issuer on the sandbox and a throwaway order database."""
+"""Fixtures of the integration tests: a batch issuer on the sandbox and a throwaway order
+database, the requests' store, a cursor on that database."""
 
 from __future__ import annotations
 
@@ -23,6 +24,17 @@ def env(orders_db, wechat_conn, tmp_path):
     yield Env(orders_db, wechat_conn, store, hook, tmp_path)
     hook.close()
     store.close()
+
+
+@pytest.fixture
+def cur(orders_db):
+    """A cursor on the test's order database, each statement committed at once (as another
+    process would see it)."""
+    conn = psycopg2.connect(orders_db)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        yield cur
+    conn.close()
 
 
 @pytest.fixture

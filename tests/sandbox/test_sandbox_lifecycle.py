@@ -7,6 +7,13 @@ import pytest
 import requests
 
 from wechat_sandbox import errors as E
+from wechat_sandbox.bills import (
+    MAX_REJECT_REASON_CHARS,
+    REIMBURSE_CANCEL,
+    REIMBURSE_CLOSURE,
+    REIMBURSE_INIT,
+    REIMBURSE_LOCK,
+)
 from wechat_sandbox.client import (
     DEFAULT_APPID,
     DEFAULT_CARD_ID,
@@ -17,14 +24,7 @@ from wechat_sandbox.client import (
     insertbill_body,
 )
 from wechat_sandbox.config import Settings
-from wechat_sandbox.state import (
-    MAX_REJECT_REASON_CHARS,
-    REIMBURSE_CANCEL,
-    REIMBURSE_CLOSURE,
-    REIMBURSE_INIT,
-    REIMBURSE_LOCK,
-    SandboxState,
-)
+from wechat_sandbox.state import SandboxState
 
 PDF = b"%PDF-1.4\n% lifecycle tests\n%%EOF\n"
 

@@ -13,7 +13,7 @@ from stack_helpers import own_stack_config, running
 
 from factories import empty_order_database
 from nontax_dev.airflow_api import DAG_ID
-from nontax_dev.stack import Stack
+from nontax_dev.stack.stack import Stack
 from wechat_nontax.settings import REQUESTS_DAG_ID, WAITING_DAG_ID
 
 # SimpleAuthManager's users: `admin`, and `viewer` for the Bills page's read-only role.

@@ -17,7 +17,9 @@ from urllib.parse import quote
 
 import pytest
 
-from nontax_dev.stack import Stack, StackConfig, free_port
+from nontax_dev.stack.config import StackConfig
+from nontax_dev.stack.stack import Stack
+from wechat_sandbox.process import free_port
 
 TEST_PG = os.environ.get("NONTAX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 CHROMIUM = os.environ.get("NONTAX_CHROMIUM", "/usr/bin/chromium")

@@ -27,7 +27,7 @@ from stack_helpers import logged_in_page
 from factories import make_order, write_pdf
 from nontax_dev.airflow_api import DAG_ID, AirflowApi
 from nontax_dev.airflow_run import ROOT
-from nontax_dev.stack import Stack
+from nontax_dev.stack.stack import Stack
 from wechat_nontax.store.connection import connect_dsn
 from wechat_nontax.store.orders import OrderStore
 

@@ -45,9 +45,10 @@ from stack_helpers import PrivateRedis, own_stack_config, run_in, running
 from test_compose import COMPOSE, example_env, interpolate, worker_stop
 
 from factories import make_order, write_pdf
-from nontax_dev import celery_workers
 from nontax_dev.airflow_api import DAG_ID
-from nontax_dev.stack import Proc, Stack
+from nontax_dev.stack import celery_workers
+from nontax_dev.stack.processes import Proc
+from nontax_dev.stack.stack import Stack
 from wechat_nontax.store.connection import connect_dsn
 from wechat_nontax.store.orders import OrderStore
 from wechat_sandbox.client import SandboxAdmin

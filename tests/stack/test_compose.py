@@ -233,8 +233,8 @@ def test_the_compose_file_and_the_local_celery_stack_share_their_celery_settings
     """docker/airflow-celery.env is every Airflow container's env_file, overridden by none, and
     what the local Celery stack (tests/stack/test_celery.py) gives its processes; the sizes
     default alike; the image installs the same Celery provider as `make install`."""
-    from nontax_dev import celery_workers
-    from nontax_dev.stack import StackConfig
+    from nontax_dev.stack import celery_workers
+    from nontax_dev.stack.config import StackConfig
 
     shared = celery_workers.shared_settings()
     assert shared["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
@@ -267,7 +267,7 @@ def test_every_dag_is_scheduled_by_the_compose_file_and_unpaused_by_make_up(comp
     """Each DAG file reads its schedule from a variable (`dag_settings`) that the compose file
     sets, with the DAG's own default; `make up` unpauses the daily DAG and the frequent ones."""
     from nontax_dev.airflow_api import DAG_ID
-    from nontax_dev.stack import FREQUENT_DAG_IDS
+    from nontax_dev.stack.cli import FREQUENT_DAG_IDS
     from wechat_nontax import settings
 
     dag_files = sorted((ROOT / "dags").glob("*.py"))

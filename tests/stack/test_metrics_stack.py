@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from stack_helpers import own_stack_config, running
 
 from factories import make_order, write_pdf
-from nontax_dev.stack import Stack
+from nontax_dev.stack.stack import Stack
 from nontax_dev.statsd_wire import StatsdListener
 from wechat_nontax.observability.metrics import statsd_config
 from wechat_nontax.store.connection import connect_dsn

@@ -20,7 +20,7 @@ import pytest
 
 from factories import make_order, order_line, write_pdf
 from nontax_dev.payers import CallbackReceiver, payer_answers
-from nontax_dev.stack import Stack
+from nontax_dev.stack.stack import Stack
 from wechat_nontax.settings import WAITING_DAG_ID
 
 pytestmark = pytest.mark.e2e

@@ -16,19 +16,26 @@ import psutil
 import pytest
 
 from nontax_dev import pg
-from nontax_dev import stack as st
 from nontax_dev.airflow_run import ROOT, orders_connection
+from nontax_dev.stack import StackError
+from nontax_dev.stack.cli import stop_command
+from nontax_dev.stack.config import StackConfig
+from nontax_dev.stack.databases import sqlalchemy_url
+from nontax_dev.stack.processes import MARKER, Proc, stack_processes
+from nontax_dev.stack.records import Secrets, StackState
+from nontax_dev.stack.stack import Stack, stop_stack
 from wechat_nontax.store.connection import dsn_from_env
+from wechat_sandbox.process import free_port
 
 
 def test_sqlalchemy_url_over_tcp_and_a_unix_socket():
-    assert st.sqlalchemy_url("postgresql://postgres@127.0.0.1:5432/airflow_meta") == (
+    assert sqlalchemy_url("postgresql://postgres@127.0.0.1:5432/airflow_meta") == (
         "postgresql+psycopg2://postgres@127.0.0.1:5432/airflow_meta"
     )
-    assert st.sqlalchemy_url("postgresql://u:p%40ss%2Fw@db:6432/m?sslmode=require") == (
+    assert sqlalchemy_url("postgresql://u:p%40ss%2Fw@db:6432/m?sslmode=require") == (
         "postgresql+psycopg2://u:p%40ss%2Fw@db:6432/m?sslmode=require"
     )
-    assert st.sqlalchemy_url("postgresql://postgres@/airflow_meta?host=/run/pg dir") == (
+    assert sqlalchemy_url("postgresql://postgres@/airflow_meta?host=/run/pg dir") == (
         "postgresql+psycopg2://postgres@/airflow_meta?host=%2Frun%2Fpg+dir"
     )
 
@@ -51,7 +58,7 @@ def test_the_orders_connection_reads_back_as_the_same_database(monkeypatch):
 
 
 def test_the_configuration_comes_from_the_environment(tmp_path: Path):
-    cfg = st.StackConfig.from_env(
+    cfg = StackConfig.from_env(
         {
             "NONTAX_STACK_DIR": str(tmp_path),
             "NONTAX_STACK_PORT": "8181",
@@ -65,7 +72,7 @@ def test_the_configuration_comes_from_the_environment(tmp_path: Path):
     assert cfg.url == "http://127.0.0.1:8181"
     assert cfg.wechat_conn == '{"conn_type": "http"}'  # no sandbox then
     assert cfg.pdf_dir == (tmp_path / "pdfs").resolve()
-    default = st.StackConfig.from_env({})
+    default = StackConfig.from_env({})
     assert (default.port, default.sandbox_port, default.wechat_conn) == (8080, 8765, None)
     assert default.state_dir == ROOT / ".run" / "stack"
     assert default.executor == "local"
@@ -73,14 +80,14 @@ def test_the_configuration_comes_from_the_environment(tmp_path: Path):
 
 def test_two_stacks_from_two_environments_listen_on_disjoint_ports(tmp_path: Path):
     """Every port `make up` opens moves with a variable, so two stacks run side by side."""
-    first = st.StackConfig.from_env({})
+    first = StackConfig.from_env({})
     assert first.listening_ports() == {
         "NONTAX_STACK_PORT": 8080,
         "NONTAX_STACK_LOG_PORT": 8793,
         "NONTAX_STACK_HEALTH_PORT": 8974,
         "NONTAX_RECEIVER_PORT": 8770,
     }
-    second = st.StackConfig.from_env(
+    second = StackConfig.from_env(
         {
             "NONTAX_STACK_DIR": str(tmp_path / "second"),
             "NONTAX_STACK_PORT": "8081",
@@ -96,7 +103,7 @@ def test_two_stacks_from_two_environments_listen_on_disjoint_ports(tmp_path: Pat
     assert (second.meta_db_name, second.orders_db_name) == ("airflow_meta2", "nontax2")
     assert (second.port, second.worker_log_port, second.scheduler_health_port) == (8081, 8794, 8975)
 
-    def ports(cfg: st.StackConfig) -> set[int]:
+    def ports(cfg: StackConfig) -> set[int]:
         return {*cfg.listening_ports().values(), cfg.sandbox_port, cfg.receiver_port}
 
     assert len(ports(first)) == len(ports(second)) == 5
@@ -104,9 +111,9 @@ def test_two_stacks_from_two_environments_listen_on_disjoint_ports(tmp_path: Pat
 
 
 def test_a_stack_beside_the_default_one_says_how_to_stop_it(tmp_path: Path):
-    assert st.stop_command(st.StackConfig.from_env({})) == "make down"
-    beside = st.StackConfig.from_env({"NONTAX_STACK_DIR": str(tmp_path / "second")})
-    assert st.stop_command(beside) == f"NONTAX_STACK_DIR={tmp_path / 'second'} make down"
+    assert stop_command(StackConfig.from_env({})) == "make down"
+    beside = StackConfig.from_env({"NONTAX_STACK_DIR": str(tmp_path / "second")})
+    assert stop_command(beside) == f"NONTAX_STACK_DIR={tmp_path / 'second'} make down"
 
 
 @pytest.mark.parametrize("field", ["worker_log_port", "scheduler_health_port", "receiver_port"])
@@ -118,11 +125,11 @@ def test_up_refuses_a_busy_log_health_or_receiver_port_naming_its_variable(tmp_p
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        ports = {"port": st.free_port(), "worker_log_port": st.free_port(),
-                 "scheduler_health_port": st.free_port(), field: port}  # fmt: skip
-        config = st.StackConfig(state_dir=tmp_path, **ports)
-        stack = st.Stack(config)
-        with pytest.raises(st.StackError, match=f"port {port} is in use.*{variable}="):
+        ports = {"port": free_port(), "worker_log_port": free_port(),
+                 "scheduler_health_port": free_port(), field: port}  # fmt: skip
+        config = StackConfig(state_dir=tmp_path, **ports)
+        stack = Stack(config)
+        with pytest.raises(StackError, match=f"port {port} is in use.*{variable}="):
             stack.up()
     assert stack.state is None
 
@@ -134,16 +141,16 @@ def test_fresh_databases_drop_what_an_earlier_stack_left(tmp_path: Path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        config = st.StackConfig(
-            state_dir=tmp_path, port=st.free_port(), pg_server=pg.LOCAL_SERVER,
+        config = StackConfig(
+            state_dir=tmp_path, port=free_port(), pg_server=pg.LOCAL_SERVER,
             meta_db_name=names[0], orders_db_name=names[1], fresh_databases=True,
             sandbox_port=busy.getsockname()[1],  # `up` stops right after the databases
         )  # fmt: skip
         try:
             pg.ensure_database(pg.LOCAL_SERVER, names[1])
             pg.run_sql(orders, "CREATE TABLE left_behind (order_id text)")
-            stack = st.Stack(config)
-            with pytest.raises(st.StackError, match="sandbox port"):
+            stack = Stack(config)
+            with pytest.raises(StackError, match="sandbox port"):
                 stack.up()
             assert stack.state is not None and stack.state.created_databases == names
             tables = pg.run_sql(
@@ -156,7 +163,7 @@ def test_fresh_databases_drop_what_an_earlier_stack_left(tmp_path: Path):
 
 
 def test_the_celery_configuration_comes_from_the_environment():
-    cfg = st.StackConfig.from_env(
+    cfg = StackConfig.from_env(
         {
             "NONTAX_STACK_EXECUTOR": "celery",
             "NONTAX_STACK_WORKERS": "3",
@@ -167,9 +174,9 @@ def test_the_celery_configuration_comes_from_the_environment():
     assert (cfg.executor, cfg.workers, cfg.worker_concurrency) == ("celery", 3, 4)
     assert cfg.redis_url == "redis://127.0.0.1:6380/2"
     # A database of its own on the local server, not the 0 everything else uses by default.
-    assert st.StackConfig.from_env({}).redis_url == "redis://127.0.0.1:6379/3"
+    assert StackConfig.from_env({}).redis_url == "redis://127.0.0.1:6379/3"
     with pytest.raises(ValueError, match="local or celery"):
-        st.StackConfig(executor="kubernetes")
+        StackConfig(executor="kubernetes")
 
 
 def test_make_up_takes_the_executor_and_the_number_of_workers():
@@ -193,14 +200,14 @@ def test_a_celery_stack_without_redis_stops_before_starting_airflow(tmp_path: Pa
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]  # nothing listens on it
-    config = st.StackConfig(
-        state_dir=tmp_path, port=st.free_port(), sandbox_port=None, executor="celery",
+    config = StackConfig(
+        state_dir=tmp_path, port=free_port(), sandbox_port=None, executor="celery",
         redis_url=f"redis://127.0.0.1:{port}/0", pg_server=pg.LOCAL_SERVER,
         meta_db_name=f"airflow_meta_noredis_{os.getpid()}", drop_databases_on_down=True,
         orders_db_name=f"nontax_noredis_{os.getpid()}",
     )  # fmt: skip
-    stack = st.Stack(config)
-    with pytest.raises(st.StackError, match=f"no Redis answers at redis://127.0.0.1:{port}/0"):
+    stack = Stack(config)
+    with pytest.raises(StackError, match=f"no Redis answers at redis://127.0.0.1:{port}/0"):
         stack.up()
     assert stack.state is not None and stack.workers() == []
     assert stack.processes() == []  # the sandbox it had started is stopped again
@@ -211,8 +218,8 @@ def test_up_refuses_a_busy_port_before_starting_anything(tmp_path: Path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        stack = st.Stack(st.StackConfig(state_dir=tmp_path, port=port))
-        with pytest.raises(st.StackError, match=f"port {port} is in use"):
+        stack = Stack(StackConfig(state_dir=tmp_path, port=port))
+        with pytest.raises(StackError, match=f"port {port} is in use"):
             stack.up()
     assert stack.state is None
 
@@ -229,13 +236,13 @@ def test_secret_files_are_private_from_their_creation_and_the_state_dir_too(
         with socket.socket() as busy:
             busy.bind(("127.0.0.1", 0))
             busy.listen()
-            stack = st.Stack(st.StackConfig(state_dir=state_dir, port=busy.getsockname()[1]))
-            with pytest.raises(st.StackError):
+            stack = Stack(StackConfig(state_dir=state_dir, port=busy.getsockname()[1]))
+            with pytest.raises(StackError):
                 stack.up()  # creates the state directory, then finds the port busy
         stack.env = {"AIRFLOW_CONN_NONTAX_ORDERS_DB": "postgresql://u:pw@db/nontax"}
         stack._write_env_file()
-        st.Secrets.load_or_create(state_dir / "secrets.json")
-        st.StackState(stack_id="x", url="", state_dir=str(state_dir)).save(state_dir / "s.json")
+        Secrets.load_or_create(state_dir / "secrets.json")
+        StackState(stack_id="x", url="", state_dir=str(state_dir)).save(state_dir / "s.json")
     finally:
         os.umask(old_umask)
     assert stat.S_IMODE(state_dir.stat().st_mode) == 0o700
@@ -257,8 +264,8 @@ time.sleep(300)
 
 
 def test_down_stops_groups_stubborn_processes_and_escaped_children(tmp_path: Path):
-    state = st.StackState(stack_id="test-" + os.urandom(4).hex(), url="", state_dir=str(tmp_path))
-    env = {**os.environ, st.MARKER: state.stack_id}
+    state = StackState(stack_id="test-" + os.urandom(4).hex(), url="", state_dir=str(tmp_path))
+    env = {**os.environ, MARKER: state.stack_id}
     polite = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(300)"], env=env, start_new_session=True
     )
@@ -273,20 +280,20 @@ def test_down_stops_groups_stubborn_processes_and_escaped_children(tmp_path: Pat
     assert os.getpgid(escaped) == escaped != stubborn.pid
     for name, popen in (("polite", polite), ("stubborn", stubborn)):
         created = psutil.Process(popen.pid).create_time()
-        state.procs.append(st.Proc(name, popen.pid, created, str(tmp_path / f"{name}.log")))
-    found = {p.pid for p in st.stack_processes(state.stack_id, state.procs)}
+        state.procs.append(Proc(name, popen.pid, created, str(tmp_path / f"{name}.log")))
+    found = {p.pid for p in stack_processes(state.stack_id, state.procs)}
     assert {polite.pid, stubborn.pid, escaped} <= found
 
     messages: list[str] = []
     started = time.monotonic()
-    left = st.stop_stack(state, grace_s=1.0, say=messages.append)
+    left = stop_stack(state, grace_s=1.0, say=messages.append)
     assert left == []
     assert time.monotonic() - started < 15
     assert any("SIGKILL" in m for m in messages)
     polite.wait(5)
     stubborn.wait(5)
     assert not psutil.pid_exists(escaped) or psutil.Process(escaped).status() == "zombie"
-    assert st.stack_processes(state.stack_id, state.procs) == []
+    assert stack_processes(state.stack_id, state.procs) == []
 
 
 def test_status_and_down_without_a_stack(tmp_path: Path):
@@ -303,7 +310,7 @@ def test_status_and_down_without_a_stack(tmp_path: Path):
 
 
 def test_a_celery_worker_is_ready_by_its_log_since_its_last_start(tmp_path: Path):
-    from nontax_dev.celery_workers import worker_ready
+    from nontax_dev.stack.celery_workers import worker_ready
 
     log = tmp_path / "worker-1.log"
     assert not worker_ready(log, "worker-1")  # no log yet
@@ -316,7 +323,7 @@ def test_a_celery_worker_is_ready_by_its_log_since_its_last_start(tmp_path: Path
 
 
 def test_a_broker_url_is_shown_without_its_password():
-    from nontax_dev.celery_workers import describe_url
+    from nontax_dev.stack.celery_workers import describe_url
 
     assert describe_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
     assert describe_url("redis://:s3cret@redis:6379/0") == "redis://:***@redis:6379/0"

@@ -24,7 +24,7 @@ import pytest
 
 from factories import make_order, write_pdf
 from nontax_dev.airflow_api import DAG_ID
-from nontax_dev.stack import Stack
+from nontax_dev.stack.stack import Stack
 from wechat_nontax.store.connection import connect_dsn
 from wechat_nontax.store.orders import OrderStore
 

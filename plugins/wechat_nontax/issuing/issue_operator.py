@@ -170,6 +170,7 @@ class IssueBillsOperator(BaseOperator):
             Outcome,
             outcome_table,
         )
+        from wechat_nontax.store.holders import lost_holds_message
 
         self.log.info("Outcomes of %d orders:\n%s", len(results), outcome_table(results))
         counts = Counter(str(r.outcome) for r in results)
@@ -186,10 +187,8 @@ class IssueBillsOperator(BaseOperator):
             return summary
         lost = [r for r in results if r.outcome is Outcome.HOLD_LOST]
         if lost:
-            reasons = "; ".join(f"{r.order_id}: {r.reason}" for r in lost[:20])
-            message = (
-                f"batch {batch}: this try lost its hold on {len(lost)} orders and did not send "
-                f"them (or could not record their result): {reasons}"
+            message = f"batch {batch}: " + lost_holds_message(
+                [(r.order_id, r.reason) for r in lost], not_done="did not send them"
             )
             self.log.error("%s", message)
             raise AirflowFailException(message)

@@ -54,7 +54,7 @@ class CarryOutRequestsOperator(BaseOperator):
         from wechat_nontax.requests.store import RequestStore
         from wechat_nontax.settings import default_hold_s
         from wechat_nontax.store.connection import connect
-        from wechat_nontax.store.holders import task_holder
+        from wechat_nontax.store.holders import lost_holds_message, task_holder
         from wechat_nontax.store.orders import OrderStore
         from wechat_nontax.wechat.hook import WeChatNonTaxHook
 
@@ -83,10 +83,9 @@ class CarryOutRequestsOperator(BaseOperator):
         self.log.info("Requests of this try:\n%s", result_table(results))
         lost = [r for r in results if r.outcome is RequestOutcome.NOT_HELD]
         if lost:
-            reasons = "; ".join(f"#{r.request_id} {r.order_id}: {r.reason}" for r in lost[:20])
-            message = (
-                f"this try lost its hold on {len(lost)} orders and did not carry out their "
-                f"requests (or could not record their result): {reasons}"
+            message = lost_holds_message(
+                [(f"#{r.request_id} {r.order_id}", r.reason) for r in lost],
+                not_done="did not carry out their requests",
             )
             self.log.error("%s", message)
             raise AirflowFailException(message)

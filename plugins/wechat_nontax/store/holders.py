@@ -1,10 +1,11 @@
 """Who holds an order, as names and values: the keys a run claims and a task try holds under,
-what a write-back expects (`Hold`), and why an order is not held (`NotHeld`). Pure: the
-statements that take, renew and end holds are `holds`'.
+what a write-back expects (`Hold`), why an order is not held (`NotHeld`) and what a task try
+that lost its hold says. Pure: the statements that take, renew and end holds are `holds`'.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,17 @@ def lost_hold_reason(why: NotHeld) -> str:
     if why.kind in ("finished", "refusing", "needs_person", "unknown"):
         return why.reason
     return "it ran out (not renewed in time) and no one holds it now"
+
+
+def lost_holds_message(lost: Sequence[tuple[str, str]], *, not_done: str) -> str:
+    """A task try's failure when it lost its hold on orders (both pipelines' operators): how
+    many, what it did not do with them (`not_done`), and for the first 20 a (label, reason)
+    each, the reason naming who holds the order now (`lost_hold_reason`)."""
+    reasons = "; ".join(f"{label}: {reason}" for label, reason in lost[:20])
+    return (
+        f"this try lost its hold on {len(lost)} orders and {not_done} "
+        f"(or could not record their result): {reasons}"
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -235,6 +235,19 @@ def test_needs_a_person_and_quota_decide_the_task_before_retry_later():
         op._judge([OrderResult("a", Outcome.RETRY_LATER, "5xx")], dry_run=False)
 
 
+def test_a_lost_hold_decides_the_task_first_naming_the_batch_and_who_holds_the_order():
+    op = IssueBillsOperator(task_id="issue_bills", order_ids=[])
+    reason = "not sent: lost its hold, nontax_issue|manual__x|issue_bills|-1|2 holds it now"
+    with pytest.raises(AirflowFailException) as raised:
+        op._judge([OrderResult("a", Outcome.FAILED, "72031"),
+                   OrderResult("b", Outcome.HOLD_LOST, reason)],
+                  dry_run=False, batch="b-1")  # fmt: skip
+    assert str(raised.value) == (
+        "batch b-1: this try lost its hold on 1 orders and did not send them (or could not "
+        f"record their result): b: {reason}"
+    )
+
+
 @pytest.mark.parametrize(
     ("try_number", "max_tries", "retries", "left"),
     [(1, 2, 2, True), (2, 2, 2, True), (3, 2, 2, False), (5, 5, 2, True), (6, 5, 2, False),

@@ -14,7 +14,6 @@ import sys
 import time
 from urllib.parse import quote, urlsplit, urlunsplit
 
-import psycopg2
 import pytest
 import requests
 
@@ -60,15 +59,6 @@ def receiver(orders_db_uri, tmp_path_factory):
     for secret in (SECRETS.token, SECRETS.encoding_aes_key, SECRETS.previous_encoding_aes_key,
                    DB_PASSWORD):  # fmt: skip
         assert secret not in log
-
-
-@pytest.fixture
-def cur(orders_db):
-    conn = psycopg2.connect(orders_db)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        yield cur
-    conn.close()
 
 
 @pytest.fixture

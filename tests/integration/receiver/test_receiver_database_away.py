@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 from urllib.parse import urlsplit, urlunsplit
 
-import psycopg2
 import pytest
 from test_receiver import SECRETS, events, load_unauthorized, order_status
 
@@ -25,15 +24,6 @@ def proxy(orders_db):
     proxy = SwitchableProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
     yield proxy
     proxy.close()
-
-
-@pytest.fixture
-def cur(orders_db):
-    conn = psycopg2.connect(orders_db)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        yield cur
-    conn.close()
 
 
 def through(proxy: SwitchableProxy, uri: str) -> str:

@@ -25,15 +25,6 @@ def _order(cur, order_id):
     return cur.fetchone()
 
 
-@pytest.fixture
-def cur(orders_db):
-    conn = psycopg2.connect(orders_db)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        yield cur
-    conn.close()
-
-
 def _load_unauthorized(cur, store: OrderStore, order):
     store.upsert_orders([order])
     cur.execute(

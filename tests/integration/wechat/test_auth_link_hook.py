@@ -4,27 +4,18 @@ the sandbox over HTTP and real Postgres."""
 from __future__ import annotations
 
 import logging
-import multiprocessing
 from urllib.parse import parse_qs, urlsplit
 
 import psycopg2
 import pytest
 
 from wechat_nontax.wechat import errors
-from wechat_nontax.wechat.hook import WeChatNonTaxHook
 from wechat_nontax.wechat.rules import TICKET_REFUSED
 from wechat_nontax.wechat.statuses import Action
 from wechat_nontax.wechat.token_cache import TICKET_SOURCE
 from wechat_sandbox.auth_links import order_of_link
 
 NOW = 1_770_000_000
-
-
-@pytest.fixture
-def hook(orders_db, wechat_conn):
-    hook = WeChatNonTaxHook()
-    yield hook
-    hook.close()
 
 
 def _ticket_row(dsn: str) -> tuple:
@@ -130,25 +121,11 @@ def test_a_refused_access_token_is_refreshed_for_the_link_too(hook, wechat_conn)
     assert wechat_conn.calls()["stable_token"] == 2
 
 
-def _ask_for_ticket(queue):
-    hook = WeChatNonTaxHook()
-    try:
-        queue.put(hook.get_card_ticket())
-    finally:
-        hook.close()
-
-
-def test_the_ticket_is_fetched_once_for_processes_asking_at_once(orders_db, wechat_conn):
+def test_the_ticket_is_fetched_once_for_processes_asking_at_once(
+    orders_db, wechat_conn, asked_at_once
+):
     wechat_conn.add_fault(endpoint="getticket", kind="latency", latency_ms=300)
-    ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_ask_for_ticket, args=(queue,)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-    tickets = {queue.get(timeout=5) for _ in procs}
-    assert all(p.exitcode == 0 for p in procs)
+    tickets = asked_at_once("get_card_ticket", 4)
     assert len(tickets) == 1
     assert wechat_conn.calls()["getticket"] == 1
     assert _ticket_row(orders_db)[2] == 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
@@ -18,13 +17,6 @@ from wechat_nontax.wechat.hook import AuthData, WeChatNonTaxHook
 from wechat_nontax.wechat.rules import POLICY
 from wechat_nontax.wechat.statuses import Action
 from wechat_sandbox.client import DEFAULT_APPID, DEFAULT_CARD_ID, DEFAULT_SECRET
-
-
-@pytest.fixture
-def hook(orders_db, wechat_conn):
-    hook = WeChatNonTaxHook()
-    yield hook
-    hook.close()
 
 
 def _token_fetches(dsn: str) -> int:
@@ -88,25 +80,9 @@ def test_proxy_settings_follow_the_environment_host_by_host(orders_db, wechat_co
         hook.close()
 
 
-def _ask_for_token(queue):
-    hook = WeChatNonTaxHook()
-    try:
-        queue.put(hook.get_access_token())
-    finally:
-        hook.close()
-
-
-def test_token_race_eight_processes_one_fetch(orders_db, wechat_conn):
+def test_token_race_eight_processes_one_fetch(orders_db, wechat_conn, asked_at_once):
     wechat_conn.add_fault(endpoint="stable_token", kind="latency", latency_ms=300)
-    ctx = multiprocessing.get_context("fork")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_ask_for_token, args=(queue,)) for _ in range(8)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-    tokens = {queue.get(timeout=5) for _ in procs}
-    assert all(p.exitcode == 0 for p in procs)
+    tokens = asked_at_once("get_access_token", 8)
     assert len(tokens) == 1
     assert wechat_conn.calls().get("stable_token", 0) == 1
     assert _token_fetches(orders_db) == 1

@@ -10,7 +10,6 @@ from bench.cpu_account import (
     Track,
     breakdown,
     mean_roles,
-    parse_stat,
     role_of,
     used,
 )
@@ -25,17 +24,6 @@ def track(pid, ppid, *, first=(0.0, 0.0), last=(0.0, 0.0), born=False, gone=Fals
     return Track(pid=pid, ppid=ppid, title="", born_in_window=born, first_own=first[0],
                  first_children=first[1], last_own=last[0], last_children=last[1], gone=gone,
                  role=role, group=group, depth=depth)  # fmt: skip
-
-
-def test_parse_stat_reads_cpu_after_a_command_name_with_spaces_and_parentheses():
-    # pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
-    # utime stime cutime cstime priority nice threads itrealvalue starttime ...
-    line = "4242 (airflow (worker) x) S 17 4242 4242 0 -1 0 0 0 0 0 250 50 1000 100 20 0 9 0 777 0"
-    stat = parse_stat(4242, line)
-    tick = stat.own / 300
-    assert (stat.pid, stat.ppid, stat.start) == (4242, 17, 777)
-    assert stat.own == pytest.approx(300 * tick)
-    assert stat.children == pytest.approx(1100 * tick)
 
 
 def test_a_process_alive_across_the_window_counts_its_growth_one_born_in_it_all_of_it():

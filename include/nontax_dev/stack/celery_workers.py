@@ -15,7 +15,7 @@ docker-compose.yaml runs in containers, run here as plain processes.
   (the compose file's containers share a logs volume the same way), so the workers serve none.
 
 Imported by every worker's task processes (the hostname callable): only the standard library at
-module level.
+module level, here and in the package's __init__.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-SETTINGS_FILE = Path(__file__).resolve().parent.parent.parent / "docker" / "airflow-celery.env"
+SETTINGS_FILE = Path(__file__).resolve().parents[3] / "docker" / "airflow-celery.env"
 CELERY_APP = "airflow.providers.celery.executors.celery_executor.app"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/3"
 REDIS_ENV = "NONTAX_STACK_REDIS_URL"
