@@ -13,13 +13,16 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-# Airflow reads its configuration once, at first import: point it at a home of the tests' own.
+# Airflow reads its configuration once, at first import: point it at a home of the tests' own,
+# one per pytest-xdist worker (`make test` runs the suite in worker processes).
 ROOT = Path(__file__).resolve().parent.parent
-os.environ["AIRFLOW_HOME"] = str(ROOT / ".airflow" / "tests")
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+HOME = ROOT / ".airflow" / (f"tests-{WORKER}" if WORKER else "tests")
+os.environ["AIRFLOW_HOME"] = str(HOME)
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))
 # The Bills plugin comes by the package's entry point; the plugins folder holds nothing of ours.
-os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / ".airflow" / "tests" / "plugins"))
+os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(HOME / "plugins"))
 # The token cache encrypts with Airflow's Fernet key and refuses to work without one.
 os.environ.setdefault(
     "AIRFLOW__CORE__FERNET_KEY", base64.urlsafe_b64encode(os.urandom(32)).decode()
@@ -36,6 +39,27 @@ from wechat_sandbox.client import SandboxAdmin
 from wechat_sandbox.process import SandboxProcess, start_sandbox
 
 TEST_PG = os.environ.get("NONTAX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+# The layers, the longest first: the workers take the long ones while the short ones fill in.
+LAYERS = ("stack", "e2e", "reliability", "integration", "sandbox", "unit")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """How `make test`'s workers (pytest-xdist, `--dist loadgroup`) share the suite: the tests of
+    one file run in one worker (its module fixtures are made once), and so do all the modules on
+    the shared local stack (a worker that ran one of them would start a stack of its own)."""
+    for item in items:
+        shared_stack = "local_stack" in getattr(item, "fixturenames", ())
+        group = "local-stack" if shared_stack else item.path.relative_to(ROOT).as_posix()
+        item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=_layer)
+
+
+def _layer(item: pytest.Item) -> int:
+    parts = item.path.relative_to(ROOT / "tests").parts
+    layer = parts[0] if len(parts) > 1 else "integration"  # tests/*.py: checks of the tree
+    return LAYERS.index(layer) if layer in LAYERS else len(LAYERS)
 
 
 @pytest.fixture(scope="session")

@@ -71,7 +71,7 @@ def test_a_valid_order_has_no_problems():
         {"appid": "a" * 32},
         {"billing_no": "0" * 32},
         {"billing_code": "AB-12_cd"},
-        {"pdf_path": None, "status": "anything", "extra": object()},  # other keys are ignored
+        {"pdf_path": None, "status": "anything", "extra": b"\x00"},  # other keys are ignored
     ],
     ids=str,
 )
