@@ -54,7 +54,7 @@ lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff format --check .
 
 test: lint  ## the whole suite: unit, integration (Postgres, sandbox), end to end; TEST_WORKERS=2
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 migrate: $(STAMP)  ## apply the order schema migrations to AIRFLOW_CONN_NONTAX_ORDERS_DB
 	$(NONTAX) migrate

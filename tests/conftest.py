@@ -29,6 +29,7 @@ os.environ.setdefault(
 )
 
 import pytest
+from xdist.scheduler import LoadFileScheduling
 
 from factories import empty_order_database
 from nontax_dev.airflow_run import sandbox_connection
@@ -42,24 +43,33 @@ TEST_PG = os.environ.get("NONTAX_TEST_PG", "postgresql://postgres@127.0.0.1:5432
 
 # The layers, the longest first: the workers take the long ones while the short ones fill in.
 LAYERS = ("stack", "e2e", "reliability", "integration", "sandbox", "unit")
+# The modules on the one shared local stack (their conftest.py starts and stops it).
+SHARED_STACK = "tests/stack/shared/"
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """How `make test`'s workers (pytest-xdist, `--dist loadgroup`) share the suite: the tests of
-    one file run in one worker (its module fixtures are made once), and so do all the modules on
-    the shared local stack (a worker that ran one of them would start a stack of its own)."""
-    for item in items:
-        shared_stack = "local_stack" in getattr(item, "fixturenames", ())
-        group = "local-stack" if shared_stack else item.path.relative_to(ROOT).as_posix()
-        item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(key=_layer)
+    """The longest layers first, and in the stack layer the modules on the shared local stack
+    first and together (tests/stack/shared/conftest.py stops it after the last of them)."""
+    items.sort(key=lambda item: (_layer(item), "local_stack" not in item.fixturenames))
 
 
 def _layer(item: pytest.Item) -> int:
     parts = item.path.relative_to(ROOT / "tests").parts
     layer = parts[0] if len(parts) > 1 else "integration"  # tests/*.py: checks of the tree
     return LAYERS.index(layer) if layer in LAYERS else len(LAYERS)
+
+
+class FileOrSharedStack(LoadFileScheduling):
+    """`make test`'s workers (pytest-xdist, `-n 2 --dist loadfile`): each file goes to one worker
+    (its module fixtures are made once), and the modules on the shared stack together (another
+    worker running one of them would start a stack of its own)."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        return SHARED_STACK if nodeid.startswith(SHARED_STACK) else super()._split_scope(nodeid)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    return FileOrSharedStack(config, log) if config.getvalue("dist") == "loadfile" else None
 
 
 @pytest.fixture(scope="session")

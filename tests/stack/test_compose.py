@@ -27,7 +27,7 @@ from nontax_dev.airflow_run import ROOT
 COMPOSE = ROOT / "docker-compose.yaml"
 ENV_EXAMPLE = ROOT / ".env.example"
 TEST_PG = os.environ.get("NONTAX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-STACK = "tests/stack/test_ui_rerun.py (the stack of nontax_dev.stack runs it)"
+STACK = "tests/stack/shared/test_ui_rerun.py (the stack of nontax_dev.stack runs it)"
 CELERY_STACK = "tests/stack/test_celery.py (the stack on CeleryExecutor runs it)"
 
 # Every command the compose file runs (commands, entrypoint scripts, health checks), after

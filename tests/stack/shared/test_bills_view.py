@@ -22,12 +22,12 @@ from urllib.parse import parse_qs, quote, urlsplit
 import psycopg2
 import pytest
 import requests
-from stack_helpers import logged_in_page
 
 from factories import make_order, write_pdf
 from nontax_dev.airflow_api import DAG_ID, AirflowApi
 from nontax_dev.airflow_run import ROOT
 from nontax_dev.stack.stack import Stack
+from stack_helpers import logged_in_page
 from wechat_nontax.store.connection import connect_dsn
 from wechat_nontax.store.orders import OrderStore
 
