@@ -20,6 +20,8 @@ from __future__ import annotations
 import airflow.dag_processing.dagbag
 import airflow.sdk.execution_time.task_runner  # noqa: F401
 
+# What the tasks run, and what the DAG files import (the DAG arguments).
+import wechat_nontax.dag_arguments
 import wechat_nontax.issuing.batch
 import wechat_nontax.issuing.dag_parts
 import wechat_nontax.issuing.issue_operator

@@ -12,6 +12,7 @@ from typing import Any
 from nontax_dev.chaos.dags import TIME_BUDGET_S
 from nontax_dev.chaos.plan import RunPlan
 from wechat_nontax.settings import ISSUE_TASK_ID, REQUESTS_TASK_ID
+from wechat_nontax.store.sql import REFUSAL_BLOCKS
 from wechat_nontax.wechat.statuses import Status
 
 # Due and to be sent by a batch (not the orders waiting for their payer's answer).
@@ -94,9 +95,16 @@ class RequestsBeside:
         self.ran = 1
 
     def _check(self, conn: Any, held: set[str]) -> None:
-        gone = self._rows(conn, "AND claimed_by IS NULL", held)
-        # Until the issuing run's report ends them, its claims are its own.
-        if gone and "Run report:" not in self._log_since():
+        # An order whose refusal was asked while its batch ran is left to the refusal by the
+        # batch itself, its claim ended with that write (the product's rule): not counted.
+        gone = self._rows(
+            conn,
+            "AND claimed_by IS NULL AND NOT " + REFUSAL_BLOCKS.format(table="bill_order"),
+            held,
+        )
+        # Until the issuing run's report ends them, its claims are its own; the report releases
+        # them before it logs "Run report:", so its start (DAG.test's line) is what counts.
+        if gone and "[DAG TEST] starting task_id=report " not in self._log_since():
             self.violations.append(
                 f"the requests run of the same run id ended {len(gone)} claims of the issuing "
                 f"run while its batches ran ({sorted(gone)[0]}...)"
