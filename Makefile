@@ -70,7 +70,7 @@ load-orders: $(STAMP)  ## load orders from JSON Lines: make load-orders FILE=ord
 	@test -n "$$NONTAX_FILE" || { echo "usage: make load-orders FILE=orders.jsonl"; exit 2; }
 	$(NONTAX) load -- "$$NONTAX_FILE"
 
-run-once: $(STAMP)  ## run the DAG once (airflow dags test) with the AIRFLOW_CONN_... Connections
+run-once: $(STAMP)  ## run the DAG once (dag.test(), what airflow dags test runs) with the AIRFLOW_CONN_... Connections
 	$(PY) -m nontax_dev.run_once
 
 status: $(STAMP)  ## orders by status

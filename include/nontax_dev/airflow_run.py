@@ -1,12 +1,15 @@
-"""Running the DAG once with `airflow dags test`, for `make run-once`, the demo and the tests.
+"""Running the DAG once with `DAG.test()`, for `make run-once`, the demo and the tests.
 
 Everything Airflow needs comes through the environment: the project's folders, an AIRFLOW_HOME
 with a SQLite metadata database (fine for `dags test`, one process), and the two Connections as
-`AIRFLOW_CONN_...` variables. What Airflow recorded is read through its public CLI: the run's
-state from `airflow dags test` itself (exit 0, or "DagRun failed"), the task instances' from
-`airflow tasks states-for-dag-run -o json`, the newest run from `airflow dags list-runs -o json`;
-how many tries an instance took, from the run's own console (`DAG.test()` says when it starts
-each try).
+`AIRFLOW_CONN_...` variables. A run goes in a process of its own (`python -m
+nontax_dev.airflow_run`: the DAG file's DAG, `dag.test()`, what `airflow dags test` runs), which
+prints at its end the run's task instances from the DagRun `dag.test()` returned: one line the
+caller reads, where a query through the `airflow` CLI would cost an interpreter loading Airflow
+(seconds) each. A run whose process was killed is read back through the CLI: `airflow tasks
+states-for-dag-run -o json`, the newest run from `airflow dags list-runs -o json`. How many
+tries an instance took comes from the run's own console (`DAG.test()` says when it starts each
+try).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 NONTAX = str(Path(sys.executable).with_name("nontax"))
 # What `airflow dags test` says (and exits 1) when the run it ran failed.
 RUN_FAILED = "DagRun failed"
+# The line on which a run's process reports its task instances (JSON follows).
+TASKS_LINE = "nontax_dev.airflow_run task instances: "
 
 
 def airflow_env(
@@ -184,9 +189,13 @@ class DagTestResult:
 
     @cached_property
     def tasks(self) -> list[dict]:
-        """The run's task instances (task_id, map_index, state, try_number)."""
+        """The run's task instances (task_id, map_index, state, try_number), as its process
+        reported them, else as the CLI shows them."""
         if self.run_state is None:
             return []
+        reported = [line for line in self.output.splitlines() if line.startswith(TASKS_LINE)]
+        if reported:
+            return _with_tries(json.loads(reported[-1][len(TASKS_LINE) :]), self.output)
         at = self.logical_date.isoformat()  # the CLI finds a run by its logical date too
         return task_instances(self.env, self.dag_id, at, output=self.output)
 
@@ -195,19 +204,14 @@ class DagTestResult:
 
 
 def dags_test_command(
-    dag_id: str = DAG_ID,
-    conf: dict | None = None,
-    *,
-    run_at: datetime | None = None,
-    logical_date: datetime | None = None,
+    dag_id: str = DAG_ID, conf: dict | None = None, *, run_at: datetime | None = None
 ) -> list[str]:
-    """The command that runs a DAG once (`airflow dags test`). With `run_at`, the run is
-    `manual__<run_at>` whatever the clock says, so two DAGs started at one `run_at` share a run
-    id, as their scheduled runs at one instant do (`airflow dags test` names the run after
-    now, unless `logical_date` says: `manual__<logical_date>`)."""
+    """The command that runs a DAG once. Without `run_at`, `airflow dags test` itself (its run
+    named after now). With `run_at`, the DAG file's `dag.test()` in a process of ours (see the
+    module's docstring), the run `manual__<run_at>` whatever the clock says, so two DAGs started
+    at one `run_at` share a run id, as their scheduled runs at one instant do."""
     if run_at is None:
-        at = [logical_date.isoformat()] if logical_date else []
-        return [AIRFLOW, "dags", "test", dag_id, *at, *(["-c", json.dumps(conf)] if conf else [])]
+        return [AIRFLOW, "dags", "test", dag_id, *(["-c", json.dumps(conf)] if conf else [])]
     return [
         sys.executable, "-m", "nontax_dev.airflow_run", dag_id, run_at.isoformat(),
         json.dumps(conf or {}),
@@ -226,9 +230,9 @@ def dags_test(
     """Run a DAG (the issuing one unless `dag_id` says) once in one process; returns its exit
     code, output and task states."""
     ensure_metadata_db(env)
-    # The run's logical date known before: the CLI finds the run by it.
-    at = run_at or datetime.now(UTC)
-    command = dags_test_command(dag_id, conf, run_at=run_at, logical_date=at)
+    # The run named before it starts, after now unless `run_at` says (as `airflow dags test`).
+    run_at = run_at or datetime.now(UTC)
+    command = dags_test_command(dag_id, conf, run_at=run_at)
     done = subprocess.run(
         command, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
@@ -240,8 +244,8 @@ def dags_test(
     run_state = "success" if done.returncode == 0 else None
     if run_state is None and RUN_FAILED in output:
         run_state = "failed"
-    known = f"manual__{run_at.isoformat()}" if run_at else None
-    return DagTestResult(done.returncode, output, run_state, at, env, dag_id, known)
+    known = f"manual__{run_at.isoformat()}"
+    return DagTestResult(done.returncode, output, run_state, run_at, env, dag_id, known)
 
 
 def latest_run(
@@ -263,8 +267,8 @@ def task_instances(
     """The task instances of a DAG's run (its run id or logical date) as `airflow tasks
     states-for-dag-run` shows them, each
     one's `try_number` counted in `output` (the console of the `DAG.test()` that ran it)."""
-    tasks = []
     labels = _rendered_map_indexes(env, dag_id, run_id)
+    tasks = []
     for ti in _cli_json(env, "tasks", "states-for-dag-run", dag_id, run_id):
         map_index = int(ti.get("map_index") or -1)
         tasks.append(
@@ -273,9 +277,15 @@ def task_instances(
                 "map_index": map_index,
                 "state": ti["state"] or None,
                 "rendered_map_index": labels.get((ti["task_id"], map_index)),
-                "try_number": tries_in_output(output, ti["task_id"], map_index),
             }
         )
+    return _with_tries(tasks, output)
+
+
+def _with_tries(tasks: list[dict], output: str) -> list[dict]:
+    """The instances sorted, each with how many tries the console `output` shows it took."""
+    for ti in tasks:
+        ti["try_number"] = tries_in_output(output, ti["task_id"], ti["map_index"])
     return sorted(tasks, key=lambda t: (t["task_id"], t["map_index"]))
 
 
@@ -331,10 +341,24 @@ def _test_at(dag_id: str, run_at: str, conf: str) -> int:
         return 1
     at = datetime.fromisoformat(run_at)
     run = bag.dags[dag_id].test(run_after=at, logical_date=at, run_conf=json.loads(conf))
-    if str(getattr(run.state, "value", run.state)) == "success":
+    tasks = [
+        {
+            "task_id": ti.task_id,
+            "map_index": ti.map_index,
+            "state": _value(ti.state),
+            "rendered_map_index": ti.rendered_map_index,
+        }
+        for ti in run.get_task_instances()
+    ]
+    print(TASKS_LINE + json.dumps(tasks), flush=True)
+    if _value(run.state) == "success":
         return 0
     print(RUN_FAILED, file=sys.stderr)  # as `airflow dags test` says it
     return 1
+
+
+def _value(state: Any) -> str | None:
+    return None if state is None else str(getattr(state, "value", state))
 
 
 if __name__ == "__main__":

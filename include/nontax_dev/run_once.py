@@ -1,4 +1,4 @@
-"""`make run-once`: run the DAG once with `airflow dags test`.
+"""`make run-once`: run the DAG once with `dag.test()` (what `airflow dags test` runs).
 
 The Connections come from `AIRFLOW_CONN_NONTAX_ORDERS_DB` and `AIRFLOW_CONN_WECHAT_NONTAX_DEFAULT`
 when set; without the latter, the sandbox on WECHAT_SANDBOX_PORT (start it with `make sandbox`).

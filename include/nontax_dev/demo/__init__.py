@@ -9,8 +9,9 @@
    .run/demo/orders.jsonl and loaded like `make load-orders`. Six of them carry a planted
    problem (`PLANTED`) and four more lines cannot load at all (`_unloadable`); two transient
    sandbox faults are switched on (`FAULTS`), which the run must ride out.
-4. One run of the DAG with `airflow dags test`, log in .run/demo/dag-test.log. One order's
-   refusal is asked for before it (`make refuse`): the run leaves it alone.
+4. One run of the DAG (`dag.test()`, what `airflow dags test` runs), log in
+   .run/demo/dag-test.log. One order's refusal is asked for before it (`make refuse`): the run
+   leaves it alone.
 5. The run's report, task states and the orders' end states, checked against what was planted.
 6. One issued bill's void is asked for (`make void`), and one run of the DAG `nontax_requests`
    refuses the one order and voids the other bill (log in .run/demo/requests-test.log).

@@ -95,7 +95,7 @@ def run_payer_flow(
     say(f"WeChat pushed {len(pushes)} events to the receiver: "
         f"{sum(p.delivered for p in pushes)} answered 'success' (slowest {slowest * 1000:.0f} ms); "
         f"{AUTHORISING} payers authorised, {declined.order_id} declined, "
-        f"{orders[-1].order_id} has not answered; airflow dags test {WAITING_DAG_ID}")  # fmt: skip
+        f"{orders[-1].order_id} has not answered; dag.test() of {WAITING_DAG_ID}")  # fmt: skip
     result = dags_test(env, log_file=run_dir / "waiting-test.log", timeout=300,
                        dag_id=WAITING_DAG_ID)  # fmt: skip
     if result.run_state != "success":

@@ -164,7 +164,7 @@ def run_demo(console: Console) -> int:
         )
         first = "" if (AIRFLOW_HOME / ".migrated").exists() else " (first time: airflow db migrate)"
         console.step(
-            f"airflow dags test nontax_insertbill, batch_size {BATCH_SIZE}{first}; "
+            f"dag.test() of nontax_insertbill, batch_size {BATCH_SIZE}{first}; "
             f"log: {relative(DAG_LOG)}"
         )
         run_started = time.monotonic()
@@ -189,7 +189,7 @@ def run_demo(console: Console) -> int:
         voided = demo_order_id(VOIDED)
         asked = _ask(db.dsn, voided, "void", VOID_REASON)
         console.step(f"make void ORDER={voided} REASON='{VOID_REASON}': {asked}")
-        console.step(f"airflow dags test {REQUESTS_DAG_ID}; log: {relative(REQUESTS_LOG)}")
+        console.step(f"dag.test() of {REQUESTS_DAG_ID}; log: {relative(REQUESTS_LOG)}")
         carried = dags_test(env, log_file=REQUESTS_LOG, timeout=300, dag_id=REQUESTS_DAG_ID)
         console.step(f"run {carried.run_id}: {carried.run_state}")
         print_requests(console, db.dsn, [refund.order_id, voided])
