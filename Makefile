@@ -16,8 +16,9 @@ export NONTAX_PDF_ROOT ?= $(CURDIR)/.run/pdfs
 export AIRFLOW_CONN_NONTAX_ORDERS_DB ?= postgresql://postgres@127.0.0.1:5432/nontax
 WECHAT_SANDBOX_PORT ?= 8765
 PYTEST_ARGS ?=
-# make test: worker processes of pytest-xdist (0: the suite in one process, as plain pytest does).
-TEST_WORKERS ?= 2
+# make test: worker processes of pytest-xdist (0: the suite in one process, as plain pytest does);
+# three on two cores: the stack tests leave a core idle while Airflow waits between its loops.
+TEST_WORKERS ?= 3
 # make up: the executor (local or celery) and, on Celery, how many workers.
 EXECUTOR ?= local
 WORKERS ?= 2
@@ -53,7 +54,7 @@ lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint  ## the whole suite: unit, integration (Postgres, sandbox), end to end; TEST_WORKERS=2
+test: lint  ## the whole suite: unit, integration (Postgres, sandbox), end to end; TEST_WORKERS=3
 	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 migrate: $(STAMP)  ## apply the order schema migrations to AIRFLOW_CONN_NONTAX_ORDERS_DB
