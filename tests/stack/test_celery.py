@@ -41,7 +41,6 @@ import psycopg2
 import pytest
 import redis
 import yaml
-from stack_helpers import PrivateRedis, own_stack_config, run_in, running
 from test_compose import COMPOSE, example_env, interpolate, worker_stop
 
 from factories import make_order, write_pdf
@@ -49,6 +48,7 @@ from nontax_dev.airflow_api import DAG_ID
 from nontax_dev.stack import celery_workers
 from nontax_dev.stack.processes import Proc
 from nontax_dev.stack.stack import Stack
+from stack_helpers import PrivateRedis, command_of, own_stack_config, run_in, running
 from wechat_nontax.store.connection import connect_dsn
 from wechat_nontax.store.orders import OrderStore
 from wechat_sandbox.client import SandboxAdmin
@@ -545,7 +545,7 @@ def test_a_task_whose_supervisor_died_stops_itself_and_the_next_try_takes_over(
     worker = next(p for p in stack.workers() if p.name == victim and p.process() is not None)
     # The task process's title (Airflow's task runner sets it); its supervisor's names the id too.
     title = f"airflow worker -- {ti_id}"
-    task = next(p for p in _tree(worker) if " ".join(p.cmdline()).startswith(title))
+    task = next(p for p in _tree(worker) if command_of(p).startswith(title))
     supervisor = task.parent()
     assert supervisor is not None and supervisor.pid != worker.pid
     if killed == "pool process":

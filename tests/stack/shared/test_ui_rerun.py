@@ -35,7 +35,7 @@ from factories import make_order, write_pdf
 from nontax_dev.airflow_api import DAG_ID
 from nontax_dev.airflow_run import AIRFLOW, ROOT
 from nontax_dev.stack.stack import Stack
-from stack_helpers import logged_in_page, run_in
+from stack_helpers import command_of, logged_in_page, run_in
 from wechat_nontax.settings import RECEIVER_PATH
 from wechat_nontax.store.connection import connect_dsn
 from wechat_nontax.store.orders import OrderStore
@@ -94,10 +94,10 @@ def test_the_stacks_receiver_records_an_event_the_sandbox_pushes_with_env_sh(sta
 
 
 def _forkserver_maps(stack: Stack) -> str:
-    scheduler = next(p for p in stack.processes() if "scheduler" in " ".join(p.cmdline()))
+    scheduler = next(p for p in stack.processes() if "scheduler" in command_of(p))
     forkservers = [
         child for child in scheduler.children(recursive=True)
-        if "multiprocessing.forkserver" in " ".join(child.cmdline())
+        if "multiprocessing.forkserver" in command_of(child)
     ]  # fmt: skip
     assert forkservers, "the scheduler runs no forkserver: LOCAL_EXECUTOR_PRELOAD not applied"
     return Path(f"/proc/{forkservers[0].pid}/maps").read_text(encoding="utf-8")
