@@ -50,7 +50,7 @@ SHARED_STACK = "tests/stack/shared/"
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The longest layers first, and in the stack layer the modules on the shared local stack
     first and together (tests/stack/shared/conftest.py stops it after the last of them)."""
-    items.sort(key=lambda item: (_layer(item), "local_stack" not in item.fixturenames))
+    items.sort(key=lambda item: (_layer(item), not item.nodeid.startswith(SHARED_STACK)))
 
 
 def _layer(item: pytest.Item) -> int:
@@ -60,7 +60,7 @@ def _layer(item: pytest.Item) -> int:
 
 
 class FileOrSharedStack(LoadFileScheduling):
-    """`make test`'s workers (pytest-xdist, `-n 2 --dist loadfile`): each file goes to one worker
+    """`make test`'s workers (pytest-xdist, `--dist loadfile`): each file goes to one worker
     (its module fixtures are made once), and the modules on the shared stack together (another
     worker running one of them would start a stack of its own)."""
 
