@@ -15,16 +15,15 @@ order database, the sandbox and Airflow:
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
 
-import psutil
 import pytest
 
 from factories import make_order, write_pdf
 from nontax_dev.airflow_api import DAG_ID
 from nontax_dev.stack.stack import Stack
+from stack_helpers import command_of
 from wechat_nontax.store.connection import connect_dsn
 from wechat_nontax.store.orders import OrderStore
 
@@ -210,10 +209,7 @@ def test_a_running_batch_marked_failed_then_cleared_sends_each_order_once(desk: 
 def _batches_stopped(desk: Desk, run_id: str, ids: list[str]) -> bool:
     batches = [t["id"] for t in desk.api.task_instances(run_id) if t["task_id"] == "issue_bills"]
     # A task process's title names its task instance (Airflow's task runner sets it).
-    titles = []
-    for process in desk.stack.processes():
-        with contextlib.suppress(psutil.Error):
-            titles.append(" ".join(process.cmdline()))
+    titles = [command_of(process) for process in desk.stack.processes()]
     if any(f"airflow worker -- {ti_id}" in title for ti_id in batches for title in titles):
         return False
     return all(desk.row(i)["held_by"] is None for i in ids)
