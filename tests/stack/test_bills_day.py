@@ -25,11 +25,11 @@ from zoneinfo import ZoneInfo
 import psycopg2
 import pytest
 import requests
-from stack_helpers import logged_in_page, own_stack_config, running
 
 from factories import make_order, write_pdf
 from nontax_dev.airflow_run import ROOT
 from nontax_dev.stack.stack import Stack
+from stack_helpers import logged_in_page, own_stack_config, running
 from wechat_nontax.store.connection import connect_dsn
 from wechat_nontax.store.orders import OrderStore
 

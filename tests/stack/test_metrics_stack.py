@@ -10,11 +10,11 @@ from collections.abc import Iterator
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
-from stack_helpers import own_stack_config, running
 
 from factories import make_order, write_pdf
 from nontax_dev.stack.stack import Stack
 from nontax_dev.statsd_wire import StatsdListener
+from stack_helpers import own_stack_config, running
 from wechat_nontax.observability.metrics import statsd_config
 from wechat_nontax.store.connection import connect_dsn
 from wechat_nontax.store.orders import OrderStore
