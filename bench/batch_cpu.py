@@ -113,6 +113,7 @@ def batch_cpu(
     from nontax_dev.pg import drop_database, fresh_database
     from run import CHECKOUT, load_orders, postmaster_pid
     from wechat_nontax.issuing.issue_operator import IssueBillsOperator
+    from wechat_nontax.settings import INSERTBILL_DAG_ID, ISSUE_TASK_ID
     from wechat_nontax.store.migrate import migrate
     from wechat_sandbox.process import start_sandbox
 
@@ -133,11 +134,11 @@ def batch_cpu(
                 NONTAX_PDF_ROOT=pdf_root,
             )
             ids = [o.order_id for o in demo_orders(orders, "BATCH")]
-            operator = IssueBillsOperator(task_id="issue_bills", order_ids=ids,
+            operator = IssueBillsOperator(task_id=ISSUE_TASK_ID, order_ids=ids,
                                           max_workers=workers)  # fmt: skip
             # The first try of batch 0, as a task sees itself (its holder is made from this).
             ti = SimpleNamespace(
-                dag_id="nontax_insertbill", run_id="bench-cpu", task_id="issue_bills",
+                dag_id=INSERTBILL_DAG_ID, run_id="bench-cpu", task_id=ISSUE_TASK_ID,
                 map_index=0, try_number=1, max_tries=2,
             )  # fmt: skip
             context = {"run_id": "bench-cpu", "ti": ti}

@@ -56,6 +56,7 @@ import psycopg2
 from cpu_account import CpuTracker, mean_roles, own_cpu_s
 from own_orders import OwnOrders, count_orders
 from schedule import most_at_once, summary, turns
+from wechat_nontax.settings import INSERTBILL_DAG_ID, ISSUE_TASK_ID
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -175,7 +176,7 @@ def batches(instances: list[dict], triggered: float) -> list[dict]:
     spans = []
     for ti in instances:
         start, end = _ts(ti.get("start_date")), _ts(ti.get("end_date"))
-        if ti["task_id"] != "issue_bills" or start is None or end is None:
+        if ti["task_id"] != ISSUE_TASK_ID or start is None or end is None:
             continue
         spans.append({"map_index": ti.get("map_index"), "hostname": ti.get("hostname"),
                       "start_s": round(start - triggered, 2),
@@ -216,7 +217,7 @@ def pipeline_run(stack, conf: dict, label: str, n: int, say) -> dict:
     issued = own_orders(stack, f"pipeline {label}", label, n)
     fetched = token_fetches(dsn)
     with WorkerMemory(stack) as memory, cpu_tracker(stack) as cpu:
-        run, instances = timed_run(stack, "nontax_insertbill", conf, timeout=1800)
+        run, instances = timed_run(stack, INSERTBILL_DAG_ID, conf, timeout=1800)
     spans = batches(instances, run.pop("triggered"))
     run.update(
         orders=n,

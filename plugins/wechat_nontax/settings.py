@@ -42,7 +42,8 @@ METRICS_CONN_ID = "nontax_metrics"
 METRICS_URL_PREFIX = "/nontax"
 # The pool that bounds the calls to WeChat of every DAG across all runs, and its slots as the
 # deployment sets them: an issuing run is spread over at least this many batches.
-WECHAT_POOL = os.environ.get("NONTAX_WECHAT_POOL", "wechat_nontax")
+WECHAT_POOL_ENV, DEFAULT_WECHAT_POOL = "NONTAX_WECHAT_POOL", "wechat_nontax"
+WECHAT_POOL = os.environ.get(WECHAT_POOL_ENV, DEFAULT_WECHAT_POOL)
 POOL_SLOTS = int(os.environ.get("NONTAX_POOL_SLOTS", "4"))
 
 

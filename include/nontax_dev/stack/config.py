@@ -12,7 +12,13 @@ from typing import Any
 from nontax_dev.airflow_run import ROOT
 from nontax_dev.stack import celery_workers
 from wechat_nontax.observability.metrics import statsd_config
-from wechat_nontax.settings import CALLBACK_CONN_ID, DEFAULT_RECEIVER_PORT, RECEIVER_PORT_ENV
+from wechat_nontax.settings import (
+    CALLBACK_CONN_ID,
+    DEFAULT_RECEIVER_PORT,
+    DEFAULT_WECHAT_POOL,
+    RECEIVER_PORT_ENV,
+    WECHAT_POOL_ENV,
+)
 
 DEFAULT_STATE_DIR = ROOT / ".run" / "stack"
 CALLBACK_CONN_ENV = f"AIRFLOW_CONN_{CALLBACK_CONN_ID.upper()}"
@@ -37,7 +43,7 @@ class StackConfig:
     receiver_port: int | None = None  # None: a free port (`make up`: NONTAX_RECEIVER_PORT)
     callback_conn: str | None = None  # the receiver's Connection; None: generated secrets
     pdf_root: Path | None = None  # None: <state>/pdfs
-    pool: str = "wechat_nontax"
+    pool: str = DEFAULT_WECHAT_POOL
     pool_slots: int = 4
     parallelism: int = 8
     # The one log server serves the triggerer's logs too (TRIGGER_LOG_SERVER_PORT is this).
@@ -81,7 +87,7 @@ class StackConfig:
             pdf_root=Path(env["NONTAX_STACK_PDF_ROOT"])
             if env.get("NONTAX_STACK_PDF_ROOT")
             else None,
-            pool=env.get("NONTAX_WECHAT_POOL") or "wechat_nontax",
+            pool=env.get(WECHAT_POOL_ENV) or DEFAULT_WECHAT_POOL,
             pool_slots=num("NONTAX_STACK_POOL_SLOTS", 4),
             parallelism=num("NONTAX_STACK_PARALLELISM", 8),
             grace_s=float(env.get("NONTAX_STACK_GRACE_S") or 20),

@@ -5,7 +5,7 @@ in which the rows take turns (bench/schedule.py) and the counting of py-spy's sa
 from __future__ import annotations
 
 import pytest
-from bench.batch_spy import collapsed_shares, function_of
+from bench.batch_spy import collapsed_shares, function_of, report
 from bench.cpu_account import (
     Track,
     breakdown,
@@ -173,3 +173,17 @@ def test_py_spy_stacks_counted_per_function_inclusive_once_and_own_innermost():
     assert inclusive["run (t.py)"] == 10
     assert inclusive["_one (issuing.py)"] == 8
     assert own == {"_write (store.py)": 5, "_one (issuing.py)": 3, "_send (hook.py)": 2}
+
+
+def test_the_spy_report_gives_the_runs_roles_then_the_functions_in_ms_per_order():
+    inclusive, own, total = collapsed_shares(["run (t.py:1);_one (issuing.py:2) 3",
+                                              "run (t.py:1) 1"])  # fmt: skip
+    roles = {"batch": {"cpu_s": 20.0, "processes": 4, "ms_per_order": 2.0},
+             "postgres_orders": {"cpu_s": 5.0, "processes": 9, "ms_per_order": 0.5}}  # fmt: skip
+    text = report(inclusive, own, total, {"roles": roles}, top=5)
+    lines = text.splitlines()
+    assert lines[0] == "4 samples (CPU) of the run's batches; 2.000 ms per order in all"
+    assert "    2.000  batch (4 processes)" in lines
+    assert "    0.500  postgres_orders (9 processes)" in lines
+    # Three of the four samples in _one: three quarters of the batch's 2.0 ms.
+    assert "  75.0%     1.500  _one (issuing.py)" in lines
