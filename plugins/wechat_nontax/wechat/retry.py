@@ -5,6 +5,13 @@ with jitter) while a time budget lasts; past it the caller gives up with its own
 Each pipeline keeps what only it knows around the loop (which answers it counts and how, what
 it writes before waiting, what giving up means for its orders); the delay, the budget and the
 wait are here. Plain arithmetic over an injected clock, sleep and jitter, tested without I/O.
+
+Not tenacity (which Airflow brings): its `Retrying` owns the loop, while here each pipeline does
+its own work between an answer and the wait (a batch counts the answers by errcode against the
+rule's limit and writes the answer into the order's history before it waits, then checks its
+hold and the day's quotas before the next call), and the wait comes from the errcode's rule and
+that count (into the next minute for a per-minute limit). All of it would become callbacks
+around tenacity's loop, longer than the three methods below.
 """
 
 from __future__ import annotations
