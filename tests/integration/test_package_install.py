@@ -23,19 +23,34 @@ from nontax_dev.airflow_run import ROOT
 HARNESS = ("nontax_dev/", "wechat_sandbox/", "tests/", "bench/", "include/", "dags/")
 
 
+# What the image may hold of the checkout: the pins, the build's description, the package.
+IMAGE_SOURCES = {"requirements.txt", "constraints.txt", "pyproject.toml", "plugins/wechat_nontax"}
+
+
+def dockerfile_copies() -> set[str]:
+    """The checkout's paths the Dockerfile copies into the image (its COPY lines' sources)."""
+    lines = (ROOT / "Dockerfile").read_text(encoding="utf-8").splitlines()
+    return {source for line in lines if line.startswith("COPY ")
+            for source in line.split()[1:-1]}  # fmt: skip
+
+
+def test_the_image_copies_only_the_pins_and_the_package():
+    assert dockerfile_copies() == IMAGE_SOURCES
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     # What the Dockerfile copies, built apart so that the checkout stays clean; without build
     # isolation, with this environment's pinned setuptools (no index).
     source = out / "source"
-    (source / "plugins").mkdir(parents=True)
-    shutil.copy(ROOT / "pyproject.toml", source)
-    shutil.copytree(
-        ROOT / "plugins" / "wechat_nontax",
-        source / "plugins" / "wechat_nontax",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
+    for copied in dockerfile_copies():
+        target = source / copied
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if (ROOT / copied).is_dir():
+            shutil.copytree(ROOT / copied, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(ROOT / copied, target)
     command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
     subprocess.run(
         [*command, "--quiet", "--disable-pip-version-check", "-w", str(out), str(source)],
@@ -68,6 +83,17 @@ def test_the_wheel_holds_the_package_its_data_and_none_of_the_harness(wheel: Pat
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "bills = wechat_nontax.ui.plugin:BillsPlugin" in text
     assert "nontax = wechat_nontax.cli.main:main" in text
+    # A provider names what it needs: Airflow and what the package imports beyond Airflow's own.
+    (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    requires = {
+        line.split(":", 1)[1].strip().split(";")[0].split(">")[0].split("=")[0].split("<")[0]
+        for line in zipfile.ZipFile(wheel).read(metadata).decode().splitlines()
+        if line.startswith("Requires-Dist:")
+    }
+    assert {"apache-airflow", "apache-airflow-providers-http", "psycopg2-binary",
+            "prometheus-client", "statsd"} <= requires  # fmt: skip
+    # None of the harness's own packages (requirements-dev.txt) is the package's.
+    assert not requires & {"pgserver", "reportlab", "python-dotenv", "psutil", "pytest"}
 
 
 def test_installed_in_a_fresh_virtualenv_airflow_lists_the_bills_plugin(
