@@ -1,4 +1,4 @@
-"""The Bills page as a cashier on duty meets it (issue 25), in a real Chromium on the `make up`
+"""The Bills page as a cashier on duty meets it, in a real Chromium on the `make up`
 stack of this module (free ports, databases of its own, always stopped): the Airflow UI set to
 简体中文, the time zone +08:00 (Asia/Shanghai) and dark mode, as the person chooses them in the
 UI (its localStorage), the browser itself in English. The day:

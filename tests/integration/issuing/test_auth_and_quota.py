@@ -1,5 +1,5 @@
 """Asking getauthdata before a re-insert, daily quotas shared through the order database, and a
-failing token endpoint: the issuing batch against the sandbox and Postgres (issue 12, parts 2-3).
+failing token endpoint: the issuing batch against the sandbox and Postgres.
 """
 
 from __future__ import annotations

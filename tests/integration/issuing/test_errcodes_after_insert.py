@@ -1,5 +1,5 @@
 """The errcodes of the facts' "After the insert" (meanings as reported, actions our choice, kept in
-`rules.POLICY`): each one reaching an order's row through the sandbox (issue 12, part 4).
+`rules.POLICY`): each one reaching an order's row through the sandbox.
 
 The sandbox answers 72057 by itself (its daily insert limit); the others are injected on
 insertbill through its fault API, as WeChat would answer them there.

@@ -1,4 +1,4 @@
-"""The Bills view (issue 13) on a real api-server: the shared `make up` stack (conftest.py: free
+"""The Bills view on a real api-server: the shared `make up` stack (conftest.py: free
 ports, databases of its own, emptied for this module), with SimpleAuthManager users `admin`
 (admin) and `viewer` (viewer). What the person on duty sees and does, and what nobody else may:
 - no login: 401 on every route; a viewer reads, and gets 403 on every action (its confirmation
