@@ -15,6 +15,7 @@ from wechat_nontax.dag_arguments import dag_arguments
 from wechat_nontax.issuing.dag_parts import issue_claimed_batches, issuing_dag_args
 from wechat_nontax.issuing.operators import ClaimOrdersOperator, RefreshTokenOperator
 from wechat_nontax.settings import (
+    CLAIM_TASK_ID,
     INSERTBILL_DAG_ID,
     INSERTBILL_SCHEDULE_DEFAULT,
     INSERTBILL_SCHEDULE_ENV,
@@ -39,7 +40,7 @@ with DAG(
     doc_md=__doc__,
 ):
     claim = ClaimOrdersOperator(
-        task_id="claim_orders",
+        task_id=CLAIM_TASK_ID,
         orders_conn_id=ORDERS_CONN_ID,
         batch_size="{{ params.batch_size }}",
         min_batches="{{ params.min_batches }}",

@@ -19,6 +19,7 @@ from wechat_nontax.dag_arguments import dag_arguments
 from wechat_nontax.requests.operators import CarryOutRequestsOperator, RequestsReportOperator
 from wechat_nontax.settings import (
     ORDERS_CONN_ID,
+    REPORT_TASK_ID,
     REQUESTS_DAG_ID,
     REQUESTS_SCHEDULE_DEFAULT,
     REQUESTS_SCHEDULE_ENV,
@@ -48,7 +49,7 @@ with DAG(
     # The last task, so the run takes its state: red while a request of the run was not carried
     # out (refused or failed), whatever became of the first task.
     report = RequestsReportOperator(
-        task_id="report",
+        task_id=REPORT_TASK_ID,
         orders_conn_id=ORDERS_CONN_ID,
         trigger_rule="all_done",
         execution_timeout=timedelta(minutes=5),

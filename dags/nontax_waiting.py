@@ -31,6 +31,7 @@ from wechat_nontax.dag_arguments import dag_arguments
 from wechat_nontax.issuing.dag_parts import issue_claimed_batches, issuing_dag_args
 from wechat_nontax.issuing.operators import ClaimOrdersOperator
 from wechat_nontax.settings import (
+    CLAIM_TASK_ID,
     ORDERS_CONN_ID,
     POOL_SLOTS,
     WAITING_DAG_ID,
@@ -45,7 +46,7 @@ with DAG(
     doc_md=__doc__,
 ):
     claim = ClaimOrdersOperator(
-        task_id="claim_orders",
+        task_id=CLAIM_TASK_ID,
         orders_conn_id=ORDERS_CONN_ID,
         batch_size=2500,
         min_batches=POOL_SLOTS,

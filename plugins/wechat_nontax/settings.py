@@ -24,8 +24,10 @@ REQUESTS_SCHEDULE_DEFAULT = "*/5 * * * *"
 # The wait from a payer's authorisation to the bill is this interval plus a run.
 WAITING_SCHEDULE_ENV = "NONTAX_WAITING_SCHEDULE"
 WAITING_SCHEDULE_DEFAULT = "*/2 * * * *"
+CLAIM_TASK_ID = "claim_orders"  # the issuing DAGs' claim: its XCom names the batches
 ISSUE_TASK_ID = "issue_bills"  # one mapped instance a batch, in both issuing DAGs
 REQUESTS_TASK_ID = "carry_out_requests"
+REPORT_TASK_ID = "report"  # the last task of every DAG: its state is the run's
 # Updated by every issuing run that inserted bills.
 BILLS_ISSUED_ASSET = {"name": "nontax_bills_issued", "uri": "nontax://bills/issued"}
 # Beijing time: schedules, bill dates and WeChat's daily quotas (China has no daylight saving).

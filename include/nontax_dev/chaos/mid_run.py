@@ -11,7 +11,7 @@ from typing import Any
 
 from nontax_dev.chaos.dags import TIME_BUDGET_S
 from nontax_dev.chaos.plan import RunPlan
-from wechat_nontax.settings import ISSUE_TASK_ID, REQUESTS_TASK_ID
+from wechat_nontax.settings import ISSUE_TASK_ID, REPORT_TASK_ID, REQUESTS_TASK_ID
 from wechat_nontax.store.sql import REFUSAL_BLOCKS
 from wechat_nontax.wechat.statuses import Status
 
@@ -82,7 +82,7 @@ class RequestsBeside:
         outputs: dict[str, Any] = {}
         for operator in (
             CarryOutRequestsOperator(task_id=REQUESTS_TASK_ID, time_budget_s=TIME_BUDGET_S),
-            RequestsReportOperator(task_id="report"),
+            RequestsReportOperator(task_id=REPORT_TASK_ID),
         ):
             ti = SimpleNamespace(
                 dag_id=REQUESTS_DAG_ID, run_id=self.run_id, task_id=operator.task_id,
@@ -104,7 +104,7 @@ class RequestsBeside:
         )
         # Until the issuing run's report ends them, its claims are its own; the report releases
         # them before it logs "Run report:", so its start (DAG.test's line) is what counts.
-        if gone and "[DAG TEST] starting task_id=report " not in self._log_since():
+        if gone and f"[DAG TEST] starting task_id={REPORT_TASK_ID} " not in self._log_since():
             self.violations.append(
                 f"the requests run of the same run id ended {len(gone)} claims of the issuing "
                 f"run while its batches ran ({sorted(gone)[0]}...)"

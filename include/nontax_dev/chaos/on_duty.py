@@ -31,13 +31,12 @@ from urllib.parse import quote
 
 from nontax_dev.airflow_api import AirflowApi
 from nontax_dev.airflow_run import AIRFLOW
-from wechat_nontax.settings import INSERTBILL_DAG_ID
+from wechat_nontax.settings import CLAIM_TASK_ID, INSERTBILL_DAG_ID
 
 ADMIN_USER = "admin"
 SIMPLE_AUTH_MANAGER = (
     "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 )
-CLAIM_TASK = "claim_orders"
 STARTUP_S = 240.0  # the API server's import and first answer, on 2 busy cores
 
 
@@ -148,7 +147,7 @@ class ChaosAirflow:
         """The batches the run's claim handed to the batch instances (its XCom), [] if none."""
         path = (
             f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/"
-            f"{CLAIM_TASK}/xcomEntries/return_value"
+            f"{CLAIM_TASK_ID}/xcomEntries/return_value"
         )
         try:
             value = self._api.get(path)["value"]

@@ -15,7 +15,7 @@ from typing import Any
 
 from nontax_dev.airflow_run import ROOT, WAITING_DAG_ID, DagTestResult
 from nontax_dev.demo.orders import BATCH_SIZE, VOIDED, DemoData, demo_order_id
-from wechat_nontax.settings import INSERTBILL_DAG_ID
+from wechat_nontax.settings import INSERTBILL_DAG_ID, REPORT_TASK_ID
 from wechat_nontax.wechat.statuses import Status
 
 
@@ -30,8 +30,8 @@ def report_from_xcom(home: Path, run_id: str | None) -> dict[str, Any] | None:
         try:
             row = db.execute(
                 "SELECT value FROM xcom WHERE dag_id = ? AND run_id = ? "
-                "AND task_id = 'report' AND key = 'return_value' ORDER BY map_index LIMIT 1",
-                (INSERTBILL_DAG_ID, run_id),
+                "AND task_id = ? AND key = 'return_value' ORDER BY map_index LIMIT 1",
+                (INSERTBILL_DAG_ID, run_id, REPORT_TASK_ID),
             ).fetchone()
         finally:
             db.close()

@@ -21,6 +21,7 @@ from wechat_nontax.settings import (
     BILLS_ISSUED_ASSET,
     ISSUE_TASK_ID,
     ORDERS_CONN_ID,
+    REPORT_TASK_ID,
     WECHAT_CONN_ID,
     WECHAT_POOL,
 )
@@ -84,7 +85,7 @@ def issue_claimed_batches(
     # The last task, so the run takes its state: red while any order of the run needs a person
     # or was left unfinished, or the claim failed.
     report = RunReportOperator(
-        task_id="report",
+        task_id=REPORT_TASK_ID,
         batches=claim.output,
         orders_conn_id=orders_conn_id,
         dry_run=dry_run,

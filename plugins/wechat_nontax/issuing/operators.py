@@ -15,7 +15,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from wechat_nontax.issuing.task_args import as_bool, as_list, batch_label
-from wechat_nontax.settings import ISSUE_TASK_ID, ORDERS_CONN_ID, WECHAT_CONN_ID
+from wechat_nontax.settings import CLAIM_TASK_ID, ISSUE_TASK_ID, ORDERS_CONN_ID, WECHAT_CONN_ID
 
 
 class ClaimOrdersOperator(BaseOperator):
@@ -236,7 +236,7 @@ class RunReportOperator(_RunOrdersOperator):
             started_at=context["dag_run"].start_date,
             batches=len(self.batches or ()),
             dry_run=dry_run,
-            not_taken=ti.xcom_pull(task_ids="claim_orders", key="not_taken") or (),
+            not_taken=ti.xcom_pull(task_ids=CLAIM_TASK_ID, key="not_taken") or (),
             findings=[f for out in as_list(outputs) for f in (out or {}).get("findings", ())],
             recovered=recovered,
             earlier_runs=self.earlier_runs,

@@ -23,7 +23,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from wechat_nontax.settings import ORDERS_CONN_ID, WECHAT_CONN_ID
+from wechat_nontax.settings import ORDERS_CONN_ID, REQUESTS_TASK_ID, WECHAT_CONN_ID
 from wechat_nontax.supervisor import TryStop, watch_supervisor
 
 
@@ -138,7 +138,7 @@ class RequestsReportOperator(BaseOperator):
                 for r in rows if r.status in ("refused", "failed")
             ],
         }  # fmt: skip
-        carried_out = context["ti"].xcom_pull(task_ids="carry_out_requests")
+        carried_out = context["ti"].xcom_pull(task_ids=REQUESTS_TASK_ID)
         if carried_out is None:
             # No access token, the order database away, a crash: its requests stay pending.
             raise AirflowFailException(
