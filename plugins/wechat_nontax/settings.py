@@ -2,8 +2,11 @@
 
 Names (DAGs, tasks, Connections, the pool, the Asset) are constants. What a deployment sets comes
 from the environment, each variable read here and nowhere else: the pool and its slots at import,
-the hold, the PDF root, the schedules and the retry delay when asked (a test or a worker may set
-them after the import). The DAGs' arguments are built from them by `wechat_nontax.dag_arguments`.
+the hold, the PDF root, the schedules, the retry delay and the rest when asked (a test or a worker
+may set them after the import). Secrets are not settings: Connections (`AIRFLOW_CONN_*`, read by
+Airflow, or by `store.connection.dsn_from_env` for the tools that run without it) and the
+receiver's callback credentials (`receiver.config`) are read where they are used; their names are
+here. The DAGs' arguments are built from them by `wechat_nontax.dag_arguments`.
 """
 
 from __future__ import annotations
@@ -90,6 +93,15 @@ PDF_ROOT_ENV = "NONTAX_PDF_ROOT"
 
 def pdf_root_setting() -> str | None:
     return os.environ.get(PDF_ROOT_ENV)
+
+
+# Where the Bills page asks Airflow's REST API (issue-now's run, a run's state): this api-server at
+# `[api] host`/`port`, unless this names another address (a proxy in front of it).
+BILLS_API_URL_ENV = "NONTAX_BILLS_API_URL"
+
+
+def bills_api_url_setting() -> str | None:
+    return os.environ.get(BILLS_API_URL_ENV) or None
 
 
 # -- Airflow's retries ---------------------------------------------------------------------------

@@ -3,22 +3,21 @@ permissions decide), at this api-server, never at an address taken from the requ
 
 from __future__ import annotations
 
-import os
 from typing import Any
 from urllib.parse import quote
 
 import requests
 from fastapi import Request
 
+from wechat_nontax.settings import bills_api_url_setting
 from wechat_nontax.ui.guards import caller_token
 from wechat_nontax.ui.view import dags_of_step, run_url
 
-# Where the page asks Airflow's REST API (issue-now's run, a run's state): this api-server.
-API_URL_ENV = "NONTAX_BILLS_API_URL"
-
 
 def api_url() -> str:
-    if configured := os.environ.get(API_URL_ENV):
+    """Where the page asks Airflow's REST API: this api-server (`settings.BILLS_API_URL_ENV`
+    overrides)."""
+    if configured := bills_api_url_setting():
         return configured.rstrip("/")
     from airflow.configuration import conf
 
