@@ -37,9 +37,9 @@ class RequestStatus(StrEnum):
 # A refusal in these keeps its order off issuing (migration 0010): while it waits to be carried
 # out, and once it could not be (refused, failed) until a person withdraws it or asks again.
 BLOCKS_ISSUING = (RequestStatus.PENDING, RequestStatus.REFUSED, RequestStatus.FAILED)
-# The requests a person may withdraw: ended without being carried out. A pending one may have a
-# call in flight at WeChat; it ends by itself within a few runs.
-WITHDRAWABLE = (RequestStatus.REFUSED, RequestStatus.FAILED)
+# The requests that need a person, and that a person may withdraw: ended without being carried
+# out. A pending one may have a call in flight at WeChat; it ends by itself within a few runs.
+NEEDS_PERSON = WITHDRAWABLE = (RequestStatus.REFUSED, RequestStatus.FAILED)
 
 
 # The order statuses each kind can be carried out from; any other is refused with the reason

@@ -23,6 +23,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from wechat_nontax.requests.contract import NEEDS_PERSON
 from wechat_nontax.settings import ORDERS_CONN_ID, REQUESTS_TASK_ID, WECHAT_CONN_ID
 from wechat_nontax.supervisor import TryStop, watch_supervisor
 
@@ -135,7 +136,7 @@ class RequestsReportOperator(BaseOperator):
             "needs_person": [
                 {"request_id": r.request_id, "order_id": r.order_id, "kind": r.kind,
                  "status": r.status, "outcome": r.outcome}
-                for r in rows if r.status in ("refused", "failed")
+                for r in rows if r.status in NEEDS_PERSON
             ],
         }  # fmt: skip
         carried_out = context["ti"].xcom_pull(task_ids=REQUESTS_TASK_ID)

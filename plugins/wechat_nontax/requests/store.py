@@ -19,6 +19,7 @@ import psycopg2.extensions
 from wechat_nontax.issuing.validation import check_refusal, check_status_change, format_problems
 from wechat_nontax.requests.contract import (
     ACTS_ON,
+    NEEDS_PERSON,
     ORDER_FACTS_COLUMNS,
     RequestKind,
     RequestStatus,
@@ -29,8 +30,9 @@ from wechat_nontax.requests.contract import (
 )
 from wechat_nontax.store.history import append_history, history_row
 from wechat_nontax.store.holders import Hold
-from wechat_nontax.store.holds import UNHOLD, hold_params, hold_sql
+from wechat_nontax.store.holds import UNHOLD, held_guard, hold_params, hold_sql
 from wechat_nontax.store.orders import OrderStore
+from wechat_nontax.store.sql import sql_list
 from wechat_nontax.wechat.statuses import Status
 from wechat_nontax.wechat.timing import beijing_time
 
@@ -182,9 +184,9 @@ class RequestStore:
             cur.execute(
                 f"UPDATE nontax.bill_order SET status = %(status)s, reason = %(reason)s, "
                 f"last_errcode = %(errcode)s, last_errmsg = %(outcome)s, not_before = NULL, "
-                f"{UNHOLD}, updated_at = now() "
-                "WHERE order_id = %(order_id)s AND held_by = %(holder)s "
-                "AND row_version = %(version)s AND status = ANY(%(acts_on)s) RETURNING 1",
+                f"{UNHOLD}, updated_at = now() WHERE order_id = %(order_id)s AND "
+                + held_guard("holder", "version", status="status = ANY(%(acts_on)s)")
+                + " RETURNING 1",
                 {
                     "status": status, "reason": f"{request.kind} #{request.request_id} by "
                     f"{request.requested_by}: {request.reason}", "errcode": errcode,
@@ -231,8 +233,9 @@ class RequestStore:
                 outcome = f"{outcome} ({order_facts(cur.fetchone())})"
             cur.execute(
                 f"UPDATE nontax.bill_order SET {order_set}{UNHOLD}, updated_at = now() "
-                "WHERE order_id = %(order_id)s AND held_by = %(holder)s "
-                "AND row_version = %(version)s RETURNING 1",
+                "WHERE order_id = %(order_id)s AND "
+                + held_guard("holder", "version", status=None)
+                + " RETURNING 1",
                 {"outcome": outcome, "errcode": errcode, "order_id": taken.request.order_id,
                  "holder": taken.hold.holder, "version": taken.hold.version},
             )  # fmt: skip
@@ -330,7 +333,7 @@ class RequestStore:
         the try stopped between its call and the write-back: the next run finds out)."""
         rows = self._rows(
             f"{_ROW_SELECT} "
-            "WHERE r.status IN ('refused', 'failed') "
+            f"WHERE r.status IN {sql_list(NEEDS_PERSON)} "
             "   OR (r.status = 'pending' AND (r.outcome IS NOT NULL OR r.held_by IS NOT NULL)) "
             "ORDER BY r.updated_at LIMIT %s",
             (limit,),

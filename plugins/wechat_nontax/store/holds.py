@@ -44,10 +44,14 @@ _HOLDABLE = (
 )
 
 
-def held_guard(holder: str, version: str) -> str:
+def held_guard(
+    holder: str, version: str, *, status: str | None = f"status NOT IN {SETTLED_SQL}"
+) -> str:
     """A guarded write's condition: the try named by the parameter `holder` holds the order, at
-    the row version `version`, and it is not finished."""
-    return f"held_by = %({holder})s AND row_version = %({version})s AND status NOT IN {SETTLED_SQL}"
+    the row version `version`, and its status is one the write may change (by default: it is not
+    finished; a void acts on inserted orders, so the requests say their own; None: any)."""
+    held = f"held_by = %({holder})s AND row_version = %({version})s"
+    return f"{held} AND {status}" if status else held
 
 
 # The rows due now. The waiting rows are found through bill_order_due_idx (status first): a run

@@ -12,6 +12,7 @@ import psycopg2.extras
 
 from wechat_nontax.issuing.bill import BILL_FIELDS, Order
 from wechat_nontax.store.history import append_history, history_row
+from wechat_nontax.store.holds import UNHOLD
 from wechat_nontax.store.sql import ORDER_COLUMNS, SETTLED_SQL
 from wechat_nontax.wechat.statuses import Status
 
@@ -99,7 +100,7 @@ class OrderLoads:
                 row_version = o.row_version + 1,
                 last_errcode = NULL, last_errmsg = NULL, updated_at = now(),
                 -- a try whose hold ran out must not renew it on the new version
-                held_by = NULL, claimed_by = NULL, claim_expires_at = NULL
+                {UNHOLD}
             WHERE o.status NOT IN {SETTLED_SQL}
               AND (o.claim_expires_at IS NULL OR o.claim_expires_at < now())
               AND ((o.card_id, o.appid, o.fee, o.title, o.billing_time, o.billing_no,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from wechat_nontax.observability import metrics
 from wechat_nontax.store.history import append_history, history_row, insert_history
 from wechat_nontax.store.holds import UNHOLD, held_guard
-from wechat_nontax.store.sql import REFUSAL_BLOCKS, SETTLED_SQL
+from wechat_nontax.store.sql import REFUSAL_BLOCKS, SETTLED_SQL, sql_list
 from wechat_nontax.wechat.statuses import Status
 
 if TYPE_CHECKING:
@@ -18,7 +18,9 @@ if TYPE_CHECKING:
 
 # The inserted code is written over any state but one that knows the bill already: inserted
 # (or from an older row version: mismatched), or inserted and then voided (cancelled).
-_BILL_KNOWN_GUARD = "status NOT IN ('inserted', 'mismatched', 'cancelled')"
+_BILL_KNOWN_GUARD = (
+    f"status NOT IN {sql_list((Status.INSERTED, Status.MISMATCHED, Status.CANCELLED))}"
+)
 
 # A write sent again after its connection was lost changes nothing if the first one committed
 # (the row carries its id): many write-backs leave their guard true, and would count twice.
