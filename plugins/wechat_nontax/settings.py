@@ -49,7 +49,8 @@ METRICS_URL_PREFIX = "/nontax"
 # deployment sets them: an issuing run is spread over at least this many batches.
 WECHAT_POOL_ENV, DEFAULT_WECHAT_POOL = "NONTAX_WECHAT_POOL", "wechat_nontax"
 WECHAT_POOL = os.environ.get(WECHAT_POOL_ENV, DEFAULT_WECHAT_POOL)
-POOL_SLOTS = int(os.environ.get("NONTAX_POOL_SLOTS", "4"))
+POOL_SLOTS_ENV, DEFAULT_POOL_SLOTS = "NONTAX_POOL_SLOTS", 4
+POOL_SLOTS = int(os.environ.get(POOL_SLOTS_ENV, DEFAULT_POOL_SLOTS))
 
 
 # Where a service that runs without Airflow (the authorisation receiver) sends its metrics: the

@@ -14,6 +14,7 @@ from nontax_dev.stack import celery_workers
 from wechat_nontax.observability.metrics import statsd_config
 from wechat_nontax.settings import (
     CALLBACK_CONN_ID,
+    DEFAULT_POOL_SLOTS,
     DEFAULT_RECEIVER_PORT,
     DEFAULT_WECHAT_POOL,
     RECEIVER_PORT_ENV,
@@ -44,7 +45,7 @@ class StackConfig:
     callback_conn: str | None = None  # the receiver's Connection; None: generated secrets
     pdf_root: Path | None = None  # None: <state>/pdfs
     pool: str = DEFAULT_WECHAT_POOL
-    pool_slots: int = 4
+    pool_slots: int = DEFAULT_POOL_SLOTS
     parallelism: int = 8
     # The one log server serves the triggerer's logs too (TRIGGER_LOG_SERVER_PORT is this).
     worker_log_port: int = 8793
@@ -88,7 +89,7 @@ class StackConfig:
             if env.get("NONTAX_STACK_PDF_ROOT")
             else None,
             pool=env.get(WECHAT_POOL_ENV) or DEFAULT_WECHAT_POOL,
-            pool_slots=num("NONTAX_STACK_POOL_SLOTS", 4),
+            pool_slots=num("NONTAX_STACK_POOL_SLOTS", DEFAULT_POOL_SLOTS),
             parallelism=num("NONTAX_STACK_PARALLELISM", 8),
             grace_s=float(env.get("NONTAX_STACK_GRACE_S") or 20),
             executor=env.get("NONTAX_STACK_EXECUTOR") or "local",

@@ -15,7 +15,7 @@ from nontax_dev.stack.config import CALLBACK_CONN_ENV, StackConfig
 from nontax_dev.stack.databases import sqlalchemy_url
 from nontax_dev.stack.processes import MARKER
 from nontax_dev.stack.records import Secrets, StackState, write_private
-from wechat_nontax.settings import RECEIVER_SPOOL_ENV
+from wechat_nontax.settings import POOL_SLOTS_ENV, RECEIVER_SPOOL_ENV, WECHAT_POOL_ENV
 from wechat_sandbox.config import ENV_ADMIN_TOKEN, ENV_TOKENS_FILE
 
 ADMIN_USER = "admin"
@@ -82,8 +82,8 @@ def airflow_processes_env(
             "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(
                 cfg.scheduler_health_port
             ),
-            "NONTAX_WECHAT_POOL": cfg.pool,
-            "NONTAX_POOL_SLOTS": str(cfg.pool_slots),  # the DAG spreads a run over them
+            WECHAT_POOL_ENV: cfg.pool,
+            POOL_SLOTS_ENV: str(cfg.pool_slots),  # the DAG spreads a run over them
         }
     )
     if cfg.executor == "celery":
