@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from wechat_nontax.issuing.bill import Order, insertbill_body
+from wechat_nontax.wechat.bill import Order, insertbill_body
 from wechat_sandbox.client import DEFAULT_APPID, DEFAULT_CARD_ID, SandboxWeChat
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psycopg2
 
-from wechat_nontax.issuing.bill import Order
+from wechat_nontax.wechat.bill import Order
 from wechat_sandbox.client import DEFAULT_APPID, DEFAULT_CARD_ID
 
 

@@ -32,8 +32,8 @@ from reportlab.pdfbase.cidfonts import UnicodeCIDFont
 from reportlab.pdfbase.ttfonts import TTFError, TTFont
 from reportlab.pdfgen.canvas import Canvas
 
-from wechat_nontax.issuing.bill import Order
 from wechat_nontax.settings import BEIJING_TIME
+from wechat_nontax.wechat.bill import Order
 
 FONT_ENV = "NONTAX_BILL_FONT"
 CID_FONT = "STSong-Light"

@@ -27,7 +27,7 @@ REIMBURSE_STATUSES = (REIMBURSE_INIT, REIMBURSE_LOCK, REIMBURSE_CLOSURE, REIMBUR
 _FINAL_REIMBURSE = {REIMBURSE_CANCEL: E.CARD_CANCELLED, REIMBURSE_CLOSURE: E.CARD_CLOSED}
 
 # The longest rejectinsert reason accepted (47001 beyond it). WeChat documents no limit; this
-# is the pipeline's assumed one (wechat_nontax.issuing.validation.MAX_REFUSAL_REASON_CHARS), so
+# is the pipeline's assumed one (wechat_nontax.wechat.validation.MAX_REFUSAL_REASON_CHARS), so
 # that a client that skipped its own check is caught here too.
 MAX_REJECT_REASON_CHARS = 100
 # Daily quotas count per Beijing calendar day (UTC+8), like the package's quota reset.

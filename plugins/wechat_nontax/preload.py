@@ -18,7 +18,7 @@ from __future__ import annotations
 
 # The task runner, and the DAG bag it parses the DAG file with.
 import airflow.dag_processing.dagbag
-import airflow.sdk.execution_time.task_runner  # noqa: F401
+import airflow.sdk.execution_time.task_runner
 
 # What the tasks run, and what the DAG files import (the DAG arguments).
 import wechat_nontax.dag_arguments
@@ -29,7 +29,6 @@ import wechat_nontax.issuing.journal
 import wechat_nontax.issuing.operators
 import wechat_nontax.issuing.pdfs
 import wechat_nontax.issuing.run_steps
-import wechat_nontax.issuing.validation
 import wechat_nontax.requests.operators
 import wechat_nontax.requests.runner
 import wechat_nontax.requests.store
@@ -39,4 +38,5 @@ import wechat_nontax.requests.store
 import wechat_nontax.settings
 import wechat_nontax.store.connection
 import wechat_nontax.store.orders
-import wechat_nontax.wechat.hook  # noqa: F401
+import wechat_nontax.wechat.hook
+import wechat_nontax.wechat.validation

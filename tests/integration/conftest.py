@@ -10,11 +10,11 @@ from factories import held, make_order, write_pdf
 from wechat_nontax.issuing.batch import BatchIssuer
 from wechat_nontax.issuing.batch_settings import Settings
 from wechat_nontax.issuing.pdfs import read_pdf
-from wechat_nontax.issuing.validation import Limits
 from wechat_nontax.requests.store import RequestStore
 from wechat_nontax.store.connection import connect_dsn
 from wechat_nontax.store.orders import OrderStore
 from wechat_nontax.wechat.hook import WeChatNonTaxHook
+from wechat_nontax.wechat.validation import Limits
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ MINIMAL_PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
 
 def seed_orders(store: Any, pdf_root: Path, plan: RunPlan) -> None:
     """Loads the plan's orders into `store` (an `OrderStore`), their PDFs under `pdf_root`."""
-    from wechat_nontax.issuing.bill import Order
+    from wechat_nontax.wechat.bill import Order
     from wechat_sandbox.client import DEFAULT_APPID, DEFAULT_CARD_ID
 
     now = int(time.time())

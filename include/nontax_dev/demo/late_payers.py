@@ -20,7 +20,7 @@ from typing import Any
 
 from nontax_dev.airflow_run import WAITING_DAG_ID, dags_test
 from nontax_dev.payers import own_receiver, payer_answers
-from wechat_nontax.issuing.bill import Order
+from wechat_nontax.wechat.bill import Order
 from wechat_nontax.wechat.statuses import Status
 from wechat_sandbox.client import DEFAULT_APPID, DEFAULT_CARD_ID
 from wechat_sandbox.pusher import PushResult

@@ -14,8 +14,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from wechat_nontax.issuing.bill import Order
 from wechat_nontax.settings import BEIJING_TIME
+from wechat_nontax.wechat.bill import Order
 from wechat_nontax.wechat.statuses import Status
 from wechat_sandbox.client import DEFAULT_APPID, DEFAULT_CARD_ID
 

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 
 import psycopg2
 
-from wechat_nontax.issuing.bill import BILL_FIELDS, Order
 from wechat_nontax.issuing.pdf_paths import pdf_path_problem
-from wechat_nontax.issuing.validation import check_order_fields, format_problems
 from wechat_nontax.store.loads import LoadResult
 from wechat_nontax.store.orders import OrderStore
+from wechat_nontax.wechat.bill import BILL_FIELDS, Order
+from wechat_nontax.wechat.validation import check_order_fields, format_problems
 
 CHUNK = 1000
 # What the database's constraints mean, for a person reading the load report.

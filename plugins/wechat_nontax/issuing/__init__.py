@@ -1,2 +1,2 @@
-"""The issuing pipeline: orders and their bills, validation, PDFs, one batch, the journal of bills
-not yet recorded, the run's steps and its operators."""
+"""The issuing pipeline: the orders' PDFs, one batch, the authorisation links, the journal of
+bills not yet recorded, the run's steps and its operators."""

@@ -32,26 +32,26 @@ from wechat_nontax.issuing.batch_hold import BatchHold
 from wechat_nontax.issuing.batch_quotas import BatchQuotas
 from wechat_nontax.issuing.batch_settings import PdfReader, Settings, WeChatApi
 from wechat_nontax.issuing.batch_stop import BatchStop, OrderEnded
-from wechat_nontax.issuing.bill import bill_fields
 from wechat_nontax.issuing.order_calls import OrderCalls
 from wechat_nontax.issuing.order_ends import OrderEnds
 from wechat_nontax.issuing.outcomes import OrderResult, Outcome
 from wechat_nontax.issuing.pending_uploads import PendingUploads
-from wechat_nontax.issuing.validation import (
-    check_card_allowed,
-    check_order_fields,
-    check_pdf,
-    format_problems,
-)
 from wechat_nontax.settings import MEDIA_ID_LIFETIME_S
 from wechat_nontax.store.orders import OrderStore
 from wechat_nontax.store.reads import StoredOrder
 from wechat_nontax.store.sql import OrderStoreError
 from wechat_nontax.store.writes import Upload
 from wechat_nontax.wechat import errors
+from wechat_nontax.wechat.bill import bill_fields
 from wechat_nontax.wechat.policy import authorization_status_rule
 from wechat_nontax.wechat.retry import Backoff
 from wechat_nontax.wechat.statuses import Action, Status, Step
+from wechat_nontax.wechat.validation import (
+    check_card_allowed,
+    check_order_fields,
+    check_pdf,
+    format_problems,
+)
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from wechat_nontax.issuing.bill import Order
-from wechat_nontax.issuing.validation import Limits
 from wechat_nontax.settings import DEFAULT_LEASE_S, DEFAULT_MEDIA_MARGIN_S, default_hold_s
+from wechat_nontax.wechat.bill import Order
+from wechat_nontax.wechat.validation import Limits
 
 
 @dataclass(frozen=True)

@@ -68,11 +68,11 @@ class IssueBillsOperator(BaseOperator):
         from wechat_nontax.issuing.batch import BatchIssuer
         from wechat_nontax.issuing.batch_settings import Settings
         from wechat_nontax.issuing.pdfs import default_pdf_root, read_pdf
-        from wechat_nontax.issuing.validation import Limits
         from wechat_nontax.store.connection import connect
         from wechat_nontax.store.holders import task_holder
         from wechat_nontax.store.orders import OrderStore
         from wechat_nontax.wechat.hook import WeChatNonTaxHook
+        from wechat_nontax.wechat.validation import Limits
 
         ti = context["ti"]
         self._issuer = None

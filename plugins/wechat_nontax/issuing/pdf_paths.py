@@ -11,8 +11,8 @@ import posixpath
 import re
 import unicodedata
 
-from wechat_nontax.issuing.validation import Problem, shown, type_of
 from wechat_nontax.wechat.errors import InvalidOrderError
+from wechat_nontax.wechat.validation import Problem, shown, type_of
 
 # Longest pdf_path accepted (at load and at issue): a file name's limit on common filesystems;
 # real paths such as `2017/11/1511169724.pdf` are far shorter.

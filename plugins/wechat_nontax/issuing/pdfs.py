@@ -25,9 +25,9 @@ import posixpath
 import stat
 
 from wechat_nontax.issuing.pdf_paths import resolve_pdf_path
-from wechat_nontax.issuing.validation import Problem
 from wechat_nontax.settings import PDF_ROOT_ENV, pdf_root_setting
 from wechat_nontax.wechat.errors import InvalidOrderError, PdfUnavailableError
+from wechat_nontax.wechat.validation import Problem
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC

@@ -16,9 +16,9 @@ from typing import Any
 
 import psycopg2.extensions
 
-from wechat_nontax.issuing.validation import check_refusal, format_problems
 from wechat_nontax.store.history import append_history, history_row
 from wechat_nontax.wechat.statuses import Status
+from wechat_nontax.wechat.validation import check_refusal, format_problems
 
 
 class RequestKind(StrEnum):

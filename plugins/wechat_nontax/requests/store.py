@@ -16,7 +16,6 @@ from typing import Any
 
 import psycopg2.extensions
 
-from wechat_nontax.issuing.validation import check_refusal, check_status_change, format_problems
 from wechat_nontax.requests.contract import (
     ACTS_ON,
     NEEDS_PERSON,
@@ -35,6 +34,7 @@ from wechat_nontax.store.orders import OrderStore
 from wechat_nontax.store.sql import sql_list
 from wechat_nontax.wechat.statuses import Status
 from wechat_nontax.wechat.timing import beijing_time
+from wechat_nontax.wechat.validation import check_refusal, check_status_change, format_problems
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import psycopg2.extensions
 import psycopg2.extras
 
-from wechat_nontax.issuing.bill import BILL_FIELDS, Order
 from wechat_nontax.store.history import append_history, history_row
 from wechat_nontax.store.holds import UNHOLD
 from wechat_nontax.store.sql import ORDER_COLUMNS, SETTLED_SQL
+from wechat_nontax.wechat.bill import BILL_FIELDS, Order
 from wechat_nontax.wechat.statuses import Status
 
 # The load's history note for an order that waits for its payer.

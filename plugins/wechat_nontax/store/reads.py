@@ -12,9 +12,9 @@ import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
 
-from wechat_nontax.issuing.bill import BILL_FIELDS, Order
 from wechat_nontax.store.holders import run_key
 from wechat_nontax.store.sql import DUE_SQL, NEEDS_ATTENTION_SQL, ORDER_COLUMNS, REFUSAL_BLOCKS
+from wechat_nontax.wechat.bill import BILL_FIELDS, Order
 
 
 @dataclass(frozen=True, slots=True)

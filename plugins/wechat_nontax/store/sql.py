@@ -13,8 +13,8 @@ import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
 
-from wechat_nontax.issuing.bill import BILL_FIELDS
 from wechat_nontax.requests.contract import BLOCKS_ISSUING
+from wechat_nontax.wechat.bill import BILL_FIELDS
 from wechat_nontax.wechat.statuses import Status
 
 

@@ -13,7 +13,6 @@ from airflow.api_fastapi.core_api.security import GetUserDep
 from fastapi import APIRouter, Form, Query, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from wechat_nontax.issuing.validation import MAX_REFUSAL_REASON_CHARS
 from wechat_nontax.requests.contract import RequestKind, request_action
 from wechat_nontax.requests.store import RequestStore
 from wechat_nontax.settings import INSERTBILL_DAG_ID, REQUESTS_DAG_ID
@@ -24,6 +23,7 @@ from wechat_nontax.ui.i18n import N_
 from wechat_nontax.ui.order_page import with_refusal
 from wechat_nontax.ui.pages import message_page, reader_of, render
 from wechat_nontax.ui.view import ACTIONS
+from wechat_nontax.wechat.validation import MAX_REFUSAL_REASON_CHARS
 
 router = APIRouter()
 

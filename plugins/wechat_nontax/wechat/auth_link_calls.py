@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from wechat_nontax.issuing import validation
-from wechat_nontax.wechat import errors
+from wechat_nontax.wechat import errors, validation
 from wechat_nontax.wechat.rules import TICKET_REFUSED
 from wechat_nontax.wechat.statuses import Step
 from wechat_nontax.wechat.token_cache import TICKET_SOURCE

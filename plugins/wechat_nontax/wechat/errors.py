@@ -22,7 +22,7 @@ from wechat_nontax.wechat.rules import Rule
 from wechat_nontax.wechat.statuses import Action
 
 if TYPE_CHECKING:
-    from wechat_nontax.issuing.validation import Problem
+    from wechat_nontax.wechat.validation import Problem
 
 # Longest errmsg kept in str(); WeChat's run to a sentence plus a request id.
 _ERRMSG_MAX = 200

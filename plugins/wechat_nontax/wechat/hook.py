@@ -39,11 +39,10 @@ import requests
 from airflow.providers.http.hooks.http import HttpHook
 from requests_toolbelt.adapters.socket_options import TCPKeepAliveAdapter
 
-from wechat_nontax.issuing import validation
-from wechat_nontax.issuing.bill import Order, insertbill_body
 from wechat_nontax.observability import metrics
-from wechat_nontax.wechat import errors
+from wechat_nontax.wechat import errors, validation
 from wechat_nontax.wechat.auth_link_calls import AuthLinkCalls
+from wechat_nontax.wechat.bill import Order, insertbill_body
 from wechat_nontax.wechat.statuses import Step
 from wechat_nontax.wechat.token_cache import TokenCache
 from wechat_nontax.wechat.wire import describe, prepared_request, read_answer
@@ -131,7 +130,7 @@ class WeChatNonTaxHook(AuthLinkCalls, HttpHook):
     @property
     def allowed_card_ids(self) -> frozenset[str] | None:
         """The card ids the Connection's extra `card_ids` lists; None when it lists none."""
-        from wechat_nontax.issuing.validation import parse_card_ids
+        from wechat_nontax.wechat.validation import parse_card_ids
 
         self.session  # noqa: B018 (reads the Connection)
         return parse_card_ids(self._extras.get("card_ids"))

@@ -9,7 +9,7 @@ import pytest
 
 from factories import MINIMAL_PDF, make_order, write_pdf
 from wechat_nontax.issuing.outcomes import Outcome
-from wechat_nontax.issuing.validation import Limits
+from wechat_nontax.wechat.validation import Limits
 
 
 def test_a_batch_is_issued_and_written_back(env):

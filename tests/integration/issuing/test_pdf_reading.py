@@ -14,11 +14,11 @@ from local_http import Answer, recording_server
 from wechat_nontax.issuing.batch import BatchIssuer
 from wechat_nontax.issuing.batch_settings import Settings
 from wechat_nontax.issuing.pdfs import read_pdf
-from wechat_nontax.issuing.validation import check_pdf
 from wechat_nontax.store.connection import connect_dsn
 from wechat_nontax.store.orders import OrderStore
 from wechat_nontax.wechat.errors import InvalidOrderError, PdfUnavailableError
 from wechat_nontax.wechat.hook import WeChatNonTaxHook
+from wechat_nontax.wechat.validation import check_pdf
 
 LIMIT = 2 * 1024 * 1024
 # What a file outside the root holds: a "PDF" that must never be uploaded, with a secret line.

@@ -23,10 +23,10 @@ from nontax_dev.demo.orders import VOIDED, DemoData, build_demo, demo_order_id, 
 from nontax_dev.demo.verdict import judge
 from wechat_nontax.cli.load import load_lines, parse_line
 from wechat_nontax.issuing.pdfs import read_pdf
-from wechat_nontax.issuing.validation import check_pdf, validate_order
 from wechat_nontax.store.connection import connect_dsn
 from wechat_nontax.store.orders import OrderStore
 from wechat_nontax.wechat.errors import InvalidOrderError
+from wechat_nontax.wechat.validation import check_pdf, validate_order
 from wechat_sandbox.client import DEFAULT_CARD_ID
 
 NOW = 1_780_000_000  # 2026-05-29, a fixed clock for the demo's data

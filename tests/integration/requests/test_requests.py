@@ -10,9 +10,9 @@ import pytest
 from factories import ask, held, request_runner
 from wechat_nontax.cli.main import main as tools_main
 from wechat_nontax.issuing.pdfs import read_pdf
-from wechat_nontax.issuing.validation import Limits
 from wechat_nontax.requests.contract import why_not_carried_out
 from wechat_nontax.requests.runner import MAX_REQUEST_CALLS, RequestOutcome
+from wechat_nontax.wechat.validation import Limits
 
 
 def runner(env, requests_store, *, run_id="scheduled__requests-1", try_number=1, **kwargs):

@@ -11,11 +11,11 @@ import pytest
 
 from factories import MINIMAL_PDF, make_order
 from nontax_dev.airflow_run import sandbox_connection
-from wechat_nontax.issuing.validation import MAX_REFUSAL_REASON_CHARS
 from wechat_nontax.wechat import errors
 from wechat_nontax.wechat.hook import AuthData, WeChatNonTaxHook
 from wechat_nontax.wechat.rules import POLICY
 from wechat_nontax.wechat.statuses import Action
+from wechat_nontax.wechat.validation import MAX_REFUSAL_REASON_CHARS
 from wechat_sandbox.client import DEFAULT_APPID, DEFAULT_CARD_ID, DEFAULT_SECRET
 
 

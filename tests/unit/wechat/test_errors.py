@@ -6,7 +6,6 @@ import pickle
 
 import pytest
 
-from wechat_nontax.issuing.validation import Problem
 from wechat_nontax.wechat.errors import (
     AlreadyDoneError,
     AlreadyInsertedError,
@@ -26,6 +25,7 @@ from wechat_nontax.wechat.errors import (
 from wechat_nontax.wechat.policy import classify
 from wechat_nontax.wechat.rules import BUSY_RETRY_LIMIT, POLICY
 from wechat_nontax.wechat.statuses import Action
+from wechat_nontax.wechat.validation import Problem
 
 CLASS_FOR_ACTION = {
     Action.RETRY: RetryableError,

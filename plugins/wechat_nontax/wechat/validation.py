@@ -43,8 +43,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from wechat_nontax.issuing.bill import Order, bill_fields
 from wechat_nontax.settings import BEIJING_TIME
+from wechat_nontax.wechat.bill import Order, bill_fields
 from wechat_nontax.wechat.errors import InvalidOrderError
 
 __all__ = [

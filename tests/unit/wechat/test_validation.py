@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wechat_nontax.issuing.bill import Order, insertbill_body
 from wechat_nontax.issuing.pdf_paths import resolve_pdf_path
-from wechat_nontax.issuing.validation import (
+from wechat_nontax.wechat.bill import Order, insertbill_body
+from wechat_nontax.wechat.errors import InvalidOrderError
+from wechat_nontax.wechat.validation import (
     DEFAULT_LIMITS,
     MAX_REFUSAL_REASON_CHARS,
     REIMBURSE_STATUSES,
@@ -30,7 +31,6 @@ from wechat_nontax.issuing.validation import (
     reimburse_status,
     validate_order,
 )
-from wechat_nontax.wechat.errors import InvalidOrderError
 
 NOW = 1_700_000_000  # 2023-11-15 06:13:20 UTC+8
 

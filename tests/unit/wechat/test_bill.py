@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from wechat_nontax.issuing.bill import BILL_FIELDS, Order, bill_fields, insertbill_body
+from wechat_nontax.wechat.bill import BILL_FIELDS, Order, bill_fields, insertbill_body
 
 # The interface document's example values, with billing_time as the integer we send.
 EXAMPLE_ORDER = Order(
