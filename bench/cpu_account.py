@@ -46,6 +46,7 @@ from typing import TypeVar
 
 import psutil
 
+from nontax_dev.stack.processes import command_of
 from wechat_nontax.settings import ISSUE_TASK_ID
 
 # A task process after Airflow's setproctitle: "airflow worker -- <task instance id>".
@@ -235,10 +236,7 @@ def read_stats() -> dict[int, Stat]:
 def read_title(process: psutil.Process) -> str | None:
     """Its command line as one line: the title Airflow's and Postgres's processes give
     themselves."""
-    try:
-        return " ".join(process.cmdline()).strip() or None
-    except psutil.Error:
-        return None
+    return command_of(process).strip() or None
 
 
 def machine_busy_s() -> float:

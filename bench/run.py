@@ -54,6 +54,7 @@ import psutil
 import psycopg2
 
 from cpu_account import CpuTracker, mean_roles, own_cpu_s
+from nontax_dev.stack.processes import command_of
 from own_orders import OwnOrders, count_orders
 from schedule import most_at_once, summary, turns
 from wechat_nontax.settings import INSERTBILL_DAG_ID, ISSUE_TASK_ID
@@ -83,13 +84,7 @@ class WorkerMemory:
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _scheduler(self) -> psutil.Process | None:
-        for proc in self.stack.processes():
-            try:
-                if "scheduler" in " ".join(proc.cmdline()):
-                    return proc
-            except psutil.Error:
-                continue
-        return None
+        return next((p for p in self.stack.processes() if "scheduler" in command_of(p)), None)
 
     def _roots(self) -> list[psutil.Process]:
         workers = [w.process() for w in self.stack.workers()]

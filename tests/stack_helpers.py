@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import psutil
 import pytest
 
 from nontax_dev.stack.config import StackConfig
@@ -170,12 +169,3 @@ class PrivateRedis:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def command_of(process: psutil.Process) -> str:
-    """A process's command line; "" for one that ended meanwhile (a task process exits at any
-    time, and is a zombie until its parent reaps it)."""
-    try:
-        return " ".join(process.cmdline())
-    except psutil.Error:
-        return ""

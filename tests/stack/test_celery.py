@@ -46,9 +46,9 @@ from test_compose import COMPOSE, example_env, interpolate, worker_stop
 from factories import make_order, write_pdf
 from nontax_dev.airflow_api import DAG_ID
 from nontax_dev.stack import celery_workers
-from nontax_dev.stack.processes import Proc
+from nontax_dev.stack.processes import Proc, command_of
 from nontax_dev.stack.stack import Stack
-from stack_helpers import PrivateRedis, command_of, own_stack_config, run_in, running
+from stack_helpers import PrivateRedis, own_stack_config, run_in, running
 from wechat_nontax.store.connection import connect_dsn
 from wechat_nontax.store.orders import OrderStore
 from wechat_sandbox.client import SandboxAdmin

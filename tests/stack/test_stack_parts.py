@@ -21,7 +21,7 @@ from nontax_dev.stack import StackError
 from nontax_dev.stack.cli import stop_command
 from nontax_dev.stack.config import StackConfig
 from nontax_dev.stack.databases import sqlalchemy_url
-from nontax_dev.stack.processes import MARKER, Proc, stack_processes
+from nontax_dev.stack.processes import MARKER, Proc, command_of, stack_processes
 from nontax_dev.stack.records import Secrets, StackState
 from nontax_dev.stack.stack import Stack, stop_stack
 from wechat_nontax.store.connection import dsn_from_env
@@ -38,6 +38,24 @@ def test_sqlalchemy_url_over_tcp_and_a_unix_socket():
     assert sqlalchemy_url("postgresql://postgres@/airflow_meta?host=/run/pg dir") == (
         "postgresql+psycopg2://postgres@/airflow_meta?host=%2Frun%2Fpg+dir"
     )
+
+
+def test_a_process_that_ended_reads_as_an_empty_command_line():
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", "marker"],
+                             stdin=subprocess.PIPE)  # fmt: skip
+    process = psutil.Process(child.pid)
+    try:
+        assert command_of(process).endswith("sys.stdin.read() marker")
+        child.stdin.close()  # it exits; unreaped, it is a zombie whose command line is gone
+        for _ in range(100):
+            if process.status() == psutil.STATUS_ZOMBIE:
+                break
+            time.sleep(0.05)
+        assert process.status() == psutil.STATUS_ZOMBIE
+        assert command_of(process) == ""
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_the_orders_connection_reads_back_as_the_same_database(monkeypatch):

@@ -189,11 +189,23 @@ def _alive(p) -> bool:
         return False
 
 
+def command_of(process: Any) -> str:
+    """A process's command line as one line (Airflow's and Postgres's processes put their title
+    there); "" for one that ended meanwhile (a task process exits at any time, and is a zombie
+    until its parent reaps it)."""
+    import psutil
+
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def _name(p) -> str:
     import psutil
 
     try:
-        return " ".join(p.cmdline())[:60] or p.name()
+        return command_of(p)[:60] or p.name()
     except psutil.Error:
         return str(p.pid)
 

@@ -22,8 +22,8 @@ import pytest
 
 from factories import make_order, write_pdf
 from nontax_dev.airflow_api import DAG_ID
+from nontax_dev.stack.processes import command_of
 from nontax_dev.stack.stack import Stack
-from stack_helpers import command_of
 from wechat_nontax.store.connection import connect_dsn
 from wechat_nontax.store.orders import OrderStore
 

@@ -34,8 +34,9 @@ import requests
 from factories import make_order, write_pdf
 from nontax_dev.airflow_api import DAG_ID
 from nontax_dev.airflow_run import AIRFLOW, ROOT
+from nontax_dev.stack.processes import command_of
 from nontax_dev.stack.stack import Stack
-from stack_helpers import command_of, logged_in_page, run_in
+from stack_helpers import logged_in_page, run_in
 from wechat_nontax.settings import RECEIVER_PATH
 from wechat_nontax.store.connection import connect_dsn
 from wechat_nontax.store.orders import OrderStore
