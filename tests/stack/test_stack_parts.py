@@ -41,11 +41,15 @@ def test_sqlalchemy_url_over_tcp_and_a_unix_socket():
 
 
 def test_a_process_that_ended_reads_as_an_empty_command_line():
-    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", "marker"],
-                             stdin=subprocess.PIPE)  # fmt: skip
+    code = "import sys; print(flush=True); sys.stdin.read()"
+    child = subprocess.Popen([sys.executable, "-c", code, "marker"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
     process = psutil.Process(child.pid)
     try:
-        assert command_of(process).endswith("sys.stdin.read() marker")
+        # its first line says it runs the interpreter: read before, the command line may still
+        # be the forked parent's or empty while the child is between fork and exec
+        child.stdout.readline()
+        assert command_of(process).endswith(f"{code} marker")
         child.stdin.close()  # it exits; unreaped, it is a zombie whose command line is gone
         for _ in range(100):
             if process.status() == psutil.STATUS_ZOMBIE:
