@@ -13,11 +13,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
+# The marker is written whole, then renamed into place: the test waits for it to exist and must
+# never read it half written.
 TASK = """
-import sys, time
+import os, sys, time
+from pathlib import Path
 from wechat_nontax.supervisor import watch_supervisor
 marker = sys.argv[1]
-watch_supervisor(lambda reason: open(marker, "w").write(reason), every_s=0.1)
+def tell(reason):
+    Path(marker + ".part").write_text(reason)
+    os.replace(marker + ".part", marker)
+watch_supervisor(tell, every_s=0.1)
 print("watching", flush=True)
 time.sleep(60)
 """

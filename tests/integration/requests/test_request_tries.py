@@ -84,7 +84,8 @@ def test_a_try_that_loses_its_hold_ends_failed_and_names_who_holds_the_order_now
 
 
 TASK = """
-import json, sys
+import json, os, sys
+from pathlib import Path
 from types import SimpleNamespace
 from wechat_nontax.requests.operators import CarryOutRequestsOperator
 ti = SimpleNamespace(dag_id="nontax_requests", run_id="scheduled__watch",
@@ -94,7 +95,9 @@ try:
     outcome = operator.execute({"ti": ti, "run_id": "scheduled__watch"})
 except Exception as exc:
     outcome = repr(exc)
-open(sys.argv[1], "w").write(json.dumps(outcome))
+# whole, then renamed into place: the test waits for the file to exist
+Path(sys.argv[1] + ".part").write_text(json.dumps(outcome))
+os.replace(sys.argv[1] + ".part", sys.argv[1])
 """
 SUPERVISOR = """
 import subprocess, sys, time
