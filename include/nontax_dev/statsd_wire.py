@@ -40,6 +40,7 @@ class StatsdListener:
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
         self.raw: list[str] = []
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._receive, daemon=True)
         self._thread.start()
@@ -52,13 +53,22 @@ class StatsdListener:
                 continue
             except OSError:
                 return
+            self._keep(data)
+
+    def _keep(self, data: bytes) -> None:
+        with self._lock:
             self.raw.extend(line for line in data.decode().split("\n") if line)
 
     def lines(self, prefix: str = "", *, settle_s: float = 0.3) -> list[StatLine]:
         """The lines received so far whose name starts with `prefix` (after a short wait for
-        datagrams still in flight)."""
+        datagrams still in flight), the socket's queue read here too: the receiving thread may
+        not have run since a datagram of this process was sent."""
         time.sleep(settle_s)
-        return [parse_line(r) for r in list(self.raw) if r.startswith(prefix)]
+        with contextlib.suppress(OSError):  # BlockingIOError: nothing more queued
+            while True:
+                self._keep(self.sock.recv(65535, socket.MSG_DONTWAIT))
+        with self._lock:
+            return [parse_line(r) for r in self.raw if r.startswith(prefix)]
 
     def total(self, name: str, **tags: str) -> float:
         """The sum of the values of `name` whose tags include `tags`."""

@@ -9,7 +9,6 @@ what it still holds before the test goes on, so that nothing of the dead run lan
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 from reliability_helpers import sandbox_idle, wait_until
@@ -37,9 +36,14 @@ def test_killed_between_the_bill_and_its_write_back_then_the_lease_ends(make_rig
         )
         assert dag.alive(), dag.output()[-3000:]
         # Killed while the answer is still held (8 s), once the insert has been in flight long
-        # enough for its media id to be written on its own (a kill sooner costs only a new
-        # upload: the row stays `authorized`, tests/integration/issuing/test_issuing.py).
-        time.sleep(UPLOAD_WRITE_AFTER_S + 1.0)
+        # enough for its media id to be written on its own (UPLOAD_WRITE_AFTER_S; a kill sooner
+        # costs only a new upload: the row stays `authorized`, tests/integration/issuing/
+        # test_issuing.py).
+        wait_until(
+            lambda: rig.store.get_row(victim)["status"] == "uploaded",
+            timeout=8 - UPLOAD_WRITE_AFTER_S,
+            what="the victim's media id written while its insert is in flight",
+        )
         dag.kill()
     wait_until(lambda: sandbox_idle(rig.sandbox), timeout=30, what="the held answer")
 

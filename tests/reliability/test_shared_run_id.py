@@ -40,8 +40,9 @@ def test_the_requests_run_of_the_same_run_id_leaves_the_batches_holds_alone(make
         assert request_action(conn, refused, "refuse", "refunded", "duty@unit").accepted
     finally:
         conn.close()
-    # About a minute of inserts: the requests run (tens of seconds) ends while they go on.
-    rig.sandbox.add_fault(endpoint="insertbill", kind="latency", latency_ms=1500)
+    # About 90 s of inserts: the requests run (tens of seconds, more on a loaded machine) ends
+    # while they go on.
+    rig.sandbox.add_fault(endpoint="insertbill", kind="latency", latency_ms=2200)
 
     unheld: list[int] = []
     watching = threading.Event()

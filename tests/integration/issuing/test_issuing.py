@@ -175,7 +175,9 @@ def test_a_slow_insert_finds_its_media_id_already_written(env):
     """The media id waits for the insert's result, but not longer than a second: a crash while
     a slow insert is in flight still finds the order's PDF up."""
     [order] = env.orders(1)
-    env.sandbox.add_fault(endpoint="insertbill", kind="latency", latency_ms=2500)
+    # The insert answers after 6 s: the media id (written after UPLOAD_WRITE_AFTER_S and one
+    # check) is looked for while it is still in flight, with room for a loaded machine.
+    env.sandbox.add_fault(endpoint="insertbill", kind="latency", latency_ms=6000)
     results = {}
     batch = threading.Thread(target=lambda: results.update(env.issue([order])))
     batch.start()
@@ -183,9 +185,12 @@ def test_a_slow_insert_finds_its_media_id_already_written(env):
         deadline = time.monotonic() + 10
         while env.sandbox.calls().get("insertbill", 0) == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(1.6)  # UPLOAD_WRITE_AFTER_S and one check, with room to spare
-        row = env.store.get_row(order.order_id)
-        assert row["status"] == "uploaded" and row["s_pdf_media_id"] and row["code"] is None
+        deadline = time.monotonic() + 4.5
+        while (row := env.store.get_row(order.order_id))["status"] != "uploaded":
+            assert time.monotonic() < deadline, f"media id not written: {row['status']}"
+            time.sleep(0.05)
+        assert row["s_pdf_media_id"] and row["code"] is None
+        assert batch.is_alive()  # the insert has not answered yet
     finally:
         batch.join()
     assert results[order.order_id].outcome is Outcome.INSERTED

@@ -308,7 +308,10 @@ def test_a_second_try_waits_for_the_first_and_sends_nothing_twice(env):
     out = {}
     one = threading.Thread(target=lambda: out.update(first=first.run(ids)))
     one.start()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30
+    while {env.store.get_row(i)["held_by"] for i in ids} != {"run-1|issue_bills|0|1"}:
+        assert time.monotonic() < deadline, "the first try never held its orders"
+        time.sleep(0.02)
     out["second"] = second.run(ids)
     one.join()
     assert {r.outcome for r in out["first"]} == {Outcome.INSERTED, Outcome.FAILED}
