@@ -98,7 +98,7 @@ def test_the_dag_imports_without_error_or_warning_and_parses_quickly():
     assert parsed.import_errors == {}
     assert DAG_ID in parsed.dags
     assert parsed.our_warnings == []
-    assert parsed.seconds < 5.0  # room for a loaded machine; `make bench` measures it precisely
+    assert parsed.seconds < 1.0  # `make bench` measures it precisely
     dag = parsed.dags[DAG_ID]
     assert dag.max_active_runs == 1
     assert dag.catchup is False
@@ -220,7 +220,7 @@ def test_an_empty_queue_finishes_green_quickly(pipeline):
     result = pipeline.run()
     assert result.run_state == "success"
     assert result.states("report") == {-1: "success"}
-    assert time.monotonic() - started < 120  # 10-15 s on an idle machine
+    assert time.monotonic() - started < 60
     assert not [t for t in result.tasks if t["task_id"] == INSERT and t["state"] == "failed"]
 
 

@@ -1,5 +1,5 @@
 """Shared by the reliability tests: the DAG run by Airflow in a process group of its own (so that
-a test can SIGKILL the whole of it at a chosen moment), waiting for a state, and the promise's
+a test can SIGKILL the whole of it at a chosen moment) and the promise's
 invariants checked against the sandbox and the order database."""
 
 from __future__ import annotations
@@ -8,11 +8,9 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg2
 
@@ -32,22 +30,7 @@ from nontax_dev.chaos.snapshot import take_snapshot
 from wechat_nontax.store.connection import connect_dsn
 from wechat_nontax.store.orders import OrderStore
 
-T = TypeVar("T")
 INSERT = "issue_bills"
-
-
-def wait_until(
-    predicate: Callable[[], T], *, timeout: float, what: str, interval: float = 0.1
-) -> T:
-    """The first truthy value of `predicate()`; fails the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def sandbox_idle(sandbox) -> bool:

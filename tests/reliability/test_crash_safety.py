@@ -11,8 +11,9 @@ from __future__ import annotations
 import threading
 
 import pytest
-from reliability_helpers import sandbox_idle, wait_until
+from reliability_helpers import sandbox_idle
 
+from waiting import wait_until
 from wechat_nontax.issuing.issue_operator import IssueBillsOperator
 from wechat_nontax.issuing.pending_uploads import UPLOAD_WRITE_AFTER_S
 

@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 
 import psycopg2
 import pytest
-from reliability_helpers import wait_until
 
 from nontax_dev.airflow_run import REQUESTS_DAG_ID, latest_run
+from waiting import wait_until
 from wechat_nontax.requests.contract import request_action
 
 pytestmark = pytest.mark.e2e

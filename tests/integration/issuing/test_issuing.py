@@ -8,6 +8,7 @@ import time
 import pytest
 
 from factories import MINIMAL_PDF, make_order, write_pdf
+from waiting import wait_until
 from wechat_nontax.issuing.outcomes import Outcome
 from wechat_nontax.wechat.validation import Limits
 
@@ -185,10 +186,12 @@ def test_a_slow_insert_finds_its_media_id_already_written(env):
         deadline = time.monotonic() + 10
         while env.sandbox.calls().get("insertbill", 0) == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
-        deadline = time.monotonic() + 4.5
-        while (row := env.store.get_row(order.order_id))["status"] != "uploaded":
-            assert time.monotonic() < deadline, f"media id not written: {row['status']}"
-            time.sleep(0.05)
+
+        def uploaded() -> dict | None:
+            row = env.store.get_row(order.order_id)
+            return row if row["status"] == "uploaded" else None
+
+        row = wait_until(uploaded, timeout=4.5, what="the media id written", interval=0.05)
         assert row["s_pdf_media_id"] and row["code"] is None
         assert batch.is_alive()  # the insert has not answered yet
     finally:

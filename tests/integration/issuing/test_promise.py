@@ -12,6 +12,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from factories import held, make_order
+from waiting import wait_until
 from wechat_nontax.issuing.issue_operator import (
     IssueBillsOperator,
     _first_try_since_a_clear,
@@ -308,10 +309,10 @@ def test_a_second_try_waits_for_the_first_and_sends_nothing_twice(env):
     out = {}
     one = threading.Thread(target=lambda: out.update(first=first.run(ids)))
     one.start()
-    deadline = time.monotonic() + 30
-    while {env.store.get_row(i)["held_by"] for i in ids} != {"run-1|issue_bills|0|1"}:
-        assert time.monotonic() < deadline, "the first try never held its orders"
-        time.sleep(0.02)
+    wait_until(
+        lambda: {env.store.get_row(i)["held_by"] for i in ids} == {"run-1|issue_bills|0|1"},
+        timeout=30, what="the first try holding its orders", interval=0.02,
+    )  # fmt: skip
     out["second"] = second.run(ids)
     one.join()
     assert {r.outcome for r in out["first"]} == {Outcome.INSERTED, Outcome.FAILED}

@@ -13,6 +13,7 @@ from test_receiver import SECRETS, events, load_unauthorized, order_status
 from factories import make_order
 from nontax_dev.receiver_process import start_receiver
 from switchable_proxy import SwitchableProxy
+from waiting import wait_until
 from wechat_sandbox.pusher import authorization_xml
 
 WECHAT_WAIT_S = 5.0
@@ -50,15 +51,6 @@ def start(proxy, orders_db, tmp_path):
         proc.stop()
 
 
-def wait_for(predicate, timeout_s=20.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 @pytest.mark.parametrize("away", ["down", "slow"])
 def test_an_event_while_the_database_is_away_is_answered_spooled_and_recorded_once(
     start, proxy, cur, away
@@ -77,7 +69,8 @@ def test_an_event_while_the_database_is_away_is_answered_spooled_and_recorded_on
     assert order_status(cur, order_id) == "unauthorized" and events(cur) == []
 
     proxy.up()
-    assert wait_for(lambda: receiver.health()["spool_depth"] == 0)
+    wait_until(lambda: receiver.health()["spool_depth"] == 0, timeout=20,
+               what="the spool emptied", interval=0.2)  # fmt: skip
     assert order_status(cur, order_id) == "authorized"
     assert events(cur) == [(order_id, True, "o-payer", True, "authorized: due now")]
     assert "spooled: the database did not take it" in receiver.log_text()
@@ -98,7 +91,8 @@ def test_a_receiver_killed_with_a_full_spool_records_it_when_started_again(start
 
     proxy.up()
     again = start()
-    assert wait_for(lambda: again.health()["spool_depth"] == 0)
+    wait_until(lambda: again.health()["spool_depth"] == 0, timeout=20,
+               what="the spool emptied after the restart", interval=0.2)  # fmt: skip
     assert [order_status(cur, o) for o in order_ids] == ["authorized"] * 3
     assert len(events(cur)) == 4
     load_unauthorized(cur, 30)

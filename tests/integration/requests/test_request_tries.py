@@ -11,13 +11,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 from airflow.sdk.exceptions import AirflowFailException
 
 from factories import ask
+from waiting import wait_until
 from wechat_nontax.requests.operators import CarryOutRequestsOperator
 from wechat_nontax.settings import REQUESTS_DAG_ID, REQUESTS_TASK_ID
 
@@ -31,14 +31,6 @@ def _context(run_id: str) -> dict:
         try_number=1, max_tries=1,
     )  # fmt: skip
     return {"ti": ti, "run_id": run_id}
-
-
-def _wait_for(condition, *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _attempts(env) -> int:
@@ -62,7 +54,7 @@ def test_a_try_that_loses_its_hold_ends_failed_and_names_who_holds_the_order_now
 
     worker = threading.Thread(target=work, daemon=True)
     worker.start()
-    _wait_for(lambda: _attempts(env) == 1, timeout=60, what="the refusal's call")
+    wait_until(lambda: _attempts(env) == 1, timeout=60, what="the refusal's call", interval=0.05)
     # This try's hold is taken over while its call is in flight (as after a hold ran out).
     env.sql(
         "UPDATE nontax.bill_order SET held_by = %s, claimed_by = %s, "
@@ -122,10 +114,12 @@ def test_a_try_whose_supervisor_dies_records_the_call_in_flight_sends_no_more_an
         env=environ, start_new_session=True,
     )  # fmt: skip
     try:
-        _wait_for(lambda: _attempts(env) == 1, timeout=120, what="the first refusal's call")
+        wait_until(
+            lambda: _attempts(env) == 1, timeout=120, what="the first refusal's call", interval=0.05
+        )
         supervisor.kill()
         supervisor.wait(10)
-        _wait_for(marker.exists, timeout=60, what="the orphaned try to end")
+        wait_until(marker.exists, timeout=60, what="the orphaned try to end", interval=0.05)
         assert json.loads(marker.read_text()) == {"done": 1}
     finally:
         # The task process is still in the supervisor's process group.
